@@ -1,0 +1,29 @@
+//! kiln: a GitOps pull reconciler that turns `clusters/<name>.yaml` intent files into Talos Linux
+//! Kubernetes clusters on Proxmox VE. See ARCHITECTURE.md for the map of modules and the data flow.
+//!
+//! Each module owns one concern and at most one external system; nothing else talks to that system.
+
+pub mod config;
+pub mod redact;
+pub mod spec;
+
+/// The Git source and the generated-files commit.
+pub mod git;
+/// Health of a new cluster, drain, Node deletion. (The `kube` crate is `::kube` inside the crate.)
+pub mod kube;
+/// Ordered actions from desired × observed state (pure).
+pub mod plan;
+/// Proxmox VE API client and VM lifecycle.
+pub mod proxmox;
+/// The loop: fetch → load → observe → plan → render → commit → apply → status.
+pub mod reconcile;
+/// Argo CD / External Secrets / Helm values manifests (pure).
+pub mod render;
+/// Vault/OpenBao KV v2 and the local file store.
+pub mod secrets;
+/// HTTP API, webhooks, metrics.
+pub mod server;
+/// In-process simulated Proxmox and Talos.
+pub mod sim;
+/// Talos secrets bundle, machine configs, gRPC client.
+pub mod talos;

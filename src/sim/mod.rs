@@ -1,0 +1,4 @@
+//! In-process simulators of the external systems, used by `kiln demo`, `kiln sim talos` and engine tests.
+
+pub mod proxmox;
+pub mod talos;

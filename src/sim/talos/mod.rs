@@ -1,0 +1,1 @@
+//! The Talos simulator (filled in by the Talos issue).

@@ -1,0 +1,1 @@
+//! The Talos gRPC client, wire-compatible with machine.MachineService and cosi.resource.State.
