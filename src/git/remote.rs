@@ -1,0 +1,282 @@
+//! The cache clone and the two conversations with the remote: fetch (gix; the `git` CLI only for
+//! `http(s)://`, which kiln's gix build has no transport for) and the fast-forward push (`git` CLI,
+//! as gix cannot push). Credentials come from files named in the config and reach git through the
+//! cache repository's own config (`core.sshCommand`, `credential.helper`), never through the command
+//! line, the environment of a log line, or a URL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+
+use gix::ObjectId;
+use gix::remote::Direction;
+
+use super::GitError;
+use super::error::redact_url;
+use crate::config::GitConfig;
+
+/// What a fetch saw, for logs and for the "no pack on an unchanged poll" guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchReport {
+    /// The remote branch tip after the fetch.
+    pub tip: ObjectId,
+    /// Whether a pack was received (false: only the ref listing was exchanged).
+    pub pack_received: bool,
+}
+
+/// Where the cache clone lives and how to reach the remote.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub url: String,
+    pub branch: String,
+    pub cache_dir: PathBuf,
+}
+
+impl Remote {
+    pub fn new(git: &GitConfig, state_dir: &Path) -> Self {
+        Self {
+            url: git.url.clone(),
+            branch: git.branch.clone(),
+            cache_dir: state_dir.join("repo"),
+        }
+    }
+
+    pub fn tracking_ref(&self) -> String {
+        format!("refs/remotes/origin/{}", self.branch)
+    }
+
+    fn refspec(&self) -> String {
+        // `+`: a force-pushed remote is followed, never an error (DESIGN.md §7 trusts the remote).
+        format!("+refs/heads/{}:{}", self.branch, self.tracking_ref())
+    }
+
+    fn is_http(&self) -> bool {
+        let u = self.url.to_ascii_lowercase();
+        u.starts_with("http://") || u.starts_with("https://")
+    }
+
+    pub fn shown_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// Creates the bare cache clone if missing and (re)writes its credential settings.
+    pub fn prepare(&self, git: &GitConfig) -> Result<(), GitError> {
+        if !self.cache_dir.join("HEAD").exists() {
+            std::fs::create_dir_all(&self.cache_dir).map_err(|source| GitError::Io {
+                path: self.cache_dir.clone(),
+                source,
+            })?;
+            gix::init_bare(&self.cache_dir).map_err(|e| {
+                GitError::gix(
+                    format!("creating cache clone {}", self.cache_dir.display()),
+                    e,
+                )
+            })?;
+        }
+        if let Some(key) = &git.ssh_key_file {
+            let mut cmd = format!(
+                "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes",
+                shell_quote(&key.to_string_lossy())
+            );
+            if let Some(kh) = &git.known_hosts_file {
+                cmd.push_str(&format!(
+                    " -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes",
+                    shell_quote(&kh.to_string_lossy())
+                ));
+            }
+            self.set_config("core.sshCommand", &cmd)?;
+        }
+        if let Some(token) = &git.token_file {
+            self.set_config("credential.helper", &credential_helper(token))?;
+        }
+        Ok(())
+    }
+
+    fn set_config(&self, key: &str, value: &str) -> Result<(), GitError> {
+        let out = self
+            .git()
+            .args(["config", key, value])
+            .output()
+            .map_err(|source| GitError::Spawn {
+                action: "config",
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(GitError::gix(
+                format!("setting {key} in the cache clone"),
+                String::from_utf8_lossy(&out.stderr).trim(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn open(&self) -> Result<gix::Repository, GitError> {
+        gix::open(&self.cache_dir).map_err(|e| {
+            GitError::gix(
+                format!("opening cache clone {}", self.cache_dir.display()),
+                e,
+            )
+        })
+    }
+
+    /// The tip last fetched, if any.
+    pub fn tracked_tip(&self, repo: &gix::Repository) -> Result<Option<ObjectId>, GitError> {
+        let name = self.tracking_ref();
+        let r = repo
+            .try_find_reference(name.as_str())
+            .map_err(|e| GitError::gix(format!("reading {name}"), e))?;
+        match r {
+            None => Ok(None),
+            Some(mut r) => r
+                .peel_to_id()
+                .map(|id| Some(id.detach()))
+                .map_err(|e| GitError::gix(format!("resolving {name}"), e)),
+        }
+    }
+
+    /// Records a tip as tracked (after kiln's own accepted push, so the next poll is a no-op).
+    pub fn set_tracked_tip(&self, repo: &gix::Repository, id: ObjectId) -> Result<(), GitError> {
+        use gix::refs::transaction::PreviousValue;
+        repo.reference(self.tracking_ref(), id, PreviousValue::Any, "kiln: pushed")
+            .map_err(|e| GitError::gix(format!("updating {}", self.tracking_ref()), e))?;
+        Ok(())
+    }
+
+    /// Lists the remote's refs and fetches only if the branch moved. Blocking.
+    pub fn fetch(&self) -> Result<FetchReport, GitError> {
+        if self.is_http() {
+            return self.fetch_cli();
+        }
+        let repo = self.open()?;
+        let unreachable = |e: gix::Error| GitError::Remote {
+            url: self.shown_url(),
+            action: "fetch",
+            message: e.to_string(),
+        };
+        let remote = repo
+            .remote_at(self.url.as_str())
+            .and_then(|r| r.with_refspecs([self.refspec().as_str()], Direction::Fetch))
+            .map_err(|e| GitError::gix(format!("remote {}", self.shown_url()), e))?;
+        let connection = remote.connect(Direction::Fetch).map_err(unreachable)?;
+        let prepare = connection
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(unreachable)?;
+        if prepare.ref_map().mappings.is_empty() {
+            return Err(GitError::NoBranch {
+                url: self.shown_url(),
+                branch: self.branch.clone(),
+            });
+        }
+        let outcome = prepare
+            .receive(gix::progress::Discard, &AtomicBool::new(false))
+            .map_err(unreachable)?;
+        let pack_received = matches!(outcome.status, gix::remote::fetch::Status::Change { .. });
+        let tip = self.tracked_tip(&repo)?.ok_or_else(|| GitError::NoBranch {
+            url: self.shown_url(),
+            branch: self.branch.clone(),
+        })?;
+        Ok(FetchReport { tip, pack_received })
+    }
+
+    fn fetch_cli(&self) -> Result<FetchReport, GitError> {
+        let before = self.tracked_tip(&self.open()?)?;
+        let out = self
+            .git()
+            .args([
+                "fetch",
+                "--no-tags",
+                "--quiet",
+                "--",
+                &self.url,
+                &self.refspec(),
+            ])
+            .output()
+            .map_err(|source| GitError::Spawn {
+                action: "fetch",
+                source,
+            })?;
+        if !out.status.success() {
+            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            if message.contains("couldn't find remote ref") {
+                return Err(GitError::NoBranch {
+                    url: self.shown_url(),
+                    branch: self.branch.clone(),
+                });
+            }
+            return Err(GitError::Remote {
+                url: self.shown_url(),
+                action: "fetch",
+                message: redact_url(&message),
+            });
+        }
+        let tip = self
+            .tracked_tip(&self.open()?)?
+            .ok_or_else(|| GitError::NoBranch {
+                url: self.shown_url(),
+                branch: self.branch.clone(),
+            })?;
+        Ok(FetchReport {
+            tip,
+            pack_received: before != Some(tip),
+        })
+    }
+
+    /// Pushes `commit` to the branch, fast-forward only. Blocking.
+    pub fn push(&self, commit: ObjectId) -> Result<(), GitError> {
+        let refspec = format!("{commit}:refs/heads/{}", self.branch);
+        let out = self
+            .git()
+            .args(["push", "--porcelain", "--", &self.url, &refspec])
+            .output()
+            .map_err(|source| GitError::Spawn {
+                action: "push",
+                source,
+            })?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Porcelain: one `<flag>\t<from>:<to>\t<summary>` line per ref; `!` means rejected.
+        let rejected = stdout.lines().find(|l| l.starts_with("!\t"));
+        if let Some(line) = rejected {
+            return Err(GitError::PushRejected {
+                url: self.shown_url(),
+                commit: commit.to_string(),
+                message: redact_url(line.rsplit('\t').next().unwrap_or(line)),
+            });
+        }
+        if !out.status.success() {
+            return Err(GitError::Remote {
+                url: self.shown_url(),
+                action: "push",
+                message: redact_url(stderr.trim()),
+            });
+        }
+        Ok(())
+    }
+
+    /// `git` on the cache clone, never prompting: a missing credential is an error, not a hang.
+    fn git(&self) -> Command {
+        let mut cmd = Command::new("git");
+        cmd.arg("--git-dir")
+            .arg(&self.cache_dir)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GCM_INTERACTIVE", "never")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+/// A credential helper that hands git the token read from `path` at the moment it is needed; the
+/// token is on no command line and in no config. A user name in the URL is kept (git passes it in);
+/// otherwise `x-access-token`, which GitHub, Gitea and Forgejo accept with a token as password.
+fn credential_helper(path: &Path) -> String {
+    format!(
+        "!f() {{ test \"$1\" = get || exit 0; u=; while read -r l; do case \"$l\" in username=*) u=1;; esac; done; \
+         test -n \"$u\" || echo username=x-access-token; printf 'password=%s\\n' \"$(cat {})\"; }}; f",
+        shell_quote(&path.to_string_lossy())
+    )
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}

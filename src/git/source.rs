@@ -1,0 +1,285 @@
+//! `GitSource`: the port the reconciler uses. Every gix or `git` call runs in `spawn_blocking`;
+//! one mutex serialises use of the cache clone, so a poll and a publish never race on its refs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gix::ObjectId;
+use tokio::sync::Mutex;
+
+use super::GitError;
+use super::commit::{Author, Generated, build_commit, message};
+use super::remote::{FetchReport, Remote};
+use super::snapshot::{Snapshot, intent_key, read_snapshot};
+use crate::config::GitConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// The remote branch is where it was: nothing was transferred, nothing to do.
+    Unchanged { tip: ObjectId },
+    /// The branch moved (fast-forward, or force-pushed: `old` need not be an ancestor).
+    Moved {
+        old: Option<ObjectId>,
+        new: ObjectId,
+        /// False when only files outside `clusters_dir` and `templates/` changed, e.g. kiln's
+        /// own commits of `output_dir`: such a move starts no work (DESIGN.md §7).
+        intent_changed: bool,
+    },
+}
+
+impl PollOutcome {
+    /// Whether this poll should start a reconcile cycle.
+    pub fn starts_work(&self) -> bool {
+        matches!(
+            self,
+            PollOutcome::Moved {
+                intent_changed: true,
+                ..
+            }
+        )
+    }
+}
+
+/// What the caller renders for one tip: the full set of files under `output_dir`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rendered {
+    pub files: Generated,
+    /// Named in the commit message.
+    pub clusters_changed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// The generated tree equals the tip's: no commit was made.
+    NoChange { tip: ObjectId },
+    /// `commit` (whose only parent is `parent`, the tip just fetched) was pushed.
+    Pushed { commit: ObjectId, parent: ObjectId },
+}
+
+/// Bounds for rebuilding after a rejected push.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            first_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .first_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
+        super::trigger::jittered(exp.min(self.max_backoff))
+    }
+}
+
+struct State {
+    /// The newest revision successfully fetched and handed out by `poll`: served (through
+    /// `current`/`snapshot`) for as long as the remote cannot be reached.
+    last_good: Option<ObjectId>,
+    last_fetch: Option<FetchReport>,
+}
+
+#[derive(Clone)]
+pub struct GitSource {
+    remote: Arc<Remote>,
+    clusters_dir: Arc<str>,
+    output_dir: Arc<str>,
+    author: Arc<Author>,
+    retry: RetryPolicy,
+    state: Arc<Mutex<State>>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, GitError> + Send + 'static,
+) -> Result<T, GitError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| GitError::Join(e.to_string()))?
+}
+
+impl GitSource {
+    /// Opens (creating if needed) the cache clone under `state_dir/repo`. Does not contact the
+    /// remote: a revision fetched before a restart is served at once, even if the remote is down.
+    pub async fn open(git: &GitConfig, state_dir: &Path) -> Result<Self, GitError> {
+        let author = Author::parse(&git.author).map_err(|m| GitError::gix("git.author", m))?;
+        let remote = Arc::new(Remote::new(git, state_dir));
+        let last_good = {
+            let remote = remote.clone();
+            let git = git.clone();
+            blocking(move || {
+                remote.prepare(&git)?;
+                remote.tracked_tip(&remote.open()?)
+            })
+            .await?
+        };
+        Ok(Self {
+            remote,
+            clusters_dir: git.clusters_dir.trim_matches('/').into(),
+            output_dir: git.output_dir.trim_matches('/').into(),
+            author: Arc::new(author),
+            retry: RetryPolicy::default(),
+            state: Arc::new(Mutex::new(State {
+                last_good,
+                last_fetch: None,
+            })),
+        })
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The revision to serve: the last one fetched successfully.
+    pub async fn current(&self) -> Option<ObjectId> {
+        self.state.lock().await.last_good
+    }
+
+    /// What the last successful fetch saw (whether it received a pack).
+    pub async fn last_fetch(&self) -> Option<FetchReport> {
+        self.state.lock().await.last_fetch
+    }
+
+    /// Lists the remote's refs; fetches objects only when the branch moved. On error the last good
+    /// revision stays current.
+    #[tracing::instrument(skip(self), fields(url = %self.remote.shown_url(), branch = %self.remote.branch))]
+    pub async fn poll(&self) -> Result<PollOutcome, GitError> {
+        let mut state = self.state.lock().await;
+        let old = state.last_good;
+        let remote = self.remote.clone();
+        let clusters_dir = self.clusters_dir.clone();
+        let result = blocking(move || {
+            let report = remote.fetch()?;
+            let intent_changed = match old {
+                Some(old) if old == report.tip => false,
+                Some(old) => {
+                    let repo = remote.open()?;
+                    // After a force-push the old commit may be gone from nowhere (gix keeps
+                    // unreachable objects), but be safe: an unreadable old tip counts as changed.
+                    match intent_key(&repo, old, &clusters_dir) {
+                        Ok(k) => k != intent_key(&repo, report.tip, &clusters_dir)?,
+                        Err(_) => true,
+                    }
+                }
+                None => true,
+            };
+            Ok((report, intent_changed))
+        })
+        .await;
+        let (report, intent_changed) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, serving = ?old.map(|o| o.to_string()), "git poll failed; serving the last good revision");
+                return Err(e);
+            }
+        };
+        state.last_fetch = Some(report);
+        state.last_good = Some(report.tip);
+        if old == Some(report.tip) {
+            tracing::debug!(tip = %report.tip, "remote unchanged");
+            return Ok(PollOutcome::Unchanged { tip: report.tip });
+        }
+        tracing::info!(old = ?old.map(|o| o.to_string()), new = %report.tip, intent_changed, "remote moved");
+        Ok(PollOutcome::Moved {
+            old,
+            new: report.tip,
+            intent_changed,
+        })
+    }
+
+    /// The intent at `rev`, read from the cache clone's object database.
+    pub async fn snapshot(&self, rev: ObjectId) -> Result<Snapshot, GitError> {
+        let _guard = self.state.lock().await;
+        let remote = self.remote.clone();
+        let clusters_dir = self.clusters_dir.clone();
+        blocking(move || read_snapshot(&remote.open()?, rev, &clusters_dir)).await
+    }
+
+    /// The snapshot of the last good revision.
+    pub async fn current_snapshot(&self) -> Result<Snapshot, GitError> {
+        let rev = self.current().await.ok_or(GitError::NothingFetched)?;
+        self.snapshot(rev).await
+    }
+
+    /// Commits what `render` produces for the remote's tip and pushes it fast-forward. On a
+    /// rejected push (someone pushed meanwhile) it fetches, calls `render` again on the new tip's
+    /// snapshot — so nothing of theirs is overwritten and the output matches their intent — and
+    /// retries with capped backoff, `retry.attempts` times in all.
+    ///
+    /// It does not move the revision `poll` compares against: a human commit absorbed here is
+    /// still reported by the next poll (as intent-changed if it touched intent).
+    #[tracing::instrument(skip_all, fields(url = %self.remote.shown_url(), branch = %self.remote.branch))]
+    pub async fn publish<F, E>(&self, mut render: F) -> Result<PublishOutcome, GitError>
+    where
+        F: FnMut(&Snapshot) -> Result<Rendered, E>,
+        E: std::fmt::Display,
+    {
+        let attempts = self.retry.attempts.max(1);
+        for attempt in 1..=attempts {
+            let _guard = self.state.lock().await;
+            let remote = self.remote.clone();
+            let clusters_dir = self.clusters_dir.clone();
+            let snapshot = blocking(move || {
+                let report = remote.fetch()?;
+                read_snapshot(&remote.open()?, report.tip, &clusters_dir)
+            })
+            .await?;
+            let rendered = render(&snapshot).map_err(|e| GitError::Render(e.to_string()))?;
+            let msg = message(&rendered.clusters_changed, snapshot.source_commit);
+            let remote = self.remote.clone();
+            let output_dir = self.output_dir.clone();
+            let author = self.author.clone();
+            let parent = snapshot.rev;
+            let pushed = blocking(move || {
+                let repo = remote.open()?;
+                let Some(commit) =
+                    build_commit(&repo, parent, &output_dir, &rendered.files, &author, &msg)?
+                else {
+                    return Ok(None);
+                };
+                match remote.push(commit) {
+                    Ok(()) => {
+                        remote.set_tracked_tip(&repo, commit)?;
+                        Ok(Some(Ok(commit)))
+                    }
+                    Err(e @ GitError::PushRejected { .. }) => Ok(Some(Err(e))),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+            match pushed {
+                None => return Ok(PublishOutcome::NoChange { tip: parent }),
+                Some(Ok(commit)) => {
+                    tracing::info!(%commit, %parent, attempt, "pushed generated files");
+                    return Ok(PublishOutcome::Pushed { commit, parent });
+                }
+                Some(Err(e)) => {
+                    drop(_guard);
+                    if attempt < attempts {
+                        let wait = self.retry.backoff(attempt);
+                        tracing::warn!(error = %e, attempt, ?wait, "push rejected; rebuilding on the new tip");
+                        tokio::time::sleep(wait).await;
+                    } else {
+                        tracing::warn!(error = %e, attempt, "push rejected; giving up for this cycle");
+                    }
+                }
+            }
+        }
+        Err(GitError::PushRetriesExhausted {
+            url: self.remote.shown_url(),
+            attempts,
+        })
+    }
+}
