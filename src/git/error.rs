@@ -60,6 +60,22 @@ impl GitError {
     }
 }
 
+/// `e` and its causes, `: `-separated, so "connection failed" also says *why* (refused, timed out,
+/// host key mismatch…).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let m = s.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 /// A URL fit for logs and errors: `https://user:token@host/x` becomes `https://[redacted]@host/x`.
 /// kiln never puts credentials in the URL itself, but an operator might; this keeps them out of logs.
 pub fn redact_url(url: &str) -> String {

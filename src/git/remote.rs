@@ -12,7 +12,7 @@ use gix::ObjectId;
 use gix::remote::Direction;
 
 use super::GitError;
-use super::error::redact_url;
+use super::error::{chain, redact_url};
 use crate::config::GitConfig;
 
 /// What a fetch saw, for logs and for the "no pack on an unchanged poll" guarantee.
@@ -151,7 +151,7 @@ impl Remote {
         let unreachable = |e: gix::Error| GitError::Remote {
             url: self.shown_url(),
             action: "fetch",
-            message: e.to_string(),
+            message: redact_url(&chain(&e)),
         };
         let remote = repo
             .remote_at(self.url.as_str())
