@@ -11,7 +11,7 @@ use kiln::git::{
     GitError, GitSource, ObjectId, PollOutcome, PublishOutcome, Rendered, RetryPolicy, Snapshot,
     Trigger, Wake, local_repo_path, read_revision, watch_local,
 };
-use support::{Daemon, Repos, git};
+use support::{Daemon, Repos, SmartHttp, git};
 
 fn oid(hex: &str) -> ObjectId {
     ObjectId::from_hex(hex.as_bytes()).unwrap()
@@ -445,4 +445,60 @@ async fn an_unreachable_remote_errs_clearly_and_the_last_good_revision_is_served
         missing.current_snapshot().await,
         Err(GitError::NothingFetched)
     ));
+}
+
+#[tokio::test]
+async fn https_style_token_auth_works_through_the_helper_and_a_bad_token_errs_without_leaking() {
+    let repos = Repos::new();
+    let token = "t0ken-s3cret-value";
+    let server = SmartHttp::start(&repos, token);
+    let token_file = repos.tmp.path().join("git-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut config = repos.config(&server.url());
+    config.token_file = Some(token_file.clone());
+
+    let src = GitSource::open(&config, &repos.state).await.unwrap();
+    let tip = oid(&repos.remote_tip());
+    assert!(matches!(src.poll().await.unwrap(), PollOutcome::Moved { new, .. } if new == tip));
+    assert_eq!(src.poll().await.unwrap(), PollOutcome::Unchanged { tip });
+    assert!(!src.last_fetch().await.unwrap().pack_received);
+    let PublishOutcome::Pushed { commit, .. } = src.publish(render).await.unwrap() else {
+        panic!("expected a push over HTTP");
+    };
+    assert_eq!(oid(&repos.remote_tip()), commit);
+    let log = std::fs::read_to_string(&server.auth_log).unwrap();
+    assert!(
+        log.contains("git-receive-pack"),
+        "the push went through the server:\n{log}"
+    );
+    let config_text = std::fs::read_to_string(repos.state.join("repo/config")).unwrap();
+    assert!(
+        !config_text.contains(token),
+        "the token is read at use, never stored"
+    );
+
+    // A wrong token: a clear error naming the remote, no secret in it, the last good rev kept.
+    std::fs::write(&token_file, "wrong-token-value\n").unwrap();
+    let err = src.poll().await.unwrap_err();
+    let text = err.to_string();
+    eprintln!("bad credentials: {text}");
+    assert!(
+        matches!(
+            err,
+            GitError::Remote {
+                action: "fetch",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(text.contains("Authentication failed"), "{text}");
+    assert!(text.contains(&server.url()), "{text}");
+    assert!(
+        !text.contains("wrong-token-value") && !text.contains(token),
+        "{text}"
+    );
+    // (publish does not move the polled revision; the last poll saw `tip`)
+    assert_eq!(src.current().await, Some(tip));
+    assert_eq!(src.current_snapshot().await.unwrap().rev, tip);
 }

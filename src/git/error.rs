@@ -8,7 +8,7 @@ pub enum GitError {
     /// Anything gix reported, with what kiln was doing at the time.
     #[error("git: {context}: {message}")]
     Gix { context: String, message: String },
-    #[error("git: cannot reach remote {url} ({action}): {message}")]
+    #[error("git: {action} of remote {url} failed: {message}")]
     Remote {
         url: String,
         action: &'static str,

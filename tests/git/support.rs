@@ -178,3 +178,52 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// `git http-backend` behind HTTP Basic auth (tests/git/smart_http.py), killed on drop.
+pub struct SmartHttp {
+    child: Child,
+    pub port: u16,
+    pub auth_log: PathBuf,
+}
+
+impl SmartHttp {
+    pub fn start(repos: &Repos, password: &str) -> Self {
+        let port_file = repos.tmp.path().join("http.port");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/git/smart_http.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(repos.tmp.path())
+            .arg(&port_file)
+            .env("KILN_TEST_HTTP_PASSWORD", password)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 is needed for the smart-HTTP git test");
+        let started = Instant::now();
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p.trim().parse().unwrap();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "smart_http.py did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            child,
+            port,
+            auth_log: repos.tmp.path().join("auth.log"),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/remote.git", self.port)
+    }
+}
+
+impl Drop for SmartHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
