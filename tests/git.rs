@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kiln::git::{
-    GitError, GitSource, ObjectId, PollOutcome, PublishOutcome, Rendered, RetryPolicy, Snapshot,
-    Trigger, Wake, local_repo_path, read_revision, watch_local,
+    CommitError, GitError, GitSource, IntentEdit, ObjectId, PollOutcome, PublishOutcome, Rendered,
+    RetryPolicy, Snapshot, Trigger, Wake, local_repo_path, read_revision, watch_local,
 };
 use support::{Daemon, Repos, SmartHttp, git};
 
@@ -330,7 +330,10 @@ async fn a_push_rejected_every_time_gives_up_after_the_bound() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, GitError::PushRetriesExhausted { attempts: 4, .. }),
+        matches!(
+            err,
+            CommitError::Git(GitError::PushRetriesExhausted { attempts: 4, .. })
+        ),
         "{err}"
     );
     assert_eq!(calls, 4);
@@ -501,4 +504,115 @@ async fn https_style_token_auth_works_through_the_helper_and_a_bad_token_errs_wi
     // (publish does not move the polled revision; the last poll saw `tip`)
     assert_eq!(src.current().await, Some(tip));
     assert_eq!(src.current_snapshot().await.unwrap().rev, tip);
+}
+
+#[tokio::test]
+async fn api_intent_writes_touch_only_the_cluster_file_start_work_and_can_be_refused() {
+    let repos = Repos::new();
+    let src = GitSource::open(&repos.local_config(), &repos.state)
+        .await
+        .unwrap();
+    src.poll().await.unwrap();
+    fn assert_send<T: Send>(_: &T) {}
+    assert_send(&src.publish(render));
+
+    let put = src
+        .write_intent(None, "api: create beta", |s: &Snapshot| {
+            if s.intent_revision("beta").is_some() {
+                return Err("beta exists");
+            }
+            Ok(vec![IntentEdit::Put {
+                name: "beta".into(),
+                text: "name: beta\n".into(),
+            }])
+        })
+        .await
+        .unwrap();
+    let PublishOutcome::Pushed { commit, parent } = put else {
+        panic!("{put:?}")
+    };
+    assert_eq!(
+        git(
+            &repos.bare,
+            &[
+                "diff",
+                "--name-status",
+                &parent.to_string(),
+                &commit.to_string()
+            ]
+        ),
+        "A\tclusters/beta.yaml"
+    );
+    assert_eq!(
+        git(&repos.bare, &["log", "-1", "--format=%an%n%s", "main"]),
+        "kiln\napi: create beta"
+    );
+    let polled = src.poll().await.unwrap();
+    assert!(
+        polled.starts_work(),
+        "an API write is new intent: {polled:?}"
+    );
+
+    // The closure sees the tip and may refuse; its own error comes back.
+    let refused = src
+        .write_intent(None, "api: create beta", |s: &Snapshot| {
+            if s.intent_revision("beta").is_some() {
+                return Err("beta exists");
+            }
+            Ok(vec![])
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, CommitError::Caller("beta exists")));
+
+    let removed = src
+        .write_intent(None, "api: delete alpha", |_: &Snapshot| {
+            Ok::<_, std::convert::Infallible>(vec![IntentEdit::Remove {
+                name: "alpha".into(),
+            }])
+        })
+        .await
+        .unwrap();
+    let PublishOutcome::Pushed { commit, parent } = removed else {
+        panic!("{removed:?}")
+    };
+    assert_eq!(
+        git(
+            &repos.bare,
+            &[
+                "diff",
+                "--name-status",
+                &parent.to_string(),
+                &commit.to_string()
+            ]
+        ),
+        "D\tclusters/alpha.yaml"
+    );
+
+    assert!(src.poll().await.unwrap().starts_work());
+
+    // Branch mode: a new branch for review, the main branch untouched.
+    let main_before = repos.remote_tip();
+    let review = src
+        .write_intent(
+            Some("kiln/api/gamma"),
+            "api: create gamma",
+            |_: &Snapshot| {
+                Ok::<_, std::convert::Infallible>(vec![IntentEdit::Put {
+                    name: "gamma".into(),
+                    text: "name: gamma\n".into(),
+                }])
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(review, PublishOutcome::Pushed { commit, .. }
+        if commit == oid(&git(&repos.bare, &["rev-parse", "refs/heads/kiln/api/gamma"]))));
+    assert_eq!(repos.remote_tip(), main_before);
+    assert_eq!(
+        src.poll().await.unwrap(),
+        PollOutcome::Unchanged {
+            tip: oid(&main_before)
+        }
+    );
 }

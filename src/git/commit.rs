@@ -124,11 +124,88 @@ pub(crate) fn build_commit(
         return Ok(None);
     }
 
-    let now = gix::date::Time::now_local_or_utc();
+    write_commit(repo, parent, tree, author, message).map(Some)
+}
+
+/// A change to one intent file, as the HTTP API makes it (DESIGN.md §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntentEdit {
+    /// Create or replace `clusters_dir/<name>.yaml`.
+    Put { name: String, text: String },
+    /// Delete `clusters_dir/<name>.yaml` (decommission, after the grace period).
+    Remove { name: String },
+}
+
+impl IntentEdit {
+    pub fn name(&self) -> &str {
+        match self {
+            IntentEdit::Put { name, .. } | IntentEdit::Remove { name } => name,
+        }
+    }
+}
+
+/// Applies intent edits on `parent`; touches `clusters_dir/<name>.yaml` files only. `None` when the
+/// tree does not change (e.g. the same file written twice).
+pub(crate) fn build_intent_commit(
+    repo: &gix::Repository,
+    parent: ObjectId,
+    clusters_dir: &str,
+    edits: &[IntentEdit],
+    author: &Author,
+    message: &str,
+) -> Result<Option<ObjectId>, GitError> {
+    let clusters_dir = clusters_dir.trim_matches('/');
+    check_path(clusters_dir)?;
+    let base = commit_tree(repo, parent)?;
+    let base_id = base.id;
+    let mut editor = base
+        .edit()
+        .map_err(|e| GitError::gix("editing the tree", e))?;
+    for edit in edits {
+        let file = format!("{}.yaml", edit.name());
+        if file.contains('/') {
+            return Err(GitError::BadOutputPath(file));
+        }
+        check_path(&file)?;
+        let path = format!("{clusters_dir}/{file}");
+        match edit {
+            IntentEdit::Put { text, .. } => {
+                let blob = repo
+                    .write_blob(text.as_bytes())
+                    .map_err(|e| GitError::gix(format!("writing {path}"), e))?
+                    .detach();
+                editor
+                    .upsert(path.as_str(), EntryKind::Blob, blob)
+                    .map_err(|e| GitError::gix(format!("adding {path}"), e))?;
+            }
+            IntentEdit::Remove { .. } => {
+                editor
+                    .remove(path.as_str())
+                    .map_err(|e| GitError::gix(format!("removing {path}"), e))?;
+            }
+        }
+    }
+    let tree = editor
+        .write()
+        .map_err(|e| GitError::gix("writing the tree", e))?
+        .detach();
+    if tree == base_id {
+        return Ok(None);
+    }
+    write_commit(repo, parent, tree, author, message).map(Some)
+}
+
+fn write_commit(
+    repo: &gix::Repository,
+    parent: ObjectId,
+    tree: ObjectId,
+    author: &Author,
+    message: &str,
+) -> Result<ObjectId, GitError> {
     let sig = gix::actor::Signature {
         name: author.name.as_str().into(),
         email: author.email.as_str().into(),
-        time: now,
+        time: gix::date::Time::now_utc(),
     };
     let commit = gix::objs::Commit {
         tree,
@@ -140,11 +217,10 @@ pub(crate) fn build_commit(
         extra_headers: Vec::new(),
     };
     // Written as a bare object: no local branch moves until the push has been accepted.
-    let id = repo
+    Ok(repo
         .write_object(&commit)
         .map_err(|e| GitError::gix("writing the commit", e))?
-        .detach();
-    Ok(Some(id))
+        .detach())
 }
 
 #[cfg(test)]

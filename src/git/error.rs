@@ -46,9 +46,16 @@ pub enum GitError {
     Join(String),
     #[error("git: no revision fetched yet")]
     NothingFetched,
-    /// The caller's render step failed while rebuilding on a new tip.
-    #[error("git: rendering for publish failed: {0}")]
-    Render(String),
+}
+
+/// A commit attempt fails either in Git or in the caller's closure (rendering, or refusing an
+/// intent edit); the caller gets its own error back untouched, to map to its own status.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError<E> {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error("{0}")]
+    Caller(E),
 }
 
 impl GitError {

@@ -20,8 +20,8 @@ mod snapshot;
 mod source;
 mod trigger;
 
-pub use commit::{Author, Generated, message};
-pub use error::{GitError, redact_url};
+pub use commit::{Author, Generated, IntentEdit, message};
+pub use error::{CommitError, GitError, redact_url};
 pub use gix::ObjectId;
 pub use local::read_revision;
 pub use remote::{FetchReport, Remote};

@@ -221,9 +221,9 @@ impl Remote {
         })
     }
 
-    /// Pushes `commit` to the branch, fast-forward only. Blocking.
-    pub fn push(&self, commit: ObjectId) -> Result<(), GitError> {
-        let refspec = format!("{commit}:refs/heads/{}", self.branch);
+    /// Pushes `commit` to `branch`, fast-forward only (never `+`, never `--force`). Blocking.
+    pub fn push(&self, commit: ObjectId, branch: &str) -> Result<(), GitError> {
+        let refspec = format!("{commit}:refs/heads/{branch}");
         let out = self
             .git()
             .args(["push", "--porcelain", "--", &self.url, &refspec])

@@ -9,7 +9,8 @@ use gix::ObjectId;
 use tokio::sync::Mutex;
 
 use super::GitError;
-use super::commit::{Author, Generated, build_commit, message};
+use super::commit::{Author, Generated, IntentEdit, build_commit, build_intent_commit, message};
+use super::error::CommitError;
 use super::remote::{FetchReport, Remote};
 use super::snapshot::{Snapshot, intent_key, read_snapshot};
 use crate::config::GitConfig;
@@ -221,14 +222,52 @@ impl GitSource {
     /// It does not move the revision `poll` compares against: a human commit absorbed here is
     /// still reported by the next poll (as intent-changed if it touched intent).
     #[tracing::instrument(skip_all, fields(url = %self.remote.shown_url(), branch = %self.remote.branch))]
-    pub async fn publish<F, E>(&self, mut render: F) -> Result<PublishOutcome, GitError>
+    pub async fn publish<F, E>(&self, mut render: F) -> Result<PublishOutcome, CommitError<E>>
     where
-        F: FnMut(&Snapshot) -> Result<Rendered, E>,
-        E: std::fmt::Display,
+        F: FnMut(&Snapshot) -> Result<Rendered, E> + Send,
+    {
+        self.commit_loop(&self.remote.branch, |snapshot| {
+            let rendered = render(snapshot).map_err(CommitError::Caller)?;
+            let msg = message(&rendered.clusters_changed, snapshot.source_commit);
+            Ok(Change::Output(rendered.files, msg))
+        })
+        .await
+    }
+
+    /// Commits edits of intent files (the HTTP API's writes) and pushes them to the branch, or,
+    /// with `to_branch`, to that new branch for review (`api.write_mode = "branch"`). `edit` sees
+    /// the tip it builds on, so it can refuse (e.g. `deletionProtection`, an existing file) with
+    /// its own error, and is called again if the push has to be rebuilt on a newer tip.
+    #[tracing::instrument(skip_all, fields(url = %self.remote.shown_url()))]
+    pub async fn write_intent<F, E>(
+        &self,
+        to_branch: Option<&str>,
+        message: &str,
+        mut edit: F,
+    ) -> Result<PublishOutcome, CommitError<E>>
+    where
+        F: FnMut(&Snapshot) -> Result<Vec<IntentEdit>, E> + Send,
+    {
+        let branch = to_branch.unwrap_or(&self.remote.branch).to_string();
+        self.commit_loop(&branch, |snapshot| {
+            let edits = edit(snapshot).map_err(CommitError::Caller)?;
+            Ok(Change::Intent(edits, message.to_string()))
+        })
+        .await
+    }
+
+    async fn commit_loop<F, E>(
+        &self,
+        branch: &str,
+        mut plan: F,
+    ) -> Result<PublishOutcome, CommitError<E>>
+    where
+        F: FnMut(&Snapshot) -> Result<Change, CommitError<E>> + Send,
     {
         let attempts = self.retry.attempts.max(1);
+        let to_tracked = branch == self.remote.branch;
         for attempt in 1..=attempts {
-            let _guard = self.state.lock().await;
+            let guard = self.state.lock().await;
             let remote = self.remote.clone();
             let clusters_dir = self.clusters_dir.clone();
             let snapshot = blocking(move || {
@@ -236,22 +275,31 @@ impl GitSource {
                 read_snapshot(&remote.open()?, report.tip, &clusters_dir)
             })
             .await?;
-            let rendered = render(&snapshot).map_err(|e| GitError::Render(e.to_string()))?;
-            let msg = message(&rendered.clusters_changed, snapshot.source_commit);
+            let change = plan(&snapshot)?;
             let remote = self.remote.clone();
             let output_dir = self.output_dir.clone();
+            let clusters_dir = self.clusters_dir.clone();
             let author = self.author.clone();
             let parent = snapshot.rev;
+            let branch = branch.to_string();
             let pushed = blocking(move || {
                 let repo = remote.open()?;
-                let Some(commit) =
-                    build_commit(&repo, parent, &output_dir, &rendered.files, &author, &msg)?
-                else {
+                let commit = match &change {
+                    Change::Output(files, msg) => {
+                        build_commit(&repo, parent, &output_dir, files, &author, msg)?
+                    }
+                    Change::Intent(edits, msg) => {
+                        build_intent_commit(&repo, parent, &clusters_dir, edits, &author, msg)?
+                    }
+                };
+                let Some(commit) = commit else {
                     return Ok(None);
                 };
-                match remote.push(commit) {
+                match remote.push(commit, &branch) {
                     Ok(()) => {
-                        remote.set_tracked_tip(&repo, commit)?;
+                        if to_tracked {
+                            remote.set_tracked_tip(&repo, commit)?;
+                        }
                         Ok(Some(Ok(commit)))
                     }
                     Err(e @ GitError::PushRejected { .. }) => Ok(Some(Err(e))),
@@ -259,27 +307,33 @@ impl GitSource {
                 }
             })
             .await?;
+            drop(guard);
             match pushed {
                 None => return Ok(PublishOutcome::NoChange { tip: parent }),
                 Some(Ok(commit)) => {
-                    tracing::info!(%commit, %parent, attempt, "pushed generated files");
+                    tracing::info!(%commit, %parent, attempt, "pushed");
                     return Ok(PublishOutcome::Pushed { commit, parent });
                 }
+                Some(Err(e)) if attempt < attempts => {
+                    let wait = self.retry.backoff(attempt);
+                    tracing::warn!(error = %e, attempt, ?wait, "push rejected; rebuilding on the new tip");
+                    tokio::time::sleep(wait).await;
+                }
                 Some(Err(e)) => {
-                    drop(_guard);
-                    if attempt < attempts {
-                        let wait = self.retry.backoff(attempt);
-                        tracing::warn!(error = %e, attempt, ?wait, "push rejected; rebuilding on the new tip");
-                        tokio::time::sleep(wait).await;
-                    } else {
-                        tracing::warn!(error = %e, attempt, "push rejected; giving up for this cycle");
-                    }
+                    tracing::warn!(error = %e, attempt, "push rejected; giving up for this cycle");
                 }
             }
         }
         Err(GitError::PushRetriesExhausted {
             url: self.remote.shown_url(),
             attempts,
-        })
+        }
+        .into())
     }
+}
+
+/// What one attempt commits.
+enum Change {
+    Output(Generated, String),
+    Intent(Vec<IntentEdit>, String),
 }
