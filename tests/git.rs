@@ -616,3 +616,61 @@ async fn api_intent_writes_touch_only_the_cluster_file_start_work_and_can_be_ref
         }
     );
 }
+
+#[tokio::test]
+async fn ssh_settings_pin_the_key_and_known_hosts_and_a_dead_ssh_remote_errs_clearly() {
+    let repos = Repos::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let key = repos.tmp.path().join("id_ed25519");
+    let known_hosts = repos.tmp.path().join("known_hosts");
+    std::fs::write(&key, "not a real key, never read by these assertions\n").unwrap();
+    std::fs::write(&known_hosts, "").unwrap();
+    let mut config = repos.config(&format!("ssh://git@127.0.0.1:{port}/remote.git"));
+    config.ssh_key_file = Some(key.clone());
+    config.known_hosts_file = Some(known_hosts.clone());
+    let src = GitSource::open(&config, &repos.state).await.unwrap();
+
+    let ssh = git(
+        &repos.state.join("repo"),
+        &["config", "--get", "core.sshCommand"],
+    );
+    assert!(ssh.contains(&format!("-i '{}'", key.display())), "{ssh}");
+    assert!(
+        ssh.contains(&format!("UserKnownHostsFile='{}'", known_hosts.display())),
+        "{ssh}"
+    );
+    assert!(ssh.contains("StrictHostKeyChecking=yes"), "{ssh}");
+
+    let err = src.poll().await.unwrap_err();
+    eprintln!("dead ssh remote: {err}");
+    assert!(
+        matches!(
+            err,
+            GitError::Remote {
+                action: "fetch",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(src.current().await, None);
+
+    // Dropping the key from the config drops it from the cache clone.
+    config.ssh_key_file = None;
+    GitSource::open(&config, &repos.state).await.unwrap();
+    let out = std::process::Command::new("git")
+        .args(["--git-dir"])
+        .arg(repos.state.join("repo"))
+        .args(["config", "--get", "core.sshCommand"])
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty());
+}

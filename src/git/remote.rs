@@ -73,35 +73,46 @@ impl Remote {
                 )
             })?;
         }
-        if let Some(key) = &git.ssh_key_file {
-            let mut cmd = format!(
-                "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes",
-                shell_quote(&key.to_string_lossy())
-            );
-            if let Some(kh) = &git.known_hosts_file {
-                cmd.push_str(&format!(
-                    " -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes",
-                    shell_quote(&kh.to_string_lossy())
-                ));
+        // Settings are rewritten on every start, so a credential removed from kiln.toml is gone
+        // from the cache clone too.
+        match &git.ssh_key_file {
+            Some(key) => {
+                // Host keys are always checked; without `known_hosts_file`, against ssh's default
+                // file, so an unknown host is refused, never trusted on first use.
+                let mut cmd = format!(
+                    "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes",
+                    shell_quote(&key.to_string_lossy())
+                );
+                if let Some(kh) = &git.known_hosts_file {
+                    cmd.push_str(&format!(
+                        " -o UserKnownHostsFile={}",
+                        shell_quote(&kh.to_string_lossy())
+                    ));
+                }
+                self.set_config("core.sshCommand", Some(&cmd))?;
             }
-            self.set_config("core.sshCommand", &cmd)?;
+            None => self.set_config("core.sshCommand", None)?,
         }
-        if let Some(token) = &git.token_file {
-            self.set_config("credential.helper", &credential_helper(token))?;
+        match &git.token_file {
+            Some(token) => self.set_config("credential.helper", Some(&credential_helper(token)))?,
+            None => self.set_config("credential.helper", None)?,
         }
         Ok(())
     }
 
-    fn set_config(&self, key: &str, value: &str) -> Result<(), GitError> {
-        let out = self
-            .git()
-            .args(["config", key, value])
-            .output()
-            .map_err(|source| GitError::Spawn {
-                action: "config",
-                source,
-            })?;
-        if !out.status.success() {
+    fn set_config(&self, key: &str, value: Option<&str>) -> Result<(), GitError> {
+        let mut cmd = self.git();
+        match value {
+            Some(v) => cmd.args(["config", key, v]),
+            None => cmd.args(["config", "--unset-all", key]),
+        };
+        let out = cmd.output().map_err(|source| GitError::Spawn {
+            action: "config",
+            source,
+        })?;
+        // `--unset-all` of a key that is not set exits 5: nothing to remove.
+        let nothing_to_unset = value.is_none() && out.status.code() == Some(5);
+        if !out.status.success() && !nothing_to_unset {
             return Err(GitError::gix(
                 format!("setting {key} in the cache clone"),
                 String::from_utf8_lossy(&out.stderr).trim(),
