@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use kiln::git::{
     CommitError, GitError, GitSource, IntentEdit, ObjectId, PollOutcome, PublishOutcome, Rendered,
-    RetryPolicy, Snapshot, Trigger, Wake, local_repo_path, read_revision, watch_local,
+    RetryPolicy, Snapshot, Trigger, Wake, local_repo_path, read_revision, read_work_tree,
+    watch_local,
 };
 use support::{Daemon, Repos, SmartHttp, git};
 
@@ -673,4 +674,37 @@ async fn ssh_settings_pin_the_key_and_known_hosts_and_a_dead_ssh_remote_errs_cle
         .output()
         .unwrap();
     assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn a_work_tree_read_hashes_like_git_and_sees_uncommitted_edits() {
+    let repos = Repos::new();
+    // A folder named like a file's prefix: git sorts it as `app/`, after `app.yaml.j2`.
+    repos.write("templates/app/values.yaml.j2", "replicas: 1\n");
+    repos.write("templates/z.sh", "#!/bin/sh\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        repos.work.join("templates/z.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    repos.commit_and_push("nested templates");
+
+    let committed = read_revision(&repos.work, "HEAD", "clusters").unwrap();
+    let on_disk = read_work_tree(&repos.work, "clusters").unwrap();
+    assert_eq!(on_disk, committed, "a clean work tree is its HEAD");
+
+    repos.write("clusters/alpha.yaml", "name: alpha\nedited: true\n");
+    repos.write("clusters/beta.yaml", "name: beta\n");
+    let edited = read_work_tree(&repos.work, "clusters").unwrap();
+    assert_eq!(
+        edited.intent_revision("alpha").unwrap().blob,
+        oid(&git(&repos.work, &["hash-object", "clusters/alpha.yaml"]))
+    );
+    assert_ne!(
+        edited.intent_revision("alpha"),
+        committed.intent_revision("alpha")
+    );
+    assert!(edited.intent_revision("beta").is_some());
+    assert_eq!(edited.templates_tree, committed.templates_tree);
 }

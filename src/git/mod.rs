@@ -23,7 +23,7 @@ mod trigger;
 pub use commit::{Author, Generated, IntentEdit, message};
 pub use error::{CommitError, GitError, redact_url};
 pub use gix::ObjectId;
-pub use local::read_revision;
+pub use local::{read_revision, read_work_tree};
 pub use remote::{FetchReport, Remote};
 pub use snapshot::{ClusterFile, IntentRevision, Snapshot, TEMPLATES_DIR};
 pub use source::{GitSource, PollOutcome, PublishOutcome, Rendered, RetryPolicy};
