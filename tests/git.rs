@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use kiln::git::{
     CommitError, GitError, GitSource, IntentEdit, ObjectId, PollOutcome, PublishOutcome, Rendered,
-    RetryPolicy, Snapshot, Trigger, Wake, local_repo_path, read_revision, read_work_tree,
-    watch_local,
+    RetryPolicy, Snapshot, Trigger, Wake, read_revision, read_work_tree, watch_if_local,
 };
 use support::{Daemon, Repos, SmartHttp, git};
 
@@ -384,7 +383,7 @@ async fn a_notify_event_on_a_local_repo_triggers_a_poll_in_under_a_second() {
     let src = GitSource::open(&config, &repos.state).await.unwrap();
     src.poll().await.unwrap();
     let trigger = Trigger::new();
-    let _watcher = watch_local(&local_repo_path(&config.url).unwrap(), trigger.clone()).unwrap();
+    let _watcher = watch_if_local(&config.url, &trigger).unwrap().unwrap();
     // Let the watcher settle, then drop any event of the set-up.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = tokio::time::timeout(

@@ -15,6 +15,7 @@
 mod commit;
 mod error;
 mod local;
+mod port;
 mod remote;
 mod snapshot;
 mod source;
@@ -24,7 +25,8 @@ pub use commit::{Author, Generated, IntentEdit, message};
 pub use error::{CommitError, GitError, redact_url};
 pub use gix::ObjectId;
 pub use local::{read_revision, read_work_tree};
+pub use port::GitPort;
 pub use remote::{FetchReport, Remote};
 pub use snapshot::{ClusterFile, IntentRevision, Snapshot, TEMPLATES_DIR};
 pub use source::{GitSource, PollOutcome, PublishOutcome, Rendered, RetryPolicy};
-pub use trigger::{Trigger, Wake, jittered, local_repo_path, watch_local};
+pub use trigger::{Trigger, Wake, jittered, local_repo_path, watch_if_local, watch_local};

@@ -87,6 +87,18 @@ pub fn watch_local(
     Ok(watcher)
 }
 
+/// The watcher for `git.url` when it is a local repository (`None` for a network remote, which
+/// only the timer and the webhook can wake).
+pub fn watch_if_local(
+    url: &str,
+    trigger: &Trigger,
+) -> Result<Option<notify::RecommendedWatcher>, GitError> {
+    match local_repo_path(url) {
+        Some(dir) => watch_local(&dir, trigger.clone()).map(Some),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
