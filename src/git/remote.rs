@@ -264,6 +264,19 @@ impl Remote {
         Ok(())
     }
 
+    /// Every publish leaves loose objects and every fetch a small pack; let git repack when its own
+    /// thresholds say so. Best effort: a failed gc costs disk, never correctness.
+    pub fn maintain(&self) {
+        match self.git().args(["gc", "--auto", "--quiet"]).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => tracing::warn!(
+                stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+                "git gc --auto on the cache clone failed"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot run git gc on the cache clone"),
+        }
+    }
+
     /// `git` on the cache clone, never prompting: a missing credential is an error, not a hang.
     fn git(&self) -> Command {
         let mut cmd = Command::new("git");

@@ -300,6 +300,7 @@ impl GitSource {
                         if to_tracked {
                             remote.set_tracked_tip(&repo, commit)?;
                         }
+                        remote.maintain();
                         Ok(Some(Ok(commit)))
                     }
                     Err(e @ GitError::PushRejected { .. }) => Ok(Some(Err(e))),
