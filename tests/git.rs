@@ -707,3 +707,50 @@ async fn a_work_tree_read_hashes_like_git_and_sees_uncommitted_edits() {
     assert!(edited.intent_revision("beta").is_some());
     assert_eq!(edited.templates_tree, committed.templates_tree);
 }
+
+#[tokio::test]
+async fn a_remote_that_accepts_and_never_answers_times_out_instead_of_stalling_the_loop() {
+    let repos = Repos::new();
+    // Connections complete in the backlog and are never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "git://127.0.0.1:{}/remote.git",
+        silent.local_addr().unwrap().port()
+    );
+    let src = GitSource::open(&repos.config(&url), &repos.state)
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_millis(500));
+    let started = Instant::now();
+    let err = src.poll().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GitError::Timeout {
+                action: "fetch",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
+
+#[tokio::test]
+async fn a_remote_without_the_branch_says_so() {
+    let repos = Repos::new();
+    let mut config = repos.local_config();
+    config.branch = "production".into();
+    let src = GitSource::open(&config, &repos.state).await.unwrap();
+    let err = src.poll().await.unwrap_err();
+    assert!(
+        matches!(&err, GitError::NoBranch { branch, .. } if branch == "production"),
+        "{err:?}"
+    );
+    assert_eq!(src.current().await, None);
+}

@@ -14,6 +14,12 @@ pub enum GitError {
         action: &'static str,
         message: String,
     },
+    #[error("git: {action} of remote {url} timed out after {after:?}")]
+    Timeout {
+        url: String,
+        action: &'static str,
+        after: std::time::Duration,
+    },
     #[error("git: remote {url} has no branch `{branch}`")]
     NoBranch { url: String, branch: String },
     #[error("git: push of {commit} to {url} was rejected (not a fast-forward): {message}")]

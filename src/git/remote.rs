@@ -4,9 +4,11 @@
 //! cache repository's own config (`core.sshCommand`, `credential.helper`), never through the command
 //! line, the environment of a log line, or a URL.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use gix::ObjectId;
 use gix::remote::Direction;
@@ -30,7 +32,12 @@ pub struct Remote {
     pub url: String,
     pub branch: String,
     pub cache_dir: PathBuf,
+    /// How long one fetch or push may take before it is abandoned (a hung forge must not stall
+    /// the loop). The `git` CLI is killed at this point; a gix fetch is abandoned by the caller.
+    pub timeout: Duration,
 }
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Remote {
     pub fn new(git: &GitConfig, state_dir: &Path) -> Self {
@@ -38,6 +45,7 @@ impl Remote {
             url: git.url.clone(),
             branch: git.branch.clone(),
             cache_dir: state_dir.join("repo"),
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 
@@ -80,7 +88,8 @@ impl Remote {
                 // Host keys are always checked; without `known_hosts_file`, against ssh's default
                 // file, so an unknown host is refused, never trusted on first use.
                 let mut cmd = format!(
-                    "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes",
+                    "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes \
+                     -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4",
                     shell_quote(&key.to_string_lossy())
                 );
                 if let Some(kh) = &git.known_hosts_file {
@@ -235,14 +244,9 @@ impl Remote {
     /// Pushes `commit` to `branch`, fast-forward only (never `+`, never `--force`). Blocking.
     pub fn push(&self, commit: ObjectId, branch: &str) -> Result<(), GitError> {
         let refspec = format!("{commit}:refs/heads/{branch}");
-        let out = self
-            .git()
-            .args(["push", "--porcelain", "--", &self.url, &refspec])
-            .output()
-            .map_err(|source| GitError::Spawn {
-                action: "push",
-                source,
-            })?;
+        let mut cmd = self.git();
+        cmd.args(["push", "--porcelain", "--", &self.url, &refspec]);
+        let out = self.run(cmd, "push")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         // Porcelain: one `<flag>\t<from>:<to>\t<summary>` line per ref; `!` means rejected.
@@ -277,12 +281,68 @@ impl Remote {
         }
     }
 
+    /// Runs a network `git` command, killing it after `timeout`.
+    fn run(&self, mut cmd: Command, action: &'static str) -> Result<Output, GitError> {
+        let spawn_err = |source| GitError::Spawn { action, source };
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        // Drain both pipes on threads so a chatty git never blocks on a full pipe.
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let stdout = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let deadline = Instant::now() + self.timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(spawn_err)? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(GitError::Timeout {
+                    url: self.shown_url(),
+                    action,
+                    after: self.timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        })
+    }
+
     /// `git` on the cache clone, never prompting: a missing credential is an error, not a hang.
     fn git(&self) -> Command {
         let mut cmd = Command::new("git");
         cmd.arg("--git-dir")
             .arg(&self.cache_dir)
             .env("GIT_TERMINAL_PROMPT", "0")
+            // A stalled HTTP transfer is abandoned well before the overall timeout.
+            .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
+            .env("GIT_HTTP_LOW_SPEED_TIME", "60")
             .env("GCM_INTERACTIVE", "never")
             .env("LC_ALL", "C")
             .stdin(Stdio::null());

@@ -102,6 +102,23 @@ pub struct GitSource {
     state: Arc<Mutex<State>>,
 }
 
+/// `blocking`, abandoned after `remote.timeout` (gix has no timeout of its own for a server that
+/// accepts and then says nothing). The abandoned thread ends when its connection does.
+async fn networked<T: Send + 'static>(
+    remote: &Remote,
+    action: &'static str,
+    f: impl FnOnce() -> Result<T, GitError> + Send + 'static,
+) -> Result<T, GitError> {
+    match tokio::time::timeout(remote.timeout, blocking(f)).await {
+        Ok(r) => r,
+        Err(_) => Err(GitError::Timeout {
+            url: remote.shown_url(),
+            action,
+            after: remote.timeout,
+        }),
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, GitError> + Send + 'static,
 ) -> Result<T, GitError> {
@@ -138,6 +155,12 @@ impl GitSource {
         })
     }
 
+    /// How long one fetch or push may take (default two minutes).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        Arc::make_mut(&mut self.remote).timeout = timeout;
+        self
+    }
+
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
@@ -161,7 +184,7 @@ impl GitSource {
         let old = state.last_good;
         let remote = self.remote.clone();
         let clusters_dir = self.clusters_dir.clone();
-        let result = blocking(move || {
+        let result = networked(&self.remote, "fetch", move || {
             let report = remote.fetch()?;
             let intent_changed = match old {
                 Some(old) if old == report.tip => false,
@@ -270,7 +293,7 @@ impl GitSource {
             let guard = self.state.lock().await;
             let remote = self.remote.clone();
             let clusters_dir = self.clusters_dir.clone();
-            let snapshot = blocking(move || {
+            let snapshot = networked(&self.remote, "fetch", move || {
                 let report = remote.fetch()?;
                 read_snapshot(&remote.open()?, report.tip, &clusters_dir)
             })
