@@ -1,12 +1,13 @@
-//! `GitSource`: the port the reconciler uses. Every gix or `git` call runs in `spawn_blocking`;
-//! one mutex serialises use of the cache clone, so a poll and a publish never race on its refs.
+//! `GitSource`: the port the reconciler uses. Every gix or `git` call runs in `spawn_blocking`.
+//! One async mutex serialises what moves refs in the cache clone (fetch, commit, push), so a poll
+//! and a publish never race; reads of the object database (append-only) need no lock, and the
+//! served revision sits behind its own short lock, so status readers never wait on the network.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gix::ObjectId;
-use tokio::sync::Mutex;
 
 use super::GitError;
 use super::commit::{Author, Generated, IntentEdit, build_commit, build_intent_commit, message};
@@ -99,6 +100,8 @@ pub struct GitSource {
     output_dir: Arc<str>,
     author: Arc<Author>,
     retry: RetryPolicy,
+    /// Held across every operation that fetches or pushes.
+    ops: Arc<tokio::sync::Mutex<()>>,
     state: Arc<Mutex<State>>,
 }
 
@@ -148,6 +151,7 @@ impl GitSource {
             output_dir: git.output_dir.trim_matches('/').into(),
             author: Arc::new(author),
             retry: RetryPolicy::default(),
+            ops: Arc::new(tokio::sync::Mutex::new(())),
             state: Arc::new(Mutex::new(State {
                 last_good,
                 last_fetch: None,
@@ -168,20 +172,25 @@ impl GitSource {
 
     /// The revision to serve: the last one fetched successfully.
     pub async fn current(&self) -> Option<ObjectId> {
-        self.state.lock().await.last_good
+        self.state().last_good
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is two plain values: a panic elsewhere cannot leave it half-written.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What the last successful fetch saw (whether it received a pack).
     pub async fn last_fetch(&self) -> Option<FetchReport> {
-        self.state.lock().await.last_fetch
+        self.state().last_fetch
     }
 
     /// Lists the remote's refs; fetches objects only when the branch moved. On error the last good
     /// revision stays current.
     #[tracing::instrument(skip(self), fields(url = %self.remote.shown_url(), branch = %self.remote.branch))]
     pub async fn poll(&self) -> Result<PollOutcome, GitError> {
-        let mut state = self.state.lock().await;
-        let old = state.last_good;
+        let _ops = self.ops.lock().await;
+        let old = self.current().await;
         let remote = self.remote.clone();
         let clusters_dir = self.clusters_dir.clone();
         let result = networked(&self.remote, "fetch", move || {
@@ -190,8 +199,8 @@ impl GitSource {
                 Some(old) if old == report.tip => false,
                 Some(old) => {
                     let repo = remote.open()?;
-                    // After a force-push the old commit may be gone from nowhere (gix keeps
-                    // unreachable objects), but be safe: an unreadable old tip counts as changed.
+                    // The old tip of a force-pushed branch is normally still in the cache (nothing
+                    // prunes it), but if it cannot be read, count the move as an intent change.
                     match intent_key(&repo, old, &clusters_dir) {
                         Ok(k) => k != intent_key(&repo, report.tip, &clusters_dir)?,
                         Err(_) => true,
@@ -209,8 +218,11 @@ impl GitSource {
                 return Err(e);
             }
         };
-        state.last_fetch = Some(report);
-        state.last_good = Some(report.tip);
+        {
+            let mut state = self.state();
+            state.last_fetch = Some(report);
+            state.last_good = Some(report.tip);
+        }
         if old == Some(report.tip) {
             tracing::debug!(tip = %report.tip, "remote unchanged");
             return Ok(PollOutcome::Unchanged { tip: report.tip });
@@ -225,7 +237,6 @@ impl GitSource {
 
     /// The intent at `rev`, read from the cache clone's object database.
     pub async fn snapshot(&self, rev: ObjectId) -> Result<Snapshot, GitError> {
-        let _guard = self.state.lock().await;
         let remote = self.remote.clone();
         let clusters_dir = self.clusters_dir.clone();
         blocking(move || read_snapshot(&remote.open()?, rev, &clusters_dir)).await
@@ -290,7 +301,7 @@ impl GitSource {
         let attempts = self.retry.attempts.max(1);
         let to_tracked = branch == self.remote.branch;
         for attempt in 1..=attempts {
-            let guard = self.state.lock().await;
+            let guard = self.ops.lock().await;
             let remote = self.remote.clone();
             let clusters_dir = self.clusters_dir.clone();
             let snapshot = networked(&self.remote, "fetch", move || {
