@@ -754,3 +754,29 @@ async fn a_remote_without_the_branch_says_so() {
     );
     assert_eq!(src.current().await, None);
 }
+
+#[tokio::test]
+async fn lock_files_left_by_a_killed_kiln_do_not_block_the_restarted_one() {
+    let repos = Repos::new();
+    let src = GitSource::open(&repos.local_config(), &repos.state)
+        .await
+        .unwrap();
+    src.poll().await.unwrap();
+    drop(src);
+    // What `kill -9` in the middle of a ref update and a config write leaves behind.
+    let cache = repos.state.join("repo");
+    std::fs::write(cache.join("refs/remotes/origin/main.lock"), "").unwrap();
+    std::fs::write(cache.join("packed-refs.lock"), "").unwrap();
+    std::fs::write(cache.join("config.lock"), "").unwrap();
+
+    let src = GitSource::open(&repos.local_config(), &repos.state)
+        .await
+        .unwrap();
+    repos.write("clusters/beta.yaml", "name: beta\n");
+    let new = oid(&repos.commit_and_push("add beta"));
+    assert!(matches!(src.poll().await.unwrap(), PollOutcome::Moved { new: n, .. } if n == new));
+    assert!(matches!(
+        src.publish(render).await.unwrap(),
+        PublishOutcome::Pushed { .. }
+    ));
+}

@@ -81,6 +81,7 @@ impl Remote {
                 )
             })?;
         }
+        self.remove_stale_locks()?;
         // Settings are rewritten on every start, so a credential removed from kiln.toml is gone
         // from the cache clone too.
         match &git.ssh_key_file {
@@ -105,6 +106,40 @@ impl Remote {
         match &git.token_file {
             Some(token) => self.set_config("credential.helper", Some(&credential_helper(token)))?,
             None => self.set_config("credential.helper", None)?,
+        }
+        Ok(())
+    }
+
+    /// Lock files in the cache clone at start-up were left by a kiln that died mid-update (only
+    /// one kiln owns a state folder: systemd runs one instance, and `GitSource` serialises its own
+    /// ref updates). Left in place they would fail every later update: crash safety (DESIGN.md §7)
+    /// means removing them. The objects a dead process half-wrote are temp files git ignores.
+    fn remove_stale_locks(&self) -> Result<(), GitError> {
+        let mut dirs = vec![self.cache_dir.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = std::fs::read_dir(&dir).map_err(|source| GitError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                let at_top = dir == self.cache_dir;
+                if kind.is_dir()
+                    && (path.starts_with(self.cache_dir.join("refs"))
+                        || (at_top && entry.file_name() == "refs"))
+                {
+                    dirs.push(path);
+                } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
+                    tracing::warn!(path = %path.display(), "removing a lock file left by an earlier kiln");
+                    std::fs::remove_file(&path).map_err(|source| GitError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
+            }
         }
         Ok(())
     }
