@@ -780,3 +780,31 @@ async fn lock_files_left_by_a_killed_kiln_do_not_block_the_restarted_one() {
         PublishOutcome::Pushed { .. }
     ));
 }
+
+#[tokio::test]
+async fn an_unreadable_cache_clone_is_set_aside_and_cloned_anew() {
+    let repos = Repos::new();
+    let src = GitSource::open(&repos.local_config(), &repos.state)
+        .await
+        .unwrap();
+    src.poll().await.unwrap();
+    drop(src);
+    std::fs::write(repos.state.join("repo/config"), "[core\nbroken = \n").unwrap();
+
+    let src = GitSource::open(&repos.local_config(), &repos.state)
+        .await
+        .unwrap();
+    assert_eq!(
+        src.current().await,
+        None,
+        "a fresh clone has fetched nothing yet"
+    );
+    let tip = oid(&repos.remote_tip());
+    assert!(matches!(src.poll().await.unwrap(), PollOutcome::Moved { new, .. } if new == tip));
+    let aside: Vec<_> = std::fs::read_dir(&repos.state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("repo.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the broken clone is kept for inspection");
+}

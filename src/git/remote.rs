@@ -69,6 +69,25 @@ impl Remote {
 
     /// Creates the bare cache clone if missing and (re)writes its credential settings.
     pub fn prepare(&self, git: &GitConfig) -> Result<(), GitError> {
+        if self.cache_dir.join("HEAD").exists() {
+            self.remove_stale_locks()?;
+            if let Err(e) = self.open() {
+                // The cache holds nothing the remote lacks (kiln's commits count only once
+                // pushed), so an unreadable one is set aside for inspection and cloned anew.
+                let aside = self.cache_dir.with_extension(format!(
+                    "corrupt-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or_default()
+                ));
+                tracing::warn!(error = %e, aside = %aside.display(), "cache clone unreadable; starting a fresh one");
+                std::fs::rename(&self.cache_dir, &aside).map_err(|source| GitError::Io {
+                    path: self.cache_dir.clone(),
+                    source,
+                })?;
+            }
+        }
         if !self.cache_dir.join("HEAD").exists() {
             std::fs::create_dir_all(&self.cache_dir).map_err(|source| GitError::Io {
                 path: self.cache_dir.clone(),
@@ -81,7 +100,6 @@ impl Remote {
                 )
             })?;
         }
-        self.remove_stale_locks()?;
         // Settings are rewritten on every start, so a credential removed from kiln.toml is gone
         // from the cache clone too.
         match &git.ssh_key_file {
