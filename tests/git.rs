@@ -81,6 +81,12 @@ async fn unchanged_poll_over_git_daemon_transfers_no_pack_and_a_new_commit_is_se
         assert_eq!(src.poll().await.unwrap(), PollOutcome::Unchanged { tip });
         assert!(!src.last_fetch().await.unwrap().pack_received);
     }
+    eprintln!(
+        "git daemon upload-pack: ls-refs {}, fetch {}, packfile {} after 1 cloning poll + 3 unchanged polls",
+        daemon.commands("ls-refs"),
+        daemon.commands("fetch"),
+        daemon.pack_lines()
+    );
     assert_eq!(
         daemon.commands("ls-refs"),
         lists + 3,
@@ -384,13 +390,16 @@ async fn a_notify_event_on_a_local_repo_triggers_a_poll_in_under_a_second() {
     src.poll().await.unwrap();
     let trigger = Trigger::new();
     let _watcher = watch_if_local(&config.url, &trigger).unwrap().unwrap();
-    // Let the watcher settle, then drop any event of the set-up.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = tokio::time::timeout(
-        Duration::from_millis(50),
-        trigger.wait(Duration::from_secs(600)),
-    )
-    .await;
+    // Nothing wakes it while the repository is quiet: the wake below is the push's.
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            trigger.wait(Duration::from_secs(600))
+        )
+        .await
+        .is_err(),
+        "woken with no change to the repository"
+    );
 
     repos.write("clusters/beta.yaml", "name: beta\n");
     let new = oid(&repos.commit_and_push("add beta"));
@@ -398,6 +407,7 @@ async fn a_notify_event_on_a_local_repo_triggers_a_poll_in_under_a_second() {
     let wake = trigger.wait(Duration::from_secs(600)).await;
     let outcome = src.poll().await.unwrap();
     let elapsed = pushed.elapsed();
+    eprintln!("notify: push → wake → poll done in {elapsed:?}");
     assert_eq!(wake, Wake::Poked);
     assert!(matches!(outcome, PollOutcome::Moved { new: n, .. } if n == new));
     assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
