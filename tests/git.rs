@@ -261,6 +261,7 @@ async fn a_commit_touches_only_output_dir_an_unchanged_tree_makes_none_and_inten
         src.poll().await.unwrap(),
         PollOutcome::Unchanged { tip: commit }
     );
+    git(&repos.bare, &["fsck", "--strict", "--no-dangling"]);
 }
 
 #[tokio::test]
@@ -817,4 +818,62 @@ async fn an_unreadable_cache_clone_is_set_aside_and_cloned_anew() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("repo.corrupt-"))
         .collect();
     assert_eq!(aside.len(), 1, "the broken clone is kept for inspection");
+}
+
+#[tokio::test]
+async fn nested_folders_work_and_an_empty_output_removes_only_the_output_folder() {
+    let repos = Repos::new();
+    repos.write("fleet/clusters/edge.yaml", "name: edge\n");
+    repos.write("deploy/gitops/keep-me-not.yaml", "old\n");
+    repos.write("deploy/other/keep.yaml", "not kiln's\n");
+    repos.commit_and_push("nested layout");
+    let mut config = repos.local_config();
+    config.clusters_dir = "fleet/clusters/".into();
+    config.output_dir = "/deploy/gitops".into();
+    let src = GitSource::open(&config, &repos.state).await.unwrap();
+    src.poll().await.unwrap();
+    let snap = src.current_snapshot().await.unwrap();
+    assert_eq!(snap.files.len(), 1);
+    assert_eq!(snap.files[0].path, "fleet/clusters/edge.yaml");
+
+    let PublishOutcome::Pushed { commit, parent } = src.publish(render).await.unwrap() else {
+        panic!()
+    };
+    let changed = git(
+        &repos.bare,
+        &[
+            "diff",
+            "--name-only",
+            &parent.to_string(),
+            &commit.to_string(),
+        ],
+    );
+    assert!(
+        changed.lines().all(|l| l.starts_with("deploy/gitops/")),
+        "{changed}"
+    );
+
+    // An empty generated set: the output folder goes, everything else stays.
+    let PublishOutcome::Pushed { commit, .. } = src
+        .publish(|_: &Snapshot| Ok::<_, std::convert::Infallible>(Rendered::default()))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let files = git(
+        &repos.bare,
+        &["ls-tree", "-r", "--name-only", &commit.to_string()],
+    );
+    assert!(!files.contains("deploy/gitops"), "{files}");
+    assert!(
+        files.lines().any(|l| l == "deploy/other/keep.yaml"),
+        "{files}"
+    );
+    assert!(
+        files.lines().any(|l| l == "fleet/clusters/edge.yaml"),
+        "{files}"
+    );
+    // git itself vouches for every tree and commit kiln wrote.
+    git(&repos.bare, &["fsck", "--strict", "--no-dangling"]);
 }
