@@ -1,8 +1,8 @@
 //! The cache clone and the two conversations with the remote: fetch (gix; the `git` CLI only for
 //! `http(s)://`, which kiln's gix build has no transport for) and the fast-forward push (`git` CLI,
 //! as gix cannot push). Credentials come from files named in the config and reach git through the
-//! cache repository's own config (`core.sshCommand`, `credential.helper`), never through the command
-//! line, the environment of a log line, or a URL.
+//! cache repository's own config (`core.sshCommand`, `credential.helper`, which hold file paths,
+//! never the secrets), so no secret is on a command line, in the environment, a log line or a URL.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -221,7 +221,7 @@ impl Remote {
             return self.fetch_cli();
         }
         let repo = self.open()?;
-        let unreachable = |e: gix::Error| GitError::Remote {
+        let failed = |e: gix::Error| GitError::Remote {
             url: self.shown_url(),
             action: "fetch",
             message: redact_url(&chain(&e)),
@@ -230,10 +230,10 @@ impl Remote {
             .remote_at(self.url.as_str())
             .and_then(|r| r.with_refspecs([self.refspec().as_str()], Direction::Fetch))
             .map_err(|e| GitError::gix(format!("remote {}", self.shown_url()), e))?;
-        let connection = remote.connect(Direction::Fetch).map_err(unreachable)?;
+        let connection = remote.connect(Direction::Fetch).map_err(failed)?;
         let prepare = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(unreachable)?;
+            .map_err(failed)?;
         if prepare.ref_map().mappings.is_empty() {
             return Err(GitError::NoBranch {
                 url: self.shown_url(),
@@ -242,7 +242,7 @@ impl Remote {
         }
         let outcome = prepare
             .receive(gix::progress::Discard, &AtomicBool::new(false))
-            .map_err(unreachable)?;
+            .map_err(failed)?;
         let pack_received = matches!(outcome.status, gix::remote::fetch::Status::Change { .. });
         let tip = self.tracked_tip(&repo)?.ok_or_else(|| GitError::NoBranch {
             url: self.shown_url(),
