@@ -364,6 +364,20 @@ impl CertificateAuthority {
         params.key_usages = leaf.key_usages.to_vec();
         params.extended_key_usages = leaf.extended_key_usages.to_vec();
         params.use_authority_key_identifier_extension = true;
+        params.subject_alt_names = leaf
+            .ip_sans
+            .iter()
+            .map(|ip| rcgen::SanType::IpAddress(*ip))
+            .collect();
+        for name in leaf.dns_sans {
+            let ia5 = rcgen::string::Ia5String::try_from(name.as_str()).map_err(|source| {
+                PkiError::Sign {
+                    what: format!("DNS SAN `{name}`"),
+                    source,
+                }
+            })?;
+            params.subject_alt_names.push(rcgen::SanType::DnsName(ia5));
+        }
         let cert = params
             .signed_by(&key, &issuer)
             .map_err(|source| PkiError::Sign {
@@ -381,6 +395,9 @@ impl CertificateAuthority {
 #[derive(Debug, Clone)]
 pub struct LeafSpec<'a> {
     pub common_name: Option<&'a str>,
+    /// Subject alternative names: IPs and DNS names (server certs only).
+    pub ip_sans: &'a [std::net::IpAddr],
+    pub dns_sans: &'a [String],
     pub organization: Option<&'a str>,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
