@@ -227,7 +227,11 @@ fn rendered_configs_carry_the_spec() {
                     .unwrap_or(format!("ghcr.io/siderolabs/installer:{v}"));
                 assert_eq!(m["install"]["image"], image.as_str(), "{ctx}");
                 let sans: Vec<String> = serde_json::from_value(m["certSANs"].clone()).unwrap();
-                assert!(sans.contains(&spec.network.vip.to_string()));
+                assert_eq!(
+                    sans.contains(&spec.network.vip.to_string()),
+                    cp,
+                    "{ctx}: VIP SAN"
+                );
                 assert!(sans.contains(&node.ip.to_string()));
                 // Secrets only where they belong.
                 assert_eq!(m["ca"]["key"] != "", cp, "{ctx}: machine.ca.key");

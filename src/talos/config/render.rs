@@ -5,9 +5,9 @@
 //! Decisions (where neither DESIGN.md nor the issue say):
 //! - Links are chosen by MAC (the VM's NIC), never by name: metal ISOs use predictable names.
 //!   MACs are written lower-case, as Talos reports link addresses.
-//! - Cert SANs are the VIP and the node's own IP, for both the Talos API and the kube-apiserver
-//!   certificate: the VIP because clients reach the API through it, the node IP so a config does
-//!   not change when other nodes come and go.
+//! - Cert SANs are the VIP and the node's own IP on control planes (Talos API and kube-apiserver
+//!   certs), the node's own IP on workers: the VIP because clients reach the API through it, the
+//!   node IP (never the other nodes') so a config does not change when other nodes come and go.
 //! - A cluster without workers allows scheduling on control planes (otherwise nothing would run).
 //! - Registry mirrors: `overridePath: true` on every endpoint URL that has a path; in the 1.11
 //!   layout the flag is per mirror, so it is set when any endpoint has a path.
@@ -120,7 +120,12 @@ pub fn render_documents(
     let address = format!("{}/{}", node.ip, net.prefix_length);
     let gateway = net.gateway.to_string();
     let nameservers: Vec<String> = net.nameservers.iter().map(|n| n.to_string()).collect();
-    let sans = vec![vip.clone(), ip.clone()];
+    // Workers never answer on the VIP, so only control planes carry it.
+    let sans = if cp {
+        vec![vip.clone(), ip.clone()]
+    } else {
+        vec![ip.clone()]
+    };
     let legacy = !contract.multi_doc();
 
     let extra_mounts = spec.app_enabled(App::Longhorn).then(|| {
