@@ -181,6 +181,14 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// A DN value encoded as Go's `pkix` does: PrintableString when the text allows, else UTF8String.
+fn dn_value(text: &str) -> rcgen::DnValue {
+    match rcgen::string::PrintableString::try_from(text) {
+        Ok(p) => rcgen::DnValue::PrintableString(p),
+        Err(_) => rcgen::DnValue::Utf8String(text.to_owned()),
+    }
+}
+
 fn add(now: OffsetDateTime, d: Duration) -> OffsetDateTime {
     now + time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
 }
@@ -258,7 +266,7 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         if let Some(o) = organization {
-            dn.push(DnType::OrganizationName, o);
+            dn.push(DnType::OrganizationName, dn_value(o));
         }
         params.distinguished_name = dn;
         params.serial_number = Some(random_serial());
@@ -351,10 +359,10 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         if let Some(cn) = leaf.common_name {
-            dn.push(DnType::CommonName, cn);
+            dn.push(DnType::CommonName, dn_value(cn));
         }
         if let Some(o) = leaf.organization {
-            dn.push(DnType::OrganizationName, o);
+            dn.push(DnType::OrganizationName, dn_value(o));
         }
         params.distinguished_name = dn;
         params.serial_number = Some(random_serial());
