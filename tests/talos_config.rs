@@ -3,6 +3,12 @@
 //! `../shared/schemas`), plus determinism, contract content, and kiln's strict decoder checked
 //! against the same schemas.
 
+// The bundle, certificate and mTLS checks live beside, in one test binary.
+#[path = "talos/bundle.rs"]
+mod bundle_and_certs;
+#[path = "talos/mtls.rs"]
+mod mtls;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
