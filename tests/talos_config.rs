@@ -42,7 +42,7 @@ fn validator(contract: Contract) -> &'static jsonschema::Validator {
         Contract::ALL
             .iter()
             .map(|c| {
-                let path = schema_dir().join(format!("config-v{}.schema.json", c.minor_str()));
+                let path = schema_dir().join(c.schema_file());
                 let text = std::fs::read_to_string(&path)
                     .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
                 let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -95,7 +95,7 @@ fn schema_errors(contract: Contract, doc: &serde_json::Value) -> Vec<String> {
     }
     // The root `oneOf` only says "no branch matched"; validate against the branch the document
     // means (by `kind`) to say why.
-    let path = schema_dir().join(format!("config-v{}.schema.json", contract.minor_str()));
+    let path = schema_dir().join(contract.schema_file());
     let mut schema: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let branch = match doc.get("kind").and_then(|k| k.as_str()) {

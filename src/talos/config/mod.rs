@@ -48,6 +48,11 @@ impl Contract {
         }
     }
 
+    /// The official schema's file name under `schemas/talos/`.
+    pub fn schema_file(self) -> String {
+        format!("config-v{}.schema.json", self.minor_str())
+    }
+
     /// Whether the contract has the multi-document network/registry kinds.
     pub fn multi_doc(self) -> bool {
         self >= Contract::V1_12

@@ -160,9 +160,9 @@ pub fn render_documents(
             }]),
             nameservers: Some(nameservers.clone()),
         }),
-        // `gen config` for 1.12 still writes an empty `network: {}`; 1.13 drops it.
-        Contract::V1_12 => Some(NetworkConfig::default()),
-        Contract::V1_13 => None,
+        // `gen config` for 1.12 still writes an empty `network: {}`, but `machine.network` is the
+        // deprecated container there (DESIGN: no deprecated fields), and 1.13 drops it anyway.
+        Contract::V1_12 | Contract::V1_13 => None,
     };
 
     let mirrors = &spec.registries.mirrors;
