@@ -543,3 +543,27 @@ fn show() {
         }
     }
 }
+
+#[test]
+fn decoded_config_exposes_what_the_simulator_needs() {
+    let ex = examples();
+    let prod = &ex.iter().find(|(f, _)| f == "production.yaml").unwrap().1;
+    for v in VERSIONS {
+        let contract = Contract::for_version(version(v)).unwrap();
+        for node in &prod.nodes {
+            let cp = node.role == Role::ControlPlane;
+            let d = decode(&render(prod, node, bundle(), version(v)).unwrap(), contract).unwrap();
+            assert_eq!(d.hostname(), Some(node.name.as_str()));
+            assert_eq!(d.addresses(), [format!("{}/24", node.ip)]);
+            assert_eq!(d.vip().is_some(), cp);
+            assert_eq!(d.cluster_name(), Some("production"));
+            assert_eq!(d.endpoint(), "https://192.168.2.160:6443");
+            assert_eq!(d.os_ca_cert_pem().unwrap(), bundle().os_ca.cert_pem());
+            assert_eq!(d.os_ca().unwrap().is_some(), cp);
+            assert_eq!(
+                d.kubernetes_ca().unwrap().map(|c| c.cert_pem().to_owned()),
+                cp.then(|| bundle().k8s_ca.cert_pem().to_owned())
+            );
+        }
+    }
+}

@@ -245,3 +245,134 @@ fn check_documents(c: &Config, docs: &[(usize, Document)]) -> Result<(), (usize,
     }
     Ok(())
 }
+
+/// A certificate field of an accepted config that does not hold what it should.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFieldError {
+    #[error("{field}: not base64 of PEM text")]
+    Encoding { field: &'static str },
+    #[error("{field}: {source}")]
+    Pki {
+        field: &'static str,
+        #[source]
+        source: crate::talos::PkiError,
+    },
+}
+
+/// What the simulator (and diagnostics) read out of an accepted config.
+impl DecodedConfig {
+    fn pem(field: &'static str, b64: &str) -> Result<String, ConfigFieldError> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or(ConfigFieldError::Encoding { field })
+    }
+
+    /// The OS CA certificate (PEM): what a configured node's apid trusts for client certs.
+    pub fn os_ca_cert_pem(&self) -> Result<String, ConfigFieldError> {
+        Self::pem("machine.ca.crt", &self.v1alpha1.machine.ca.crt)
+    }
+
+    /// The OS CA with its key (control planes only): what signs the node's API server cert.
+    pub fn os_ca(&self) -> Result<Option<crate::talos::CertificateAuthority>, ConfigFieldError> {
+        let ca = &self.v1alpha1.machine.ca;
+        if ca.key.is_empty() {
+            return Ok(None);
+        }
+        let crt = Self::pem("machine.ca.crt", &ca.crt)?;
+        let key = crate::talos::PrivateKeyPem::new(Self::pem("machine.ca.key", &ca.key)?);
+        crate::talos::CertificateAuthority::from_pem(&crt, key, "machine.ca")
+            .map(Some)
+            .map_err(|source| ConfigFieldError::Pki {
+                field: "machine.ca",
+                source,
+            })
+    }
+
+    /// The Kubernetes CA with its key (control planes only): what the API server's cert and the
+    /// admin kubeconfig come from.
+    pub fn kubernetes_ca(
+        &self,
+    ) -> Result<Option<crate::talos::CertificateAuthority>, ConfigFieldError> {
+        let ca = &self.v1alpha1.cluster.ca;
+        if ca.key.is_empty() {
+            return Ok(None);
+        }
+        let crt = Self::pem("cluster.ca.crt", &ca.crt)?;
+        let key = crate::talos::PrivateKeyPem::new(Self::pem("cluster.ca.key", &ca.key)?);
+        crate::talos::CertificateAuthority::from_pem(&crt, key, "cluster.ca")
+            .map(Some)
+            .map_err(|source| ConfigFieldError::Pki {
+                field: "cluster.ca",
+                source,
+            })
+    }
+
+    /// The static hostname: `HostnameConfig.hostname` (1.12+) or `machine.network.hostname` (1.11).
+    pub fn hostname(&self) -> Option<&str> {
+        self.documents
+            .iter()
+            .find_map(|d| match d {
+                Document::Hostname(h) => h.hostname.as_deref(),
+                _ => None,
+            })
+            .or_else(|| {
+                self.v1alpha1
+                    .machine
+                    .network
+                    .as_ref()
+                    .and_then(|n| n.hostname.as_deref())
+            })
+    }
+
+    /// Static addresses (CIDR form) from `LinkConfig`s or legacy interfaces.
+    pub fn addresses(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .documents
+            .iter()
+            .flat_map(|d| match d {
+                Document::Link(l) => l.addresses.iter().map(|a| a.address.clone()).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if let Some(ifaces) = self
+            .v1alpha1
+            .machine
+            .network
+            .as_ref()
+            .and_then(|n| n.interfaces.as_ref())
+        {
+            out.extend(ifaces.iter().flat_map(|i| i.addresses.iter().cloned()));
+        }
+        out
+    }
+
+    /// The control-plane VIP, if this node carries one.
+    pub fn vip(&self) -> Option<&str> {
+        self.documents
+            .iter()
+            .find_map(|d| match d {
+                Document::Layer2Vip(v) => Some(v.name.as_str()),
+                _ => None,
+            })
+            .or_else(|| {
+                self.v1alpha1
+                    .machine
+                    .network
+                    .as_ref()
+                    .and_then(|n| n.interfaces.as_ref())
+                    .and_then(|i| i.iter().find_map(|d| d.vip.as_ref().map(|v| v.ip.as_str())))
+            })
+    }
+
+    pub fn cluster_name(&self) -> Option<&str> {
+        self.v1alpha1.cluster.cluster_name.as_deref()
+    }
+
+    /// `cluster.controlPlane.endpoint`, e.g. `https://192.168.2.160:6443`.
+    pub fn endpoint(&self) -> &str {
+        &self.v1alpha1.cluster.control_plane.endpoint
+    }
+}

@@ -12,7 +12,7 @@ use std::fmt;
 
 use crate::spec::Version;
 
-pub use decode::{DecodeError, DecodedConfig, decode};
+pub use decode::{ConfigFieldError, DecodeError, DecodedConfig, decode};
 pub use render::{RenderError, render, render_documents};
 
 /// A machine-config contract: what a Talos minor emits and accepts.
