@@ -97,6 +97,11 @@ fn audit_policy() -> serde_yaml::Mapping {
 }
 
 /// The same, as typed documents (for tests and the simulator).
+#[tracing::instrument(
+    level = "debug",
+    skip_all,
+    fields(cluster = %cluster.name, node = %node.name, talos = %talos_version)
+)]
 pub fn render_documents(
     cluster: &Cluster,
     node: &Node,
