@@ -567,3 +567,28 @@ fn decoded_config_exposes_what_the_simulator_needs() {
         }
     }
 }
+
+#[test]
+fn decoder_is_not_stricter_than_the_schema_on_gen_config_shapes() {
+    // Shapes `talosctl gen config` itself writes (minus `persist`), which kiln does not emit:
+    // both the schema and the decoder must take them.
+    let ex = examples();
+    let prod = &ex.iter().find(|(f, _)| f == "production.yaml").unwrap().1;
+    let node = &prod.nodes[0];
+    for v in ["v1.12.11", "v1.13.9"] {
+        let contract = Contract::for_version(version(v)).unwrap();
+        let mut docs = docs_as_json(&render(prod, node, bundle(), version(v)).unwrap());
+        docs.retain(|d| d.get("kind").is_none());
+        docs[0]["machine"]["install"] =
+            serde_json::json!({"wipe": false, "grubUseUKICmdline": true});
+        docs[0]["machine"]["certSANs"] = serde_json::json!([]);
+        if contract == Contract::V1_12 {
+            docs[0]["machine"]["network"] = serde_json::json!({});
+        }
+        docs.push(serde_json::json!({"apiVersion": "v1alpha1", "kind": "HostnameConfig", "auto": "stable"}));
+        for d in &docs {
+            assert_eq!(schema_errors(contract, d), Vec::<String>::new(), "{v}");
+        }
+        decode(&to_stream(&docs), contract).unwrap_or_else(|e| panic!("{v}: {e}"));
+    }
+}
