@@ -521,30 +521,6 @@ fn decoder_applies_talos_runtime_rules() {
 }
 
 #[test]
-#[ignore = "prints a rendered config for eyeballing"]
-fn show() {
-    let ex = examples();
-    for (f, c) in &ex {
-        for v in ["v1.11.5", "v1.13.9"] {
-            for n in [c.nodes.first().unwrap(), c.nodes.last().unwrap()] {
-                let y = render(c, n, bundle(), version(v)).unwrap();
-                let short: Vec<String> = y
-                    .lines()
-                    .map(|l| {
-                        if l.len() > 100 {
-                            format!("{}…", &l[..60])
-                        } else {
-                            l.to_owned()
-                        }
-                    })
-                    .collect();
-                println!("##### {f} {} {v}\n{}", n.name, short.join("\n"));
-            }
-        }
-    }
-}
-
-#[test]
 fn decoded_config_exposes_what_the_simulator_needs() {
     let ex = examples();
     let prod = &ex.iter().find(|(f, _)| f == "production.yaml").unwrap().1;
