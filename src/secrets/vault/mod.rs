@@ -683,3 +683,53 @@ impl SecretStore for VaultStore {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(toml_text: &str) -> SecretsConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn settings_choose_approle_over_token_and_require_one() {
+        let s = VaultSettings::from_config(&cfg(
+            "addr = \"https://vault:8200\"\nmount = \"/admin/\"\nrole_id_file = \"/r\"\nsecret_id_file = \"/s\"\n",
+        ))
+        .unwrap();
+        assert_eq!(s.mount, "admin");
+        assert_eq!(
+            s.auth,
+            VaultAuth::AppRole {
+                mount: "approle".into(),
+                role_id_file: "/r".into(),
+                secret_id_file: "/s".into()
+            }
+        );
+        let t =
+            VaultSettings::from_config(&cfg("addr = \"http://v\"\ntoken_file = \"/t\"\n")).unwrap();
+        assert_eq!(t.auth, VaultAuth::TokenFile("/t".into()));
+        assert!(VaultSettings::from_config(&cfg("addr = \"http://v\"\n")).is_err());
+        assert!(VaultSettings::from_config(&cfg("token_file = \"/t\"\n")).is_err());
+        assert!(
+            VaultSettings::from_config(&cfg(
+                "addr = \"http://v\"\nrole_id_file = \"/r\"\ntoken_file = \"/t\"\n"
+            ))
+            .is_err(),
+            "half an AppRole is a mistake, not a fallback to the token"
+        );
+    }
+
+    #[test]
+    fn a_bad_address_is_a_config_error() {
+        let mut s =
+            VaultSettings::from_config(&cfg("addr = \"ftp://v\"\ntoken_file = \"/t\"\n")).unwrap();
+        assert!(matches!(
+            VaultStore::new(s.clone()),
+            Err(SecretsError::Config(_))
+        ));
+        s.addr = "http://127.0.0.1:1".into();
+        assert!(VaultStore::new(s).is_ok());
+    }
+}
