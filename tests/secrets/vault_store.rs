@@ -195,6 +195,35 @@ async fn approle_login_renewal_expiry_and_relogin_after_403() {
 }
 
 #[tokio::test]
+async fn an_idle_store_renews_its_token_before_expiry() {
+    let bao = Bao::start().await;
+    bao.enable_kv2("admin").await;
+    let auth = approle(&bao, "6s").await;
+    let store = Arc::new(VaultStore::new(settings(&bao, "admin", auth)).unwrap());
+    let p = path("kubernetes/i/talos");
+    store
+        .create(
+            &p,
+            &secret_data([("talosconfig", "tc")]),
+            &CustomMetadata::new(),
+        )
+        .await
+        .unwrap();
+    let keeper = store.keep_token_alive();
+    // Idle for twice the TTL: without renewal the token would be dead and need a new login.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let stats = store.auth_stats();
+    assert_eq!(stats.logins, 1, "{stats:?}");
+    assert!(stats.renewals >= 2, "{stats:?}");
+    assert!(matches!(
+        store.read(&p).await.unwrap(),
+        ReadOutcome::Present(_)
+    ));
+    assert_eq!(store.auth_stats().logins, 1);
+    keeper.abort();
+}
+
+#[tokio::test]
 async fn a_bad_token_file_is_a_clear_login_error() {
     let bao = Bao::start().await;
     let store = VaultStore::new(settings(

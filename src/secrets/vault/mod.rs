@@ -193,6 +193,28 @@ impl VaultStore {
             .await
     }
 
+    /// Keeps the token alive while kiln is idle: checks six times per TTL (at most every five
+    /// minutes), so renewal lands in the last third well before expiry. Abort the handle to stop.
+    pub fn keep_token_alive(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let store = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(s) = store.upgrade() else { return };
+                let ttl = s.life.lock().await.and_then(|l| l.ttl);
+                let wait = ttl
+                    .map(|t| t / 6)
+                    .unwrap_or(Duration::from_secs(300))
+                    .clamp(Duration::from_millis(500), Duration::from_secs(300));
+                drop(s);
+                tokio::time::sleep(wait).await;
+                let Some(s) = store.upgrade() else { return };
+                if let Err(e) = s.maintain_token().await {
+                    tracing::warn!(error = %e, "cannot keep the Vault token alive; retrying");
+                }
+            }
+        })
+    }
+
     /// Brings the token up to date. `force` logs in again whatever the TTL says (after a 403).
     async fn ensure_token(&self, force: bool) -> Result<(), AuthFailure> {
         let mut life = self.life.lock().await;
