@@ -262,6 +262,11 @@ impl SecretStore for FileStore {
         format!("file://{}", self.root.display())
     }
 
+    async fn check(&self) -> Result<(), SecretsError> {
+        // Taking the lock proves the folder exists and is writable by kiln.
+        self.locked(|_| Ok(())).await
+    }
+
     #[tracing::instrument(level = "debug", skip(self), fields(store = "file", path = %path))]
     async fn read(&self, path: &SecretPath) -> Result<ReadOutcome, SecretsError> {
         let file = self.file_of(path);

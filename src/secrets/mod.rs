@@ -33,14 +33,38 @@ use std::sync::Arc;
 
 use crate::config::{SecretsBackend, SecretsConfig};
 
-/// The store `kiln.toml` asks for. The file store lives in `state_dir/secrets`.
-pub fn from_config(
-    cfg: &SecretsConfig,
-    state_dir: &Path,
-) -> Result<Arc<dyn SecretStore>, SecretsError> {
+/// The store `kiln.toml` asks for, and for Vault the task that keeps its token alive while kiln is
+/// idle (stopped when this is dropped). No request is made here: call `check` at start-up and treat
+/// its error like any other store error (Vault may come up after kiln).
+pub struct OpenedStore {
+    pub store: Arc<dyn SecretStore>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for OpenedStore {
+    fn drop(&mut self) {
+        if let Some(k) = self.keeper.take() {
+            k.abort();
+        }
+    }
+}
+
+/// Opens the configured backend; the file store lives in `state_dir/secrets`. Needs a Tokio runtime
+/// (the Vault token keeper is a task).
+pub fn open(cfg: &SecretsConfig, state_dir: &Path) -> Result<OpenedStore, SecretsError> {
     Ok(match cfg.backend {
-        SecretsBackend::Vault => Arc::new(VaultStore::new(VaultSettings::from_config(cfg)?)?),
-        SecretsBackend::File => Arc::new(FileStore::open(state_dir.join("secrets"))?),
+        SecretsBackend::Vault => {
+            let vault = Arc::new(VaultStore::new(VaultSettings::from_config(cfg)?)?);
+            let keeper = vault.keep_token_alive();
+            OpenedStore {
+                store: vault,
+                keeper: Some(keeper),
+            }
+        }
+        SecretsBackend::File => OpenedStore {
+            store: Arc::new(FileStore::open(state_dir.join("secrets"))?),
+            keeper: None,
+        },
     })
 }
 

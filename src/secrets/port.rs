@@ -17,6 +17,10 @@ pub trait SecretStore: Send + Sync {
     /// Where the store is, for log lines and errors (`http://…/admin`, `file:///var/lib/kiln/secrets`).
     fn describe(&self) -> String;
 
+    /// Start-up readiness: credentials work and the store is what kiln expects (a KV v2 mount; a
+    /// writable folder). Fails with the same typed errors as the operations.
+    async fn check(&self) -> Result<(), SecretsError>;
+
     /// The current version and its custom metadata; see `ReadOutcome` for the three states.
     async fn read(&self, path: &SecretPath) -> Result<ReadOutcome, SecretsError>;
 

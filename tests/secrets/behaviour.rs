@@ -35,6 +35,7 @@ fn exposed(s: &kiln::secrets::Stored, key: &str) -> String {
 }
 
 pub async fn run_all(store: &dyn SecretStore, second: &dyn SecretStore, base: &str) {
+    store.check().await.unwrap();
     write_read_overwrite_delete(store, &format!("{base}/crud")).await;
     soft_deleted_bundle_is_reported_not_recreated(store, &format!("{base}/softdel")).await;
     concurrent_creators_one_wins(store, second, &format!("{base}/race")).await;

@@ -18,6 +18,25 @@ async fn file_store_passes_the_behavioural_suite() {
     behaviour::run_all(&a, &b, "kubernetes").await;
 }
 
+#[tokio::test]
+async fn kiln_toml_file_backend_lives_in_the_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg: kiln::config::SecretsConfig = toml::from_str("backend = \"file\"\n").unwrap();
+    let opened = kiln::secrets::open(&cfg, dir.path()).unwrap();
+    opened.store.check().await.unwrap();
+    let p = SecretPath::parse("kubernetes/c/talos").unwrap();
+    opened
+        .store
+        .create(
+            &p,
+            &secret_data([("talosconfig", "x")]),
+            &CustomMetadata::new(),
+        )
+        .await
+        .unwrap();
+    assert!(dir.path().join("secrets/kubernetes/c/talos.json").is_file());
+}
+
 /// Set in the children of `two_processes_never_both_create`.
 const CHILD_ROOT: &str = "KILN_TEST_SECRETS_CHILD_ROOT";
 const PATHS: usize = 40;

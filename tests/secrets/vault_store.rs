@@ -48,7 +48,7 @@ async fn openbao_passes_the_behavioural_suite() {
     bao.enable_kv2("admin").await;
     let a = root_store(&bao, "admin");
     let b = root_store(&bao, "admin");
-    a.check().await.unwrap();
+    a.check_mount().await.unwrap();
     behaviour::run_all(&a, &b, "kubernetes").await;
 }
 
@@ -348,7 +348,7 @@ async fn vault_down_is_retried_then_reported_and_recovers_when_back() {
 async fn a_wrong_mount_is_named() {
     let bao = Bao::start().await;
     let store = root_store(&bao, "admin");
-    match store.check().await {
+    match store.check_mount().await {
         Err(e @ SecretsError::WrongMount { .. }) => {
             assert!(e.to_string().contains("`admin`"), "{e}");
             assert!(!e.is_retryable());
@@ -367,21 +367,38 @@ async fn a_wrong_mount_is_named() {
         Some(json!({"type": "kv", "options": {"version": "1"}})),
     )
     .await;
-    match root_store(&bao, "old").check().await {
+    match root_store(&bao, "old").check_mount().await {
         Err(e @ SecretsError::WrongMount { .. }) => {
             let m = e.to_string();
             assert!(m.contains("`old`") && m.contains("version 1"), "{m}");
         }
         other => panic!("{other:?}"),
     }
-    root_store(&bao, "secret").check().await.unwrap();
+    root_store(&bao, "secret").check_mount().await.unwrap();
+
+    // The same through kiln.toml and the port.
+    let cfg: kiln::config::SecretsConfig = toml::from_str(&format!(
+        "addr = \"{}\"\ntoken_file = \"{}\"\n",
+        bao.addr,
+        bao.root_token_file().display()
+    ))
+    .unwrap();
+    let opened = kiln::secrets::open(&cfg, bao.dir.path()).unwrap();
+    match opened.store.check().await {
+        Err(e @ SecretsError::WrongMount { .. }) => {
+            assert!(e.to_string().contains("`admin`"), "{e}")
+        }
+        other => panic!("the default mount `admin` is not enabled yet: {other:?}"),
+    }
+    bao.enable_kv2("admin").await;
+    opened.store.check().await.unwrap();
 }
 
 #[tokio::test]
 async fn tls_is_verified_against_ca_file() {
     let bao = Bao::start_tls().await;
     let store = root_store(&bao, "secret");
-    store.check().await.unwrap();
+    store.check_mount().await.unwrap();
     let p = path("kubernetes/t/talos");
     store
         .create(

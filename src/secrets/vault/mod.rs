@@ -146,7 +146,7 @@ impl VaultStore {
     /// Logs in and checks that the mount exists and is KV version 2, so a typo in `secrets.mount`
     /// surfaces at start-up, naming the mount, instead of as a 404 on the first bundle.
     #[tracing::instrument(level = "debug", skip(self), fields(store = "vault", mount = %self.settings.mount))]
-    pub async fn check(&self) -> Result<(), SecretsError> {
+    pub async fn check_mount(&self) -> Result<(), SecretsError> {
         let mount = self.settings.mount.clone();
         let what = format!("sys/internal/ui/mounts/{mount}");
         let found = self
@@ -471,6 +471,10 @@ impl SecretStore for VaultStore {
             self.settings.addr.trim_end_matches('/'),
             self.settings.mount
         )
+    }
+
+    async fn check(&self) -> Result<(), SecretsError> {
+        self.check_mount().await
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(store = "vault", mount = %self.settings.mount, path = %path))]
