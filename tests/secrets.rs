@@ -8,5 +8,11 @@ mod bao;
 mod behaviour;
 #[path = "secrets/file_store.rs"]
 mod file_store;
+#[path = "secrets/vault_auth.rs"]
+mod vault_auth;
+#[path = "secrets/vault_outage.rs"]
+mod vault_outage;
+#[path = "secrets/vault_redaction.rs"]
+mod vault_redaction;
 #[path = "secrets/vault_store.rs"]
 mod vault_store;

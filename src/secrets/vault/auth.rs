@@ -25,6 +25,13 @@ pub enum VaultAuth {
     },
 }
 
+impl VaultAuth {
+    /// Whether kiln can get itself a new token (AppRole) or only re-read the one it was given.
+    pub(crate) fn is_replaceable(&self) -> bool {
+        matches!(self, Self::AppRole { .. })
+    }
+}
+
 /// Counters a test or `/metrics` can read: how the token was kept alive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AuthStats {
@@ -35,10 +42,14 @@ pub struct AuthStats {
 /// What kiln knows about the token in use.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TokenLife {
-    pub obtained: Instant,
     /// `None`: the token never expires (a root or non-expiring token).
-    pub ttl: Option<Duration>,
+    pub expires: Option<Instant>,
+    /// The token's full lease (its creation TTL, or what the last renewal granted): renewal starts
+    /// when a third of it remains.
+    pub period: Duration,
     pub renewable: bool,
+    /// A new token can be obtained (AppRole); a token file can only be re-read.
+    pub replaceable: bool,
 }
 
 /// What to do with the token before the next request.
@@ -50,28 +61,39 @@ pub(crate) enum TokenAction {
 }
 
 impl TokenLife {
-    pub fn new(ttl_secs: u64, renewable: bool) -> Self {
+    /// `remaining_secs == 0` means "never expires", as Vault reports it.
+    pub fn new(
+        now: Instant,
+        remaining_secs: u64,
+        period_secs: u64,
+        renewable: bool,
+        replaceable: bool,
+    ) -> Self {
         Self {
-            obtained: Instant::now(),
-            ttl: (ttl_secs > 0).then(|| Duration::from_secs(ttl_secs)),
+            expires: (remaining_secs > 0).then(|| now + Duration::from_secs(remaining_secs)),
+            period: Duration::from_secs(period_secs.max(remaining_secs)),
             renewable,
+            replaceable,
         }
     }
 
-    /// Renew in the last third of the TTL; log in again once it is (nearly) gone, leaving a second
-    /// of slack for the request's own travel time.
+    /// Renew once a third of the lease remains; log in again once it is (nearly) gone, leaving a
+    /// second of slack for the request's own travel time. A non-renewable token from a file is kept
+    /// until it expires: re-reading the same file early would only give the same token back.
     pub fn action(&self, now: Instant) -> TokenAction {
-        let Some(ttl) = self.ttl else {
+        let Some(expires) = self.expires else {
             return TokenAction::Keep;
         };
-        let age = now.saturating_duration_since(self.obtained);
-        if age + Duration::from_secs(1) >= ttl {
+        let remaining = expires.saturating_duration_since(now);
+        if remaining <= Duration::from_secs(1) {
             TokenAction::Login
-        } else if age >= ttl * 2 / 3 {
+        } else if remaining <= self.period / 3 {
             if self.renewable {
                 TokenAction::Renew
-            } else {
+            } else if self.replaceable {
                 TokenAction::Login
+            } else {
+                TokenAction::Keep
             }
         } else {
             TokenAction::Keep
@@ -107,26 +129,26 @@ mod tests {
 
     #[test]
     fn renews_in_the_last_third_and_logs_in_when_gone() {
-        let life = TokenLife::new(30, true);
-        let t0 = life.obtained;
-        assert_eq!(life.action(t0 + Duration::from_secs(10)), TokenAction::Keep);
-        assert_eq!(
-            life.action(t0 + Duration::from_secs(21)),
-            TokenAction::Renew
-        );
-        assert_eq!(
-            life.action(t0 + Duration::from_secs(29)),
-            TokenAction::Login
-        );
-        let fixed = TokenLife::new(30, false);
-        assert_eq!(
-            fixed.action(t0 + Duration::from_secs(21)),
-            TokenAction::Login
-        );
-        let root = TokenLife::new(0, false);
-        assert_eq!(
-            root.action(t0 + Duration::from_secs(1 << 20)),
-            TokenAction::Keep
-        );
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let life = TokenLife::new(t0, 30, 30, true, true);
+        assert_eq!(life.action(t0 + secs(10)), TokenAction::Keep);
+        assert_eq!(life.action(t0 + secs(21)), TokenAction::Renew);
+        assert_eq!(life.action(t0 + secs(29)), TokenAction::Login);
+        let fixed = TokenLife::new(t0, 30, 30, false, true);
+        assert_eq!(fixed.action(t0 + secs(21)), TokenAction::Login);
+        let from_file = TokenLife::new(t0, 30, 30, false, false);
+        assert_eq!(from_file.action(t0 + secs(21)), TokenAction::Keep);
+        assert_eq!(from_file.action(t0 + secs(30)), TokenAction::Login);
+        let root = TokenLife::new(t0, 0, 0, false, false);
+        assert_eq!(root.action(t0 + secs(1 << 20)), TokenAction::Keep);
+    }
+
+    #[test]
+    fn a_token_read_late_in_its_life_renews_by_its_creation_ttl() {
+        // lookup-self on a token created 50 s ago with a 60 s TTL: 10 s remain of 60.
+        let t0 = Instant::now();
+        let life = TokenLife::new(t0, 10, 60, true, false);
+        assert_eq!(life.action(t0), TokenAction::Renew);
     }
 }

@@ -136,7 +136,11 @@ impl VaultStore {
         tokio::spawn(async move {
             loop {
                 let Some(s) = store.upgrade() else { return };
-                let ttl = s.life.lock().await.and_then(|l| l.ttl);
+                let ttl = s
+                    .life
+                    .lock()
+                    .await
+                    .and_then(|l| l.expires.map(|_| l.period));
                 let wait = ttl
                     .map(|t| t / 6)
                     .unwrap_or(Duration::from_secs(300))
@@ -167,7 +171,13 @@ impl VaultStore {
                 };
                 match renewed {
                     Ok(info) => {
-                        *life = Some(TokenLife::new(info.lease_duration, info.renewable));
+                        *life = Some(TokenLife::new(
+                            Instant::now(),
+                            info.lease_duration,
+                            info.lease_duration,
+                            info.renewable,
+                            self.settings.auth.is_replaceable(),
+                        ));
                         self.stats.lock().expect("stats lock").renewals += 1;
                         tracing::debug!(ttl_s = info.lease_duration, "renewed Vault token");
                         return Ok(());
@@ -196,7 +206,13 @@ impl VaultStore {
                 let c = self.client.read().await;
                 let info = c.lookup().await.map_err(CallError::from)?;
                 tracing::debug!(ttl_s = info.ttl, "using Vault token from file");
-                Ok(TokenLife::new(info.ttl, info.renewable.unwrap_or(false)))
+                Ok(TokenLife::new(
+                    Instant::now(),
+                    info.ttl,
+                    info.creation_ttl,
+                    info.renewable.unwrap_or(false),
+                    false,
+                ))
             }
             VaultAuth::AppRole {
                 mount,
@@ -214,7 +230,13 @@ impl VaultStore {
                 let token = Secret::new(info.client_token);
                 self.client.write().await.set_token(token.expose());
                 tracing::info!(ttl_s = info.lease_duration, mount = %mount, "logged in to Vault with AppRole");
-                Ok(TokenLife::new(info.lease_duration, info.renewable))
+                Ok(TokenLife::new(
+                    Instant::now(),
+                    info.lease_duration,
+                    info.lease_duration,
+                    info.renewable,
+                    true,
+                ))
             }
         }
     }
