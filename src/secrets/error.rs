@@ -39,8 +39,11 @@ pub enum SecretsError {
     },
     #[error("no readable current version at `{path}` to overwrite")]
     NotFound { path: SecretPath },
-    #[error("secret store request for `{path}` failed: {message}")]
-    Transport { path: String, message: String },
+    /// The server's certificate was refused: retrying cannot help, the CA or the address is wrong.
+    #[error(
+        "TLS to the secret store {addr} failed: {message} (check secrets.ca_file and secrets.addr)"
+    )]
+    Tls { addr: String, message: String },
     #[error("unexpected answer from the secret store for `{path}`: {message}")]
     Protocol { path: String, message: String },
     #[error("file secret store {path}: {source}")]
@@ -57,10 +60,7 @@ pub enum SecretsError {
 impl SecretsError {
     /// Whether the reconciler should retry this later with backoff (as opposed to asking a human).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Sealed { .. } | Self::Unavailable { .. } | Self::Transport { .. }
-        )
+        matches!(self, Self::Sealed { .. } | Self::Unavailable { .. })
     }
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {

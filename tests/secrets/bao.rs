@@ -24,12 +24,17 @@ pub fn bao_binary() -> PathBuf {
     bin
 }
 
-/// A port whose neighbour (the dev server's cluster port) is free too.
+/// A port whose neighbour (the dev server's cluster port) is free too, and that no other test in
+/// this process was given (as a port or a neighbour), so parallel dev servers never collide.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let port = l.local_addr().unwrap().port();
-        if port < 65535 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        let mut given = GIVEN.lock().unwrap();
+        let clash = given.iter().any(|g| g.abs_diff(port) <= 1);
+        if port < 65535 && !clash && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            given.push(port);
             return port;
         }
     }
@@ -182,6 +187,7 @@ impl Bao {
         (code, serde_json::from_str(&text).ok())
     }
 
+    /// Mounts KV v2 and waits out its brief post-mount upgrade, so tests start on a ready mount.
     pub async fn enable_kv2(&self, mount: &str) {
         self.api(
             "POST",
@@ -189,6 +195,20 @@ impl Bao {
             Some(serde_json::json!({"type": "kv", "options": {"version": "2"}})),
         )
         .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (code, body) = self
+                .api_status("GET", &format!("{mount}/metadata/kiln-ready-probe"), None)
+                .await;
+            if code == 404 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount {mount} not ready: HTTP {code} {body:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn seal(&self) {

@@ -199,10 +199,11 @@ async fn tls_is_verified_against_ca_file() {
         .unwrap();
     let mut no_ca = settings(&bao, "secret", VaultAuth::TokenFile(bao.root_token_file()));
     no_ca.ca_file = None;
-    no_ca.retry.attempts = 1;
     match VaultStore::new(no_ca).unwrap().read(&p).await {
-        Err(SecretsError::Unavailable { reason, .. }) => {
-            assert!(reason.to_lowercase().contains("certificate"), "{reason}")
+        Err(e @ SecretsError::Tls { .. }) => {
+            assert!(!e.is_retryable(), "a wrong CA is not retried");
+            let m = e.to_string();
+            assert!(m.contains("certificate") && m.contains("ca_file"), "{m}");
         }
         other => panic!("an unknown CA must be refused, got {other:?}"),
     }

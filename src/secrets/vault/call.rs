@@ -13,8 +13,10 @@ use vaultrs::error::ClientError;
 pub(crate) enum CallError {
     /// Vault answered with an error status. `errors` are Vault's messages (never request bodies).
     Api { code: u16, errors: Vec<String> },
-    /// No answer: refused, reset, timed out, TLS failure.
+    /// No answer: refused, reset, timed out.
     Transport(String),
+    /// The TLS handshake refused the server's certificate.
+    Tls(String),
     /// An answer kiln could not decode.
     Decode(String),
 }
@@ -33,15 +35,20 @@ impl CallError {
     pub(crate) fn is_transient(&self) -> bool {
         match self {
             Self::Transport(_) => true,
-            Self::Api { code, .. } => matches!(code, 429 | 500 | 502 | 503 | 504),
-            Self::Decode(_) => false,
+            Self::Api { code, .. } => {
+                matches!(code, 429 | 500 | 502 | 503 | 504)
+                    // A KV v2 mount just enabled (or upgraded from v1) answers 400 with this
+                    // until its background upgrade finishes, which takes moments.
+                    || self.mentions("Upgrading from non-versioned to versioned data")
+            }
+            Self::Tls(_) | Self::Decode(_) => false,
         }
     }
     pub(crate) fn summary(&self) -> String {
         match self {
             Self::Api { code, errors } if errors.is_empty() => format!("HTTP {code}"),
             Self::Api { code, errors } => format!("HTTP {code}: {}", errors.join("; ")),
-            Self::Transport(m) | Self::Decode(m) => m.clone(),
+            Self::Transport(m) | Self::Tls(m) | Self::Decode(m) => m.clone(),
         }
     }
 }
@@ -51,13 +58,23 @@ impl From<ClientError> for CallError {
         match e {
             ClientError::APIError { code, errors } => Self::Api { code, errors },
             // vaultrs already turned error statuses into `APIError`; what is left is the exchange itself.
-            ClientError::RestClientError { source } => Self::Transport(chain(&source)),
+            ClientError::RestClientError { source } => transport(chain(&source)),
             ClientError::JsonParseError { source } => Self::Decode(source.to_string()),
             ClientError::ResponseEmptyError | ClientError::ResponseDataEmptyError => {
                 Self::Decode(e.to_string())
             }
             other => Self::Transport(other.to_string()),
         }
+    }
+}
+
+/// rustls reports a refused certificate only in its message ("invalid peer certificate: …"); telling
+/// it apart matters because retrying a wrong CA only delays the real error.
+fn transport(message: String) -> CallError {
+    if message.contains("certificate") {
+        CallError::Tls(message)
+    } else {
+        CallError::Transport(message)
     }
 }
 
@@ -97,15 +114,9 @@ pub(crate) async fn raw(
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body.to_string());
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| CallError::Transport(chain(&e)))?;
+    let resp = req.send().await.map_err(|e| transport(chain(&e)))?;
     let code = resp.status().as_u16();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| CallError::Transport(chain(&e)))?;
+    let bytes = resp.bytes().await.map_err(|e| transport(chain(&e)))?;
     let json: Option<Value> = if bytes.is_empty() {
         None
     } else {

@@ -290,6 +290,12 @@ impl VaultStore {
     }
 
     fn login_error(&self, e: &CallError) -> SecretsError {
+        if let CallError::Tls(message) = e {
+            return SecretsError::Tls {
+                addr: self.settings.addr.clone(),
+                message: message.clone(),
+            };
+        }
         SecretsError::Login {
             message: format!(
                 "{} login at {}: {}",
@@ -304,6 +310,12 @@ impl VaultStore {
         let addr = self.settings.addr.clone();
         if e.is_sealed() {
             return SecretsError::Sealed { addr };
+        }
+        if let CallError::Tls(message) = &e {
+            return SecretsError::Tls {
+                addr,
+                message: message.clone(),
+            };
         }
         if e.is_transient() {
             return SecretsError::Unavailable {
