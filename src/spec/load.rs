@@ -1,0 +1,379 @@
+//! Loading a set of intent files: per-file checks (YAML syntax, schema, types, rules), then the
+//! cross-file rules, with every finding placed at its file, line and column.
+//!
+//! The result serves the reconciler's safety rule (DESIGN.md §7): a file that exists but does not
+//! parse or validate is *unknown* — reported under its stem, never mistaken for an absent cluster.
+//! A cross-file collision invalidates every file involved: kiln never guesses which one is right.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::cluster::Cluster;
+use super::diagnostic::{Diagnostic, Finding, Severity};
+use super::document::ClusterDocument;
+use super::position::PositionIndex;
+use super::rules::{self, NodeIdentity};
+use super::schema::structural_findings;
+use super::types::{MacAddr, Vmid};
+
+/// What `load` makes of a set of files.
+#[derive(Debug, Default)]
+pub struct LoadOutcome {
+    /// Valid clusters, in input order.
+    pub clusters: Vec<Cluster>,
+    /// Files that exist but are not valid: their clusters are unknown, never absent.
+    pub invalid: Vec<InvalidFile>,
+    /// Findings that never fail (of valid and invalid files alike).
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InvalidFile {
+    /// The file name without `.yaml`: the name of the cluster the file would declare.
+    pub stem: String,
+    pub path: PathBuf,
+    /// Every error of the file, in file order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl LoadOutcome {
+    pub fn is_valid(&self) -> bool {
+        self.invalid.is_empty()
+    }
+    /// Every error, file by file.
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.invalid.iter().flat_map(|f| f.diagnostics.iter())
+    }
+}
+
+/// The stem of an intent file's path (`clusters/production.yaml` → `production`).
+pub fn stem_of(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// One file while it is being checked.
+struct FileState<'a> {
+    path: &'a Path,
+    text: &'a str,
+    stem: String,
+    doc: Option<ClusterDocument>,
+    ids: Vec<NodeIdentity>,
+    findings: Vec<Finding>,
+    /// Errors serde_yaml located itself (syntax, the first typed error).
+    located: Vec<Diagnostic>,
+}
+
+/// Loads and validates intent files given as `(path, text)`; the paths name the files in
+/// diagnostics and give each cluster its expected name (the stem).
+pub fn load<'a>(files: impl IntoIterator<Item = (&'a Path, &'a str)>) -> LoadOutcome {
+    let mut states: Vec<FileState<'a>> = files.into_iter().map(|(p, t)| check_file(p, t)).collect();
+    cross_file(&mut states);
+    finish(states)
+}
+
+fn check_file<'a>(path: &'a Path, text: &'a str) -> FileState<'a> {
+    let mut st = FileState {
+        path,
+        text,
+        stem: stem_of(path),
+        doc: None,
+        ids: Vec::new(),
+        findings: Vec::new(),
+        located: Vec::new(),
+    };
+    // Straight into a JSON value: one parse, and a YAML map with non-string keys fails here.
+    let value: serde_json::Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            st.located
+                .push(yaml_error(path, &e, "not a valid YAML document"));
+            return st;
+        }
+    };
+    st.findings = structural_findings(&value);
+    if !st.findings.is_empty() {
+        return st;
+    }
+    match ClusterDocument::deserialize(&value) {
+        Ok(doc) => {
+            st.ids = rules::identities(&doc);
+            st.findings = rules::check(&doc, &st.stem, &st.ids);
+            st.doc = Some(doc);
+        }
+        Err(json_err) => {
+            // The schema cannot express every type (a range whose first address is after its
+            // last); serde_yaml says where, for this first typed error.
+            let d = match serde_yaml::from_str::<ClusterDocument>(text) {
+                Err(e) => yaml_error(path, &e, "check the field's type"),
+                Ok(_) => Diagnostic {
+                    severity: Severity::Error,
+                    file: path.to_owned(),
+                    line: None,
+                    column: None,
+                    path: String::new(),
+                    message: json_err.to_string(),
+                    hint: None,
+                },
+            };
+            st.located.push(d);
+        }
+    }
+    st
+}
+
+fn yaml_error(path: &Path, e: &serde_yaml::Error, hint: &str) -> Diagnostic {
+    let text = e.to_string();
+    // serde_yaml appends " at line L column C"; we print the position in front instead.
+    let text = match text.find(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    };
+    // Typed errors start with the field path: `spec.network: unknown field …`.
+    let (field, message) = match text.split_once(": ") {
+        Some((p, m)) if !p.contains(' ') && !p.is_empty() => (p.to_owned(), m.to_owned()),
+        _ => (String::new(), text),
+    };
+    let loc = e.location();
+    Diagnostic {
+        severity: Severity::Error,
+        file: path.to_owned(),
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        path: field,
+        message,
+        hint: Some(hint.to_owned()),
+    }
+}
+
+/// What one node entry or range of a file claims on the shared network and in Proxmox.
+struct Owner {
+    file: usize,
+    path: String,
+}
+
+fn cross_file(states: &mut [FileState<'_>]) {
+    let mut extra: Vec<(usize, Finding)> = Vec::new();
+    let describe = |states: &[FileState<'_>], o: &Owner| {
+        format!("{} ({})", states[o.file].path.display(), o.path)
+    };
+
+    // Cluster names: two files of one name (in different folders) would fight over one cluster.
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, st) in states.iter().enumerate() {
+        if let Some(doc) = &st.doc
+            && let Some(&j) = names.get(doc.metadata.name.as_str())
+        {
+            let name = doc.metadata.name.as_str();
+            for (me, other) in [(i, j), (j, i)] {
+                extra.push((
+                    me,
+                    Finding::error(
+                        "metadata.name",
+                        format!(
+                            "cluster `{name}` is also declared by {}",
+                            states[other].path.display()
+                        ),
+                    )
+                    .hint("each cluster name may be used by one file only"),
+                ));
+            }
+        } else if let Some(doc) = &st.doc {
+            names.insert(doc.metadata.name.as_str(), i);
+        }
+    }
+
+    let mut vmids: HashMap<Vmid, Owner> = HashMap::new();
+    let mut macs: HashMap<MacAddr, Owner> = HashMap::new();
+    // Addresses: node IPs, VIPs and load-balancer ranges, as inclusive intervals.
+    let mut claims: Vec<(u32, u32, Owner, String)> = Vec::new();
+    for (i, st) in states.iter().enumerate() {
+        let Some(doc) = &st.doc else { continue };
+        for id in &st.ids {
+            let owner = || Owner {
+                file: i,
+                path: id.path.clone(),
+            };
+            if let Ok(v) = id.vmid {
+                collide(&mut vmids, v, owner(), &mut extra, states, &describe, |o| {
+                    (o.path.clone(), format!("VMID {v}"))
+                });
+            }
+            let mac_path = if id.mac_given {
+                format!("{}.mac", id.path)
+            } else {
+                id.path.clone()
+            };
+            collide(
+                &mut macs,
+                id.mac,
+                Owner {
+                    file: i,
+                    path: mac_path,
+                },
+                &mut extra,
+                states,
+                &describe,
+                |o| (o.path.clone(), format!("MAC {}", id.mac)),
+            );
+            let ip = u32::from(id.ip);
+            claims.push((
+                ip,
+                ip,
+                Owner {
+                    file: i,
+                    path: format!("{}.ip", id.path),
+                },
+                format!("IP {}", id.ip),
+            ));
+        }
+        let n = &doc.spec.network;
+        let vip = u32::from(n.vip);
+        claims.push((
+            vip,
+            vip,
+            Owner {
+                file: i,
+                path: "spec.network.vip".into(),
+            },
+            format!("VIP {}", n.vip),
+        ));
+        if let Some(r) = n.lb_range {
+            claims.push((
+                u32::from(r.first),
+                u32::from(r.last),
+                Owner {
+                    file: i,
+                    path: "spec.network.lbRange".into(),
+                },
+                format!("lbRange {r}"),
+            ));
+        }
+    }
+
+    // Sweep the intervals by start; `active` holds those that may still overlap what follows.
+    claims.sort_by_key(|c| (c.0, c.1));
+    let mut active: Vec<usize> = Vec::new();
+    for k in 0..claims.len() {
+        let (start, _, ref me, ref what) = claims[k];
+        active.retain(|&a| claims[a].1 >= start);
+        for &a in &active {
+            let (_, _, ref other, ref other_what) = claims[a];
+            if other.file == me.file {
+                continue; // the file's own rules report this, once
+            }
+            extra.push((
+                me.file,
+                Finding::error(
+                    me.path.clone(),
+                    format!(
+                        "{what} overlaps {other_what} of {}",
+                        describe(states, other)
+                    ),
+                )
+                .hint("clusters must not share addresses"),
+            ));
+            extra.push((
+                other.file,
+                Finding::error(
+                    other.path.clone(),
+                    format!("{other_what} overlaps {what} of {}", describe(states, me)),
+                )
+                .hint("clusters must not share addresses"),
+            ));
+        }
+        active.push(k);
+    }
+
+    for (file, f) in extra {
+        states[file].findings.push(f);
+    }
+}
+
+/// Records `key` for `owner`; when another file holds it already, both files get an error.
+fn collide<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Owner>,
+    key: K,
+    owner: Owner,
+    extra: &mut Vec<(usize, Finding)>,
+    states: &[FileState<'_>],
+    describe: &impl Fn(&[FileState<'_>], &Owner) -> String,
+    what: impl Fn(&Owner) -> (String, String),
+) {
+    match map.get(&key) {
+        Some(first) if first.file != owner.file => {
+            let (my_path, thing) = what(&owner);
+            let (first_path, _) = what(first);
+            extra.push((
+                owner.file,
+                Finding::error(my_path, format!("{thing} is also used by {}", describe(states, first)))
+                    .hint("clusters must not share VMIDs, MACs or addresses; change vmidPrefix, mac or ip"),
+            ));
+            extra.push((
+                first.file,
+                Finding::error(first_path, format!("{thing} is also used by {}", describe(states, &owner)))
+                    .hint("clusters must not share VMIDs, MACs or addresses; change vmidPrefix, mac or ip"),
+            ));
+        }
+        Some(_) => {} // within one file: the file's own rules report it
+        None => {
+            map.insert(key, owner);
+        }
+    }
+}
+
+fn finish(states: Vec<FileState<'_>>) -> LoadOutcome {
+    let mut out = LoadOutcome::default();
+    for mut st in states {
+        let mut diags = std::mem::take(&mut st.located);
+        if !st.findings.is_empty() {
+            let index = PositionIndex::build(st.text);
+            for f in std::mem::take(&mut st.findings) {
+                let pos = index.locate(&f.path);
+                diags.push(Diagnostic {
+                    severity: f.severity,
+                    file: st.path.to_owned(),
+                    line: pos.map(|p| p.line),
+                    column: pos.map(|p| p.column),
+                    path: f.path,
+                    message: f.message,
+                    hint: f.hint,
+                });
+            }
+        }
+        diags.sort_by_key(|d| (d.line, d.column));
+        diags.dedup();
+        let (errors, warnings): (Vec<_>, Vec<_>) =
+            diags.into_iter().partition(Diagnostic::is_error);
+        out.warnings.extend(warnings);
+        let expanded = match (&st.doc, errors.is_empty()) {
+            (Some(doc), true) => Cluster::expand(doc).map_err(|problems| {
+                problems
+                    .into_iter()
+                    .map(|m| Diagnostic {
+                        severity: Severity::Error,
+                        file: st.path.to_owned(),
+                        line: None,
+                        column: None,
+                        path: String::new(),
+                        message: m,
+                        hint: None,
+                    })
+                    .collect()
+            }),
+            _ => Err(errors),
+        };
+        match expanded {
+            Ok(cluster) => out.clusters.push(cluster),
+            Err(diagnostics) => out.invalid.push(InvalidFile {
+                stem: st.stem,
+                path: st.path.to_owned(),
+                diagnostics,
+            }),
+        }
+    }
+    out
+}
