@@ -16,7 +16,7 @@ use super::document::ClusterDocument;
 use super::position::PositionIndex;
 use super::rules::{self, NodeIdentity};
 use super::schema::structural_findings;
-use super::types::{MacAddr, Vmid};
+use super::types::{HumanDuration, Ipv4Range, MacAddr, Vmid};
 
 /// What `load` makes of a set of files.
 #[derive(Debug, Default)]
@@ -85,16 +85,37 @@ fn check_file<'a>(path: &'a Path, text: &'a str) -> FileState<'a> {
         findings: Vec::new(),
         located: Vec::new(),
     };
-    // Straight into a JSON value: one parse, and a YAML map with non-string keys fails here.
-    let value: serde_json::Value = match serde_yaml::from_str(text) {
+    // Through serde_yaml's own Value: it refuses a key given twice, which a JSON map would
+    // silently collapse to the last one.
+    let value = serde_yaml::from_str::<serde_yaml::Value>(text)
+        .map_err(|e| yaml_error(path, &e, "not a valid YAML document"))
+        .and_then(|v| {
+            serde_json::to_value(v).map_err(|e| Diagnostic {
+                severity: Severity::Error,
+                file: path.to_owned(),
+                line: None,
+                column: None,
+                path: String::new(),
+                message: format!("not a plain YAML document: {e}"),
+                hint: Some("keys must be strings; tags (`!x`) are not supported".into()),
+            })
+        });
+    let value = match value {
+        Ok(serde_json::Value::Null) => {
+            st.findings.push(
+                Finding::error("", "the file holds no document")
+                    .hint("an intent file is one `kind: Cluster` document, see examples/clusters"),
+            );
+            return st;
+        }
         Ok(v) => v,
-        Err(e) => {
-            st.located
-                .push(yaml_error(path, &e, "not a valid YAML document"));
+        Err(d) => {
+            st.located.push(d);
             return st;
         }
     };
     st.findings = structural_findings(&value);
+    st.findings.extend(string_type_findings(&value));
     if !st.findings.is_empty() {
         return st;
     }
@@ -123,6 +144,41 @@ fn check_file<'a>(path: &'a Path, text: &'a str) -> FileState<'a> {
         }
     }
     st
+}
+
+/// Typed strings whose rules the schema cannot state (a range's order, a duration's unit): checked
+/// here, with their paths, so they too are reported with the file's other errors.
+fn string_type_findings(value: &serde_json::Value) -> Vec<Finding> {
+    fn check<T: std::str::FromStr<Err = String>>(
+        value: &serde_json::Value,
+        pointer: &str,
+        path: &str,
+        out: &mut Vec<Finding>,
+    ) {
+        if let Some(s) = value.pointer(pointer).and_then(serde_json::Value::as_str)
+            && let Err(e) = s.parse::<T>()
+        {
+            let mut f = Finding::error(path, e);
+            if let Some(h) = super::schema::field_hint(path) {
+                f = f.hint(h);
+            }
+            out.push(f);
+        }
+    }
+    let mut out = Vec::new();
+    check::<Ipv4Range>(
+        value,
+        "/spec/network/lbRange",
+        "spec.network.lbRange",
+        &mut out,
+    );
+    check::<HumanDuration>(
+        value,
+        "/spec/backup/schedule",
+        "spec.backup.schedule",
+        &mut out,
+    );
+    out
 }
 
 fn yaml_error(path: &Path, e: &serde_yaml::Error, hint: &str) -> Diagnostic {
@@ -258,32 +314,33 @@ fn cross_file(states: &mut [FileState<'_>]) {
     claims.sort_by_key(|c| (c.0, c.1));
     let mut active: Vec<usize> = Vec::new();
     for k in 0..claims.len() {
-        let (start, _, ref me, ref what) = claims[k];
+        let (start, end, ref me, ref what) = claims[k];
         active.retain(|&a| claims[a].1 >= start);
         for &a in &active {
-            let (_, _, ref other, ref other_what) = claims[a];
+            let (o_start, o_end, ref other, ref other_what) = claims[a];
             if other.file == me.file {
                 continue; // the file's own rules report this, once
             }
-            extra.push((
-                me.file,
-                Finding::error(
-                    me.path.clone(),
-                    format!(
-                        "{what} overlaps {other_what} of {}",
-                        describe(states, other)
-                    ),
-                )
-                .hint("clusters must not share addresses"),
-            ));
-            extra.push((
-                other.file,
-                Finding::error(
-                    other.path.clone(),
-                    format!("{other_what} overlaps {what} of {}", describe(states, me)),
-                )
-                .hint("clusters must not share addresses"),
-            ));
+            let verb = if start == end && o_start == o_end {
+                "is also"
+            } else {
+                "overlaps"
+            };
+            for (mine, my_what, theirs, their_what) in
+                [(me, what, other, other_what), (other, other_what, me, what)]
+            {
+                extra.push((
+                    mine.file,
+                    Finding::error(
+                        mine.path.clone(),
+                        format!(
+                            "{my_what} {verb} {their_what} of {}",
+                            describe(states, theirs)
+                        ),
+                    )
+                    .hint("clusters must not share addresses"),
+                ));
+            }
         }
         active.push(k);
     }

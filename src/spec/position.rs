@@ -88,7 +88,8 @@ impl PositionIndex {
                 return Some(*pos);
             }
             if p.is_empty() {
-                return None;
+                // No node at all (an empty file): the document starts at its beginning.
+                return Some(Pos { line: 1, column: 1 });
             }
             p = parent_path(p);
         }

@@ -237,7 +237,7 @@ fn node_rules(doc: &ClusterDocument, ids: &[NodeIdentity], out: &mut Vec<Finding
         );
     }
     let mut numbers: HashMap<u32, &str> = HashMap::new();
-    let mut macs: HashMap<MacAddr, &str> = HashMap::new();
+    let mut macs: HashMap<MacAddr, (&str, bool)> = HashMap::new();
     for id in ids {
         let number_path = if pinned(doc, id) {
             format!("{}.number", id.path)
@@ -281,15 +281,18 @@ fn node_rules(doc: &ClusterDocument, ids: &[NodeIdentity], out: &mut Vec<Finding
                 ),
             );
         }
-        if let Some(first) = macs.insert(id.mac, &id.path) {
-            macs.insert(id.mac, first);
-            out.push(
-                Finding::error(
-                    mac_path,
-                    format!("MAC {} is also the MAC of {first}", id.mac),
-                )
-                .hint("give each node its own MAC, or leave `mac` out to derive one"),
-            );
+        if let Some((first, first_given)) = macs.insert(id.mac, (&id.path, id.mac_given)) {
+            macs.insert(id.mac, (first, first_given));
+            // Two derived MACs collide only when the numbers do, which is reported above.
+            if id.mac_given || first_given {
+                out.push(
+                    Finding::error(
+                        mac_path,
+                        format!("MAC {} is also the MAC of {first}", id.mac),
+                    )
+                    .hint("give each node its own MAC, or leave `mac` out to derive one"),
+                );
+            }
         }
     }
 }
