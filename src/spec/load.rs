@@ -85,20 +85,8 @@ fn check_file<'a>(path: &'a Path, text: &'a str) -> FileState<'a> {
         findings: Vec::new(),
         located: Vec::new(),
     };
-    // Through serde_yaml's own Value: it refuses a key given twice, which a JSON map would
-    // silently collapse to the last one.
-    let value = match serde_yaml::from_str::<serde_yaml::Value>(text) {
-        Ok(v) => serde_json::to_value(v).map_err(|e| Diagnostic {
-            severity: Severity::Error,
-            file: path.to_owned(),
-            line: None,
-            column: None,
-            path: String::new(),
-            message: format!("not a plain YAML document: {e}"),
-            hint: Some("keys must be strings; tags (`!x`) are not supported".into()),
-        }),
-        Err(e) => Err(yaml_error(path, &e, "not a valid YAML document")),
-    };
+    let value = super::yaml_json::from_yaml(text)
+        .map_err(|e| yaml_error(path, &e, "not a valid YAML document"));
     let value = match value {
         Ok(serde_json::Value::Null) => {
             st.findings.push(
