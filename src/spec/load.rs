@@ -70,9 +70,40 @@ struct FileState<'a> {
 /// Loads and validates intent files given as `(path, text)`; the paths name the files in
 /// diagnostics and give each cluster its expected name (the stem).
 pub fn load<'a>(files: impl IntoIterator<Item = (&'a Path, &'a str)>) -> LoadOutcome {
-    let mut states: Vec<FileState<'a>> = files.into_iter().map(|(p, t)| check_file(p, t)).collect();
+    let files: Vec<(&'a Path, &'a str)> = files.into_iter().collect();
+    let mut states = check_files(&files);
     cross_file(&mut states);
     finish(states)
+}
+
+/// Files are independent until the cross-file rules, so a large set is checked on every core
+/// (1,000 files is a real fleet's repository, loaded on every poll).
+fn check_files<'a>(files: &[(&'a Path, &'a str)]) -> Vec<FileState<'a>> {
+    const PER_THREAD_MIN: usize = 32;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len() / PER_THREAD_MIN)
+        .max(1);
+    if threads == 1 {
+        return files.iter().map(|(p, t)| check_file(p, t)).collect();
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(p, t)| check_file(p, t))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 fn check_file<'a>(path: &'a Path, text: &'a str) -> FileState<'a> {
