@@ -133,3 +133,37 @@ fn every_error_of_a_file_is_reported_not_just_the_first() {
         "{paths:?}"
     );
 }
+
+/// A fleet large enough to be checked on several threads: order is kept and a collision between
+/// two files far apart is still found.
+#[test]
+fn a_large_fleet_keeps_its_order_and_its_cross_file_rules() {
+    let intent = |i: usize, prefix: usize| {
+        example("staging")
+            .replace("name: staging", &format!("name: s{i:03}"))
+            .replace("vmidPrefix: 41", &format!("vmidPrefix: {prefix}"))
+            .replace("192.168.2.", &format!("10.{}.{}.", i / 200, i % 200))
+    };
+    let mut files: Vec<(String, String)> = (0..150)
+        .map(|i| (format!("clusters/s{i:03}.yaml"), intent(i, 1000 + i)))
+        .collect();
+    let out = load(
+        files
+            .iter()
+            .map(|(p, t)| (Path::new(p.as_str()), t.as_str())),
+    );
+    assert!(out.is_valid(), "{:?}", out.invalid.first());
+    let names: Vec<String> = out.clusters.iter().map(|c| c.name.to_string()).collect();
+    let expected: Vec<String> = (0..150).map(|i| format!("s{i:03}")).collect();
+    assert_eq!(names, expected);
+
+    files[140].1 = intent(140, 1003); // takes s003's VMIDs
+    let out = load(
+        files
+            .iter()
+            .map(|(p, t)| (Path::new(p.as_str()), t.as_str())),
+    );
+    let stems: Vec<&str> = out.invalid.iter().map(|f| f.stem.as_str()).collect();
+    assert_eq!(stems, ["s003", "s140"]);
+    assert_eq!(out.clusters.len(), 148);
+}
