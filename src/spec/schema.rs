@@ -56,12 +56,18 @@ fn strip_null(v: &mut Value) {
     }
 }
 
+/// The schema, generated once per process.
+fn schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(json_schema)
+}
+
 fn validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
     VALIDATOR.get_or_init(|| {
         jsonschema::options()
             .should_validate_formats(true)
-            .build(&json_schema())
+            .build(schema())
             .expect("the generated schema compiles")
     })
 }
@@ -72,14 +78,13 @@ pub fn structural_findings(instance: &Value) -> Vec<Finding> {
     if v.is_valid(instance) {
         return Vec::new();
     }
-    let schema = json_schema();
     let mut out = Vec::new();
     for err in v.iter_errors(instance) {
         let path = dotted(err.instance_path().segments());
         let shown = short(err.instance());
         match err.kind() {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
-                let allowed = allowed_fields(&schema, instance, &path);
+                let allowed = allowed_fields(schema(), &path);
                 for field in unexpected {
                     let mut f =
                         Finding::error(join_key(&path, field), format!("unknown field `{field}`"));
@@ -140,10 +145,9 @@ fn dotted<'a>(segments: impl Iterator<Item = LocationSegment<'a>>) -> String {
     path
 }
 
-/// The field names the schema allows at `path` (an object in `instance`), for the hint of an
+/// The field names the schema allows at `path`, for the hint of an
 /// unknown-field error.
-fn allowed_fields(schema: &Value, instance: &Value, path: &str) -> Vec<String> {
-    let _ = instance;
+fn allowed_fields(schema: &Value, path: &str) -> Vec<String> {
     let mut node = schema;
     for part in split_path(path) {
         node = resolve(schema, node);
