@@ -65,6 +65,8 @@ struct FileState<'a> {
     findings: Vec<Finding>,
     /// Errors serde_yaml located itself (syntax, the first typed error).
     located: Vec<Diagnostic>,
+    /// Built only for a file with findings (a second parse), on the file's own thread.
+    index: Option<PositionIndex>,
 }
 
 /// Loads and validates intent files given as `(path, text)`; the paths name the files in
@@ -85,7 +87,10 @@ fn check_files<'a>(files: &[(&'a Path, &'a str)]) -> Vec<FileState<'a>> {
         .min(files.len() / PER_THREAD_MIN)
         .max(1);
     if threads == 1 {
-        return files.iter().map(|(p, t)| check_file(p, t)).collect();
+        return files
+            .iter()
+            .map(|(p, t)| indexed(check_file(p, t)))
+            .collect();
     }
     let chunk = files.len().div_ceil(threads);
     std::thread::scope(|scope| {
@@ -94,7 +99,7 @@ fn check_files<'a>(files: &[(&'a Path, &'a str)]) -> Vec<FileState<'a>> {
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|(p, t)| check_file(p, t))
+                        .map(|(p, t)| indexed(check_file(p, t)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -106,6 +111,13 @@ fn check_files<'a>(files: &[(&'a Path, &'a str)]) -> Vec<FileState<'a>> {
     })
 }
 
+fn indexed(mut st: FileState<'_>) -> FileState<'_> {
+    if !st.findings.is_empty() {
+        st.index = Some(PositionIndex::build(st.text));
+    }
+    st
+}
+
 fn check_file<'a>(path: &'a Path, text: &'a str) -> FileState<'a> {
     let mut st = FileState {
         path,
@@ -115,6 +127,7 @@ fn check_file<'a>(path: &'a Path, text: &'a str) -> FileState<'a> {
         ids: Vec::new(),
         findings: Vec::new(),
         located: Vec::new(),
+        index: None,
     };
     let value = super::yaml_json::from_yaml(text)
         .map_err(|e| yaml_error(path, &e, "not a valid YAML document"));
@@ -405,7 +418,10 @@ fn finish(states: Vec<FileState<'_>>) -> LoadOutcome {
     for mut st in states {
         let mut diags = std::mem::take(&mut st.located);
         if !st.findings.is_empty() {
-            let index = PositionIndex::build(st.text);
+            let index = st
+                .index
+                .take()
+                .unwrap_or_else(|| PositionIndex::build(st.text));
             for f in std::mem::take(&mut st.findings) {
                 let pos = index.locate(&f.path);
                 diags.push(Diagnostic {
