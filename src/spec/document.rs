@@ -134,14 +134,22 @@ pub struct NetworkSpec {
     #[schemars(length(min = 1))]
     pub nameservers: Vec<IpAddr>,
     #[serde(rename = "podCIDR", default = "default_pod_cidr")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "cidr_schema")]
     pub pod_cidr: Ipv4Net,
     #[serde(rename = "serviceCIDR", default = "default_service_cidr")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "cidr_schema")]
     pub service_cidr: Ipv4Net,
     /// The metallb address pool, FIRST-LAST.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lb_range: Option<Ipv4Range>,
+}
+
+fn cidr_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": "an IPv4 network, ADDRESS/PREFIX",
+        "pattern": "^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$",
+    })
 }
 
 pub fn default_pod_cidr() -> Ipv4Net {

@@ -1,15 +1,21 @@
-//! Intent files: types, defaults, expansion into nodes, validation, JSON Schema. Pure: no I/O.
+//! Intent files: types, defaults, expansion into nodes, validation, JSON Schema. Pure: no I/O,
+//! except `load_paths`, the small helper that reads files and folders for `kiln validate`.
 
 pub mod cluster;
+pub mod diagnostic;
 pub mod document;
+pub mod files;
+pub mod load;
+pub mod position;
+pub mod rules;
+pub mod schema;
 pub mod types;
+mod yaml_json;
 
 pub use cluster::{App, Cluster, Node, Role};
+pub use diagnostic::{Diagnostic, Severity};
 pub use document::ClusterDocument;
+pub use files::{LoadPathsError, load_paths};
+pub use load::{InvalidFile, LoadOutcome, load};
+pub use schema::json_schema;
 pub use types::{ClusterName, HumanDuration, Ipv4Range, MacAddr, Version, Vmid};
-
-/// The JSON Schema of the intent file, as committed in `schemas/cluster.schema.json`.
-pub fn json_schema() -> serde_json::Value {
-    let schema = schemars::schema_for!(ClusterDocument);
-    serde_json::to_value(schema).expect("a schema is JSON")
-}
