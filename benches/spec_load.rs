@@ -91,6 +91,14 @@ fn bench(c: &mut Criterion) {
     group.bench_function("load_and_validate_1000_files", |b| {
         b.iter(|| black_box(load()))
     });
+    // The floor: parsing the YAML alone, which every load must do once per file.
+    group.bench_function("yaml_parse_only_1000_files", |b| {
+        b.iter(|| {
+            for (_, t) in &files {
+                black_box(kiln::spec::yaml_json::from_yaml(t).unwrap());
+            }
+        })
+    });
     group.finish();
 }
 

@@ -10,7 +10,7 @@ pub mod position;
 pub mod rules;
 pub mod schema;
 pub mod types;
-mod yaml_json;
+pub mod yaml_json;
 
 pub use cluster::{App, Cluster, Node, Role};
 pub use diagnostic::{Diagnostic, Severity};
