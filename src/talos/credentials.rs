@@ -17,6 +17,11 @@ use super::secrets::SecretsBundle;
 
 /// Talos's lifetime for talosconfig and admin-kubeconfig client certs: 8760 h.
 pub const HUMAN_CERT_TTL: Duration = Duration::from_secs(8760 * 3600);
+/// Earlier name of [`IssuedCert`], kept for callers written against it.
+pub type ClientCert = IssuedCert;
+
+/// Talos rotates node API server certs daily.
+pub const SERVER_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// kiln's own client certs live in memory for an hour (DESIGN §4).
 pub const KILN_CERT_TTL: Duration = Duration::from_secs(3600);
 /// Talos back-dates the admin kubeconfig cert by 10 s against clock skew.
@@ -49,9 +54,9 @@ fn ttl(d: Duration) -> time::Duration {
     time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
 }
 
-/// A minted client identity and when it stops working.
+/// A minted identity and when it stops working.
 #[derive(Debug, Clone)]
-pub struct ClientCert {
+pub struct IssuedCert {
     pub cert: CertAndKey,
     pub not_after: OffsetDateTime,
 }
@@ -63,21 +68,51 @@ pub fn mint_talos_client_cert(
     role: TalosRole,
     not_before: OffsetDateTime,
     lifetime: Duration,
-) -> Result<ClientCert, PkiError> {
+) -> Result<IssuedCert, PkiError> {
     let not_after = not_before + ttl(lifetime);
     let cert = os_ca.issue(LeafSpec {
         common_name: None,
+        ip_sans: &[],
+        dns_sans: &[],
         organization: Some(role.as_str()),
         not_before,
         not_after,
         key_usages: &[KeyUsagePurpose::DigitalSignature],
         extended_key_usages: &[ExtendedKeyUsagePurpose::ClientAuth],
     })?;
-    Ok(ClientCert { cert, not_after })
+    Ok(IssuedCert { cert, not_after })
+}
+
+/// A node's Talos API server cert as a configured control plane makes it from machine.ca: key of
+/// the CA's algorithm, CN = hostname, SANs = the node's addresses + `127.0.0.1` + hostname,
+/// KeyUsage DigitalSignature, ExtKeyUsage ServerAuth, 24 h. For the simulator and tests.
+pub fn mint_talos_server_cert(
+    os_ca: &CertificateAuthority,
+    hostname: &str,
+    addresses: &[IpAddr],
+    not_before: OffsetDateTime,
+) -> Result<IssuedCert, PkiError> {
+    let not_after = not_before + ttl(SERVER_CERT_TTL);
+    let mut ips: Vec<IpAddr> = addresses.to_vec();
+    let loopback: IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+    if !ips.contains(&loopback) {
+        ips.push(loopback);
+    }
+    let cert = os_ca.issue(LeafSpec {
+        common_name: Some(hostname),
+        organization: None,
+        ip_sans: &ips,
+        dns_sans: &[hostname.to_owned()],
+        not_before,
+        not_after,
+        key_usages: &[KeyUsagePurpose::DigitalSignature],
+        extended_key_usages: &[ExtendedKeyUsagePurpose::ServerAuth],
+    })?;
+    Ok(IssuedCert { cert, not_after })
 }
 
 /// kiln's own `os:admin` identity for its Talos calls: one hour, never stored.
-pub fn kiln_talos_identity(bundle: &SecretsBundle) -> Result<ClientCert, PkiError> {
+pub fn kiln_talos_identity(bundle: &SecretsBundle) -> Result<IssuedCert, PkiError> {
     let now = OffsetDateTime::now_utc();
     mint_talos_client_cert(
         &bundle.os_ca,
@@ -95,10 +130,12 @@ pub fn mint_kubernetes_client_cert(
     group: &str,
     not_before: OffsetDateTime,
     lifetime: Duration,
-) -> Result<ClientCert, PkiError> {
+) -> Result<IssuedCert, PkiError> {
     let not_after = not_before + ttl(lifetime);
     let cert = k8s_ca.issue(LeafSpec {
         common_name: Some(user),
+        ip_sans: &[],
+        dns_sans: &[],
         organization: Some(group),
         not_before,
         not_after,
@@ -108,11 +145,11 @@ pub fn mint_kubernetes_client_cert(
         ],
         extended_key_usages: &[ExtendedKeyUsagePurpose::ClientAuth],
     })?;
-    Ok(ClientCert { cert, not_after })
+    Ok(IssuedCert { cert, not_after })
 }
 
 /// kiln's own `system:masters` identity for its Kubernetes calls: one hour, never stored.
-pub fn kiln_kubernetes_identity(bundle: &SecretsBundle) -> Result<ClientCert, PkiError> {
+pub fn kiln_kubernetes_identity(bundle: &SecretsBundle) -> Result<IssuedCert, PkiError> {
     let now = OffsetDateTime::now_utc();
     mint_kubernetes_client_cert(
         &bundle.k8s_ca,
@@ -128,7 +165,7 @@ pub fn kiln_kubernetes_identity(bundle: &SecretsBundle) -> Result<ClientCert, Pk
 pub struct CredentialFile {
     /// The file's YAML; secret (holds a private key).
     pub yaml: crate::redact::Secret,
-    pub client: ClientCert,
+    pub client: IssuedCert,
 }
 
 #[derive(Serialize)]
@@ -292,4 +329,29 @@ pub fn root_store(ca_pem: &str) -> Result<rustls::RootCertStore, PkiError> {
         })?;
     }
     Ok(store)
+}
+
+/// A rustls client config for a configured Talos node: trust only the cluster's OS CA, present
+/// `identity` (Talos's `ED25519 PRIVATE KEY` label handled), ALPN `h2` as grpc-go requires.
+pub fn talos_client_tls(
+    os_ca_pem: &str,
+    identity: &CertAndKey,
+) -> Result<rustls::ClientConfig, PkiError> {
+    let roots = root_store(os_ca_pem)?;
+    let (chain, key) = identity.to_rustls()?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::CertParse {
+            what: "TLS versions".into(),
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| PkiError::CertParse {
+            what: "client identity".into(),
+            reason: e.to_string(),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }

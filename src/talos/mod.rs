@@ -1,5 +1,6 @@
 //! Talos: secrets bundle, PKI, machine configs per contract, talosconfig; `grpc`: the wire client.
 
+pub mod config;
 pub mod credentials;
 pub mod grpc;
 pub mod pki;

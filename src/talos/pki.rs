@@ -181,6 +181,14 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// A DN value encoded as Go's `pkix` does: PrintableString when the text allows, else UTF8String.
+fn dn_value(text: &str) -> rcgen::DnValue {
+    match rcgen::string::PrintableString::try_from(text) {
+        Ok(p) => rcgen::DnValue::PrintableString(p),
+        Err(_) => rcgen::DnValue::Utf8String(text.to_owned()),
+    }
+}
+
 fn add(now: OffsetDateTime, d: Duration) -> OffsetDateTime {
     now + time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
 }
@@ -258,7 +266,7 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         if let Some(o) = organization {
-            dn.push(DnType::OrganizationName, o);
+            dn.push(DnType::OrganizationName, dn_value(o));
         }
         params.distinguished_name = dn;
         params.serial_number = Some(random_serial());
@@ -351,10 +359,10 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         if let Some(cn) = leaf.common_name {
-            dn.push(DnType::CommonName, cn);
+            dn.push(DnType::CommonName, dn_value(cn));
         }
         if let Some(o) = leaf.organization {
-            dn.push(DnType::OrganizationName, o);
+            dn.push(DnType::OrganizationName, dn_value(o));
         }
         params.distinguished_name = dn;
         params.serial_number = Some(random_serial());
@@ -364,6 +372,20 @@ impl CertificateAuthority {
         params.key_usages = leaf.key_usages.to_vec();
         params.extended_key_usages = leaf.extended_key_usages.to_vec();
         params.use_authority_key_identifier_extension = true;
+        params.subject_alt_names = leaf
+            .ip_sans
+            .iter()
+            .map(|ip| rcgen::SanType::IpAddress(*ip))
+            .collect();
+        for name in leaf.dns_sans {
+            let ia5 = rcgen::string::Ia5String::try_from(name.as_str()).map_err(|source| {
+                PkiError::Sign {
+                    what: format!("DNS SAN `{name}`"),
+                    source,
+                }
+            })?;
+            params.subject_alt_names.push(rcgen::SanType::DnsName(ia5));
+        }
         let cert = params
             .signed_by(&key, &issuer)
             .map_err(|source| PkiError::Sign {
@@ -381,6 +403,9 @@ impl CertificateAuthority {
 #[derive(Debug, Clone)]
 pub struct LeafSpec<'a> {
     pub common_name: Option<&'a str>,
+    /// Subject alternative names: IPs and DNS names (server certs only).
+    pub ip_sans: &'a [std::net::IpAddr],
+    pub dns_sans: &'a [String],
     pub organization: Option<&'a str>,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,

@@ -133,12 +133,14 @@ pub fn generate_service_account_key() -> Result<PrivateKeyPem, BundleError> {
 }
 
 impl SecretsBundle {
-    /// A new bundle with the clock now.
+    /// A new bundle with the clock now. Blocks for about a second (RSA-4096): call it from
+    /// `spawn_blocking` in async code.
     pub fn generate() -> Result<Self, BundleError> {
         Self::generate_at(OffsetDateTime::now_utc())
     }
 
     /// A new bundle whose CAs start at `now` (Talos uses the bundle's clock for NotBefore).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub fn generate_at(now: OffsetDateTime) -> Result<Self, BundleError> {
         let now = now.replace_nanosecond(0).unwrap_or(now);
         Ok(Self {

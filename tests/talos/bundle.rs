@@ -344,3 +344,36 @@ fn admin_kubeconfig_matches_talos() {
         .verify_client_cert(&chain[0], &[], rustls_pki_types::UnixTime::now())
         .expect("k8s client chains to the Kubernetes CA");
 }
+
+#[test]
+fn node_server_cert_is_server_auth_with_node_sans() {
+    let b = bundle();
+    let ip: IpAddr = "192.168.2.161".parse().unwrap();
+    let s = credentials::mint_talos_server_cert(
+        &b.os_ca,
+        "production-cp-1",
+        &[ip],
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    with_cert(&s.cert.cert_pem, |x| {
+        assert_eq!(eku(x), (true, false, 0), "EKU ServerAuth only");
+        let cn: Vec<_> = x
+            .subject()
+            .iter_common_name()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(cn, ["production-cp-1"]);
+        let san = x.subject_alternative_name().unwrap().unwrap().value;
+        let text = format!("{:?}", san.general_names);
+        assert!(text.contains("production-cp-1"), "{text}");
+        assert_eq!(
+            x.validity().not_after.timestamp() - x.validity().not_before.timestamp(),
+            24 * 3600
+        );
+        with_cert(b.os_ca.cert_pem(), |ca| {
+            x.verify_signature(Some(ca.public_key()))
+                .expect("signed by the OS CA");
+        });
+    });
+}
