@@ -78,8 +78,9 @@ pub fn apply_configuration(
     let docs = config::documents(&req.data).map_err(Status::unknown)?;
     let cfg = NodeConfig::from_documents(&docs).map_err(Status::invalid_argument)?;
     let minor = target_minor(fleet.node(addr)?, &cfg);
+    let text = String::from_utf8_lossy(&req.data);
     validator
-        .validate(minor, &docs)
+        .validate(minor, &text, &docs)
         .map_err(Status::invalid_argument)?;
 
     let reply = |mode: i32, details: &str| machine::ApplyConfigurationResponse {

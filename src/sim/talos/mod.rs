@@ -267,6 +267,27 @@ impl SimTalos {
             .map(|n| n.version.clone())
     }
 
+    /// Holds a control plane back from joining a running etcd cluster (a slow join on real Talos, while
+    /// a Bootstrap sent to it would start a second etcd cluster); releasing lets it join.
+    pub fn hold_etcd_join(&self, addr: SocketAddr, held: bool) {
+        let mut fleet = self.shared.fleet.lock().expect("fleet lock");
+        if held {
+            fleet.join_held.insert(addr);
+            return;
+        }
+        fleet.join_held.remove(&addr);
+        let key = fleet
+            .nodes
+            .get(&addr)
+            .and_then(Node::configured)
+            .map(|c| c.cfg.cluster_key.clone());
+        if let Some(key) = key
+            && fleet.cluster_bootstrapped(&key)
+        {
+            fleet.join_waiting_control_planes(&key);
+        }
+    }
+
     /// Powers a node off (nothing answers) or back on into maintenance, as a hypervisor would.
     pub fn set_powered(&self, addr: SocketAddr, on: bool) -> Result<(), String> {
         let mut fleet = self.shared.fleet.lock().expect("fleet lock");

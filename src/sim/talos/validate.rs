@@ -13,7 +13,8 @@ use super::config::v1alpha1;
 
 /// Judges a config for a node running Talos `v1.<minor>`; `Err` carries the message the node returns.
 pub trait ConfigValidator: Send + Sync {
-    fn validate(&self, minor: u32, docs: &[Value]) -> Result<(), String>;
+    /// `text` is the config as received; `docs` its parsed YAML documents.
+    fn validate(&self, minor: u32, text: &str, docs: &[Value]) -> Result<(), String>;
 }
 
 /// Multi-document kinds kiln generates or an operator commonly adds, per the contracts of 1.12 and 1.13.
@@ -54,79 +55,89 @@ const KINDS_1_12: &[&str] = &[
     "WatchdogTimerConfig",
 ];
 
-/// A structural check of what Talos's decoder insists on: YAML documents that are mappings, exactly one
+/// kiln's strict decoder of the node's contract (`talos::config::decode`: unknown fields and kinds, bad
+/// enums and types, Talos's runtime rules), for the minors kiln renders; for any other minor, a
+/// structural check of what Talos's decoder insists on: YAML documents that are mappings, exactly one
 /// v1alpha1 document with known top-level keys, a valid machine type, the OS CA, an `https://` endpoint,
 /// and only document kinds the node's version knows (each with `apiVersion: v1alpha1`).
 #[derive(Debug, Default)]
 pub struct BuiltinValidator;
 
 impl ConfigValidator for BuiltinValidator {
-    fn validate(&self, minor: u32, docs: &[Value]) -> Result<(), String> {
-        let mut v1_count = 0;
-        for (i, doc) in docs.iter().enumerate() {
-            let map = doc
-                .as_mapping()
-                .ok_or(format!("document {i}: not a mapping"))?;
-            match doc.get("kind").and_then(Value::as_str) {
-                None => {
-                    if doc.get("version").and_then(Value::as_str) != Some("v1alpha1") {
-                        return Err(format!("document {i}: missing kind"));
-                    }
-                    v1_count += 1;
-                    for key in map.keys() {
-                        let key = key.as_str().unwrap_or_default();
-                        if !["version", "debug", "persist", "machine", "cluster"].contains(&key) {
-                            return Err(format!("unknown keys found during decoding: {key}"));
-                        }
-                    }
+    fn validate(&self, minor: u32, text: &str, docs: &[Value]) -> Result<(), String> {
+        use crate::talos::config::{Contract, decode};
+        if let Ok(contract) = Contract::for_version(crate::spec::Version::new(1, minor, 0)) {
+            return decode(text, contract).map(drop).map_err(|e| e.to_string());
+        }
+        structural(minor, docs)
+    }
+}
+
+fn structural(minor: u32, docs: &[Value]) -> Result<(), String> {
+    let mut v1_count = 0;
+    for (i, doc) in docs.iter().enumerate() {
+        let map = doc
+            .as_mapping()
+            .ok_or(format!("document {i}: not a mapping"))?;
+        match doc.get("kind").and_then(Value::as_str) {
+            None => {
+                if doc.get("version").and_then(Value::as_str) != Some("v1alpha1") {
+                    return Err(format!("document {i}: missing kind"));
                 }
-                Some(kind) => {
-                    let known = if minor <= 11 { KINDS_1_11 } else { KINDS_1_12 };
-                    if !known.contains(&kind) {
-                        return Err(format!(
-                            "unknown document kind {kind:?} for Talos v1.{minor}"
-                        ));
-                    }
-                    if doc.get("apiVersion").and_then(Value::as_str) != Some("v1alpha1") {
-                        return Err(format!(
-                            "document {i} ({kind}): apiVersion must be v1alpha1"
-                        ));
+                v1_count += 1;
+                for key in map.keys() {
+                    let key = key.as_str().unwrap_or_default();
+                    if !["version", "debug", "persist", "machine", "cluster"].contains(&key) {
+                        return Err(format!("unknown keys found during decoding: {key}"));
                     }
                 }
             }
+            Some(kind) => {
+                let known = if minor <= 11 { KINDS_1_11 } else { KINDS_1_12 };
+                if !known.contains(&kind) {
+                    return Err(format!(
+                        "unknown document kind {kind:?} for Talos v1.{minor}"
+                    ));
+                }
+                if doc.get("apiVersion").and_then(Value::as_str) != Some("v1alpha1") {
+                    return Err(format!(
+                        "document {i} ({kind}): apiVersion must be v1alpha1"
+                    ));
+                }
+            }
         }
-        if v1_count != 1 {
-            return Err(format!(
-                "expected exactly one v1alpha1 document, found {v1_count}"
-            ));
-        }
-        let v1 = v1alpha1(docs).expect("counted above");
-        let machine = v1.get("machine").ok_or("machine section is required")?;
-        match machine.get("type").and_then(Value::as_str) {
-            Some("controlplane") | Some("worker") => {}
-            other => return Err(format!("machine.type: unknown machine type {other:?}")),
-        }
-        if machine
-            .get("ca")
-            .and_then(|c| c.get("crt"))
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            return Err("machine.ca: certificate is required".into());
-        }
-        let endpoint = v1
-            .get("cluster")
-            .and_then(|c| c.get("controlPlane"))
-            .and_then(|c| c.get("endpoint"))
-            .and_then(Value::as_str)
-            .ok_or("cluster.controlPlane.endpoint is required")?;
-        if !endpoint.starts_with("https://") {
-            return Err(format!(
-                "cluster.controlPlane.endpoint: {endpoint:?} must be an https:// URL"
-            ));
-        }
-        Ok(())
     }
+    if v1_count != 1 {
+        return Err(format!(
+            "expected exactly one v1alpha1 document, found {v1_count}"
+        ));
+    }
+    let v1 = v1alpha1(docs).expect("counted above");
+    let machine = v1.get("machine").ok_or("machine section is required")?;
+    match machine.get("type").and_then(Value::as_str) {
+        Some("controlplane") | Some("worker") => {}
+        other => return Err(format!("machine.type: unknown machine type {other:?}")),
+    }
+    if machine
+        .get("ca")
+        .and_then(|c| c.get("crt"))
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err("machine.ca: certificate is required".into());
+    }
+    let endpoint = v1
+        .get("cluster")
+        .and_then(|c| c.get("controlPlane"))
+        .and_then(|c| c.get("endpoint"))
+        .and_then(Value::as_str)
+        .ok_or("cluster.controlPlane.endpoint is required")?;
+    if !endpoint.starts_with("https://") {
+        return Err(format!(
+            "cluster.controlPlane.endpoint: {endpoint:?} must be an https:// URL"
+        ));
+    }
+    Ok(())
 }
 
 /// The official schema of each Talos minor, read from `<dir>/talos/config-v1.<minor>.schema.json`. Each
@@ -191,7 +202,7 @@ fn definition_for(root: &serde_json::Value, doc: &serde_json::Value) -> Option<S
 }
 
 impl ConfigValidator for SchemaValidator {
-    fn validate(&self, minor: u32, docs: &[Value]) -> Result<(), String> {
+    fn validate(&self, minor: u32, _text: &str, docs: &[Value]) -> Result<(), String> {
         let root = self.schema(minor)?;
         if v1alpha1(docs).is_none() {
             return Err("the applied machine configuration doesn't contain v1alpha1 config".into());

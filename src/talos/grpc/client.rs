@@ -223,6 +223,11 @@ impl TalosClient {
         self.mode
     }
 
+    /// The underlying HTTP/2 channel (for calls this client does not wrap).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     fn grpc(&self) -> tonic::client::Grpc<Channel> {
         tonic::client::Grpc::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)

@@ -37,6 +37,17 @@ pub struct ClientIdentity {
     pub key_pem: Secret,
 }
 
+impl ClientIdentity {
+    /// kiln's identity for a cluster: the OS CA to trust and a client certificate minted from it.
+    pub fn from_minted(os_ca_pem: &str, cert: &crate::talos::credentials::ClientCert) -> Self {
+        Self {
+            ca_pem: os_ca_pem.to_owned(),
+            cert_pem: cert.cert.cert_pem.clone(),
+            key_pem: Secret::new(cert.cert.key_pem.expose()),
+        }
+    }
+}
+
 impl std::fmt::Debug for ClientIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientIdentity")
