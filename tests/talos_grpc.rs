@@ -503,3 +503,84 @@ fn node_specs_parse_as_the_cli_takes_them() {
     );
     assert!("nowhere".parse::<NodeSpec>().is_err());
 }
+
+/// `kiln sim talos` as a process: kills it when the test ends, however it ends.
+struct SimProcess(std::process::Child);
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiln_sim_talos_serves_nodes_and_dumps_accepted_configs() {
+    use std::io::BufRead;
+
+    let dump = tempfile::tempdir().unwrap();
+    // Without KILN_REFERENCE_SCHEMAS the simulator judges configs with kiln's strict decoder.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "sim",
+            "talos",
+            "--listen",
+            "127.0.10.61:50000,uuid=cli-61",
+            "--listen",
+            "127.0.10.62:50000,version=v1.13.9",
+        ])
+        .arg("--dump-dir")
+        .arg(dump.path())
+        .env_remove("KILN_REFERENCE_SCHEMAS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run kiln sim talos");
+    let stdout = child.stdout.take().unwrap();
+    let _guard = SimProcess(child);
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for _ in 0..2 {
+        let line = lines.next().expect("a line per node").unwrap();
+        assert!(line.contains("listening on 127.0.10.6"), "{line}");
+    }
+
+    let cluster = cluster("cli", 61, 2, 0);
+    let talos = port();
+    assert_eq!(
+        talos.node_state(ip(61), &admin()).await,
+        NodeState::Maintenance
+    );
+    let good = config_for(&cluster, ip(61));
+    let bad = good.replacen("machine:\n", "machine:\n  bogusField: 1\n", 1);
+    let err = talos
+        .apply_in_maintenance(ip(61), "cli-61", bad.as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("bogusField"), "{err}");
+    assert!(
+        !dump.path().join("127.0.10.61.yaml").exists(),
+        "a refused config is not dumped"
+    );
+
+    talos
+        .apply_in_maintenance(ip(61), "cli-61", good.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dump.path().join("127.0.10.61.yaml")).unwrap(),
+        good
+    );
+    assert!(matches!(
+        talos.node_state(ip(61), &admin()).await,
+        NodeState::Configured(_)
+    ));
+    assert_eq!(
+        talos.bootstrap(ip(61), &admin()).await.unwrap(),
+        BootstrapOutcome::Bootstrapped
+    );
+    assert_eq!(
+        talos.node_state(ip(62), &admin()).await,
+        NodeState::Maintenance
+    );
+}
