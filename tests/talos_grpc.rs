@@ -485,6 +485,22 @@ async fn a_second_etcd_cluster_is_refused_loudly() {
     let started = std::time::Instant::now();
     talos.version(ip(31), &id).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A destroyed VM stops answering; a new one at the same address boots into maintenance.
+    let mut sim = sim;
+    sim.remove_node(addr(32));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(
+        talos.node_state(ip(32), &id).await,
+        NodeState::Unreachable { .. }
+    ));
+    let spec = NodeSpec {
+        addr: addr(32),
+        uuid: None,
+        version: None,
+    };
+    sim.add_node(&spec).await.unwrap();
+    assert_eq!(talos.node_state(ip(32), &id).await, NodeState::Maintenance);
 }
 
 #[test]

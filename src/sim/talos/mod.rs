@@ -129,7 +129,7 @@ pub fn default_validator() -> Arc<dyn ConfigValidator> {
 /// A running simulator. Dropping it stops every node's server.
 pub struct SimTalos {
     shared: Arc<Shared>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: HashMap<SocketAddr, tokio::task::JoinHandle<()>>,
     addrs: Vec<SocketAddr>,
 }
 
@@ -149,66 +149,84 @@ pub enum SimError {
 impl SimTalos {
     /// Binds every node's address and starts serving, all nodes in maintenance mode.
     pub async fn start(nodes: &[NodeSpec], options: SimOptions) -> Result<Self, SimError> {
-        let mut fleet = Fleet {
+        let fleet = Fleet {
             dump_dir: options.dump_dir,
             ..Fleet::default()
         };
-        let mut listeners = Vec::new();
-        for spec in nodes {
-            if fleet.nodes.contains_key(&spec.addr) {
-                return Err(SimError::Duplicate { addr: spec.addr });
-            }
-            let listener = tokio::net::TcpListener::bind(spec.addr)
-                .await
-                .map_err(|source| SimError::Bind {
-                    addr: spec.addr,
-                    source,
-                })?;
-            let addr = listener.local_addr().map_err(|source| SimError::Bind {
-                addr: spec.addr,
-                source,
-            })?;
-            let tls = pki::maintenance_server_config(addr.ip())
-                .map_err(|message| SimError::Tls { addr, message })?;
-            fleet.nodes.insert(
-                addr,
-                Node {
-                    addr,
-                    uuid: spec.uuid.clone().unwrap_or_default(),
-                    version: spec
-                        .version
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_VERSION.to_owned()),
-                    version_pinned: spec.version.is_some(),
-                    phase: Phase::Maintenance { tls },
-                },
-            );
-            listeners.push((addr, listener));
-        }
         let shared = Arc::new(Shared {
             fleet: Mutex::new(fleet),
             validator: options.validator.unwrap_or_else(default_validator),
             faults: Mutex::new(Faults::default()),
         });
-        let mut tasks = Vec::new();
-        let mut addrs = Vec::new();
-        for (addr, listener) in listeners {
-            let service = server::NodeService {
-                shared: shared.clone(),
-                addr,
-            };
-            addrs.push(addr);
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = server::serve(listener, service).await {
-                    tracing::error!(node = %addr, error = %e, "simulated Talos node stopped");
-                }
-            }));
-        }
-        Ok(Self {
+        let mut sim = Self {
             shared,
-            tasks,
-            addrs,
-        })
+            tasks: HashMap::new(),
+            addrs: Vec::new(),
+        };
+        for spec in nodes {
+            sim.add_node(spec).await?;
+        }
+        Ok(sim)
+    }
+
+    /// A machine boots (a VM was created and started): it answers at its address in maintenance mode.
+    /// Returns the bound address (port 0 picks one).
+    pub async fn add_node(&mut self, spec: &NodeSpec) -> Result<SocketAddr, SimError> {
+        if self.tasks.contains_key(&spec.addr) {
+            return Err(SimError::Duplicate { addr: spec.addr });
+        }
+        let listener = tokio::net::TcpListener::bind(spec.addr)
+            .await
+            .map_err(|source| SimError::Bind {
+                addr: spec.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind {
+            addr: spec.addr,
+            source,
+        })?;
+        let tls = pki::maintenance_server_config(addr.ip())
+            .map_err(|message| SimError::Tls { addr, message })?;
+        self.shared.fleet.lock().expect("fleet lock").nodes.insert(
+            addr,
+            Node {
+                addr,
+                uuid: spec.uuid.clone().unwrap_or_default(),
+                version: spec
+                    .version
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_VERSION.to_owned()),
+                version_pinned: spec.version.is_some(),
+                phase: Phase::Maintenance { tls },
+            },
+        );
+        let service = server::NodeService {
+            shared: self.shared.clone(),
+            addr,
+        };
+        let task = tokio::spawn(async move {
+            if let Err(e) = server::serve(listener, service).await {
+                tracing::error!(node = %addr, error = %e, "simulated Talos node stopped");
+            }
+        });
+        self.tasks.insert(addr, task);
+        self.addrs.push(addr);
+        Ok(addr)
+    }
+
+    /// A machine is gone (its VM destroyed): it stops answering and its state is forgotten. Its etcd
+    /// membership stays, as a destroyed member's does on a real cluster until someone removes it.
+    pub fn remove_node(&mut self, addr: SocketAddr) {
+        if let Some(task) = self.tasks.remove(&addr) {
+            task.abort();
+        }
+        self.addrs.retain(|a| *a != addr);
+        self.shared
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .nodes
+            .remove(&addr);
     }
 
     pub fn addrs(&self) -> &[SocketAddr] {
@@ -309,7 +327,7 @@ impl SimTalos {
 
     /// Serves until the process is stopped (what `kiln sim talos` does).
     pub async fn wait(mut self) {
-        for task in std::mem::take(&mut self.tasks) {
+        for (_, task) in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
     }
@@ -317,7 +335,7 @@ impl SimTalos {
 
 impl Drop for SimTalos {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.values() {
             task.abort();
         }
     }
