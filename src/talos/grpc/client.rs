@@ -18,6 +18,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint, Uri};
+use tracing::Instrument;
 
 use super::error::TalosError;
 use super::proto::common::{Data, Metadata};
@@ -257,12 +258,17 @@ impl TalosClient {
             .map_err(|s| TalosError::status(addr, path, s))
         };
         tokio::time::timeout(self.options.call_timeout, call)
+            .instrument(self.span(path))
             .await
             .map_err(|_| TalosError::Timeout {
                 addr,
                 method: path,
                 after: self.options.call_timeout,
             })?
+    }
+
+    fn span(&self, method: &'static str) -> tracing::Span {
+        tracing::debug_span!("talos_call", node = %self.addr, method, mode = ?self.mode)
     }
 
     async fn server_stream<Req, Resp>(
@@ -302,6 +308,7 @@ impl TalosClient {
             Ok(items)
         };
         tokio::time::timeout(self.options.call_timeout, call)
+            .instrument(self.span(path))
             .await
             .map_err(|_| TalosError::Timeout {
                 addr,
