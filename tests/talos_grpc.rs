@@ -600,3 +600,38 @@ async fn kiln_sim_talos_serves_nodes_and_dumps_accepted_configs() {
         NodeState::Maintenance
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configs_of_every_contract_are_accepted_and_set_the_version() {
+    let talos = port();
+    let mut sim = start_sim(&[]).await;
+    for (i, version) in [(71u8, "v1.11.5"), (72, "v1.12.11"), (73, "v1.13.9")] {
+        sim.add_node(&NodeSpec {
+            addr: addr(i),
+            uuid: None,
+            version: None,
+        })
+        .await
+        .unwrap();
+        let cluster = cluster(&format!("contract-{i}"), i, 1, 0);
+        let node = cluster
+            .nodes
+            .iter()
+            .find(|n| IpAddr::V4(n.ip) == ip(i))
+            .unwrap();
+        let cfg = kiln::talos::config::render(&cluster, node, bundle(), version.parse().unwrap())
+            .unwrap();
+        talos
+            .apply_in_maintenance(ip(i), "", cfg.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{version}: {e}"));
+        assert!(
+            matches!(
+                talos.node_state(ip(i), &admin()).await,
+                NodeState::Configured(_)
+            ),
+            "{version}"
+        );
+        assert_eq!(talos.version(ip(i), &admin()).await.unwrap().tag, version);
+    }
+}
