@@ -48,7 +48,8 @@ pub fn bundle() -> &'static SecretsBundle {
     B.get_or_init(|| SecretsBundle::generate().expect("bundle"))
 }
 
-/// A cluster whose nodes are `127.0.10.<first>…`: `cps` control planes, then `workers` workers.
+/// A cluster whose nodes are `127.0.10.<first>…` (`cps` control planes, then `workers` workers) and whose
+/// VIP is `127.0.11.<first>`.
 pub fn cluster(name: &str, first: u8, cps: u8, workers: u8) -> Cluster {
     let node = |i: u8| format!("      - {{ip: 127.0.10.{}}}\n", first + i);
     let cp_nodes: String = (0..cps).map(node).collect();
@@ -64,7 +65,7 @@ pub fn cluster(name: &str, first: u8, cps: u8, workers: u8) -> Cluster {
     let yaml = format!(
         "apiVersion: kiln.dev/v1alpha1\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n  proxmox:\n    \
          node: pve1\n    template: 9000\n    storage: local-lvm\n    bridge: vmbr0\n    vmidPrefix: {prefix}\n  \
-         talos:\n    version: v1.13.9\n  kubernetes:\n    version: v1.34.1\n  network:\n    vip: 127.0.10.250\n    \
+         talos:\n    version: v1.13.9\n  kubernetes:\n    version: v1.34.1\n  network:\n    vip: 127.0.11.{first}\n    \
          gateway: 127.0.10.254\n    prefixLength: 24\n    nameservers: [127.0.10.254]\n  controlPlane:\n    \
          resources: {{cores: 2, memoryGiB: 4, diskGiB: 20}}\n    nodes:\n{cp_nodes}{workers_section}"
     );
@@ -231,7 +232,7 @@ async fn client_drives_the_simulator_through_a_cluster_lifecycle() {
     assert_eq!(kc["current-context"].as_str(), Some("admin@life"));
     assert_eq!(
         kc["clusters"][0]["cluster"]["server"].as_str(),
-        Some("https://127.0.10.250:6443")
+        Some("https://127.0.11.1:6443")
     );
     let users = kc["users"][0]["user"]["client-certificate-data"]
         .as_str()
@@ -634,4 +635,122 @@ async fn configs_of_every_contract_are_accepted_and_set_the_version() {
         );
         assert_eq!(talos.version(ip(i), &admin()).await.unwrap().tag, version);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_api_at_the_vip_serves_the_kube_client() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+
+    let cluster = cluster("kapi", 81, 1, 1);
+    let sim = start_sim(&[
+        NodeSpec {
+            addr: addr(81),
+            uuid: None,
+            version: None,
+        },
+        NodeSpec {
+            addr: addr(82),
+            uuid: None,
+            version: None,
+        },
+    ])
+    .await;
+    let talos = port();
+    let id = admin();
+    for i in [81, 82] {
+        talos
+            .apply_in_maintenance(ip(i), "", config_for(&cluster, ip(i)).as_bytes())
+            .await
+            .unwrap();
+    }
+    talos.bootstrap(ip(81), &id).await.unwrap();
+    let kubeconfig = talos.kubeconfig(ip(81), &id).await.unwrap();
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig.expose()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(config.cluster_url.to_string(), "https://127.0.11.81:6443/");
+    let client = kube::Client::try_from(config).unwrap();
+
+    // The API comes up right after bootstrap; give its listener a moment.
+    let mut version = None;
+    for _ in 0..50 {
+        match client.apiserver_version().await {
+            Ok(v) => {
+                version = Some(v);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(
+        version
+            .expect("the Kubernetes API answers at the VIP")
+            .git_version,
+        "v1.34.1"
+    );
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes.list(&ListParams::default()).await.unwrap();
+    let names: Vec<String> = list
+        .items
+        .iter()
+        .map(|n| n.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["kapi-cp-1", "kapi-wk-2"]);
+    for n in &list.items {
+        let ready = n
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "True");
+    }
+
+    // Cordon, then the eviction of a pod that is not there, then Node deletion.
+    let patched = nodes
+        .patch(
+            "kapi-wk-2",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.spec.unwrap().unschedulable, Some(true));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    match pods.evict("nothing", &EvictParams::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 404),
+        other => panic!("{other:?}"),
+    }
+    nodes
+        .delete("kapi-wk-2", &DeleteParams::default())
+        .await
+        .unwrap();
+    let names: Vec<String> = nodes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|n| n.metadata.name.unwrap())
+        .collect();
+    assert_eq!(names, ["kapi-cp-1"]);
+    match nodes.get("kapi-wk-2").await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 404),
+        other => panic!("{other:?}"),
+    }
+    drop(sim);
 }

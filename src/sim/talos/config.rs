@@ -30,6 +30,11 @@ pub struct NodeConfig {
     pub k8s_ca_pem: Option<String>,
     pub k8s_ca_key_pem: Option<String>,
     pub has_etcd_ca: bool,
+    /// The control-plane VIP (`Layer2VIPConfig.name` on 1.12+, `machine.network.interfaces[].vip.ip`
+    /// on 1.11), where the cluster's Kubernetes API answers once etcd runs.
+    pub vip: Option<String>,
+    /// Kubernetes version, from the kubelet image tag.
+    pub kubernetes_version: Option<String>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -97,6 +102,26 @@ pub fn image_tag(image: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+fn vip(docs: &[Value], v1: &Value) -> Option<String> {
+    let multi_doc = docs
+        .iter()
+        .find(|d| d.get("kind").and_then(Value::as_str) == Some("Layer2VIPConfig"))
+        .and_then(|d| s(d, &["name"]));
+    let legacy = || {
+        v1.get("machine")?
+            .get("network")?
+            .get("interfaces")?
+            .as_sequence()?
+            .iter()
+            .find_map(|i| {
+                i.get("vip")
+                    .and_then(|v| v.get("ip"))
+                    .and_then(Value::as_str)
+            })
+    };
+    multi_doc.or_else(legacy).map(str::to_owned)
+}
+
 impl NodeConfig {
     pub fn from_documents(docs: &[Value]) -> Result<Self, String> {
         let v1 = v1alpha1(docs)
@@ -153,6 +178,10 @@ impl NodeConfig {
             k8s_ca_pem: b64_pem(v1, &["cluster", "ca", "crt"])?,
             k8s_ca_key_pem: b64_pem(v1, &["cluster", "ca", "key"])?,
             has_etcd_ca: s(v1, &["cluster", "etcd", "ca", "crt"]).is_some_and(|c| !c.is_empty()),
+            vip: vip(docs, v1),
+            kubernetes_version: s(v1, &["machine", "kubelet", "image"])
+                .and_then(image_tag)
+                .map(str::to_owned),
         })
     }
 }

@@ -102,6 +102,10 @@ pub struct Fleet {
     pub dump_dir: Option<PathBuf>,
     /// Control planes that do not join etcd by themselves yet (a test models a slow join with it).
     pub join_held: std::collections::HashSet<SocketAddr>,
+    /// The Kubernetes API per cluster key.
+    pub kube: HashMap<String, super::kube::KubeState>,
+    /// Clusters bootstrapped since the last call, whose Kubernetes API is to be started.
+    pub kube_to_start: Vec<String>,
 }
 
 impl Fleet {

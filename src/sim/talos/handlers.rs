@@ -228,6 +228,7 @@ pub fn bootstrap(
     }
     fleet.add_member(&key, addr);
     fleet.join_waiting_control_planes(&key);
+    fleet.kube_to_start.push(key);
     Ok(machine::BootstrapResponse {
         messages: vec![machine::MetadataOnly { metadata: None }],
     })

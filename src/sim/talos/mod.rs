@@ -8,6 +8,7 @@
 pub mod config;
 pub mod fleet;
 pub mod handlers;
+pub mod kube;
 pub mod pki;
 pub mod server;
 pub mod validate;
@@ -337,6 +338,11 @@ impl Drop for SimTalos {
     fn drop(&mut self) {
         for task in self.tasks.values() {
             task.abort();
+        }
+        if let Ok(fleet) = self.shared.fleet.lock() {
+            for task in fleet.kube.values().filter_map(|k| k.task.as_ref()) {
+                task.abort();
+            }
         }
     }
 }

@@ -60,8 +60,15 @@ impl NodeService {
         let peer = peer_of(&req);
         self.shared.before_call(self.addr, method).await?;
         let _span = tracing::debug_span!("sim_talos", node = %self.addr, method).entered();
-        let mut fleet = self.shared.fleet.lock().expect("fleet lock");
-        f(&mut fleet, req.get_ref(), &peer)
+        let (result, to_start) = {
+            let mut fleet = self.shared.fleet.lock().expect("fleet lock");
+            let result = f(&mut fleet, req.get_ref(), &peer);
+            (result, std::mem::take(&mut fleet.kube_to_start))
+        };
+        for cluster in to_start {
+            super::kube::ensure_started(&self.shared, &cluster);
+        }
+        result
     }
 
     fn unary<Req, Resp, F>(self, req: http::Request<Body>, method: &'static str, f: F) -> BoxFuture
