@@ -568,3 +568,26 @@ fn decoder_is_not_stricter_than_the_schema_on_gen_config_shapes() {
         decode(&to_stream(&docs), contract).unwrap_or_else(|e| panic!("{v}: {e}"));
     }
 }
+
+#[test]
+fn rendering_the_production_example_stays_within_budget() {
+    // The budget is 50 ms for the five configs (benches/talos.rs measures it properly);
+    // the best of five runs in a debug build on a loaded machine must still meet it.
+    let ex = examples();
+    let prod = &ex.iter().find(|(f, _)| f == "production.yaml").unwrap().1;
+    let v = prod.spec.talos.version;
+    let best = (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for node in &prod.nodes {
+                std::hint::black_box(render(prod, node, bundle(), v).unwrap());
+            }
+            t.elapsed()
+        })
+        .min()
+        .unwrap();
+    assert!(
+        best < std::time::Duration::from_millis(50),
+        "five configs took {best:?}"
+    );
+}
