@@ -178,8 +178,26 @@ async fn client_drives_the_simulator_through_a_cluster_lifecycle() {
     assert!(matches!(err, TalosError::UuidMismatch { .. }), "{err}");
     assert!(sim.applied_config(addr(1)).is_none());
 
+    // One apply at a time per node: a second, concurrent one is refused (retryable).
+    sim.set_delay("ApplyConfiguration", Duration::from_millis(400));
+    let cfg4 = config_for(&cluster, ip(4));
+    let (first, second) = tokio::join!(
+        talos.apply_in_maintenance(ip(4), "", cfg4.as_bytes()),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            talos.apply_in_maintenance(ip(4), "", cfg4.as_bytes()).await
+        }
+    );
+    first.unwrap();
+    let err = second.unwrap_err();
+    assert!(
+        err.is_transient() && err.to_string().contains("already in progress"),
+        "{err}"
+    );
+    sim.set_delay("ApplyConfiguration", Duration::ZERO);
+
     // Apply everywhere (nodes 2–4 report no uuid: a warning, not a refusal).
-    for i in 1..=4 {
+    for i in 1..=3 {
         let cfg = config_for(&cluster, ip(i));
         let outcome = talos
             .apply_in_maintenance(ip(i), "4c4c4544-0001", cfg.as_bytes())

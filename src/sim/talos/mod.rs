@@ -82,6 +82,8 @@ pub struct Shared {
     pub fleet: Mutex<Fleet>,
     pub validator: Arc<dyn ConfigValidator>,
     faults: Mutex<Faults>,
+    /// Nodes with an ApplyConfiguration in progress.
+    applying: Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 impl Shared {
@@ -158,6 +160,7 @@ impl SimTalos {
             fleet: Mutex::new(fleet),
             validator: options.validator.unwrap_or_else(default_validator),
             faults: Mutex::new(Faults::default()),
+            applying: Mutex::default(),
         });
         let mut sim = Self {
             shared,

@@ -49,6 +49,33 @@ where
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
+struct ApplyGuard {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl ApplyGuard {
+    fn take(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Self, Status> {
+        if !shared.applying.lock().expect("apply lock").insert(addr) {
+            return Err(Status::failed_precondition(
+                "another apply configuration is already in progress",
+            ));
+        }
+        Ok(Self {
+            shared: shared.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for ApplyGuard {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.shared.applying.lock() {
+            set.remove(&self.addr);
+        }
+    }
+}
+
 impl NodeService {
     /// Delays and injected failures first (what a test asked for), then the method on the fleet state.
     async fn run<Req, Resp>(
@@ -58,6 +85,12 @@ impl NodeService {
         f: impl FnOnce(&mut super::fleet::Fleet, &Req, &Peer) -> Result<Resp, Status>,
     ) -> Result<Resp, Status> {
         let peer = peer_of(&req);
+        // Talos runs one ApplyConfiguration at a time per node (a TryLock since v1.12).
+        let _apply = if method == "ApplyConfiguration" {
+            Some(ApplyGuard::take(&self.shared, self.addr)?)
+        } else {
+            None
+        };
         self.shared.before_call(self.addr, method).await?;
         let _span = tracing::debug_span!("sim_talos", node = %self.addr, method).entered();
         let (result, to_start) = {
