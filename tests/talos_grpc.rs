@@ -772,3 +772,61 @@ async fn the_kubernetes_api_at_the_vip_serves_the_kube_client() {
     }
     drop(sim);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_recovers_from_a_snapshot_after_losing_every_member() {
+    let cluster = cluster("rec", 91, 1, 0);
+    let sim = start_sim(&[NodeSpec {
+        addr: addr(91),
+        uuid: None,
+        version: None,
+    }])
+    .await;
+    let talos = port();
+    let id = admin();
+    let cfg = config_for(&cluster, ip(91));
+    talos
+        .apply_in_maintenance(ip(91), "", cfg.as_bytes())
+        .await
+        .unwrap();
+    talos.bootstrap(ip(91), &id).await.unwrap();
+    let snapshot = talos.etcd_snapshot(ip(91), &id).await.unwrap();
+    assert!(snapshot.len() > 20);
+
+    // A graceful reset of the last member is refused; a hard one wipes it (the member stays listed).
+    let err = talos.reset_graceful(ip(91), &id, true).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition), "{err}");
+    TalosClient::connect_mtls(addr(91), &id, options())
+        .await
+        .unwrap()
+        .reset(false, true)
+        .await
+        .unwrap();
+    assert_eq!(talos.node_state(ip(91), &id).await, NodeState::Maintenance);
+
+    // Reinstalled, the node has no data and nothing to join: recovery from the snapshot, once.
+    talos
+        .apply_in_maintenance(ip(91), "", cfg.as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        talos
+            .etcd_recover(ip(91), &id, b"not a snapshot")
+            .await
+            .is_err()
+    );
+    let outcome = talos
+        .bootstrap_from_snapshot(ip(91), &id, &snapshot)
+        .await
+        .unwrap();
+    assert_eq!(outcome, BootstrapOutcome::Bootstrapped);
+    let members = talos.etcd_members(ip(91), &id).await.unwrap();
+    assert_eq!(
+        members
+            .iter()
+            .map(|m| m.hostname.as_str())
+            .collect::<Vec<_>>(),
+        ["rec-cp-1"]
+    );
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+}

@@ -191,10 +191,17 @@ impl Fleet {
     }
 
     /// Is the etcd cluster of `key` up (someone bootstrapped it and members remain)?
+    /// Members whose machines were wiped or destroyed still show in the list, but an etcd cluster
+    /// lives only while some member still has its data.
     pub fn cluster_bootstrapped(&self, key: &str) -> bool {
-        self.clusters
-            .get(key)
-            .is_some_and(|c| !c.members.is_empty())
+        self.clusters.get(key).is_some_and(|c| {
+            c.members.values().any(|m| {
+                self.nodes
+                    .get(&m.addr)
+                    .and_then(Node::configured)
+                    .is_some_and(|n| n.etcd_data && n.cfg.cluster_key == key)
+            })
+        })
     }
 
     pub fn add_member(&mut self, key: &str, addr: SocketAddr) {

@@ -226,6 +226,11 @@ pub fn bootstrap(
         fleet.violation(message.clone());
         return Err(Status::internal(format!("simulator refuses: {message}")));
     }
+    if req.recover_etcd {
+        // Recovery starts a new single-member cluster from the snapshot: the old members are gone.
+        fleet.cluster(&key).members.clear();
+        configured(fleet, addr)?.recover_snapshot = None;
+    }
     fleet.add_member(&key, addr);
     fleet.join_waiting_control_planes(&key);
     fleet.kube_to_start.push(key);

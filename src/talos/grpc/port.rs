@@ -63,6 +63,13 @@ pub trait TalosPort: Send + Sync {
         identity: &ClientIdentity,
         snapshot: &[u8],
     ) -> Result<(), TalosError>;
+    /// Disaster recovery: uploads `snapshot`, then bootstraps etcd from it on this node.
+    async fn bootstrap_from_snapshot(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        snapshot: &[u8],
+    ) -> Result<BootstrapOutcome, TalosError>;
     /// Graceful: a control plane leaves etcd before it wipes itself.
     async fn reset_graceful(
         &self,
@@ -203,6 +210,17 @@ impl TalosPort for GrpcTalos {
         snapshot: &[u8],
     ) -> Result<(), TalosError> {
         self.mtls(ip, identity).await?.etcd_recover(snapshot).await
+    }
+
+    async fn bootstrap_from_snapshot(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        snapshot: &[u8],
+    ) -> Result<BootstrapOutcome, TalosError> {
+        let client = self.mtls(ip, identity).await?;
+        client.etcd_recover(snapshot).await?;
+        client.bootstrap(true).await
     }
 
     async fn reset_graceful(
