@@ -1,4 +1,5 @@
 //! In-process simulators of the external systems, used by `kiln demo`, `kiln sim talos` and engine tests.
 
+pub mod kubernetes;
 pub mod proxmox;
 pub mod talos;

@@ -1,0 +1,247 @@
+//! The plan as a value: ordered steps, each with the reason it exists. Printable for `kiln plan`,
+//! serialisable for `--format json`, comparable in tests.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::spec::{ClusterName, Role, Vmid};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum Action {
+    /// Generate the Talos secrets bundle and store it create-only (before any VM exists).
+    GenerateSecrets,
+    /// Full clone, configure (tags, marker, sizes, network, cloud-init), grow the disk, start.
+    CreateVm {
+        number: u32,
+        role: Role,
+        vmid: Vmid,
+        name: String,
+        pve_node: String,
+        template: Vmid,
+    },
+    /// Finish a VM a crash left between clone and tagging.
+    FinishVm {
+        number: u32,
+        vmid: Vmid,
+    },
+    StartVm {
+        number: u32,
+        vmid: Vmid,
+    },
+    /// Cores/memory need a Proxmox power cycle (rolling, drained, health-gated); disks only grow.
+    ResizeVm {
+        number: u32,
+        vmid: Vmid,
+        cores: Option<(u32, u32)>,
+        memory_mib: Option<(u64, u64)>,
+        disk_gib: Option<(u64, u64)>,
+    },
+    /// Apply the machine config to a node in maintenance (after the SMBIOS uuid check).
+    ApplyConfig {
+        number: u32,
+        name: String,
+    },
+    /// Bootstrap etcd on this control plane, guarded by the member list and the marker.
+    Bootstrap {
+        number: u32,
+        name: String,
+    },
+    /// Store the admin kubeconfig and talosconfig (once; rotation is separate).
+    StoreCredentials,
+    /// Wait until every expected node is Ready by name.
+    WaitHealthy,
+    /// Scale-down: cordon and drain, leave etcd (control plane, confirmed by another member), delete
+    /// the Kubernetes Node, then shut down and destroy the VM.
+    RemoveNode {
+        number: u32,
+        role: Role,
+        vmid: Vmid,
+        name: String,
+    },
+    /// Decommission: stop and destroy (no etcd leave: the last member has no one to confirm it).
+    DestroyVm {
+        number: u32,
+        vmid: Vmid,
+        name: String,
+    },
+    /// Decommission: mark the secrets retained (`kiln-decommissioned-at`) or destroy them.
+    RetireSecrets {
+        destroy: bool,
+    },
+}
+
+/// How a step counts in the summary (like Terraform's add/change/destroy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Create,
+    Change,
+    Destroy,
+}
+
+impl Action {
+    pub fn effect(&self) -> Effect {
+        match self {
+            Action::GenerateSecrets | Action::CreateVm { .. } => Effect::Create,
+            Action::RemoveNode { .. } | Action::DestroyVm { .. } => Effect::Destroy,
+            Action::RetireSecrets { destroy: true } => Effect::Destroy,
+            _ => Effect::Change,
+        }
+    }
+    /// Steps that change or destroy something a person can lose.
+    pub fn is_destructive(&self) -> bool {
+        self.effect() == Effect::Destroy
+    }
+}
+
+fn pair<T: fmt::Display>(label: &str, v: Option<(T, T)>) -> Option<String> {
+    v.map(|(from, to)| format!("{label} {from} → {to}"))
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::GenerateSecrets => write!(f, "generate the Talos secrets bundle"),
+            Action::CreateVm {
+                vmid,
+                name,
+                pve_node,
+                template,
+                ..
+            } => write!(
+                f,
+                "create VM {vmid} {name} on {pve_node} (full clone of {template})"
+            ),
+            Action::FinishVm { vmid, .. } => write!(f, "finish half-made VM {vmid}"),
+            Action::StartVm { vmid, .. } => write!(f, "start VM {vmid}"),
+            Action::ResizeVm {
+                vmid,
+                cores,
+                memory_mib,
+                disk_gib,
+                ..
+            } => {
+                let parts: Vec<String> = [
+                    pair("cores", *cores),
+                    pair("memory MiB", *memory_mib),
+                    pair("disk GiB", *disk_gib),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                write!(f, "resize VM {vmid}: {}", parts.join(", "))
+            }
+            Action::ApplyConfig { name, .. } => write!(f, "apply the machine config to {name}"),
+            Action::Bootstrap { name, .. } => write!(f, "bootstrap etcd on {name}"),
+            Action::StoreCredentials => write!(f, "store the kubeconfig and talosconfig"),
+            Action::WaitHealthy => write!(f, "wait until every node is Ready"),
+            Action::RemoveNode {
+                vmid, name, role, ..
+            } => match role {
+                Role::ControlPlane => write!(
+                    f,
+                    "remove control plane {name}: leave etcd, delete the Node, destroy VM {vmid}"
+                ),
+                Role::Worker => write!(
+                    f,
+                    "remove worker {name}: drain, delete the Node, destroy VM {vmid}"
+                ),
+            },
+            Action::DestroyVm { vmid, name, .. } => write!(f, "stop and destroy VM {vmid} {name}"),
+            Action::RetireSecrets { destroy: false } => {
+                write!(f, "mark the cluster's secrets as decommissioned (retained)")
+            }
+            Action::RetireSecrets { destroy: true } => write!(f, "destroy the cluster's secrets"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub action: Action,
+    /// Why the step exists, from the observation that made it necessary.
+    pub reason: String,
+}
+
+/// Why nothing (or only part) can be done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "message")]
+pub enum Blocker {
+    /// Refused change (renumbering, disk shrink): the spec must be fixed; the hint says how.
+    Refused(String),
+    /// Waits for a person (unreadable bundle with VMs, retained secrets of a retired cluster,
+    /// deletion protection, a conflict at a wanted VMID).
+    Blocked(String),
+}
+
+impl fmt::Display for Blocker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Blocker::Refused(m) => write!(f, "refused: {m}"),
+            Blocker::Blocked(m) => write!(f, "blocked: {m}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanKind {
+    Converge,
+    Decommission,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterPlan {
+    pub cluster: ClusterName,
+    pub kind: PlanKind,
+    pub steps: Vec<Step>,
+    pub blockers: Vec<Blocker>,
+    /// Observations worth a person's attention that change nothing (drift under `report`, …).
+    pub reports: Vec<String>,
+}
+
+impl ClusterPlan {
+    pub fn is_noop(&self) -> bool {
+        self.steps.is_empty()
+    }
+    pub fn count(&self, effect: Effect) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| s.action.effect() == effect)
+            .count()
+    }
+}
+
+impl fmt::Display for ClusterPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = match self.kind {
+            PlanKind::Converge => "",
+            PlanKind::Decommission => " (decommission)",
+        };
+        writeln!(
+            f,
+            "cluster {}{verb}: {} to create, {} to change, {} to destroy",
+            self.cluster,
+            self.count(Effect::Create),
+            self.count(Effect::Change),
+            self.count(Effect::Destroy)
+        )?;
+        for b in &self.blockers {
+            writeln!(f, "  ! {b}")?;
+        }
+        for s in &self.steps {
+            let mark = match s.action.effect() {
+                Effect::Create => '+',
+                Effect::Change => '~',
+                Effect::Destroy => '-',
+            };
+            writeln!(f, "  {mark} {}  ({})", s.action, s.reason)?;
+        }
+        for r in &self.reports {
+            writeln!(f, "  ? {r}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,368 @@
+use super::*;
+use crate::spec::ClusterDocument;
+
+fn production_text() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/clusters/production.yaml"
+    ))
+    .expect("example file")
+}
+
+fn cluster_from(text: &str) -> Cluster {
+    let doc: ClusterDocument = serde_yaml::from_str(text).expect("valid example");
+    Cluster::expand(&doc).expect("expands")
+}
+
+fn production() -> Cluster {
+    cluster_from(&production_text())
+}
+
+fn owned(node: &Node) -> ObservedVm {
+    ObservedVm {
+        number: node.number,
+        role: node.role,
+        vmid: node.vmid,
+        name: node.name.clone(),
+        pve_node: node.pve_node.clone(),
+        power: Power::Running,
+        ownership: Ownership::Owned,
+        cores: Some(node.resources.cores),
+        memory_mib: Some(u64::from(node.resources.memory_gib) * 1024),
+        disk_gib: Some(u64::from(node.resources.disk_gib)),
+        pending_changes: false,
+        lock: None,
+    }
+}
+
+fn all_stored() -> SecretsObserved {
+    SecretsObserved {
+        bundle: BundleState::Present,
+        bootstrapped: true,
+        kubeconfig_stored: true,
+        talosconfig_stored: true,
+        decommissioned: false,
+    }
+}
+
+fn converged(c: &Cluster) -> ObservedCluster {
+    ObservedCluster {
+        vms: c.nodes.iter().map(|n| (n.number, owned(n))).collect(),
+        conflicts: vec![],
+        secrets: Some(all_stored()),
+        nodes: None,
+        healthy: None,
+    }
+}
+
+fn run(desired: &Cluster, previous: Option<&Cluster>, observed: &ObservedCluster) -> ClusterPlan {
+    converge(ConvergeInput {
+        desired,
+        previous,
+        observed,
+        drift_policy: DriftPolicy::Repair,
+        intent_changed: true,
+    })
+}
+
+fn actions(plan: &ClusterPlan) -> Vec<&Action> {
+    plan.steps.iter().map(|s| &s.action).collect()
+}
+
+#[test]
+fn new_cluster_plans_the_whole_chain_in_order() {
+    let c = production();
+    let observed = ObservedCluster {
+        secrets: Some(SecretsObserved {
+            bundle: BundleState::Absent,
+            bootstrapped: false,
+            kubeconfig_stored: false,
+            talosconfig_stored: false,
+            decommissioned: false,
+        }),
+        ..Default::default()
+    };
+    let plan = run(&c, None, &observed);
+    assert!(plan.blockers.is_empty(), "{plan}");
+    let a = actions(&plan);
+    assert_eq!(a[0], &Action::GenerateSecrets);
+    let created: Vec<(u32, String)> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::CreateVm { vmid, name, .. } => Some((vmid.get(), name.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        created,
+        vec![
+            (401, "production-cp-1".to_owned()),
+            (402, "production-cp-2".to_owned()),
+            (403, "production-cp-3".to_owned()),
+            (404, "production-wk-4".to_owned()),
+            (405, "production-wk-5".to_owned()),
+        ]
+    );
+    let applies = a
+        .iter()
+        .filter(|x| matches!(x, Action::ApplyConfig { .. }))
+        .count();
+    assert_eq!(applies, 5);
+    let bootstraps: Vec<_> = a
+        .iter()
+        .filter(|x| matches!(x, Action::Bootstrap { .. }))
+        .collect();
+    assert_eq!(
+        bootstraps,
+        vec![&&Action::Bootstrap {
+            number: 1,
+            name: "production-cp-1".into()
+        }]
+    );
+    let pos = |pred: fn(&&Action) -> bool| a.iter().position(pred).unwrap();
+    assert!(
+        pos(|x| matches!(x, Action::CreateVm { .. }))
+            < pos(|x| matches!(x, Action::ApplyConfig { .. }))
+    );
+    assert!(
+        pos(|x| matches!(x, Action::ApplyConfig { .. }))
+            < pos(|x| matches!(x, Action::Bootstrap { .. }))
+    );
+    assert!(
+        pos(|x| matches!(x, Action::Bootstrap { .. }))
+            < pos(|x| matches!(x, Action::StoreCredentials))
+    );
+    assert_eq!(a.last(), Some(&&Action::WaitHealthy));
+    assert_eq!(plan.count(Effect::Create), 6);
+    assert_eq!(plan.count(Effect::Destroy), 0);
+}
+
+#[test]
+fn converged_cluster_is_a_noop_and_plans_are_deterministic() {
+    let c = production();
+    let observed = converged(&c);
+    let plan = run(&c, Some(&c), &observed);
+    assert!(plan.is_noop(), "{plan}");
+    assert!(plan.blockers.is_empty());
+    assert_eq!(plan, run(&c, Some(&c), &observed));
+}
+
+#[test]
+fn missing_bundle_with_vms_blocks_and_never_regenerates() {
+    let c = production();
+    let mut observed = converged(&c);
+    observed.secrets.as_mut().unwrap().bundle = BundleState::Absent;
+    let plan = run(&c, Some(&c), &observed);
+    assert!(plan.steps.is_empty());
+    assert!(matches!(plan.blockers[0], Blocker::Blocked(_)));
+
+    observed.secrets.as_mut().unwrap().bundle = BundleState::Unreadable("soft-deleted".into());
+    observed.vms.clear();
+    let plan = run(&c, None, &observed);
+    assert!(plan.steps.is_empty(), "{plan}");
+    assert!(plan.blockers[0].to_string().contains("soft-deleted"));
+}
+
+#[test]
+fn half_made_vm_is_finished_not_cloned_again() {
+    let c = production();
+    let mut observed = converged(&c);
+    let vm = observed.vms.get_mut(&2).unwrap();
+    vm.ownership = Ownership::HalfMade;
+    vm.power = Power::Stopped;
+    let plan = run(&c, Some(&c), &observed);
+    let a = actions(&plan);
+    assert!(a.contains(&&Action::FinishVm {
+        number: 2,
+        vmid: Vmid::new(402).unwrap()
+    }));
+    assert!(!a.iter().any(|x| matches!(x, Action::CreateVm { .. })));
+}
+
+#[test]
+fn disks_only_grow() {
+    let c = production();
+    let mut observed = converged(&c);
+    observed.vms.get_mut(&4).unwrap().disk_gib = Some(500);
+    let plan = run(&c, Some(&c), &observed);
+    assert!(
+        plan.blockers
+            .iter()
+            .any(|b| matches!(b, Blocker::Refused(m) if m.contains("only grow"))),
+        "{plan}"
+    );
+    observed.vms.get_mut(&4).unwrap().disk_gib = Some(100);
+    let plan = run(&c, Some(&c), &observed);
+    assert!(actions(&plan).iter().any(|x| matches!(
+        x,
+        Action::ResizeVm {
+            number: 4,
+            disk_gib: Some((100, 200)),
+            cores: None,
+            memory_mib: None,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn drift_is_repaired_or_reported_by_policy() {
+    let c = production();
+    let mut observed = converged(&c);
+    observed.vms.get_mut(&5).unwrap().power = Power::Stopped;
+    observed.vms.get_mut(&3).unwrap().cores = Some(2);
+    let report = converge(ConvergeInput {
+        desired: &c,
+        previous: Some(&c),
+        observed: &observed,
+        drift_policy: DriftPolicy::Report,
+        intent_changed: false,
+    });
+    assert!(report.is_noop(), "{report}");
+    assert_eq!(report.reports.len(), 2, "{report}");
+    let repair = converge(ConvergeInput {
+        desired: &c,
+        previous: Some(&c),
+        observed: &observed,
+        drift_policy: DriftPolicy::Repair,
+        intent_changed: false,
+    });
+    let a = actions(&repair);
+    assert!(a.contains(&&Action::StartVm {
+        number: 5,
+        vmid: Vmid::new(405).unwrap()
+    }));
+    assert!(a.iter().any(|x| matches!(
+        x,
+        Action::ResizeVm {
+            number: 3,
+            cores: Some((2, 4)),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn unknown_power_is_not_stopped() {
+    let c = production();
+    let mut observed = converged(&c);
+    observed.vms.get_mut(&1).unwrap().power = Power::Unknown;
+    assert!(run(&c, Some(&c), &observed).is_noop());
+}
+
+#[test]
+fn adding_a_control_plane_without_pins_is_refused_with_the_pins() {
+    let before = production();
+    let text = production_text().replace(
+        "      - {ip: 192.168.2.163}\n",
+        "      - {ip: 192.168.2.163}\n      - {ip: 192.168.2.166}\n",
+    );
+    let after = cluster_from(&text);
+    let plan = run(&after, Some(&before), &converged(&before));
+    assert!(plan.steps.is_empty());
+    let msg = plan.blockers[0].to_string();
+    assert!(msg.contains("renumbers"), "{msg}");
+    assert!(msg.contains("{ip: 192.168.2.164, number: 4}"), "{msg}");
+    assert!(msg.contains("{ip: 192.168.2.166, number: 6}"), "{msg}");
+}
+
+#[test]
+fn removing_a_middle_worker_is_refused_removing_the_last_scales_down() {
+    let before = production();
+    let middle = production_text().replace("      - {ip: 192.168.2.164}\n", "");
+    // Without the first worker, the pinned 5 stays 5: only unpinned entries could move.
+    let plan = run(&cluster_from(&middle), Some(&before), &converged(&before));
+    assert!(plan.blockers.is_empty(), "{plan}");
+    assert!(
+        actions(&plan)
+            .iter()
+            .any(|x| matches!(x, Action::RemoveNode { number: 4, .. }))
+    );
+
+    let unpinned =
+        production_text().replace("{ip: 192.168.2.165, number: 5}", "{ip: 192.168.2.165}");
+    let before = cluster_from(&unpinned);
+    let middle = unpinned.replace("      - {ip: 192.168.2.164}\n", "");
+    let plan = run(&cluster_from(&middle), Some(&before), &converged(&before));
+    assert!(matches!(plan.blockers[0], Blocker::Refused(_)), "{plan}");
+    assert!(
+        plan.blockers[0]
+            .to_string()
+            .contains("{ip: 192.168.2.165, number: 5}")
+    );
+
+    let last = unpinned.replace("      - {ip: 192.168.2.165}\n", "");
+    let plan = run(&cluster_from(&last), Some(&before), &converged(&before));
+    assert!(plan.blockers.is_empty(), "{plan}");
+    let a = actions(&plan);
+    assert!(a.iter().any(|x| matches!(
+        x,
+        Action::RemoveNode {
+            number: 5,
+            role: Role::Worker,
+            ..
+        }
+    )));
+    assert_eq!(plan.count(Effect::Destroy), 1);
+}
+
+#[test]
+fn foreign_vm_at_a_wanted_vmid_blocks_that_node_only() {
+    let c = production();
+    let mut observed = ObservedCluster {
+        secrets: Some(all_stored()),
+        ..Default::default()
+    };
+    observed.conflicts.push(Conflict {
+        vmid: Vmid::new(403).unwrap(),
+        name: Some("db-server".into()),
+        reason: "not tagged kiln".into(),
+    });
+    let plan = run(&c, None, &observed);
+    assert!(matches!(plan.blockers[0], Blocker::Blocked(_)));
+    let created: Vec<u32> = actions(&plan)
+        .iter()
+        .filter_map(|x| match x {
+            Action::CreateVm { number, .. } => Some(*number),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created, vec![1, 2, 4, 5]);
+}
+
+#[test]
+fn decommission_destroys_kilns_vms_only_and_respects_protection() {
+    let c = production();
+    let mut observed = converged(&c);
+    observed.conflicts.push(Conflict {
+        vmid: Vmid::new(406).unwrap(),
+        name: None,
+        reason: "a human's clone of a kiln VM".into(),
+    });
+    let protected = decommission(DecommissionInput {
+        name: &c.name,
+        protected: true,
+        observed: &observed,
+        destroy_secrets: false,
+    });
+    assert!(protected.steps.is_empty());
+    let plan = decommission(DecommissionInput {
+        name: &c.name,
+        protected: false,
+        observed: &observed,
+        destroy_secrets: false,
+    });
+    let destroyed: Vec<u32> = actions(&plan)
+        .iter()
+        .filter_map(|x| match x {
+            Action::DestroyVm { vmid, .. } => Some(vmid.get()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(destroyed, vec![405, 404, 403, 402, 401]);
+    assert_eq!(
+        actions(&plan).last(),
+        Some(&&Action::RetireSecrets { destroy: false })
+    );
+    assert_eq!(plan.reports.len(), 1);
+}

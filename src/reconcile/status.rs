@@ -1,0 +1,227 @@
+//! Status per cluster (DESIGN.md §7): what `kiln status`, `kiln run --once` and the HTTP API show.
+//! Persisted as JSON under the state folder so a restart and the CLI see the daemon's last word.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Known from Git, not reconciled yet.
+    Pending,
+    Provisioning,
+    Bootstrapping,
+    Ready,
+    Updating,
+    Degraded,
+    Deleting,
+    /// Waits for a person (protection, conflicts, an unreadable bundle, an invalid file).
+    Blocked,
+    Failed,
+}
+
+impl Phase {
+    /// Whether `run --once` may stop waiting for this cluster.
+    pub fn is_settled(self) -> bool {
+        matches!(self, Phase::Ready | Phase::Blocked | Phase::Failed)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    /// e.g. `SpecValid`, `VmsReady`, `Bootstrapped`, `Healthy`, `Committed`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub vmid: u32,
+    pub ip: Ipv4Addr,
+    pub role: String,
+    /// Proxmox power state as last seen (`running`, `stopped`, `unknown`, `absent`).
+    pub vm_state: String,
+    /// Talos stage as last seen (`maintenance`, `running`, `unreachable`, …).
+    pub talos_stage: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub phase: Phase,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub nodes: Vec<NodeStatus>,
+    /// The intent revision whose apply last succeeded.
+    pub last_applied_revision: Option<String>,
+    pub last_error: Option<String>,
+    /// RFC 3339 time of the next retry, when backing off.
+    pub retry_at: Option<String>,
+    /// RFC 3339 time of the last change of this record.
+    pub updated_at: String,
+}
+
+impl ClusterStatus {
+    pub fn set_condition(&mut self, kind: &str, status: bool, reason: &str, message: &str) {
+        let c = Condition {
+            kind: kind.to_owned(),
+            status,
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        };
+        match self.conditions.iter_mut().find(|c| c.kind == kind) {
+            Some(existing) => *existing = c,
+            None => self.conditions.push(c),
+        }
+    }
+}
+
+/// All clusters' status, keyed by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusBook {
+    pub clusters: BTreeMap<String, ClusterStatus>,
+}
+
+impl StatusBook {
+    pub const FILE: &'static str = "status.json";
+
+    pub fn load(state_dir: &Path) -> io::Result<Self> {
+        match std::fs::read(state_dir.join(Self::FILE)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Written to a temporary file and renamed, so a reader never sees half a file.
+    pub fn save(&self, state_dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(state_dir)?;
+        let tmp = state_dir.join(format!("{}.tmp", Self::FILE));
+        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(tmp, state_dir.join(Self::FILE))
+    }
+
+    /// The table `kiln status` and `run --once` print.
+    pub fn table(&self) -> String {
+        let mut rows = vec![[
+            "CLUSTER".to_owned(),
+            "PHASE".to_owned(),
+            "NODES".to_owned(),
+            "REVISION".to_owned(),
+            "MESSAGE".to_owned(),
+        ]];
+        for s in self.clusters.values() {
+            let running = s.nodes.iter().filter(|n| n.vm_state == "running").count();
+            let message = s
+                .last_error
+                .clone()
+                .or_else(|| {
+                    s.conditions
+                        .iter()
+                        .find(|c| !c.status)
+                        .map(|c| c.message.clone())
+                })
+                .unwrap_or_default();
+            rows.push([
+                s.name.clone(),
+                s.phase.to_string(),
+                format!("{running}/{}", s.nodes.len()),
+                s.last_applied_revision
+                    .as_deref()
+                    .map(|r| r.chars().take(12).collect())
+                    .unwrap_or_else(|| "-".into()),
+                message,
+            ]);
+        }
+        let widths: Vec<usize> = (0..5)
+            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for r in rows {
+            let line: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(i, cell)| {
+                    if i == 4 {
+                        cell.clone()
+                    } else {
+                        format!("{cell:<w$}", w = widths[i])
+                    }
+                })
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ClusterStatus {
+        ClusterStatus {
+            name: "production".into(),
+            phase: Phase::Ready,
+            conditions: vec![],
+            nodes: vec![NodeStatus {
+                name: "production-cp-1".into(),
+                vmid: 401,
+                ip: Ipv4Addr::new(192, 168, 2, 161),
+                role: "controlplane".into(),
+                vm_state: "running".into(),
+                talos_stage: "running".into(),
+            }],
+            last_applied_revision: Some("0123456789abcdef".into()),
+            last_error: None,
+            retry_at: None,
+            updated_at: "2026-11-25T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_the_state_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(StatusBook::load(dir.path()).unwrap(), StatusBook::default());
+        let mut book = StatusBook::default();
+        book.clusters.insert("production".into(), sample());
+        book.save(dir.path()).unwrap();
+        assert_eq!(StatusBook::load(dir.path()).unwrap(), book);
+    }
+
+    #[test]
+    fn conditions_are_replaced_by_type() {
+        let mut s = sample();
+        s.set_condition("Healthy", false, "NodesNotReady", "1 of 5 Ready");
+        s.set_condition("Healthy", true, "AllReady", "5 of 5 Ready");
+        assert_eq!(s.conditions.len(), 1);
+        assert!(s.conditions[0].status);
+    }
+
+    #[test]
+    fn table_lists_each_cluster() {
+        let mut book = StatusBook::default();
+        book.clusters.insert("production".into(), sample());
+        let t = book.table();
+        assert!(t.starts_with("CLUSTER"));
+        assert!(t.contains("production  Ready  1/1    0123456789ab"), "{t}");
+    }
+}
