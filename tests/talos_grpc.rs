@@ -741,9 +741,11 @@ async fn the_kubernetes_api_at_the_vip_serves_the_kube_client() {
         .await
         .unwrap();
     assert_eq!(patched.spec.unwrap().unschedulable, Some(true));
+    let all_pods: Api<Pod> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     assert!(
-        pods.list(&ListParams::default())
+        all_pods
+            .list(&ListParams::default().fields("spec.nodeName=kapi-wk-2"))
             .await
             .unwrap()
             .items

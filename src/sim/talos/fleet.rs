@@ -43,6 +43,8 @@ pub struct Configured {
     pub etcd_data: bool,
     /// Snapshot uploaded with EtcdRecover, for `Bootstrap { recover_etcd }`.
     pub recover_snapshot: Option<Vec<u8>>,
+    /// When the node accepted this config (a new one re-registers its Kubernetes Node).
+    pub applied_at: std::time::Instant,
 }
 
 pub struct Node {
@@ -103,7 +105,7 @@ pub struct Fleet {
     /// Control planes that do not join etcd by themselves yet (a test models a slow join with it).
     pub join_held: std::collections::HashSet<SocketAddr>,
     /// The Kubernetes API per cluster key.
-    pub kube: HashMap<String, super::kube::KubeState>,
+    pub kube: HashMap<String, super::kube::KubeLink>,
     /// Clusters bootstrapped since the last call, whose Kubernetes API is to be started.
     pub kube_to_start: Vec<String>,
 }

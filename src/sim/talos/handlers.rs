@@ -183,6 +183,7 @@ fn accept(
         tls: None,
         etcd_data,
         recover_snapshot,
+        applied_at: std::time::Instant::now(),
     }));
     if is_cp && fleet.cluster_bootstrapped(&key) {
         fleet.join_waiting_control_planes(&key);

@@ -342,9 +342,9 @@ impl Drop for SimTalos {
         for task in self.tasks.values() {
             task.abort();
         }
-        if let Ok(fleet) = self.shared.fleet.lock() {
-            for task in fleet.kube.values().filter_map(|k| k.task.as_ref()) {
-                task.abort();
+        if let Ok(mut fleet) = self.shared.fleet.lock() {
+            for link in fleet.kube.values_mut() {
+                link.server = None;
             }
         }
     }

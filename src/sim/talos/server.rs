@@ -96,6 +96,7 @@ impl NodeService {
         let (result, to_start) = {
             let mut fleet = self.shared.fleet.lock().expect("fleet lock");
             let result = f(&mut fleet, req.get_ref(), &peer);
+            super::kube::sync(&mut fleet);
             (result, std::mem::take(&mut fleet.kube_to_start))
         };
         for cluster in to_start {
