@@ -1,1 +1,351 @@
-//! The Talos simulator (filled in by the Talos issue).
+//! The Talos simulator: Talos nodes on loopback addresses over real gRPC and TLS, as `kiln sim talos`
+//! and the tests run them. It copies what kiln meets on real nodes (DESIGN §4, TALOS-FACTS §1): ALPN h2,
+//! maintenance mode with a self-signed certificate and reader rights, then mTLS from the config's OS CA
+//! with `os:admin` and ExtKeyUsage exactly ClientAuth; configs validated before acceptance; COSI
+//! MachineStatus and SystemInformation; etcd bootstrap and membership per node, shared by the nodes of a
+//! cluster; a loud error for a second etcd cluster. Delays and failures can be injected per method.
+
+pub mod config;
+pub mod fleet;
+pub mod handlers;
+pub mod kube;
+pub mod pki;
+pub mod server;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::Status;
+
+use fleet::{Fleet, Node, Phase};
+use validate::{BuiltinValidator, ConfigValidator, SchemaValidator};
+
+/// Default Talos version of a node booted without `version=`, before a config names an image.
+pub const DEFAULT_VERSION: &str = "v1.13.9";
+
+/// One simulated machine: where it listens, its SMBIOS uuid, and optionally the Talos version it boots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub addr: SocketAddr,
+    pub uuid: Option<String>,
+    pub version: Option<String>,
+}
+
+impl std::str::FromStr for NodeSpec {
+    type Err = String;
+
+    /// `ADDR[,uuid=UUID][,version=vX.Y.Z]`, as `kiln sim talos --listen` takes it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let addr = parts.next().unwrap_or_default();
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| format!("{addr:?}: not an IP:port address: {e}"))?;
+        let mut spec = NodeSpec {
+            addr,
+            uuid: None,
+            version: None,
+        };
+        for part in parts {
+            match part.split_once('=') {
+                Some(("uuid", v)) if !v.is_empty() => spec.uuid = Some(v.to_owned()),
+                Some(("version", v)) if fleet::minor_of(v).is_some() && v.starts_with('v') => {
+                    spec.version = Some(v.to_owned())
+                }
+                _ => return Err(format!("{part:?}: expected uuid=UUID or version=vX.Y.Z")),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// A failure a test wants a node to answer with, once per entry.
+#[derive(Clone, Debug)]
+pub struct InjectedFailure {
+    pub code: tonic::Code,
+    pub message: String,
+}
+
+#[derive(Default)]
+struct Faults {
+    /// Method name (e.g. `Bootstrap`) → delay before every answer.
+    delays: HashMap<String, Duration>,
+    /// (node, method) → failures answered before the method runs, oldest first.
+    failures: HashMap<(SocketAddr, String), Vec<InjectedFailure>>,
+}
+
+pub struct Shared {
+    pub fleet: Mutex<Fleet>,
+    pub validator: Arc<dyn ConfigValidator>,
+    faults: Mutex<Faults>,
+    /// Nodes with an ApplyConfiguration in progress.
+    applying: Mutex<std::collections::HashSet<SocketAddr>>,
+}
+
+impl Shared {
+    async fn before_call(&self, addr: SocketAddr, method: &str) -> Result<(), Status> {
+        let (delay, failure) = {
+            let mut faults = self.faults.lock().expect("faults lock");
+            let delay = faults.delays.get(method).copied();
+            let failure = faults
+                .failures
+                .get_mut(&(addr, method.to_owned()))
+                .and_then(|q| {
+                    if q.is_empty() {
+                        None
+                    } else {
+                        Some(q.remove(0))
+                    }
+                });
+            (delay, failure)
+        };
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        match failure {
+            Some(f) => Err(Status::new(f.code, f.message)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct SimOptions {
+    /// Where every accepted config is written, as `<node-ip>.yaml`.
+    pub dump_dir: Option<PathBuf>,
+    /// Overrides the validator chosen from the environment.
+    pub validator: Option<Arc<dyn ConfigValidator>>,
+}
+
+/// The official schemas when `KILN_REFERENCE_SCHEMAS` names them, else the built-in check.
+pub fn default_validator() -> Arc<dyn ConfigValidator> {
+    match SchemaValidator::from_env() {
+        Some(v) => Arc::new(v),
+        None => Arc::new(BuiltinValidator),
+    }
+}
+
+/// A running simulator. Dropping it stops every node's server.
+pub struct SimTalos {
+    shared: Arc<Shared>,
+    tasks: HashMap<SocketAddr, tokio::task::JoinHandle<()>>,
+    addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{addr} is listed twice")]
+    Duplicate { addr: SocketAddr },
+    #[error("maintenance certificate for {addr}: {message}")]
+    Tls { addr: SocketAddr, message: String },
+}
+
+impl SimTalos {
+    /// Binds every node's address and starts serving, all nodes in maintenance mode.
+    pub async fn start(nodes: &[NodeSpec], options: SimOptions) -> Result<Self, SimError> {
+        let fleet = Fleet {
+            dump_dir: options.dump_dir,
+            ..Fleet::default()
+        };
+        let shared = Arc::new(Shared {
+            fleet: Mutex::new(fleet),
+            validator: options.validator.unwrap_or_else(default_validator),
+            faults: Mutex::new(Faults::default()),
+            applying: Mutex::default(),
+        });
+        let mut sim = Self {
+            shared,
+            tasks: HashMap::new(),
+            addrs: Vec::new(),
+        };
+        for spec in nodes {
+            sim.add_node(spec).await?;
+        }
+        Ok(sim)
+    }
+
+    /// A machine boots (a VM was created and started): it answers at its address in maintenance mode.
+    /// Returns the bound address (port 0 picks one).
+    pub async fn add_node(&mut self, spec: &NodeSpec) -> Result<SocketAddr, SimError> {
+        if self.tasks.contains_key(&spec.addr) {
+            return Err(SimError::Duplicate { addr: spec.addr });
+        }
+        let listener = tokio::net::TcpListener::bind(spec.addr)
+            .await
+            .map_err(|source| SimError::Bind {
+                addr: spec.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind {
+            addr: spec.addr,
+            source,
+        })?;
+        let tls = pki::maintenance_server_config(addr.ip())
+            .map_err(|message| SimError::Tls { addr, message })?;
+        self.shared.fleet.lock().expect("fleet lock").nodes.insert(
+            addr,
+            Node {
+                addr,
+                uuid: spec.uuid.clone().unwrap_or_default(),
+                version: spec
+                    .version
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_VERSION.to_owned()),
+                version_pinned: spec.version.is_some(),
+                phase: Phase::Maintenance { tls },
+            },
+        );
+        let service = server::NodeService {
+            shared: self.shared.clone(),
+            addr,
+        };
+        let task = tokio::spawn(async move {
+            if let Err(e) = server::serve(listener, service).await {
+                tracing::error!(node = %addr, error = %e, "simulated Talos node stopped");
+            }
+        });
+        self.tasks.insert(addr, task);
+        self.addrs.push(addr);
+        Ok(addr)
+    }
+
+    /// A machine is gone (its VM destroyed): it stops answering and its state is forgotten. Its etcd
+    /// membership stays, as a destroyed member's does on a real cluster until someone removes it.
+    pub fn remove_node(&mut self, addr: SocketAddr) {
+        if let Some(task) = self.tasks.remove(&addr) {
+            task.abort();
+        }
+        self.addrs.retain(|a| *a != addr);
+        self.shared
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .nodes
+            .remove(&addr);
+    }
+
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Every answer of `method` (e.g. `"Bootstrap"`) waits this long first.
+    pub fn set_delay(&self, method: &str, delay: Duration) {
+        self.shared
+            .faults
+            .lock()
+            .expect("faults lock")
+            .delays
+            .insert(method.to_owned(), delay);
+    }
+
+    /// The next call of `method` on `addr` fails with `code` and `message`, before the method runs.
+    pub fn fail_next(&self, addr: SocketAddr, method: &str, code: tonic::Code, message: &str) {
+        self.shared
+            .faults
+            .lock()
+            .expect("faults lock")
+            .failures
+            .entry((addr, method.to_owned()))
+            .or_default()
+            .push(InjectedFailure {
+                code,
+                message: message.to_owned(),
+            });
+    }
+
+    /// What would have broken a real cluster (a second etcd bootstrap), in order.
+    pub fn violations(&self) -> Vec<String> {
+        self.shared
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .violations
+            .clone()
+    }
+
+    /// The config a node runs, exactly as it was sent.
+    pub fn applied_config(&self, addr: SocketAddr) -> Option<Vec<u8>> {
+        let fleet = self.shared.fleet.lock().expect("fleet lock");
+        fleet.nodes.get(&addr)?.configured().map(|c| c.raw.clone())
+    }
+
+    /// The Talos version a node runs.
+    pub fn version(&self, addr: SocketAddr) -> Option<String> {
+        self.shared
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .nodes
+            .get(&addr)
+            .map(|n| n.version.clone())
+    }
+
+    /// Holds a control plane back from joining a running etcd cluster (a slow join on real Talos, while
+    /// a Bootstrap sent to it would start a second etcd cluster); releasing lets it join.
+    pub fn hold_etcd_join(&self, addr: SocketAddr, held: bool) {
+        let mut fleet = self.shared.fleet.lock().expect("fleet lock");
+        if held {
+            fleet.join_held.insert(addr);
+            return;
+        }
+        fleet.join_held.remove(&addr);
+        let key = fleet
+            .nodes
+            .get(&addr)
+            .and_then(Node::configured)
+            .map(|c| c.cfg.cluster_key.clone());
+        if let Some(key) = key
+            && fleet.cluster_bootstrapped(&key)
+        {
+            fleet.join_waiting_control_planes(&key);
+        }
+    }
+
+    /// Powers a node off (nothing answers) or back on into maintenance, as a hypervisor would.
+    pub fn set_powered(&self, addr: SocketAddr, on: bool) -> Result<(), String> {
+        let mut fleet = self.shared.fleet.lock().expect("fleet lock");
+        let node = fleet
+            .nodes
+            .get_mut(&addr)
+            .ok_or(format!("no simulated node at {addr}"))?;
+        match (on, &node.phase) {
+            (false, _) => node.phase = Phase::Off,
+            (true, Phase::Off) => {
+                node.phase = Phase::Maintenance {
+                    tls: pki::maintenance_server_config(addr.ip())?,
+                }
+            }
+            (true, _) => {}
+        }
+        Ok(())
+    }
+
+    /// Serves until the process is stopped (what `kiln sim talos` does).
+    pub async fn wait(mut self) {
+        for (_, task) in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SimTalos {
+    fn drop(&mut self) {
+        for task in self.tasks.values() {
+            task.abort();
+        }
+        if let Ok(mut fleet) = self.shared.fleet.lock() {
+            for link in fleet.kube.values_mut() {
+                link.server = None;
+            }
+        }
+    }
+}

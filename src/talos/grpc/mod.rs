@@ -1,1 +1,17 @@
-//! The Talos gRPC client, wire-compatible with machine.MachineService and cosi.resource.State.
+//! The Talos gRPC client, wire-compatible with `machine.MachineService` and `cosi.resource.State`.
+//!
+//! `proto`: hand-written prost messages; `tls`: the two connection modes; `client`: one connection and its
+//! calls; `state`: node-state detection and the SMBIOS check; `port`: the trait the reconciler uses.
+
+pub mod client;
+pub mod error;
+pub mod port;
+pub mod proto;
+pub mod state;
+pub mod tls;
+
+pub use client::{ApplyOutcome, BootstrapOutcome, ClientOptions, Mode, TalosClient, VersionReport};
+pub use error::TalosError;
+pub use port::{GrpcTalos, TalosPort};
+pub use state::{MachineStage, MachineStatus, NodeState};
+pub use tls::ClientIdentity;

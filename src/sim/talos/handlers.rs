@@ -1,0 +1,652 @@
+//! What each simulated Talos method does, on the fleet state. Messages and codes copy Talos's where kiln
+//! (or an operator) reacts to them.
+
+use std::net::SocketAddr;
+
+use tonic::Status;
+
+use super::config::{self, MachineType, NodeConfig};
+use super::fleet::{
+    ADMIN, Configured, ETCD_BACKUP, Fleet, Node, OPERATOR, Peer, Phase, READER, minor_of,
+};
+use super::validate::ConfigValidator;
+use crate::talos::grpc::proto::common::Data;
+use crate::talos::grpc::proto::{cosi, machine};
+
+const READ_ROLES: &[&str] = &[ADMIN, OPERATOR, READER];
+
+fn configured(fleet: &mut Fleet, addr: SocketAddr) -> Result<&mut Configured, Status> {
+    match &mut fleet.node(addr)?.phase {
+        Phase::Configured(c) => Ok(c),
+        _ => Err(Status::failed_precondition("node is not configured")),
+    }
+}
+
+fn control_plane(fleet: &mut Fleet, addr: SocketAddr, what: &str) -> Result<(), Status> {
+    if configured(fleet, addr)?.cfg.machine_type != MachineType::ControlPlane {
+        return Err(Status::failed_precondition(format!(
+            "{what} is only available on control plane nodes"
+        )));
+    }
+    Ok(())
+}
+
+fn actor_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The config's Talos minor: the booted version when pinned, else the tag of the install image it asks for.
+fn target_minor(node: &Node, cfg: &NodeConfig) -> u32 {
+    if node.version_pinned {
+        return node.minor();
+    }
+    cfg.install_image
+        .as_deref()
+        .and_then(config::image_tag)
+        .and_then(minor_of)
+        .unwrap_or(node.minor())
+}
+
+pub fn apply_configuration(
+    fleet: &mut Fleet,
+    validator: &dyn ConfigValidator,
+    addr: SocketAddr,
+    peer: &Peer,
+    req: &machine::ApplyConfigurationRequest,
+) -> Result<machine::ApplyConfigurationResponse, Status> {
+    fleet.authorize(addr, peer, "ApplyConfiguration", &[ADMIN])?;
+    let mode = machine::ApplyMode::try_from(req.mode)
+        .map_err(|_| Status::invalid_argument("unknown apply mode"))?;
+    let in_maintenance = matches!(fleet.node(addr)?.phase, Phase::Maintenance { .. });
+    let node_minor = fleet.node(addr)?.minor();
+    if in_maintenance {
+        let allowed = if node_minor <= 12 {
+            matches!(
+                mode,
+                machine::ApplyMode::Auto | machine::ApplyMode::Reboot | machine::ApplyMode::Try
+            )
+        } else {
+            !matches!(mode, machine::ApplyMode::Staged)
+        };
+        if !allowed {
+            return Err(Status::unimplemented(format!(
+                "apply configuration --mode='{}' is not supported in maintenance mode",
+                format!("{mode:?}").to_ascii_lowercase()
+            )));
+        }
+    }
+    let docs = config::documents(&req.data).map_err(Status::unknown)?;
+    let cfg = NodeConfig::from_documents(&docs).map_err(Status::invalid_argument)?;
+    let minor = target_minor(fleet.node(addr)?, &cfg);
+    let text = String::from_utf8_lossy(&req.data);
+    validator
+        .validate(minor, &text, &docs)
+        .map_err(Status::invalid_argument)?;
+
+    let reply = |mode: i32, details: &str| machine::ApplyConfigurationResponse {
+        messages: vec![machine::ApplyConfiguration {
+            metadata: None,
+            warnings: Vec::new(),
+            mode,
+            mode_details: details.to_owned(),
+        }],
+    };
+
+    if in_maintenance {
+        if req.dry_run {
+            return Ok(reply(
+                0,
+                "Node is running in maintenance mode and does not have a config yet.",
+            ));
+        }
+        accept(fleet, addr, req.data.clone(), cfg)?;
+        // v1.13+ reports NO_REBOOT; the ≤1.12 maintenance server leaves the mode unset.
+        return Ok(if node_minor >= 13 {
+            reply(
+                machine::ApplyMode::NoReboot as i32,
+                "Applied configuration without a reboot",
+            )
+        } else {
+            reply(0, "")
+        });
+    }
+
+    let current = configured(fleet, addr)?;
+    let needs_reboot =
+        current.cfg.machine_type != cfg.machine_type || current.cfg.os_ca_pem != cfg.os_ca_pem;
+    let (chosen, details) = match mode {
+        machine::ApplyMode::Staged => (mode, "Staged configuration to be applied after a reboot"),
+        machine::ApplyMode::NoReboot if needs_reboot => {
+            return Err(Status::failed_precondition(
+                "configuration change can't be applied without a reboot (machine type or OS CA changed)",
+            ));
+        }
+        machine::ApplyMode::Auto if needs_reboot => (
+            machine::ApplyMode::Reboot,
+            "Applied configuration with a reboot",
+        ),
+        machine::ApplyMode::Auto | machine::ApplyMode::NoReboot | machine::ApplyMode::Try => (
+            machine::ApplyMode::NoReboot,
+            "Applied configuration without a reboot",
+        ),
+        machine::ApplyMode::Reboot => (mode, "Applied configuration with a reboot"),
+    };
+    if req.dry_run {
+        return Ok(reply(
+            chosen as i32,
+            &format!("Dry run summary:\n{details}"),
+        ));
+    }
+    if chosen != machine::ApplyMode::Staged {
+        accept(fleet, addr, req.data.clone(), cfg)?;
+    }
+    Ok(reply(chosen as i32, details))
+}
+
+/// The node now runs `cfg`: it installs the image's version (unless pinned), serves mTLS from its OS CA,
+/// and a control plane of a running etcd cluster joins it.
+fn accept(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    raw: Vec<u8>,
+    cfg: NodeConfig,
+) -> Result<(), Status> {
+    if let Some(dir) = fleet.dump_dir.clone() {
+        let path = dir.join(format!("{}.yaml", addr.ip()));
+        std::fs::write(&path, &raw).map_err(|e| {
+            Status::internal(format!("simulator: cannot write {}: {e}", path.display()))
+        })?;
+    }
+    let key = cfg.cluster_key.clone();
+    let is_cp = cfg.machine_type == MachineType::ControlPlane;
+    if is_cp && let Some(ca_key) = &cfg.os_ca_key_pem {
+        fleet
+            .cluster(&key)
+            .os_ca_key
+            .get_or_insert_with(|| ca_key.clone());
+    }
+    let node = fleet.node(addr)?;
+    if !node.version_pinned
+        && let Some(tag) = cfg.install_image.as_deref().and_then(config::image_tag)
+    {
+        node.version = tag.to_owned();
+    }
+    let (etcd_data, recover_snapshot) = match &node.phase {
+        Phase::Configured(c) if c.cfg.cluster_key == key => {
+            (c.etcd_data, c.recover_snapshot.clone())
+        }
+        _ => (false, None),
+    };
+    node.phase = Phase::Configured(Box::new(Configured {
+        raw,
+        cfg,
+        tls: None,
+        etcd_data,
+        recover_snapshot,
+        applied_at: std::time::Instant::now(),
+    }));
+    if is_cp && fleet.cluster_bootstrapped(&key) {
+        fleet.join_waiting_control_planes(&key);
+    }
+    Ok(())
+}
+
+pub fn bootstrap(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    peer: &Peer,
+    req: &machine::BootstrapRequest,
+) -> Result<machine::BootstrapResponse, Status> {
+    fleet.authorize(addr, peer, "Bootstrap", &[ADMIN])?;
+    control_plane(fleet, addr, "bootstrap")?;
+    let c = configured(fleet, addr)?;
+    if !c.cfg.has_etcd_ca {
+        return Err(Status::invalid_argument("etcd is not configured"));
+    }
+    if c.etcd_data {
+        return Err(Status::already_exists("etcd data directory is not empty"));
+    }
+    if req.recover_etcd && c.recover_snapshot.is_none() {
+        return Err(Status::failed_precondition(
+            "no etcd snapshot was uploaded for recovery",
+        ));
+    }
+    let key = c.cfg.cluster_key.clone();
+    let cluster_name = c.cfg.cluster_name.clone();
+    if fleet.cluster_bootstrapped(&key) {
+        let holders: Vec<String> = fleet.clusters[&key]
+            .members
+            .values()
+            .map(|m| format!("{} ({})", m.hostname, m.addr.ip()))
+            .collect();
+        let message = format!(
+            "Bootstrap on {addr} would start a second etcd cluster for cluster {cluster_name:?}, \
+             which already runs etcd on {}",
+            holders.join(", ")
+        );
+        fleet.violation(message.clone());
+        return Err(Status::internal(format!("simulator refuses: {message}")));
+    }
+    if req.recover_etcd {
+        // Recovery starts a new single-member cluster from the snapshot: the old members are gone.
+        fleet.cluster(&key).members.clear();
+        configured(fleet, addr)?.recover_snapshot = None;
+    }
+    fleet.add_member(&key, addr);
+    fleet.join_waiting_control_planes(&key);
+    fleet.kube_to_start.push(key);
+    Ok(machine::BootstrapResponse {
+        messages: vec![machine::MetadataOnly { metadata: None }],
+    })
+}
+
+/// The gzip tar Kubeconfig streams, cut into chunks so clients must join them as talosctl does.
+pub fn kubeconfig(fleet: &mut Fleet, addr: SocketAddr, peer: &Peer) -> Result<Vec<Data>, Status> {
+    fleet.authorize(addr, peer, "Kubeconfig", &[ADMIN])?;
+    control_plane(fleet, addr, "kubeconfig")?;
+    let archive = super::pki::kubeconfig_archive(&configured(fleet, addr)?.cfg)
+        .map_err(Status::failed_precondition)?;
+    Ok(chunks(&archive, 512))
+}
+
+fn chunks(bytes: &[u8], size: usize) -> Vec<Data> {
+    bytes
+        .chunks(size)
+        .map(|c| Data {
+            metadata: None,
+            bytes: c.to_vec(),
+        })
+        .collect()
+}
+
+pub fn version(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    peer: &Peer,
+) -> Result<machine::VersionResponse, Status> {
+    fleet.authorize(addr, peer, "Version", READ_ROLES)?;
+    let node = fleet.node(addr)?;
+    let features = node
+        .configured()
+        .map(|_| machine::FeaturesInfo { rbac: true });
+    Ok(machine::VersionResponse {
+        messages: vec![machine::Version {
+            metadata: None,
+            version: Some(machine::VersionInfo {
+                tag: node.version.clone(),
+                sha: "kiln-sim".into(),
+                built: String::new(),
+                go_version: String::new(),
+                os: "linux".into(),
+                arch: "amd64".into(),
+            }),
+            platform: Some(machine::PlatformInfo {
+                name: "nocloud".into(),
+                mode: "cloud".into(),
+            }),
+            features,
+        }],
+    })
+}
+
+pub fn upgrade(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    peer: &Peer,
+    req: &machine::UpgradeRequest,
+) -> Result<machine::UpgradeResponse, Status> {
+    fleet.authorize(addr, peer, "Upgrade", &[ADMIN])?;
+    configured(fleet, addr)?;
+    let tag = config::image_tag(&req.image)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("image reference {:?} has no tag", req.image))
+        })?
+        .to_owned();
+    let node = fleet.node(addr)?;
+    node.version = tag;
+    node.version_pinned = false;
+    Ok(machine::UpgradeResponse {
+        messages: vec![machine::Upgrade {
+            metadata: None,
+            ack: "Upgrade request received".into(),
+            actor_id: actor_id(),
+        }],
+    })
+}
+
+pub fn reset(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    peer: &Peer,
+    req: &machine::ResetRequest,
+) -> Result<machine::ResetResponse, Status> {
+    fleet.authorize(addr, peer, "Reset", &[ADMIN])?;
+    let c = configured(fleet, addr)?;
+    let key = c.cfg.cluster_key.clone();
+    let is_member = c.etcd_data && c.cfg.machine_type == MachineType::ControlPlane;
+    if req.graceful && is_member {
+        let cluster = fleet.cluster(&key);
+        let own: Vec<u64> = cluster
+            .members
+            .values()
+            .filter(|m| m.addr == addr)
+            .map(|m| m.id)
+            .collect();
+        if !own.is_empty() && cluster.members.len() == 1 {
+            return Err(Status::failed_precondition(
+                "etcd: cannot leave the cluster as its last member; reset without graceful",
+            ));
+        }
+        for id in own {
+            cluster.members.remove(&id);
+        }
+    }
+    // A non-graceful reset wipes the data but leaves the member registered, as on real Talos.
+    let node = fleet.node(addr)?;
+    node.phase = if req.reboot {
+        Phase::Maintenance {
+            tls: super::pki::maintenance_server_config(addr.ip()).map_err(Status::internal)?,
+        }
+    } else {
+        Phase::Off
+    };
+    Ok(machine::ResetResponse {
+        messages: vec![machine::ActorReply {
+            metadata: None,
+            actor_id: actor_id(),
+        }],
+    })
+}
+
+pub fn reboot(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    peer: &Peer,
+) -> Result<machine::RebootResponse, Status> {
+    fleet.authorize(addr, peer, "Reboot", &[ADMIN, OPERATOR])?;
+    configured(fleet, addr)?;
+    Ok(machine::RebootResponse {
+        messages: vec![machine::ActorReply {
+            metadata: None,
+            actor_id: actor_id(),
+        }],
+    })
+}
+
+fn running_etcd(fleet: &mut Fleet, addr: SocketAddr) -> Result<String, Status> {
+    let c = configured(fleet, addr)?;
+    if c.cfg.machine_type != MachineType::ControlPlane {
+        return Err(Status::failed_precondition(
+            "etcd is not running on worker nodes",
+        ));
+    }
+    if !c.etcd_data {
+        return Err(Status::unavailable(
+            "etcd is not running on this node: the cluster is not bootstrapped",
+        ));
+    }
+    Ok(c.cfg.cluster_key.clone())
+}
+
+pub fn etcd_member_list(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    peer: &Peer,
+) -> Result<machine::EtcdMemberListResponse, Status> {
+    fleet.authorize(
+        addr,
+        peer,
+        "EtcdMemberList",
+        &[ADMIN, OPERATOR, READER, ETCD_BACKUP],
+    )?;
+    let key = running_etcd(fleet, addr)?;
+    let members = fleet
+        .cluster(&key)
+        .members
+        .values()
+        .map(|m| machine::EtcdMember {
+            id: m.id,
+            hostname: m.hostname.clone(),
+            peer_urls: vec![format!("https://{}:2380", m.addr.ip())],
+            client_urls: vec![format!("https://{}:2379", m.addr.ip())],
+            is_learner: false,
+        })
+        .collect();
+    Ok(machine::EtcdMemberListResponse {
+        messages: vec![machine::EtcdMembers {
+            metadata: None,
+            legacy_members: Vec::new(),
+            members,
+        }],
+    })
+}
+
+pub fn etcd_remove_member_by_id(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    peer: &Peer,
+    req: &machine::EtcdRemoveMemberByIdRequest,
+) -> Result<machine::EtcdRemoveMemberByIdResponse, Status> {
+    fleet.authorize(addr, peer, "EtcdRemoveMemberByID", &[ADMIN])?;
+    let key = running_etcd(fleet, addr)?;
+    if fleet.cluster(&key).members.remove(&req.member_id).is_none() {
+        return Err(Status::not_found(format!(
+            "etcd member {:x} not found",
+            req.member_id
+        )));
+    }
+    Ok(machine::EtcdRemoveMemberByIdResponse {
+        messages: vec![machine::MetadataOnly { metadata: None }],
+    })
+}
+
+pub const SNAPSHOT_MAGIC: &str = "kiln-sim etcd snapshot v1\n";
+
+/// A stand-in for the etcd database: the member list, streamed in 1 KiB chunks as Talos streams.
+pub fn etcd_snapshot(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    peer: &Peer,
+) -> Result<Vec<Data>, Status> {
+    fleet.authorize(addr, peer, "EtcdSnapshot", &[ADMIN, OPERATOR, ETCD_BACKUP])?;
+    let key = running_etcd(fleet, addr)?;
+    let mut body = SNAPSHOT_MAGIC.to_owned();
+    for m in fleet.cluster(&key).members.values() {
+        body.push_str(&format!(
+            "member {:x} {} {}\n",
+            m.id,
+            m.hostname,
+            m.addr.ip()
+        ));
+    }
+    Ok(chunks(body.as_bytes(), 1024))
+}
+
+pub fn etcd_recover(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    peer: &Peer,
+    snapshot: Vec<u8>,
+) -> Result<machine::EtcdRecoverResponse, Status> {
+    fleet.authorize(addr, peer, "EtcdRecover", &[ADMIN])?;
+    control_plane(fleet, addr, "etcd recovery")?;
+    if !snapshot.starts_with(SNAPSHOT_MAGIC.as_bytes()) {
+        return Err(Status::invalid_argument("snapshot is not an etcd database"));
+    }
+    configured(fleet, addr)?.recover_snapshot = Some(snapshot);
+    Ok(machine::EtcdRecoverResponse {
+        messages: vec![machine::MetadataOnly { metadata: None }],
+    })
+}
+
+/// Stage and readiness as `MachineStatuses.runtime.talos.dev/machine` reports them.
+pub fn stage(fleet: &Fleet, node: &Node) -> (&'static str, bool) {
+    match &node.phase {
+        Phase::Off => ("shutting down", false),
+        Phase::Maintenance { .. } => ("maintenance", false),
+        Phase::Configured(c) => {
+            let running = match c.cfg.machine_type {
+                MachineType::ControlPlane => {
+                    c.etcd_data && fleet.cluster_bootstrapped(&c.cfg.cluster_key)
+                }
+                MachineType::Worker => fleet.cluster_bootstrapped(&c.cfg.cluster_key),
+            };
+            if running {
+                ("running", true)
+            } else {
+                ("booting", false)
+            }
+        }
+    }
+}
+
+pub fn service_list(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    peer: &Peer,
+) -> Result<machine::ServiceListResponse, Status> {
+    fleet.authorize(addr, peer, "ServiceList", READ_ROLES)?;
+    let node = &fleet.nodes[&addr];
+    let (_, ready) = stage(fleet, node);
+    let svc = |id: &str, state: &str, healthy: bool| machine::ServiceInfo {
+        id: id.into(),
+        state: state.into(),
+        events: None,
+        health: Some(machine::ServiceHealth {
+            unknown: false,
+            healthy,
+            last_message: String::new(),
+            last_change: None,
+        }),
+    };
+    let mut services = vec![
+        svc("apid", "Running", true),
+        svc("machined", "Running", true),
+    ];
+    if let Some(c) = node.configured() {
+        services.push(svc("containerd", "Running", true));
+        if c.cfg.machine_type == MachineType::ControlPlane {
+            services.push(if c.etcd_data {
+                svc("etcd", "Running", true)
+            } else {
+                svc("etcd", "Preparing", false)
+            });
+            services.push(svc("trustd", "Running", true));
+        }
+        services.push(if ready {
+            svc("kubelet", "Running", true)
+        } else {
+            svc("kubelet", "Waiting", false)
+        });
+    }
+    services.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(machine::ServiceListResponse {
+        messages: vec![machine::ServiceList {
+            metadata: None,
+            services,
+        }],
+    })
+}
+
+fn resource(namespace: &str, r#type: &str, id: &str, yaml: String) -> cosi::Resource {
+    cosi::Resource {
+        metadata: Some(cosi::Metadata {
+            namespace: namespace.into(),
+            r#type: r#type.into(),
+            id: id.into(),
+            version: "1".into(),
+            owner: String::new(),
+            phase: "running".into(),
+            ..Default::default()
+        }),
+        spec: Some(cosi::Spec {
+            proto_spec: Vec::new(),
+            yaml_spec: yaml,
+        }),
+    }
+}
+
+/// The COSI resources the simulator models. Talos fills `proto_spec` too; kiln reads `yaml_spec` only,
+/// and the per-type protobuf specs are not modelled here.
+fn resources(fleet: &Fleet, node: &Node) -> Vec<cosi::Resource> {
+    let (stage, ready) = stage(fleet, node);
+    let unmet = if ready {
+        "[]".to_owned()
+    } else {
+        "\n        - name: nodeReady\n          reason: node is not ready".into()
+    };
+    let hostname = node
+        .configured()
+        .and_then(|c| c.cfg.hostname.clone())
+        .unwrap_or_else(|| {
+            format!(
+                "talos-{}",
+                node.addr.ip().to_string().replace(['.', ':'], "-")
+            )
+        });
+    vec![
+        resource(
+            "runtime",
+            "MachineStatuses.runtime.talos.dev",
+            "machine",
+            format!("stage: {stage}\nstatus:\n    ready: {ready}\n    unmetConditions: {unmet}\n"),
+        ),
+        resource(
+            "hardware",
+            "SystemInformations.hardware.talos.dev",
+            "systeminformation",
+            format!(
+                "manufacturer: QEMU\nproductName: Standard PC (Q35 + ICH9, 2009)\nversion: pc-q35-9.2\n\
+                 serialnumber: \"\"\nuuid: \"{}\"\nwakeUpType: Power Switch\nskuNumber: \"\"\n",
+                node.uuid
+            ),
+        ),
+        resource(
+            "network",
+            "HostnameStatuses.net.talos.dev",
+            "hostname",
+            format!("hostname: {hostname}\ndomainname: \"\"\n"),
+        ),
+    ]
+}
+
+pub fn cosi_get(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    peer: &Peer,
+    req: &cosi::GetRequest,
+) -> Result<cosi::GetResponse, Status> {
+    fleet.authorize(addr, peer, "Get", READ_ROLES)?;
+    let node = &fleet.nodes[&addr];
+    resources(fleet, node)
+        .into_iter()
+        .find(|r| {
+            let m = r.metadata.as_ref().expect("set above");
+            m.namespace == req.namespace && m.r#type == req.r#type && m.id == req.id
+        })
+        .map(|r| cosi::GetResponse { resource: Some(r) })
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "resource {}/{}/{} doesn't exist",
+                req.namespace, req.r#type, req.id
+            ))
+        })
+}
+
+pub fn cosi_list(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    peer: &Peer,
+    req: &cosi::ListRequest,
+) -> Result<Vec<cosi::ListResponse>, Status> {
+    fleet.authorize(addr, peer, "List", READ_ROLES)?;
+    let node = &fleet.nodes[&addr];
+    Ok(resources(fleet, node)
+        .into_iter()
+        .filter(|r| {
+            let m = r.metadata.as_ref().expect("set above");
+            m.namespace == req.namespace && m.r#type == req.r#type
+        })
+        .map(|r| cosi::ListResponse { resource: Some(r) })
+        .collect())
+}

@@ -1,0 +1,598 @@
+//! One connection to one node's apid (`<ip>:50000`), and the MachineService / COSI calls kiln makes.
+//!
+//! kiln always dials the node it means (no `node`/`nodes` routing header), so every reply has exactly one
+//! envelope item; an item whose `metadata.error` is set is still treated as an error, as talosctl does.
+
+use std::future::Future;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tracing::Instrument;
+
+use super::error::TalosError;
+use super::proto::common::{Data, Metadata};
+use super::proto::{cosi, machine, paths};
+use super::tls::{self, ALPN_H2, ClientIdentity};
+use crate::redact::Secret;
+
+/// Talos's apid port.
+pub const APID_PORT: u16 = 50000;
+/// apid accepts 32 MiB messages; so must kiln, or a large etcd snapshot chunk or config breaks.
+pub const MAX_MESSAGE: usize = 32 * 1024 * 1024;
+
+/// How a connection authenticated: the mode decides what the node lets kiln do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Insecure,
+    Mutual,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    pub call_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What an ApplyConfiguration did, from the node's reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// The mode the node chose (unset, i.e. `Reboot`, in ≤1.12 maintenance replies).
+    pub mode: machine::ApplyMode,
+    pub mode_details: String,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootstrapOutcome {
+    Bootstrapped,
+    /// `AlreadyExists`: this node's etcd has data, so the cluster was bootstrapped before. Idempotent success.
+    AlreadyBootstrapped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionReport {
+    pub tag: String,
+    pub platform: String,
+}
+
+pub struct TalosClient {
+    addr: SocketAddr,
+    mode: Mode,
+    channel: Channel,
+    options: ClientOptions,
+}
+
+type Io = TokioIo<TlsStream<TcpStream>>;
+
+/// Hands tonic the connection `connect` already established (so handshake failures surface as typed
+/// errors), and dials afresh with the same TLS settings should tonic ever reconnect.
+#[derive(Clone)]
+struct Connector {
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+    first: Arc<Mutex<Option<Io>>>,
+}
+
+impl tower::Service<Uri> for Connector {
+    type Response = Io;
+    type Error = TalosError;
+    type Future = Pin<Box<dyn Future<Output = Result<Io, TalosError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let taken = self.first.lock().expect("connector lock").take();
+        let (addr, config, timeout) = (self.addr, self.config.clone(), self.timeout);
+        Box::pin(async move {
+            match taken {
+                Some(io) => Ok(io),
+                None => dial(addr, config, timeout).await,
+            }
+        })
+    }
+}
+
+async fn dial(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<Io, TalosError> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| TalosError::Unreachable {
+            addr,
+            message: format!("no TCP answer within {timeout:?}"),
+        })?
+        .map_err(|e| TalosError::Unreachable {
+            addr,
+            message: e.to_string(),
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::IpAddress(addr.ip().into());
+    let tls = tokio::time::timeout(
+        timeout,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| TalosError::Handshake {
+        addr,
+        message: format!("no TLS answer within {timeout:?}"),
+    })?
+    .map_err(|e| TalosError::Handshake {
+        addr,
+        message: e.to_string(),
+    })?;
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+        return Err(TalosError::NoAlpnH2 { addr });
+    }
+    Ok(TokioIo::new(tls))
+}
+
+impl TalosClient {
+    /// Maintenance mode: no client certificate, the node's self-signed certificate is not verified.
+    pub async fn connect_insecure(
+        addr: SocketAddr,
+        options: ClientOptions,
+    ) -> Result<Self, TalosError> {
+        Self::connect(
+            addr,
+            Mode::Insecure,
+            tls::insecure_client_config()?,
+            options,
+        )
+        .await
+    }
+
+    /// A configured node: verified against the OS CA, with kiln's `os:admin` client certificate.
+    pub async fn connect_mtls(
+        addr: SocketAddr,
+        identity: &ClientIdentity,
+        options: ClientOptions,
+    ) -> Result<Self, TalosError> {
+        Self::connect(
+            addr,
+            Mode::Mutual,
+            tls::mtls_client_config(identity)?,
+            options,
+        )
+        .await
+    }
+
+    async fn connect(
+        addr: SocketAddr,
+        mode: Mode,
+        config: Arc<ClientConfig>,
+        options: ClientOptions,
+    ) -> Result<Self, TalosError> {
+        let io = dial(addr, config.clone(), options.connect_timeout).await?;
+        let connector = Connector {
+            addr,
+            config,
+            timeout: options.connect_timeout,
+            first: Arc::new(Mutex::new(Some(io))),
+        };
+        // The scheme only tells tonic not to add TLS of its own: the connector already did it.
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| TalosError::Unreachable {
+                addr,
+                message: e.to_string(),
+            })?
+            .timeout(options.call_timeout);
+        let channel = endpoint
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| TalosError::Handshake {
+                addr,
+                message: error_chain(&e),
+            })?;
+        Ok(Self {
+            addr,
+            mode,
+            channel,
+            options,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The underlying HTTP/2 channel (for calls this client does not wrap).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    fn grpc(&self) -> tonic::client::Grpc<Channel> {
+        tonic::client::Grpc::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    async fn unary<Req, Resp>(&self, path: &'static str, req: Req) -> Result<Resp, TalosError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let addr = self.addr;
+        let call = async {
+            let mut grpc = self.grpc();
+            grpc.ready().await.map_err(|e| TalosError::Unreachable {
+                addr,
+                message: e.to_string(),
+            })?;
+            let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+            grpc.unary(
+                tonic::Request::new(req),
+                PathAndQuery::from_static(path),
+                codec,
+            )
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| TalosError::status(addr, path, s))
+        };
+        tokio::time::timeout(self.options.call_timeout, call)
+            .instrument(self.span(path))
+            .await
+            .map_err(|_| TalosError::Timeout {
+                addr,
+                method: path,
+                after: self.options.call_timeout,
+            })?
+    }
+
+    fn span(&self, method: &'static str) -> tracing::Span {
+        tracing::debug_span!("talos_call", node = %self.addr, method, mode = ?self.mode)
+    }
+
+    async fn server_stream<Req, Resp>(
+        &self,
+        path: &'static str,
+        req: Req,
+    ) -> Result<Vec<Resp>, TalosError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let addr = self.addr;
+        let call = async {
+            let mut grpc = self.grpc();
+            grpc.ready().await.map_err(|e| TalosError::Unreachable {
+                addr,
+                message: e.to_string(),
+            })?;
+            let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+            let mut stream = grpc
+                .server_streaming(
+                    tonic::Request::new(req),
+                    PathAndQuery::from_static(path),
+                    codec,
+                )
+                .await
+                .map_err(|s| TalosError::status(addr, path, s))?
+                .into_inner();
+            let mut items = Vec::new();
+            while let Some(item) = stream
+                .message()
+                .await
+                .map_err(|s| TalosError::status(addr, path, s))?
+            {
+                items.push(item);
+            }
+            Ok(items)
+        };
+        tokio::time::timeout(self.options.call_timeout, call)
+            .instrument(self.span(path))
+            .await
+            .map_err(|_| TalosError::Timeout {
+                addr,
+                method: path,
+                after: self.options.call_timeout,
+            })?
+    }
+
+    /// Concatenates `common.Data` chunks; a chunk whose metadata carries an error ends the read with it.
+    async fn data_stream<Req>(&self, path: &'static str, req: Req) -> Result<Vec<u8>, TalosError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+    {
+        let chunks: Vec<Data> = self.server_stream(path, req).await?;
+        let mut out = Vec::new();
+        for chunk in chunks {
+            check_metadata(self.addr, path, chunk.metadata.as_ref())?;
+            out.extend_from_slice(&chunk.bytes);
+        }
+        Ok(out)
+    }
+
+    fn single<T>(
+        &self,
+        method: &'static str,
+        items: Vec<T>,
+        meta: fn(&T) -> Option<&Metadata>,
+    ) -> Result<T, TalosError> {
+        let item = items.into_iter().next().ok_or(TalosError::EmptyReply {
+            addr: self.addr,
+            method,
+        })?;
+        check_metadata(self.addr, method, meta(&item))?;
+        Ok(item)
+    }
+
+    pub async fn apply_configuration(
+        &self,
+        config: &[u8],
+        mode: machine::ApplyMode,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, TalosError> {
+        let req = machine::ApplyConfigurationRequest {
+            data: config.to_vec(),
+            mode: mode as i32,
+            dry_run,
+            try_mode_timeout: None,
+        };
+        let resp: machine::ApplyConfigurationResponse =
+            self.unary(paths::APPLY_CONFIGURATION, req).await?;
+        let item = self.single(paths::APPLY_CONFIGURATION, resp.messages, |m| {
+            m.metadata.as_ref()
+        })?;
+        Ok(ApplyOutcome {
+            mode: machine::ApplyMode::try_from(item.mode).unwrap_or(machine::ApplyMode::Reboot),
+            mode_details: item.mode_details,
+            warnings: item.warnings,
+        })
+    }
+
+    pub async fn bootstrap(&self, recover_etcd: bool) -> Result<BootstrapOutcome, TalosError> {
+        let req = machine::BootstrapRequest {
+            recover_etcd,
+            recover_skip_hash_check: false,
+        };
+        match self
+            .unary::<_, machine::BootstrapResponse>(paths::BOOTSTRAP, req)
+            .await
+        {
+            Ok(resp) => {
+                self.single(paths::BOOTSTRAP, resp.messages, |m| m.metadata.as_ref())?;
+                Ok(BootstrapOutcome::Bootstrapped)
+            }
+            Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => {
+                Ok(BootstrapOutcome::AlreadyBootstrapped)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The admin kubeconfig: the streamed gzip tar is unpacked and its single `kubeconfig` file returned.
+    pub async fn kubeconfig(&self) -> Result<Secret, TalosError> {
+        let archive = self.data_stream(paths::KUBECONFIG, ()).await?;
+        extract_kubeconfig(&archive).map_err(|message| TalosError::Malformed {
+            addr: self.addr,
+            method: paths::KUBECONFIG,
+            message,
+        })
+    }
+
+    pub async fn version(&self) -> Result<VersionReport, TalosError> {
+        let resp: machine::VersionResponse = self.unary(paths::VERSION, ()).await?;
+        let item = self.single(paths::VERSION, resp.messages, |m| m.metadata.as_ref())?;
+        Ok(VersionReport {
+            tag: item.version.map(|v| v.tag).unwrap_or_default(),
+            platform: item.platform.map(|p| p.name).unwrap_or_default(),
+        })
+    }
+
+    /// Legacy `MachineService.Upgrade` (served by every version kiln supports). `preserve` keeps the
+    /// EPHEMERAL partition, where Longhorn keeps its data.
+    pub async fn upgrade(&self, image: &str, preserve: bool) -> Result<String, TalosError> {
+        let req = machine::UpgradeRequest {
+            image: image.to_owned(),
+            preserve,
+            ..Default::default()
+        };
+        let resp: machine::UpgradeResponse = self.unary(paths::UPGRADE, req).await?;
+        let item = self.single(paths::UPGRADE, resp.messages, |m| m.metadata.as_ref())?;
+        Ok(item.ack)
+    }
+
+    /// A graceful reset leaves etcd first (on a control plane) and runs asynchronously after the reply.
+    pub async fn reset(&self, graceful: bool, reboot: bool) -> Result<String, TalosError> {
+        let req = machine::ResetRequest {
+            graceful,
+            reboot,
+            ..Default::default()
+        };
+        let resp: machine::ResetResponse = self.unary(paths::RESET, req).await?;
+        Ok(self
+            .single(paths::RESET, resp.messages, |m| m.metadata.as_ref())?
+            .actor_id)
+    }
+
+    pub async fn reboot(&self) -> Result<String, TalosError> {
+        let req = machine::RebootRequest {
+            mode: machine::RebootMode::Default as i32,
+        };
+        let resp: machine::RebootResponse = self.unary(paths::REBOOT, req).await?;
+        Ok(self
+            .single(paths::REBOOT, resp.messages, |m| m.metadata.as_ref())?
+            .actor_id)
+    }
+
+    pub async fn etcd_member_list(&self) -> Result<Vec<machine::EtcdMember>, TalosError> {
+        let req = machine::EtcdMemberListRequest { query_local: false };
+        let resp: machine::EtcdMemberListResponse =
+            self.unary(paths::ETCD_MEMBER_LIST, req).await?;
+        Ok(self
+            .single(paths::ETCD_MEMBER_LIST, resp.messages, |m| {
+                m.metadata.as_ref()
+            })?
+            .members)
+    }
+
+    pub async fn etcd_remove_member_by_id(&self, member_id: u64) -> Result<(), TalosError> {
+        let req = machine::EtcdRemoveMemberByIdRequest { member_id };
+        let resp: machine::EtcdRemoveMemberByIdResponse =
+            self.unary(paths::ETCD_REMOVE_MEMBER_BY_ID, req).await?;
+        self.single(paths::ETCD_REMOVE_MEMBER_BY_ID, resp.messages, |m| {
+            m.metadata.as_ref()
+        })?;
+        Ok(())
+    }
+
+    /// The node's etcd database, as streamed (1 KiB chunks on real Talos), joined.
+    pub async fn etcd_snapshot(&self) -> Result<Vec<u8>, TalosError> {
+        self.data_stream(paths::ETCD_SNAPSHOT, machine::EtcdSnapshotRequest {})
+            .await
+    }
+
+    /// Uploads a snapshot for a following `Bootstrap { recover_etcd: true }`.
+    pub async fn etcd_recover(&self, snapshot: &[u8]) -> Result<(), TalosError> {
+        let addr = self.addr;
+        let path = paths::ETCD_RECOVER;
+        let chunks: Vec<Data> = snapshot
+            .chunks(1024)
+            .map(|c| Data {
+                metadata: None,
+                bytes: c.to_vec(),
+            })
+            .collect();
+        let call = async {
+            let mut grpc = self.grpc();
+            grpc.ready().await.map_err(|e| TalosError::Unreachable {
+                addr,
+                message: e.to_string(),
+            })?;
+            let codec = tonic_prost::ProstCodec::<Data, machine::EtcdRecoverResponse>::default();
+            grpc.client_streaming(
+                tonic::Request::new(tokio_stream::iter(chunks)),
+                PathAndQuery::from_static(path),
+                codec,
+            )
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| TalosError::status(addr, path, s))
+        };
+        let resp = tokio::time::timeout(self.options.call_timeout, call)
+            .await
+            .map_err(|_| TalosError::Timeout {
+                addr,
+                method: path,
+                after: self.options.call_timeout,
+            })??;
+        self.single(path, resp.messages, |m| m.metadata.as_ref())?;
+        Ok(())
+    }
+
+    pub async fn service_list(&self) -> Result<Vec<machine::ServiceInfo>, TalosError> {
+        let resp: machine::ServiceListResponse = self.unary(paths::SERVICE_LIST, ()).await?;
+        Ok(self
+            .single(paths::SERVICE_LIST, resp.messages, |m| m.metadata.as_ref())?
+            .services)
+    }
+
+    pub async fn cosi_get(
+        &self,
+        namespace: &str,
+        r#type: &str,
+        id: &str,
+    ) -> Result<cosi::Resource, TalosError> {
+        let req = cosi::GetRequest {
+            namespace: namespace.to_owned(),
+            r#type: r#type.to_owned(),
+            id: id.to_owned(),
+            options: Some(cosi::GetOptions {}),
+        };
+        let resp: cosi::GetResponse = self.unary(paths::COSI_GET, req).await?;
+        resp.resource.ok_or(TalosError::EmptyReply {
+            addr: self.addr,
+            method: paths::COSI_GET,
+        })
+    }
+
+    pub async fn cosi_list(
+        &self,
+        namespace: &str,
+        r#type: &str,
+    ) -> Result<Vec<cosi::Resource>, TalosError> {
+        let req = cosi::ListRequest {
+            namespace: namespace.to_owned(),
+            r#type: r#type.to_owned(),
+            options: Some(cosi::ListOptions {}),
+        };
+        let items: Vec<cosi::ListResponse> = self.server_stream(paths::COSI_LIST, req).await?;
+        Ok(items.into_iter().filter_map(|r| r.resource).collect())
+    }
+}
+
+fn check_metadata(
+    addr: SocketAddr,
+    method: &'static str,
+    meta: Option<&Metadata>,
+) -> Result<(), TalosError> {
+    match meta {
+        Some(m) if !m.error.is_empty() => Err(TalosError::NodeReported {
+            addr,
+            method,
+            message: m.error.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Unpacks the gzip tar Talos streams for Kubeconfig; it holds exactly one file, `kubeconfig`.
+pub fn extract_kubeconfig(archive: &[u8]) -> Result<Secret, String> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let entries = tar.entries().map_err(|e| format!("not a gzip tar: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("bad tar entry: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("bad tar path: {e}"))?
+            .into_owned();
+        if path.as_os_str() == "kubeconfig" {
+            let mut text = String::new();
+            entry
+                .read_to_string(&mut text)
+                .map_err(|e| format!("kubeconfig is not UTF-8 text: {e}"))?;
+            return Ok(Secret::new(text));
+        }
+    }
+    Err("archive holds no `kubeconfig` file".into())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}

@@ -1,0 +1,272 @@
+//! The port the reconciler drives Talos through, and its gRPC adapter. The simulator serves the same wire
+//! protocol, so `talos.backend = "simulated"` uses this adapter too, against loopback addresses.
+
+use std::net::{IpAddr, SocketAddr};
+
+use async_trait::async_trait;
+
+use super::client::{
+    APID_PORT, ApplyOutcome, BootstrapOutcome, ClientOptions, TalosClient, VersionReport,
+};
+use super::error::TalosError;
+use super::proto::machine::{ApplyMode, EtcdMember, ServiceInfo};
+use super::state::{self, NodeState, UuidCheck};
+use super::tls::ClientIdentity;
+use crate::redact::Secret;
+
+#[async_trait]
+pub trait TalosPort: Send + Sync {
+    async fn node_state(&self, ip: IpAddr, identity: &ClientIdentity) -> NodeState;
+    /// Checks the node's SMBIOS uuid against the VM's, then applies with mode AUTO over an insecure
+    /// connection (the only mode a node without config takes).
+    async fn apply_in_maintenance(
+        &self,
+        ip: IpAddr,
+        vm_uuid: &str,
+        config: &[u8],
+    ) -> Result<ApplyOutcome, TalosError>;
+    /// On a configured node: `dry_run` tells what a change needs before it is made.
+    async fn apply_configured(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        config: &[u8],
+        mode: ApplyMode,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, TalosError>;
+    async fn bootstrap(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<BootstrapOutcome, TalosError>;
+    async fn kubeconfig(&self, ip: IpAddr, identity: &ClientIdentity)
+    -> Result<Secret, TalosError>;
+    async fn etcd_members(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<Vec<EtcdMember>, TalosError>;
+    async fn etcd_remove_member(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        id: u64,
+    ) -> Result<(), TalosError>;
+    async fn etcd_snapshot(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<Vec<u8>, TalosError>;
+    async fn etcd_recover(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        snapshot: &[u8],
+    ) -> Result<(), TalosError>;
+    /// Disaster recovery: uploads `snapshot`, then bootstraps etcd from it on this node.
+    async fn bootstrap_from_snapshot(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        snapshot: &[u8],
+    ) -> Result<BootstrapOutcome, TalosError>;
+    /// Graceful: a control plane leaves etcd before it wipes itself.
+    async fn reset_graceful(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        reboot: bool,
+    ) -> Result<(), TalosError>;
+    async fn upgrade(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        image: &str,
+        preserve: bool,
+    ) -> Result<(), TalosError>;
+    async fn reboot(&self, ip: IpAddr, identity: &ClientIdentity) -> Result<(), TalosError>;
+    async fn version(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<VersionReport, TalosError>;
+    async fn services(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<Vec<ServiceInfo>, TalosError>;
+}
+
+/// Dials `<ip>:<port>` for every call: nodes reboot under kiln, so long-lived connections buy little.
+#[derive(Clone, Debug)]
+pub struct GrpcTalos {
+    pub port: u16,
+    pub options: ClientOptions,
+}
+
+impl Default for GrpcTalos {
+    fn default() -> Self {
+        Self {
+            port: APID_PORT,
+            options: ClientOptions::default(),
+        }
+    }
+}
+
+impl GrpcTalos {
+    fn addr(&self, ip: IpAddr) -> SocketAddr {
+        SocketAddr::new(ip, self.port)
+    }
+
+    async fn mtls(&self, ip: IpAddr, identity: &ClientIdentity) -> Result<TalosClient, TalosError> {
+        TalosClient::connect_mtls(self.addr(ip), identity, self.options.clone()).await
+    }
+}
+
+#[async_trait]
+impl TalosPort for GrpcTalos {
+    async fn node_state(&self, ip: IpAddr, identity: &ClientIdentity) -> NodeState {
+        state::detect(self.addr(ip), identity, &self.options).await
+    }
+
+    async fn apply_in_maintenance(
+        &self,
+        ip: IpAddr,
+        vm_uuid: &str,
+        config: &[u8],
+    ) -> Result<ApplyOutcome, TalosError> {
+        let client = TalosClient::connect_insecure(self.addr(ip), self.options.clone()).await?;
+        let found = state::system_uuid(&client).await?;
+        if state::compare_uuid(client.addr(), vm_uuid, &found)? == UuidCheck::Unreported {
+            tracing::warn!(node = %ip, "node reports no SMBIOS uuid; applying without the identity check");
+        }
+        client
+            .apply_configuration(config, ApplyMode::Auto, false)
+            .await
+    }
+
+    async fn apply_configured(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        config: &[u8],
+        mode: ApplyMode,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, TalosError> {
+        self.mtls(ip, identity)
+            .await?
+            .apply_configuration(config, mode, dry_run)
+            .await
+    }
+
+    async fn bootstrap(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<BootstrapOutcome, TalosError> {
+        self.mtls(ip, identity).await?.bootstrap(false).await
+    }
+
+    async fn kubeconfig(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<Secret, TalosError> {
+        self.mtls(ip, identity).await?.kubeconfig().await
+    }
+
+    async fn etcd_members(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<Vec<EtcdMember>, TalosError> {
+        self.mtls(ip, identity).await?.etcd_member_list().await
+    }
+
+    async fn etcd_remove_member(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        id: u64,
+    ) -> Result<(), TalosError> {
+        self.mtls(ip, identity)
+            .await?
+            .etcd_remove_member_by_id(id)
+            .await
+    }
+
+    async fn etcd_snapshot(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<Vec<u8>, TalosError> {
+        self.mtls(ip, identity).await?.etcd_snapshot().await
+    }
+
+    async fn etcd_recover(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        snapshot: &[u8],
+    ) -> Result<(), TalosError> {
+        self.mtls(ip, identity).await?.etcd_recover(snapshot).await
+    }
+
+    async fn bootstrap_from_snapshot(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        snapshot: &[u8],
+    ) -> Result<BootstrapOutcome, TalosError> {
+        let client = self.mtls(ip, identity).await?;
+        client.etcd_recover(snapshot).await?;
+        client.bootstrap(true).await
+    }
+
+    async fn reset_graceful(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        reboot: bool,
+    ) -> Result<(), TalosError> {
+        self.mtls(ip, identity)
+            .await?
+            .reset(true, reboot)
+            .await
+            .map(drop)
+    }
+
+    async fn upgrade(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        image: &str,
+        preserve: bool,
+    ) -> Result<(), TalosError> {
+        self.mtls(ip, identity)
+            .await?
+            .upgrade(image, preserve)
+            .await
+            .map(drop)
+    }
+
+    async fn reboot(&self, ip: IpAddr, identity: &ClientIdentity) -> Result<(), TalosError> {
+        self.mtls(ip, identity).await?.reboot().await.map(drop)
+    }
+
+    async fn version(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<VersionReport, TalosError> {
+        self.mtls(ip, identity).await?.version().await
+    }
+
+    async fn services(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<Vec<ServiceInfo>, TalosError> {
+        self.mtls(ip, identity).await?.service_list().await
+    }
+}
