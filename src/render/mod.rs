@@ -219,11 +219,15 @@ impl Renderer {
         let cctx = ClusterCtx::new(cluster, settings);
         let source = cctx.source.clone();
         let enabled = cluster.spec.enabled_apps();
+        let settings_value = Value::from(Serde(settings));
+        let cluster_value = Value::from(Serde(&cctx));
+        let registration_path = format!("{o}/core/clusters/{name}");
+        let apps_path = format!("{o}/core/apps/{name}");
         let base = minijinja::context! {
-            settings => Value::from(Serde(settings)),
-            cluster => Value::from(Serde(&cctx)),
-            registration_path => format!("{o}/core/clusters/{name}"),
-            apps_path => format!("{o}/core/apps/{name}"),
+            settings => settings_value.clone(),
+            cluster => cluster_value.clone(),
+            registration_path => registration_path.clone(),
+            apps_path => apps_path.clone(),
         };
         self.emit(
             out,
@@ -266,11 +270,16 @@ impl Renderer {
                 deep_merge(&mut values, &user.values);
             }
             let values = serde_json::Value::Object(values);
+            // One flat map per app: lookups through a merged view over `base` cost time on every
+            // expression. The values come as YAML text only; handing each values tree to the
+            // template engine as well cost more than any template used it for.
             let ctx = minijinja::context! {
+                settings => settings_value.clone(),
+                cluster => cluster_value.clone(),
+                registration_path => registration_path.clone(),
+                apps_path => apps_path.clone(),
                 app => Value::from(Serde(&actx)),
                 values_yaml => yaml::to_yaml(&values),
-                values => Value::from(Serde(&values)),
-                ..base.clone()
             };
             let dir = manifests_dir(settings, app, name);
             self.emit(
