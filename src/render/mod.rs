@@ -4,6 +4,10 @@
 //! Pure: intent, kiln's version and [`RenderSettings`] in, files out (`path → bytes`, paths relative
 //! to the repository root, all under `output_dir`). Never reads observed state, so the same input
 //! always gives the same bytes and kiln commits only when intent or configuration changed.
+//!
+//! The result is the *complete* content of `output_dir`: a file there that the result lacks (a removed
+//! cluster, an app turned off) is stale and goes in the same commit. Use one [`Renderer`] per
+//! `templates/` revision; [`render`] compiles the templates each call.
 
 mod apps;
 mod charts;
