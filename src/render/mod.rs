@@ -182,7 +182,12 @@ impl Renderer {
             (
                 "root.yaml.j2",
                 format!("{o}/bootstrap/root.yaml"),
-                from_config,
+                // With a project of kiln's own, root.yaml carries the AppProject and its cluster list.
+                if settings.project == "default" {
+                    from_config
+                } else {
+                    from_all.as_str()
+                },
             ),
             (
                 "argocd-cm-health.yaml.j2",

@@ -191,6 +191,26 @@ impl ParseApp for str {
 }
 
 #[test]
+fn a_project_of_kilns_own_exists_before_anything_uses_it() {
+    let out = render(&example_clusters(), &settings());
+    let root = documents("root", &out["gitops/bootstrap/root.yaml"]);
+    let project = root
+        .iter()
+        .find(|d| d["kind"] == "AppProject")
+        .expect("root.yaml carries the AppProject");
+    assert_eq!(project["metadata"]["name"], "kiln");
+    let shared = &documents("p", &out["gitops/core/shared/app-project.yaml"])[0];
+    assert_eq!(project, shared, "one definition, two places");
+    // With Argo CD's default project, nothing is bootstrapped: it always exists.
+    let plain = render(
+        &example_clusters(),
+        &kiln::render::RenderSettings::default(),
+    );
+    let root = documents("root", &plain["gitops/bootstrap/root.yaml"]);
+    assert!(root.iter().all(|d| d["kind"] != "AppProject"));
+}
+
+#[test]
 fn application_sets_preserve_resources_except_the_root() {
     let out = render(&example_clusters(), &settings());
     let mut seen = 0;
