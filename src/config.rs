@@ -279,7 +279,7 @@ impl Default for DefaultsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArgocdVaultConfig {
     /// Default: `secrets.addr`.
@@ -309,6 +309,20 @@ pub struct ArgocdConfig {
     pub vault: ArgocdVaultConfig,
 }
 
+/// Written out, not derived: an `[argocd]` table without `[argocd.vault]` must get the documented
+/// defaults, not empty strings.
+impl Default for ArgocdVaultConfig {
+    fn default() -> Self {
+        Self {
+            server: None,
+            mount: None,
+            auth_path: d_auth_path(),
+            role: d_role(),
+            store_name: d_store_name(),
+        }
+    }
+}
+
 impl Default for ArgocdConfig {
     fn default() -> Self {
         Self {
@@ -316,13 +330,7 @@ impl Default for ArgocdConfig {
             target_revision: d_branch(),
             namespace: d_argocd_ns(),
             project: d_project(),
-            vault: ArgocdVaultConfig {
-                server: None,
-                mount: None,
-                auth_path: d_auth_path(),
-                role: d_role(),
-                store_name: d_store_name(),
-            },
+            vault: ArgocdVaultConfig::default(),
         }
     }
 }
@@ -575,6 +583,15 @@ token_file = "/run/credentials/kiln.service/vault-token"
         assert_eq!(c.argocd_vault_server(), "https://vault.lan:8200");
         assert_eq!(c.argocd_vault_mount(), "admin");
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn argocd_table_without_vault_table_keeps_vault_defaults() {
+        let text = format!("{MINIMAL}\n[argocd]\nproject = \"kiln\"\n");
+        let c = Config::parse(Path::new("kiln.toml"), &text).unwrap();
+        assert_eq!(c.argocd.vault.store_name, "kiln-vault");
+        assert_eq!(c.argocd.vault.role, "argocd-kiln");
+        assert_eq!(c.argocd.vault.auth_path, "kubernetes");
     }
 
     #[test]

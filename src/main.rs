@@ -1,6 +1,8 @@
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -24,6 +26,27 @@ enum Command {
     },
     /// Print the JSON Schema of the cluster intent file.
     Schema,
+    /// Write the Argo CD manifests kiln would commit for one cluster (or all) into a folder.
+    Render {
+        /// The cluster to render: the file CLUSTERS/<CLUSTER>.yaml.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        cluster: Option<String>,
+        /// Render every cluster file in the clusters folder.
+        #[arg(long)]
+        all: bool,
+        /// Where to write; files land under OUT/<output_dir>/… as in the repository.
+        #[arg(long)]
+        out: PathBuf,
+        /// The folder of intent files.
+        #[arg(long, default_value = "clusters")]
+        clusters: PathBuf,
+        /// Template overrides (default: a `templates` folder next to the clusters folder, if any).
+        #[arg(long)]
+        templates: Option<PathBuf>,
+        /// kiln.toml for the Argo CD settings; without it, the documented example values are used.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Show what a change to the intent files would create, change and destroy, and why.
     /// `--offline` decides from Git alone (the base revision stands for what is applied), as a pull
     /// request's CI check runs it. Writes nothing. Exit 0: no changes; 2: changes; 1: errors.
@@ -81,7 +104,6 @@ fn sim_talos(
     listen: Vec<kiln::sim::talos::NodeSpec>,
     dump_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -119,6 +141,14 @@ fn main() -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Render {
+            cluster,
+            all: _,
+            out,
+            clusters,
+            templates,
+            config,
+        } => render(cluster.as_deref(), &out, &clusters, templates, config),
         Command::Plan(args) => plan(&args),
         Command::Sim(SimCommand::Talos { listen, dump_dir }) => sim_talos(listen, dump_dir),
     }
@@ -212,4 +242,88 @@ fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+fn render(
+    only: Option<&str>,
+    out: &Path,
+    clusters_dir: &Path,
+    templates: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let settings = match config {
+        Some(path) => {
+            kiln::render::RenderSettings::from_config(&kiln::config::Config::load(&path)?)
+        }
+        None => kiln::render::RenderSettings::default(),
+    };
+    // Validated together, as the daemon would: an invalid file is reported, never rendered.
+    let files = kiln::spec::load_paths(&[clusters_dir.to_path_buf()])?;
+    let outcome = kiln::spec::load(files.iter().map(|(p, t)| (p.as_path(), t.as_str())));
+    for d in outcome.warnings.iter().chain(outcome.errors()) {
+        eprintln!("{d}");
+    }
+    if !outcome.is_valid() {
+        eprintln!(
+            "{} invalid cluster file(s): nothing rendered",
+            outcome.invalid.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let clusters: Vec<kiln::spec::Cluster> = outcome
+        .clusters
+        .into_iter()
+        .filter(|c| only.is_none_or(|name| c.name.as_str() == name))
+        .collect();
+    if let Some(name) = only
+        && clusters.is_empty()
+    {
+        anyhow::bail!("no cluster file {}/{name}.yaml", clusters_dir.display());
+    }
+    let templates_dir = templates.unwrap_or_else(|| {
+        clusters_dir
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("templates")
+    });
+    let overrides = read_overrides(&templates_dir)?;
+    let files = kiln::render::render(&clusters, &settings, &overrides)?;
+    for (path, bytes) in &files {
+        let target = out.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&target, bytes)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+    }
+    println!(
+        "rendered {} cluster(s): {} files under {}",
+        clusters.len(),
+        files.len(),
+        out.join(&settings.output_dir).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The repository's template overrides: every file directly in `dir`, by file name.
+fn read_overrides(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut overrides = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(overrides);
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if !path.is_file() {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        overrides.insert(name.to_owned(), text);
+    }
+    Ok(overrides)
 }
