@@ -75,7 +75,13 @@ impl PveAdapter {
     /// Names every missing privilege before anything changes (DESIGN.md §3).
     pub async fn preflight(&self, scope: &PreflightScope) -> Result<(), ProxmoxError> {
         let mut scope = scope.clone();
-        let options = self.api.get("/cluster/options", &[]).await?;
+        // Reading the datacenter options needs Sys.Audit, itself checked below: without it, assume
+        // the stricter tag policy rather than stop before naming everything missing.
+        let options = match self.api.get("/cluster/options", &[]).await {
+            Ok(o) => o,
+            Err(ProxmoxError::Permission { .. }) => Value::Null,
+            Err(e) => return Err(e),
+        };
         scope.tags_free = options
             .get("user-tag-access")
             .and_then(|u| u.get("user-allow"))
