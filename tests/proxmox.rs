@@ -671,3 +671,62 @@ async fn several_nodes_need_shared_storage_or_a_template_per_node() {
     assert_eq!(pve.vm(403)["node"], "pve2");
     assert_eq!(pve.vm(403)["status"], "running");
 }
+
+#[tokio::test]
+async fn a_clone_still_running_is_waited_for_never_repeated() {
+    let pve = std::sync::Arc::new(FakePve::start());
+    let s = spec(1, Role::ControlPlane);
+    pve.ctl(
+        json!({"cmd": "add_vm", "vmid": 401, "name": "prod-cp-1", "status": "stopped",
+                   "config": {"description": s.description(),
+                              "scsi0": "local-lvm:vm-401-disk-0,size=10G",
+                              "ide2": "local-lvm:vm-401-cloudinit,media=cdrom"}}),
+    );
+    pve.ctl(json!({"cmd": "lock", "vmid": 401, "lock": "clone"}));
+    let finisher = {
+        let pve = pve.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            pve.ctl(json!({"cmd": "unlock", "vmid": 401}));
+        })
+    };
+    let created = pve.adapter().create(&s, "pve1").await.unwrap();
+    finisher.await.unwrap();
+    assert!(created.adopted);
+    assert_eq!(count(&pve, "POST", "/clone"), 0);
+    assert_eq!(pve.vm(401)["status"], "running");
+}
+
+#[tokio::test]
+async fn adapter_from_kiln_toml_reads_the_secret_file_and_demands_trust() {
+    let pve = FakePve::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, format!("{}\n", support::TOKEN_SECRET)).unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pve.pki.ca_pem).unwrap();
+    let mut cfg = kiln::config::ProxmoxConfig {
+        url: Some(pve.url()),
+        token_id: Some(support::TOKEN_ID.into()),
+        token_secret_file: Some(secret),
+        ca_file: Some(ca),
+        ..Default::default()
+    };
+    let px = PveAdapter::from_config(&cfg).unwrap();
+    assert_eq!(px.observe().await.unwrap().len(), 1);
+    cfg.ca_file = None;
+    let err = PveAdapter::from_config(&cfg)
+        .err()
+        .expect("no trust configured");
+    assert!(err.to_string().contains("ca_file"), "{err}");
+    cfg.insecure = true;
+    assert_eq!(
+        PveAdapter::from_config(&cfg)
+            .unwrap()
+            .observe()
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

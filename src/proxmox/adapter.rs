@@ -255,18 +255,22 @@ impl PveAdapter {
         );
         let policy = self.api.retry;
         let mut n = 0;
+        let mut clone_wait = None;
         loop {
             match self.slot(id).await? {
                 Slot::Empty => {}
                 Slot::CloneRunning => {
-                    tokio::time::sleep(policy.delay(n.min(4))).await;
-                    n += 1;
-                    if n > 10_000 {
+                    // Someone's clone (ours, from before a crash) is still copying: wait, never
+                    // clone again, for as long as a task may take.
+                    let deadline = *clone_wait
+                        .get_or_insert_with(|| tokio::time::Instant::now() + self.task_timeout);
+                    if tokio::time::Instant::now() >= deadline {
                         return Err(ProxmoxError::TaskTimeout {
                             upid: format!("clone to {}", id.vmid.get()),
                             seconds: self.task_timeout.as_secs(),
                         });
                     }
+                    tokio::time::sleep(policy.delay(3)).await;
                     continue;
                 }
                 Slot::HalfMade | Slot::Owned => return Ok(None),

@@ -17,6 +17,28 @@ pub struct PreflightScope {
     pub tags_free: bool,
 }
 
+impl PreflightScope {
+    /// What these clusters' VMs will touch.
+    pub fn for_clusters<'a>(clusters: impl IntoIterator<Item = &'a crate::spec::Cluster>) -> Self {
+        let mut scope = Self::default();
+        let mut pools = BTreeSet::new();
+        for c in clusters {
+            let p = &c.spec.proxmox;
+            scope
+                .templates
+                .extend(c.nodes.iter().map(|n| n.template.get()));
+            scope.storages.insert(p.storage.clone());
+            scope.bridges.insert((p.bridge.clone(), p.vlan));
+            pools.insert(p.pool.clone());
+        }
+        // VMs all in one pool: the privileges may be granted there; otherwise they are needed on /vms.
+        if pools.len() == 1 {
+            scope.pool = pools.into_iter().next().flatten();
+        }
+        scope
+    }
+}
+
 pub const VM_PRIVILEGES: [&str; 10] = [
     "VM.Allocate",
     "VM.Config.CPU",
