@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use super::client::{Api, retry};
 use super::error::ProxmoxError;
@@ -438,6 +439,44 @@ impl PveAdapter {
             other => other,
         }
     }
+
+    async fn create_inner(
+        &self,
+        spec: &VmSpec,
+        template_node: &str,
+    ) -> Result<Created, ProxmoxError> {
+        let id = &spec.id;
+        let mut warnings = Vec::new();
+        let adopted = match self.slot(id).await? {
+            Slot::Empty | Slot::CloneRunning => {
+                if matches!(self.slot(id).await?, Slot::Empty) {
+                    self.check_template(spec, template_node).await?;
+                }
+                let outcome = self.clone_vm(spec, template_node).await?;
+                // No clone task of ours finished: the VM we found is the one an unanswered clone made.
+                let adopted = outcome.is_none();
+                warnings.extend(outcome.filter(|o| *o != TaskOutcome::Ok));
+                adopted
+            }
+            Slot::HalfMade => true,
+            Slot::Owned => false,
+        };
+        if adopted {
+            tracing::info!("adopting a half-made VM (clone done, configuration not)");
+        }
+        self.configure(spec).await?;
+        self.grow_disk(id, &id.pve_node, spec.resources.disk_gib)
+            .await?;
+        let (owned, _) = self.reverify(id, &id.pve_node).await?;
+        let started = self.power(&owned, "start", true).await?;
+        warnings.extend(started.filter(|o| *o != TaskOutcome::Ok));
+        let (vm, _) = self.reverify(id, &id.pve_node).await?;
+        Ok(Created {
+            vm,
+            adopted,
+            warnings,
+        })
+    }
 }
 
 #[async_trait]
@@ -516,163 +555,160 @@ impl ProxmoxPort for PveAdapter {
 
     async fn create(&self, spec: &VmSpec, template_node: &str) -> Result<Created, ProxmoxError> {
         let id = &spec.id;
-        let span = tracing::info_span!("create_vm", cluster = %id.cluster, vm = %id.name, vmid = id.vmid.get());
-        let _enter = span.enter();
-        let mut warnings = Vec::new();
-        let adopted = match self.slot(id).await? {
-            Slot::Empty | Slot::CloneRunning => {
-                if matches!(self.slot(id).await?, Slot::Empty) {
-                    self.check_template(spec, template_node).await?;
-                }
-                let outcome = self.clone_vm(spec, template_node).await?;
-                // No clone task of ours finished: the VM we found is the one an unanswered clone made.
-                let adopted = outcome.is_none();
-                warnings.extend(outcome.filter(|o| *o != TaskOutcome::Ok));
-                adopted
-            }
-            Slot::HalfMade => true,
-            Slot::Owned => false,
-        };
-        if adopted {
-            tracing::info!("adopting a half-made VM (clone done, configuration not)");
-        }
-        self.configure(spec).await?;
-        self.grow_disk(id, &id.pve_node, spec.resources.disk_gib)
-            .await?;
-        let (owned, _) = self.reverify(id, &id.pve_node).await?;
-        let started = self.power(&owned, "start", true).await?;
-        warnings.extend(started.filter(|o| *o != TaskOutcome::Ok));
-        let (vm, _) = self.reverify(id, &id.pve_node).await?;
-        Ok(Created {
-            vm,
-            adopted,
-            warnings,
-        })
+        let span = tracing::info_span!("proxmox_create", cluster = %id.cluster, vm = %id.name, vmid = id.vmid.get());
+        self.create_inner(spec, template_node)
+            .instrument(span)
+            .await
     }
 
     async fn resize(&self, vm: &OwnedVm, spec: &VmSpec) -> Result<Resized, ProxmoxError> {
-        let id = vm.identity();
-        let node = vm.pve_node();
-        let vmid = vm.vmid();
-        let (owned, cfg) = self.reverify(id, node).await?;
-        let pending = self.pending(&owned).await?;
-        let want = [
-            ("cores", spec.resources.cores.to_string()),
-            ("memory", spec.memory_mib().to_string()),
-        ];
-        // What the next start will run with: the pending value, else the current one.
-        let next = |k: &str| {
-            pending
-                .keys
-                .get(k)
-                .cloned()
-                .flatten()
-                .or_else(|| text(cfg.get(k)))
-        };
-        let writes: Vec<(&str, String)> = want
-            .iter()
-            .filter(|(k, v)| next(k).as_deref() != Some(v.as_str()))
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        if !writes.is_empty() {
-            let mut params = writes;
-            params.push(("digest", owned.digest().to_owned()));
-            self.api
-                .call(
-                    Method::PUT,
-                    &format!("{}/config", Self::vm_path(node, vmid)),
-                    &params,
-                    Some(vmid),
-                )
-                .await?;
+        let span = tracing::info_span!("proxmox_resize", cluster = %vm.identity().cluster, vmid = vm.vmid());
+        async move {
+            let id = vm.identity();
+            let node = vm.pve_node();
+            let vmid = vm.vmid();
+            let (owned, cfg) = self.reverify(id, node).await?;
+            let pending = self.pending(&owned).await?;
+            let want = [
+                ("cores", spec.resources.cores.to_string()),
+                ("memory", spec.memory_mib().to_string()),
+            ];
+            // What the next start will run with: the pending value, else the current one.
+            let next = |k: &str| {
+                pending
+                    .keys
+                    .get(k)
+                    .cloned()
+                    .flatten()
+                    .or_else(|| text(cfg.get(k)))
+            };
+            let writes: Vec<(&str, String)> = want
+                .iter()
+                .filter(|(k, v)| next(k).as_deref() != Some(v.as_str()))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            if !writes.is_empty() {
+                let mut params = writes;
+                params.push(("digest", owned.digest().to_owned()));
+                self.api
+                    .call(
+                        Method::PUT,
+                        &format!("{}/config", Self::vm_path(node, vmid)),
+                        &params,
+                        Some(vmid),
+                    )
+                    .await?;
+            }
+            let disk_grown = self.grow_disk(id, node, spec.resources.disk_gib).await?;
+            let (vm, _) = self.reverify(id, node).await?;
+            let pending = self.pending(&vm).await?;
+            let needs_reboot = vm.running()
+                && (pending.keys.contains_key("cores") || pending.keys.contains_key("memory"));
+            Ok(Resized {
+                vm,
+                needs_reboot,
+                disk_grown,
+            })
         }
-        let disk_grown = self.grow_disk(id, node, spec.resources.disk_gib).await?;
-        let (vm, _) = self.reverify(id, node).await?;
-        let pending = self.pending(&vm).await?;
-        let needs_reboot = vm.running()
-            && (pending.keys.contains_key("cores") || pending.keys.contains_key("memory"));
-        Ok(Resized {
-            vm,
-            needs_reboot,
-            disk_grown,
-        })
+        .instrument(span)
+        .await
     }
 
     async fn reboot(&self, vm: &OwnedVm) -> Result<OwnedVm, ProxmoxError> {
-        let id = vm.identity().clone();
-        let node = vm.pve_node().to_owned();
-        let vmid = vm.vmid();
-        let path = format!("{}/status/reboot", Self::vm_path(&node, vmid));
-        let params = [(
-            "timeout",
-            self.shutdown_timeout.as_secs().max(1).to_string(),
-        )];
-        // Done once the VM runs with nothing pending: that is what the reboot is for, and it makes
-        // a reboot whose reply was lost safe to judge.
-        self.act(Method::POST, &path, &params, vmid, || {
-            let id = id.clone();
-            let node = node.clone();
-            async move {
-                let (owned, _) = self.reverify(&id, &node).await?;
-                let pending = self.pending(&owned).await?;
-                Ok(owned.running() && pending.is_empty())
-            }
-        })
-        .await?;
-        Ok(self.reverify(&id, &node).await?.0)
+        let span = tracing::info_span!("proxmox_reboot", cluster = %vm.identity().cluster, vmid = vm.vmid());
+        async move {
+            let id = vm.identity().clone();
+            let node = vm.pve_node().to_owned();
+            let vmid = vm.vmid();
+            let path = format!("{}/status/reboot", Self::vm_path(&node, vmid));
+            let params = [(
+                "timeout",
+                self.shutdown_timeout.as_secs().max(1).to_string(),
+            )];
+            // Done once the VM runs with nothing pending: that is what the reboot is for, and it makes
+            // a reboot whose reply was lost safe to judge.
+            self.act(Method::POST, &path, &params, vmid, || {
+                let id = id.clone();
+                let node = node.clone();
+                async move {
+                    let (owned, _) = self.reverify(&id, &node).await?;
+                    let pending = self.pending(&owned).await?;
+                    Ok(owned.running() && pending.is_empty())
+                }
+            })
+            .await?;
+            Ok(self.reverify(&id, &node).await?.0)
+        }
+        .instrument(span)
+        .await
     }
 
     async fn start(&self, vm: &OwnedVm) -> Result<OwnedVm, ProxmoxError> {
-        self.power(vm, "start", true).await?;
-        Ok(self.reverify(vm.identity(), vm.pve_node()).await?.0)
+        let span = tracing::info_span!("proxmox_start", cluster = %vm.identity().cluster, vmid = vm.vmid());
+        async move {
+            self.power(vm, "start", true).await?;
+            Ok(self.reverify(vm.identity(), vm.pve_node()).await?.0)
+        }
+        .instrument(span)
+        .await
     }
 
     async fn shutdown(&self, vm: &OwnedVm) -> Result<OwnedVm, ProxmoxError> {
-        match self.power(vm, "shutdown", false).await {
-            Ok(_) => {}
-            // A guest that ignores ACPI: the shutdown task fails at its timeout; stop it hard.
-            Err(ProxmoxError::TaskFailed { .. } | ProxmoxError::TaskTimeout { .. }) => {}
-            Err(e) => return Err(e),
+        let span = tracing::info_span!("proxmox_shutdown", cluster = %vm.identity().cluster, vmid = vm.vmid());
+        async move {
+            match self.power(vm, "shutdown", false).await {
+                Ok(_) => {}
+                // A guest that ignores ACPI: the shutdown task fails at its timeout; stop it hard.
+                Err(ProxmoxError::TaskFailed { .. } | ProxmoxError::TaskTimeout { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let (owned, _) = self.reverify(vm.identity(), vm.pve_node()).await?;
+            if owned.running() {
+                tracing::warn!(vmid = owned.vmid(), "graceful shutdown timed out; stopping");
+                self.power(&owned, "stop", false).await?;
+            }
+            Ok(self.reverify(vm.identity(), vm.pve_node()).await?.0)
         }
-        let (owned, _) = self.reverify(vm.identity(), vm.pve_node()).await?;
-        if owned.running() {
-            tracing::warn!(vmid = owned.vmid(), "graceful shutdown timed out; stopping");
-            self.power(&owned, "stop", false).await?;
-        }
-        Ok(self.reverify(vm.identity(), vm.pve_node()).await?.0)
+        .instrument(span)
+        .await
     }
 
     async fn destroy(&self, vm: OwnedVm) -> Result<(), ProxmoxError> {
-        let vm = self.shutdown(&vm).await?;
-        let id = vm.identity().clone();
-        let node = vm.pve_node().to_owned();
-        let vmid = vm.vmid();
-        let path = Self::vm_path(&node, vmid);
-        let params = [
-            ("purge", "1".to_owned()),
-            ("destroy-unreferenced-disks", "1".to_owned()),
-        ];
-        self.act(Method::DELETE, &path, &params, vmid, || {
-            let id = id.clone();
-            let node = node.clone();
-            async move {
-                match self.read_config(&node, vmid).await? {
-                    None => Ok(true),
-                    Some(cfg) => {
-                        // Still there: it must still be ours before the (repeated) delete.
-                        OwnedVm::verify(&id, &node, &cfg, false)?;
-                        Ok(false)
+        let span = tracing::info_span!("proxmox_destroy", cluster = %vm.identity().cluster, vmid = vm.vmid());
+        async move {
+            let vm = self.shutdown(&vm).await?;
+            let id = vm.identity().clone();
+            let node = vm.pve_node().to_owned();
+            let vmid = vm.vmid();
+            let path = Self::vm_path(&node, vmid);
+            let params = [
+                ("purge", "1".to_owned()),
+                ("destroy-unreferenced-disks", "1".to_owned()),
+            ];
+            self.act(Method::DELETE, &path, &params, vmid, || {
+                let id = id.clone();
+                let node = node.clone();
+                async move {
+                    match self.read_config(&node, vmid).await? {
+                        None => Ok(true),
+                        Some(cfg) => {
+                            // Still there: it must still be ours before the (repeated) delete.
+                            OwnedVm::verify(&id, &node, &cfg, false)?;
+                            Ok(false)
+                        }
                     }
                 }
+            })
+            .await?;
+            // A VM leaves kiln's records only once Proxmox confirms it is gone.
+            match self.read_config(&node, vmid).await? {
+                None => Ok(()),
+                Some(_) => Err(ProxmoxError::Protocol(format!(
+                    "VM {vmid} still exists after its destroy task"
+                ))),
             }
-        })
-        .await?;
-        // A VM leaves kiln's records only once Proxmox confirms it is gone.
-        match self.read_config(&node, vmid).await? {
-            None => Ok(()),
-            Some(_) => Err(ProxmoxError::Protocol(format!(
-                "VM {vmid} still exists after its destroy task"
-            ))),
         }
+        .instrument(span)
+        .await
     }
 }
