@@ -730,3 +730,22 @@ async fn adapter_from_kiln_toml_reads_the_secret_file_and_demands_trust() {
         1
     );
 }
+
+#[tokio::test]
+async fn an_offline_node_leaves_its_vms_unknown_not_stopped() {
+    let pve = FakePve::start();
+    let px = pve.adapter();
+    let s = spec(1, Role::ControlPlane);
+    px.create(&s, "pve1").await.unwrap();
+    pve.ctl(json!({"cmd": "node_offline", "node": "pve1"}));
+    let inv = px.observe().await.unwrap();
+    let vm = inv.get(401).unwrap();
+    assert_eq!(vm.status, PowerState::Unknown);
+    assert!(
+        matches!(vm.ownership, Ownership::Kiln(_)),
+        "still kiln's, state unknown"
+    );
+    let err = px.claim(&s.id).await.unwrap_err();
+    assert!(matches!(err, ProxmoxError::NoQuorum(_)), "{err}");
+    assert!(pve.writes_to(401).iter().all(|(m, _)| m != "DELETE"));
+}
