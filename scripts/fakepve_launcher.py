@@ -222,8 +222,6 @@ async def command(pve, c):
         pve.storages.setdefault(c['storage'], {'type': 'lvmthin', 'active': 1, 'content': 'images,rootdir',
                                               'files': set()}).update(c.get('options', {}))
         return True
-    if name == 'user_tag_access':
-        return True
     raise ValueError('unknown command {0!r}'.format(name))
 
 
