@@ -11,11 +11,13 @@ use std::hint::black_box;
 fn listing(n: u32) -> Vec<u8> {
     let data: Vec<_> = (0..n)
         .map(|i| {
-            let vmid = 10_000 + i;
+            // VMID = prefix 10 followed by the node number, as kiln derives it.
+            let number = i + 1;
+            let vmid = 100_000 + number;
             let node = format!("pve{}", i % 3 + 1);
             match i % 5 {
                 0 | 1 => json!({"id": format!("qemu/{vmid}"), "type": "qemu", "vmid": vmid, "node": node,
-                    "name": format!("c{}-wk-{}", i % 50, vmid % 1000 + 1000), "status": "running",
+                    "name": format!("c{}-wk-{number}", i % 50), "status": "running",
                     "template": 0, "tags": format!("kiln;kiln-cluster-c{};kiln-role-worker", i % 50),
                     "maxcpu": 4, "maxmem": 8u64 << 30, "maxdisk": 100u64 << 30}),
                 2 => json!({"id": format!("qemu/{vmid}"), "type": "qemu", "vmid": vmid, "node": node,

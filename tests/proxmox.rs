@@ -567,9 +567,10 @@ async fn observing_many_vms_costs_one_request() {
     let pve = FakePve::start();
     let vms: Vec<_> = (0..5000u32)
         .map(|i| {
-            let vmid = 10_000 + i;
+            let number = i + 1;
+            let vmid = 100_000 + number;
             match i % 4 {
-                0 => json!({"vmid": vmid, "name": format!("c{}-wk-{}", i % 50, vmid % 1000 + 1000),
+                0 => json!({"vmid": vmid, "name": format!("c{}-wk-{number}", i % 50),
                             "status": "running",
                             "tags": format!("kiln;kiln-cluster-c{};kiln-role-worker", i % 50)}),
                 1 => json!({"vmid": vmid, "name": format!("web-{i}"), "status": "running"}),
@@ -594,7 +595,7 @@ async fn observing_many_vms_costs_one_request() {
         .filter(|v| matches!(v.ownership, Ownership::Kiln(_)))
         .count();
     let mismatched = inv.mismatched().count();
-    assert_eq!(kiln + mismatched, 2500);
+    assert_eq!((kiln, mismatched), (1250, 1250));
     eprintln!("observed 5001 VMs over HTTPS from fakepve in {took:?} with one request");
 }
 
