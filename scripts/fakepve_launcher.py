@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Start the pinned fakepve for kiln's Proxmox tests, with what fakepve 0.5.0 does not model.
+
+Usage (the Rust tests do this; see tests/proxmox/support.rs):
+
+    .venv/bin/python scripts/fakepve_launcher.py --cert C --key K --token 'kiln@pve!ci=SECRET'
+
+It listens on 127.0.0.1 on a free port and prints one line `READY <port>` on stdout. After that,
+stdin is a command channel: one JSON object per line, `{"cmd": NAME, ...}`, each answered by one JSON
+line on stdout: `{"ok": RESULT}` or `{"error": MESSAGE}`. Closing stdin stops the server, so a test
+that dies takes its fake with it.
+
+Added to fakepve:
+- `PUT /nodes/{node}/qemu/{vmid}/resize` (DESIGN.md §9): grows the drive's `size=` in a task and
+  refuses a shrink with PVE's "shrinking disks is not supported".
+- Lost replies (`lost_reply`): the matched request runs to completion, then the connection is closed
+  without an answer: what a real PVE does to a client whose network fails at the wrong moment.
+- Task outcomes (`task_warnings`): the matched request's task ends `WARNINGS: n`, as PVE reports a
+  task that logged warnings.
+"""
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+
+from aiohttp import web
+
+from fakepve.model import PveError, TaskError
+from fakepve.server import FakePve
+
+GIB = 1024 ** 3
+UNITS = {'K': 1024, 'M': 1024 ** 2, 'G': GIB, 'T': 1024 ** 4}
+
+
+def parse_size(text, default_unit):
+    # A drive's size= without a unit is GiB (as fakepve reads it); resize's size= is bytes (PVE).
+    m = re.fullmatch(r'(\d+(?:\.\d+)?)([KMGT])?', text)
+    if not m:
+        raise PveError(400, 'Parameter verification failed.', {'size': 'invalid size'})
+    unit = m.group(2) or default_unit
+    return int(float(m.group(1)) * (UNITS[unit] if unit else 1))
+
+
+def format_size(nbytes):
+    for unit in ('T', 'G', 'M', 'K'):
+        if nbytes % UNITS[unit] == 0:
+            return '{0}{1}'.format(nbytes // UNITS[unit], unit)
+    return str(nbytes)
+
+
+class KilnPve(FakePve):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # (method, path suffix) -> remaining count
+        self.lost_replies = {}
+        self.task_warnings = {}
+
+    def _routes_kiln_resize(self):
+        return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', self._kiln_resize)]
+
+    async def _kiln_resize(self, v, user):
+        vm = self.find(v['node'], v['vmid'])
+        self.need_quorum()
+        self.require(user, '/vms/{0}'.format(vm.vmid), 'VM.Config.Disk')
+        if v.get('digest') and v['digest'] != vm.digest():
+            raise PveError(500, 'checksum mismatch (file change by other user?)')
+        disk = v['disk']
+        drive = vm.config.get(disk)
+        if drive is None:
+            raise PveError(500, 'disk \'{0}\' does not exist'.format(disk))
+        m = re.search(r'size=(\d+(?:\.\d+)?[KMGT]?)', drive)
+        current = parse_size(m.group(1), 'G') if m else 0
+        size = str(v['size'])
+        if size.startswith('+'):
+            new = current + parse_size(size[1:], None)
+        else:
+            new = parse_size(size, None)
+        if new < current:
+            raise PveError(500, 'shrinking disks is not supported')
+
+        async def body():
+            if vm.lock:
+                raise TaskError('VM is locked ({0})'.format(vm.lock))
+            text = vm.config[disk]
+            if m:
+                text = text.replace('size=' + m.group(1), 'size=' + format_size(new))
+            else:
+                text = text + ',size=' + format_size(new)
+            vm.config[disk] = text
+            return 'Image resized.'
+        return await self.task(vm.node, 'resize', vm.vmid, user, body, vm=vm)
+
+    def _build_app(self):
+        app = super()._build_app()
+        app.middlewares.insert(0, self._kiln_faults)
+        return app
+
+    @staticmethod
+    def _take(rules, request):
+        for key, left in list(rules.items()):
+            if request.method == key[0] and request.path.endswith(key[1]):
+                if left <= 1:
+                    del rules[key]
+                else:
+                    rules[key] = left - 1
+                return True
+        return False
+
+    @web.middleware
+    async def _kiln_faults(self, request, handler):
+        lost = self._take(self.lost_replies, request)
+        warn = self._take(self.task_warnings, request)
+        response = await handler(request)
+        if warn and isinstance(response, web.Response) and response.status == 200:
+            upid = json.loads(response.text).get('data')
+            task = self.tasks.get(upid)
+            if task is not None:
+                # Wait for the task (time_scale > 0), then report what PVE reports for logged warnings.
+                while task['status'] == 'running':
+                    await asyncio.sleep(0.01)
+                task['log'].insert(-1, 'WARN: kiln-test: a warning the task logged')
+                task['log'][-1] = 'TASK WARNINGS: 1'
+                task['exitstatus'] = 'WARNINGS: 1'
+        if lost:
+            # The request ran; its answer never arrives.
+            request.transport.close()
+            raise ConnectionResetError('kiln launcher: reply lost')
+        return response
+
+
+def vm_view(pve, vmid):
+    vm = pve.vm(vmid)
+    if vm is None:
+        return None
+    return {'vmid': vm.vmid, 'name': vm.name, 'node': vm.node, 'status': vm.status, 'lock': vm.lock,
+            'template': vm.template, 'config': vm.config, 'pending': vm.pending, 'digest': vm.digest()}
+
+
+async def command(pve, c):
+    name = c['cmd']
+    if name == 'requests':
+        return [[m, p, b.decode('utf-8', 'replace')] for m, p, b in pve.requests]
+    if name == 'clear_requests':
+        pve.requests.clear()
+        return True
+    if name == 'vm':
+        return vm_view(pve, c['vmid'])
+    if name == 'vmids':
+        return sorted(vm.vmid for vm in pve.vms)
+    if name == 'add_vm':
+        vm = pve.add_vm(c['vmid'], c['name'], node=c.get('node', 'pve1'), status=c.get('status', 'stopped'),
+                        config=c.get('config', {}), template=c.get('template', False))
+        return vm.vmid
+    if name == 'add_vms':
+        # Many VMs at once (the observation-cost test): [{vmid, name, node, status, tags}]
+        for spec in c['vms']:
+            config = {'cores': 2, 'memory': 2048, 'scsi0': 'local-lvm:vm-{0}-disk-0,size=32G'.format(spec['vmid'])}
+            if spec.get('tags'):
+                config['tags'] = spec['tags']
+            if spec.get('description'):
+                config['description'] = spec['description']
+            pve.add_vm(spec['vmid'], spec['name'], node=spec.get('node', 'pve1'),
+                       status=spec.get('status', 'stopped'), config=config)
+        return len(c['vms'])
+    if name == 'set_config':
+        vm = pve.vm(c['vmid'])
+        for key, val in c['config'].items():
+            if val is None:
+                vm.config.pop(key, None)
+            else:
+                vm.config[key] = val
+        if 'name' in c['config']:
+            vm.name = c['config']['name']
+        return vm.digest()
+    if name == 'set_status':
+        vm = pve.vm(c['vmid'])
+        vm.status = vm.qmpstatus = c['status']
+        return True
+    if name == 'fail':
+        pve.fail(c['method'], c['suffix'], status=c.get('status'), message=c.get('message'),
+                 error=c.get('error'), times=c.get('times'))
+        return True
+    if name == 'clear_failures':
+        pve.failures.clear()
+        return True
+    if name == 'lost_reply':
+        pve.lost_replies[(c['method'], c['suffix'])] = c.get('times', 1)
+        return True
+    if name == 'task_warnings':
+        pve.task_warnings[(c['method'], c['suffix'])] = c.get('times', 1)
+        return True
+    if name == 'flaky_network':
+        pve.flaky_network(drop_rate=c.get('drop_rate', 0.0), seed=c.get('seed'))
+        if c.get('seed') is not None:
+            pve._random.seed(c['seed'])
+        return True
+    if name == 'lose_quorum':
+        pve.lose_quorum()
+        return True
+    if name == 'regain_quorum':
+        pve.regain_quorum()
+        return True
+    if name == 'node_offline':
+        pve.set_node_offline(c['node'], c.get('offline', True))
+        return True
+    if name == 'lock':
+        # A lock left on the VM, as a running backup (or an interrupted clone) leaves it.
+        pve.snapshot_lock(c['vmid'], c['lock'])
+        return True
+    if name == 'unlock':
+        pve.unlock(c['vmid'])
+        return True
+    if name == 'grant':
+        pve.grant(c['user'], c['path'], *c['privs'])
+        return True
+    if name == 'add_node':
+        pve.add_node(c['node'])
+        return True
+    if name == 'storage':
+        pve.storages.setdefault(c['storage'], {'type': 'lvmthin', 'active': 1, 'content': 'images,rootdir',
+                                              'files': set()}).update(c.get('options', {}))
+        return True
+    raise ValueError('unknown command {0!r}'.format(name))
+
+
+def template_config(vmid):
+    # A Talos nocloud template as an operator builds it: one disk, a cloud-init drive, a NIC.
+    return {'cores': 2, 'memory': 2048, 'ostype': 'l26', 'scsihw': 'virtio-scsi-pci',
+            'scsi0': 'local-lvm:base-{0}-disk-0,size=10G'.format(vmid),
+            'ide2': 'local-lvm:vm-{0}-cloudinit,media=cdrom'.format(vmid),
+            'net0': 'virtio=BC:24:11:AA:BB:CC,bridge=vmbr0', 'boot': 'order=scsi0', 'template': 1}
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--cert', required=True)
+    ap.add_argument('--key', required=True)
+    ap.add_argument('--token', action='append', default=[], help="'user@realm!id=secret'")
+    ap.add_argument('--template', action='append', default=[], help="'vmid@node' (default 9000@pve1)")
+    ap.add_argument('--node', action='append', default=[])
+    ap.add_argument('--time-scale', type=float, default=0.0)
+    args = ap.parse_args()
+
+    pve = KilnPve(user='root@pam', password='kiln-test-only', host='127.0.0.1', port=0)
+    pve.time_scale = args.time_scale
+    for node in args.node:
+        pve.add_node(node)
+    for tok in args.token:
+        tokenid, _, secret = tok.partition('=')
+        pve.apitokens[tokenid] = secret
+    for spec in args.template or ['9000@pve1']:
+        vmid, _, node = spec.partition('@')
+        vmid = int(vmid)
+        pve.add_vm(vmid, 'talos-template-{0}'.format(vmid), node=node or 'pve1', template=True,
+                   config=template_config(vmid))
+        store = pve.storages['local-lvm'].setdefault('volumes', {})
+        store['base-{0}-disk-0'.format(vmid)] = {'content': 'images', 'format': 'raw', 'size': 10 * GIB,
+                                                 'vmid': vmid, 'ctime': 0}
+    await pve.start(args.cert, args.key)
+    print('READY {0}'.format(pve.port), flush=True)
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        try:
+            out = {'ok': await command(pve, json.loads(line))}
+        except Exception as e:  # noqa: BLE001 - the test reads the message
+            out = {'error': '{0}: {1}'.format(type(e).__name__, e)}
+        print(json.dumps(out, default=str), flush=True)
+    await pve.stop()
+
+
+if __name__ == '__main__':
+    asyncio.run(main())

@@ -1,0 +1,714 @@
+//! The PVE API adapter of [`ProxmoxPort`]: crash-safe lifecycle steps, each decided from what
+//! Proxmox says now, so a crash or a lost reply at any point converges on the next call.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use super::client::{Api, retry};
+use super::error::ProxmoxError;
+use super::inventory::Inventory;
+use super::ownership::{self, Verdict, VmIdentity};
+use super::preflight::{self, PreflightScope};
+use super::task::{self, TaskOutcome};
+use super::vmconfig::{BOOT_DISK, VmSpec, drive_size_bytes};
+use super::{Created, OwnedVm, PendingChanges, ProxmoxPort, Resized};
+use crate::config::ProxmoxConfig;
+
+type Config = Map<String, Value>;
+
+/// What sits at a VMID kiln wants.
+enum Slot {
+    Empty,
+    /// kiln's clone still copying disks (lock `clone`): waited for, never repeated.
+    CloneRunning,
+    HalfMade,
+    Owned,
+}
+
+pub struct PveAdapter {
+    api: Api,
+    task_timeout: Duration,
+    shutdown_timeout: Duration,
+    clones: Option<Arc<Semaphore>>,
+}
+
+fn text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(if *b { "1" } else { "0" }.into()),
+        _ => None,
+    }
+}
+
+impl PveAdapter {
+    pub fn from_config(cfg: &ProxmoxConfig) -> Result<Self, ProxmoxError> {
+        Ok(Self::new(
+            Api::from_config(cfg)?,
+            cfg.task_timeout,
+            cfg.shutdown_timeout,
+            cfg.max_parallel_clones,
+        ))
+    }
+
+    pub fn new(
+        api: Api,
+        task_timeout: Duration,
+        shutdown_timeout: Duration,
+        max_parallel_clones: u32,
+    ) -> Self {
+        Self {
+            api,
+            task_timeout,
+            shutdown_timeout,
+            clones: (max_parallel_clones > 0)
+                .then(|| Arc::new(Semaphore::new(max_parallel_clones as usize))),
+        }
+    }
+
+    /// Names every missing privilege before anything changes (DESIGN.md §3).
+    pub async fn preflight(&self, scope: &PreflightScope) -> Result<(), ProxmoxError> {
+        let mut scope = scope.clone();
+        // Reading the datacenter options needs Sys.Audit, itself checked below: without it, assume
+        // the stricter tag policy rather than stop before naming everything missing.
+        let options = match self.api.get("/cluster/options", &[]).await {
+            Ok(o) => o,
+            Err(ProxmoxError::Permission { .. }) => Value::Null,
+            Err(e) => return Err(e),
+        };
+        scope.tags_free = options
+            .get("user-tag-access")
+            .and_then(|u| u.get("user-allow"))
+            .and_then(Value::as_str)
+            == Some("free");
+        let held = preflight::parse_held(&self.api.get("/access/permissions", &[]).await?);
+        let missing = preflight::missing(&held, &preflight::required(&scope));
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(ProxmoxError::MissingPrivileges(missing))
+        }
+    }
+
+    fn vm_path(node: &str, vmid: u32) -> String {
+        format!("/nodes/{node}/qemu/{vmid}")
+    }
+
+    /// The VM's configuration, or `None` when there is no VM with that id on the node.
+    async fn read_config(&self, node: &str, vmid: u32) -> Result<Option<Config>, ProxmoxError> {
+        match self
+            .api
+            .get(&format!("{}/config", Self::vm_path(node, vmid)), &[])
+            .await
+        {
+            Ok(Value::Object(m)) => Ok(Some(m)),
+            Ok(other) => Err(ProxmoxError::Protocol(format!("config of {vmid}: {other}"))),
+            Err(ProxmoxError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn is_running(&self, node: &str, vmid: u32) -> Result<bool, ProxmoxError> {
+        let st = self
+            .api
+            .get(
+                &format!("{}/status/current", Self::vm_path(node, vmid)),
+                &[],
+            )
+            .await?;
+        match st.get("status").and_then(Value::as_str) {
+            Some("running") | Some("paused") => Ok(true),
+            Some("stopped") => Ok(false),
+            other => Err(ProxmoxError::Protocol(format!(
+                "VM {vmid} status {other:?} is neither running nor stopped"
+            ))),
+        }
+    }
+
+    /// Reads the VM again and proves ownership again: the check right before a modifying call.
+    async fn reverify(
+        &self,
+        id: &VmIdentity,
+        node: &str,
+    ) -> Result<(OwnedVm, Config), ProxmoxError> {
+        let vmid = id.vmid.get();
+        let cfg = self
+            .read_config(node, vmid)
+            .await?
+            .ok_or_else(|| ProxmoxError::NotFound(format!("VM {vmid} on {node}")))?;
+        let running = self.is_running(node, vmid).await?;
+        let owned = OwnedVm::verify(id, node, &cfg, running)?;
+        Ok((owned, cfg))
+    }
+
+    async fn wait(&self, data: Value) -> Result<TaskOutcome, ProxmoxError> {
+        let upid = task::upid_of(&data)?;
+        task::wait(&self.api, &upid, self.task_timeout).await
+    }
+
+    /// A POST (or DELETE) that must not be repeated blindly: before every try, `done` looks at
+    /// Proxmox (re-checking ownership); only when the goal is not reached yet is the call sent.
+    async fn act<F, Fut>(
+        &self,
+        method: Method,
+        path: &str,
+        params: &[(&str, String)],
+        vmid: u32,
+        done: F,
+    ) -> Result<Option<TaskOutcome>, ProxmoxError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<bool, ProxmoxError>>,
+    {
+        let policy = self.api.retry;
+        let mut n = 0;
+        loop {
+            if done().await? {
+                return Ok(None);
+            }
+            let result = match self
+                .api
+                .call(method.clone(), path, params, Some(vmid))
+                .await
+            {
+                Ok(data) => self.wait(data).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(outcome) => return Ok(Some(outcome)),
+                Err(e) if e.is_transient() && n + 1 < policy.attempts => {
+                    tracing::warn!(%path, error = %e, "no result; looking again before repeating");
+                    tokio::time::sleep(policy.delay(n)).await;
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn slot(&self, id: &VmIdentity) -> Result<Slot, ProxmoxError> {
+        let vmid = id.vmid.get();
+        let Some(cfg) = self.read_config(&id.pve_node, vmid).await? else {
+            return Ok(Slot::Empty);
+        };
+        match ownership::judge(id, &cfg) {
+            Verdict::Owned => Ok(Slot::Owned),
+            Verdict::HalfMade => {
+                if text(cfg.get("lock")).as_deref() == Some("clone") {
+                    return Ok(Slot::CloneRunning);
+                }
+                if self.is_running(&id.pve_node, vmid).await? {
+                    // Tags are set before the first start: a running VM without them was changed
+                    // by a person.
+                    return Err(ProxmoxError::Foreign {
+                        vmid,
+                        reason: "running with kiln's marker but without its tags: changed by a \
+                                 person, not adopted"
+                            .into(),
+                    });
+                }
+                Ok(Slot::HalfMade)
+            }
+            Verdict::Foreign(reason) => Err(ProxmoxError::Foreign { vmid, reason }),
+            Verdict::Mismatched(reason) => Err(ProxmoxError::Mismatched { vmid, reason }),
+        }
+    }
+
+    async fn clone_vm(
+        &self,
+        spec: &VmSpec,
+        template_node: &str,
+    ) -> Result<Option<TaskOutcome>, ProxmoxError> {
+        let id = &spec.id;
+        let mut params = vec![
+            ("newid", id.vmid.get().to_string()),
+            ("name", id.name.clone()),
+            // The marker goes in with the clone itself: a VM left by a crash right after this call
+            // still proves it is kiln's half-made VM.
+            ("description", spec.description()),
+            ("full", "1".into()),
+            ("storage", spec.storage.clone()),
+        ];
+        if template_node != id.pve_node {
+            params.push(("target", id.pve_node.clone()));
+        }
+        if let Some(pool) = &spec.pool {
+            params.push(("pool", pool.clone()));
+        }
+        let _permit = match &self.clones {
+            Some(s) => Some(
+                s.acquire()
+                    .await
+                    .map_err(|e| ProxmoxError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let path = format!(
+            "{}/clone",
+            Self::vm_path(template_node, spec.template.get())
+        );
+        let policy = self.api.retry;
+        let mut n = 0;
+        let mut clone_wait = None;
+        loop {
+            match self.slot(id).await? {
+                Slot::Empty => {}
+                Slot::CloneRunning => {
+                    // Someone's clone (ours, from before a crash) is still copying: wait, never
+                    // clone again, for as long as a task may take.
+                    let deadline = *clone_wait
+                        .get_or_insert_with(|| tokio::time::Instant::now() + self.task_timeout);
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ProxmoxError::TaskTimeout {
+                            upid: format!("clone to {}", id.vmid.get()),
+                            seconds: self.task_timeout.as_secs(),
+                        });
+                    }
+                    tokio::time::sleep(policy.delay(3)).await;
+                    continue;
+                }
+                Slot::HalfMade | Slot::Owned => return Ok(None),
+            }
+            let result = match self
+                .api
+                .call(Method::POST, &path, &params, Some(id.vmid.get()))
+                .await
+            {
+                Ok(data) => self.wait(data).await.map(Some),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if e.is_transient() && n + 1 < policy.attempts => {
+                    tracing::warn!(vmid = id.vmid.get(), error = %e, "clone failed or unanswered; observing before any repeat");
+                    tokio::time::sleep(policy.delay(n)).await;
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes whatever of the wanted config differs, with the digest just read; converges after lost
+    /// replies and concurrent changes by reading again.
+    async fn configure(&self, spec: &VmSpec) -> Result<(), ProxmoxError> {
+        let id = &spec.id;
+        let vmid = id.vmid.get();
+        let policy = self.api.retry;
+        let mut n = 0;
+        loop {
+            let cfg = self
+                .read_config(&id.pve_node, vmid)
+                .await?
+                .ok_or_else(|| ProxmoxError::NotFound(format!("VM {vmid} vanished")))?;
+            match ownership::judge(id, &cfg) {
+                Verdict::Owned => {}
+                Verdict::HalfMade => {
+                    if self.is_running(&id.pve_node, vmid).await? {
+                        return Err(ProxmoxError::Foreign {
+                            vmid,
+                            reason: "running without kiln's tags: changed by a person".into(),
+                        });
+                    }
+                }
+                Verdict::Foreign(reason) => return Err(ProxmoxError::Foreign { vmid, reason }),
+                Verdict::Mismatched(reason) => {
+                    return Err(ProxmoxError::Mismatched { vmid, reason });
+                }
+            }
+            if let Some(lock) = text(cfg.get("lock")) {
+                return Err(ProxmoxError::Locked { vmid, lock });
+            }
+            let mut diff: Vec<(&str, String)> = spec
+                .config_params()
+                .into_iter()
+                .filter(|(k, want)| text(cfg.get(*k)).as_deref() != Some(want.as_str()))
+                .collect();
+            if diff.is_empty() {
+                return Ok(());
+            }
+            diff.push(("digest", text(cfg.get("digest")).unwrap_or_default()));
+            let path = format!("{}/config", Self::vm_path(&id.pve_node, vmid));
+            match self.api.call(Method::PUT, &path, &diff, Some(vmid)).await {
+                Ok(_) => {}
+                Err(e)
+                    if (e.is_transient() || matches!(e, ProxmoxError::Conflict(_)))
+                        && n + 1 < policy.attempts =>
+                {
+                    tracing::warn!(vmid, error = %e, "config write unconfirmed; reading back");
+                    tokio::time::sleep(policy.delay(n)).await;
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn grow_disk(
+        &self,
+        id: &VmIdentity,
+        node: &str,
+        want_gib: u32,
+    ) -> Result<bool, ProxmoxError> {
+        let vmid = id.vmid.get();
+        let want = u64::from(want_gib) << 30;
+        let grown = retry(self.api.retry, "disk resize", || async {
+            let (_owned, cfg) = self.reverify(id, node).await?;
+            let drive = text(cfg.get(BOOT_DISK))
+                .ok_or_else(|| ProxmoxError::Protocol(format!("VM {vmid} has no {BOOT_DISK}")))?;
+            let have = drive_size_bytes(&drive).unwrap_or(0);
+            if have > want {
+                return Err(ProxmoxError::ShrinkRefused {
+                    vmid,
+                    disk: BOOT_DISK.into(),
+                    have,
+                    want,
+                });
+            }
+            if have == want {
+                return Ok(false);
+            }
+            let params = [
+                ("disk", BOOT_DISK.to_owned()),
+                ("size", format!("{want_gib}G")),
+                ("digest", text(cfg.get("digest")).unwrap_or_default()),
+            ];
+            let data = self
+                .api
+                .call(
+                    Method::PUT,
+                    &format!("{}/resize", Self::vm_path(node, vmid)),
+                    &params,
+                    Some(vmid),
+                )
+                .await
+                .map_err(|e| match e {
+                    // Absolute size: repeating is harmless, so a lost reply is just transient.
+                    ProxmoxError::Conflict(m) => ProxmoxError::Transport(m),
+                    other => other,
+                })?;
+            self.wait(data).await?;
+            Ok(true)
+        })
+        .await?;
+        Ok(grown)
+    }
+
+    async fn power(
+        &self,
+        vm: &OwnedVm,
+        action: &str,
+        want_running: bool,
+    ) -> Result<Option<TaskOutcome>, ProxmoxError> {
+        let id = vm.identity().clone();
+        let node = vm.pve_node().to_owned();
+        let vmid = vm.vmid();
+        let mut params = Vec::new();
+        if action == "shutdown" {
+            params.push((
+                "timeout",
+                self.shutdown_timeout.as_secs().max(1).to_string(),
+            ));
+        }
+        let path = format!("{}/status/{action}", Self::vm_path(&node, vmid));
+        let result = self
+            .act(Method::POST, &path, &params, vmid, || {
+                let id = id.clone();
+                let node = node.clone();
+                async move {
+                    let (owned, _) = self.reverify(&id, &node).await?;
+                    Ok(owned.running() == want_running)
+                }
+            })
+            .await;
+        match result {
+            // Starting a running VM (or stopping a stopped one) is what was wanted.
+            Err(
+                ProxmoxError::TaskFailed { status, .. }
+                | ProxmoxError::Api {
+                    message: status, ..
+                },
+            ) if status.contains("already running") || status.contains("not running") => Ok(None),
+            other => other,
+        }
+    }
+
+    async fn create_inner(
+        &self,
+        spec: &VmSpec,
+        template_node: &str,
+    ) -> Result<Created, ProxmoxError> {
+        let id = &spec.id;
+        let mut warnings = Vec::new();
+        let adopted = match self.slot(id).await? {
+            Slot::Empty | Slot::CloneRunning => {
+                if matches!(self.slot(id).await?, Slot::Empty) {
+                    self.check_template(spec, template_node).await?;
+                }
+                let outcome = self.clone_vm(spec, template_node).await?;
+                // No clone task of ours finished: the VM we found is the one an unanswered clone made.
+                let adopted = outcome.is_none();
+                warnings.extend(outcome.filter(|o| *o != TaskOutcome::Ok));
+                adopted
+            }
+            Slot::HalfMade => true,
+            Slot::Owned => false,
+        };
+        if adopted {
+            tracing::info!("adopting a half-made VM (clone done, configuration not)");
+        }
+        self.configure(spec).await?;
+        self.grow_disk(id, &id.pve_node, spec.resources.disk_gib)
+            .await?;
+        let (owned, _) = self.reverify(id, &id.pve_node).await?;
+        let started = self.power(&owned, "start", true).await?;
+        warnings.extend(started.filter(|o| *o != TaskOutcome::Ok));
+        let (vm, _) = self.reverify(id, &id.pve_node).await?;
+        Ok(Created {
+            vm,
+            adopted,
+            warnings,
+        })
+    }
+}
+
+#[async_trait]
+impl ProxmoxPort for PveAdapter {
+    async fn observe(&self) -> Result<Inventory, ProxmoxError> {
+        let params = [("type", "vm".to_owned())];
+        let body = retry(self.api.retry, "/cluster/resources", || {
+            self.api
+                .call_raw(Method::GET, "/cluster/resources", &params, None)
+        })
+        .await?;
+        Inventory::from_listing_json(&body)
+    }
+
+    async fn check_template(&self, spec: &VmSpec, template_node: &str) -> Result<(), ProxmoxError> {
+        let t = spec.template.get();
+        let cfg = self.read_config(template_node, t).await?.ok_or_else(|| {
+            ProxmoxError::Config(format!("template {t} not found on {template_node}"))
+        })?;
+        if text(cfg.get("template")).as_deref() != Some("1") {
+            return Err(ProxmoxError::Config(format!("VM {t} is not a template")));
+        }
+        if !cfg
+            .values()
+            .any(|v| v.as_str().is_some_and(|s| s.contains("cloudinit")))
+        {
+            return Err(ProxmoxError::Config(format!(
+                "template {t} has no cloud-init drive: kiln's network settings would never reach the VM"
+            )));
+        }
+        if template_node != spec.id.pve_node {
+            let st = self
+                .api
+                .get(&format!("/storage/{}", spec.storage), &[])
+                .await?;
+            if text(st.get("shared")).as_deref() != Some("1") {
+                return Err(ProxmoxError::Config(format!(
+                    "VM {} goes to {} but template {t} is on {template_node} and storage {} is not \
+                     shared: give a template per node (`template: {{{}: <vmid>}}`)",
+                    spec.id.name, spec.id.pve_node, spec.storage, spec.id.pve_node
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn claim(&self, id: &VmIdentity) -> Result<OwnedVm, ProxmoxError> {
+        Ok(self.reverify(id, &id.pve_node).await?.0)
+    }
+
+    async fn pending(&self, vm: &OwnedVm) -> Result<PendingChanges, ProxmoxError> {
+        let data = self
+            .api
+            .get(
+                &format!("{}/pending", Self::vm_path(vm.pve_node(), vm.vmid())),
+                &[],
+            )
+            .await?;
+        let mut out = PendingChanges::default();
+        for e in data.as_array().into_iter().flatten() {
+            let Some(key) = e.get("key").and_then(Value::as_str) else {
+                continue;
+            };
+            if e.get("delete")
+                .is_some_and(|d| text(Some(d)).as_deref() == Some("1"))
+            {
+                out.keys.insert(key.to_owned(), None);
+            } else if let Some(p) = text(e.get("pending"))
+                && text(e.get("value")).as_deref() != Some(p.as_str())
+            {
+                out.keys.insert(key.to_owned(), Some(p));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create(&self, spec: &VmSpec, template_node: &str) -> Result<Created, ProxmoxError> {
+        let id = &spec.id;
+        let span = tracing::info_span!("proxmox_create", cluster = %id.cluster, vm = %id.name, vmid = id.vmid.get());
+        self.create_inner(spec, template_node)
+            .instrument(span)
+            .await
+    }
+
+    async fn resize(&self, vm: &OwnedVm, spec: &VmSpec) -> Result<Resized, ProxmoxError> {
+        let span = tracing::info_span!("proxmox_resize", cluster = %vm.identity().cluster, vmid = vm.vmid());
+        async move {
+            let id = vm.identity();
+            let node = vm.pve_node();
+            let vmid = vm.vmid();
+            let (owned, cfg) = self.reverify(id, node).await?;
+            let pending = self.pending(&owned).await?;
+            let want = [
+                ("cores", spec.resources.cores.to_string()),
+                ("memory", spec.memory_mib().to_string()),
+            ];
+            // What the next start will run with: the pending value, else the current one.
+            let next = |k: &str| {
+                pending
+                    .keys
+                    .get(k)
+                    .cloned()
+                    .flatten()
+                    .or_else(|| text(cfg.get(k)))
+            };
+            let writes: Vec<(&str, String)> = want
+                .iter()
+                .filter(|(k, v)| next(k).as_deref() != Some(v.as_str()))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            if !writes.is_empty() {
+                let mut params = writes;
+                params.push(("digest", owned.digest().to_owned()));
+                self.api
+                    .call(
+                        Method::PUT,
+                        &format!("{}/config", Self::vm_path(node, vmid)),
+                        &params,
+                        Some(vmid),
+                    )
+                    .await?;
+            }
+            let disk_grown = self.grow_disk(id, node, spec.resources.disk_gib).await?;
+            let (vm, _) = self.reverify(id, node).await?;
+            let pending = self.pending(&vm).await?;
+            let needs_reboot = vm.running()
+                && (pending.keys.contains_key("cores") || pending.keys.contains_key("memory"));
+            Ok(Resized {
+                vm,
+                needs_reboot,
+                disk_grown,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn reboot(&self, vm: &OwnedVm) -> Result<OwnedVm, ProxmoxError> {
+        let span = tracing::info_span!("proxmox_reboot", cluster = %vm.identity().cluster, vmid = vm.vmid());
+        async move {
+            let id = vm.identity().clone();
+            let node = vm.pve_node().to_owned();
+            let vmid = vm.vmid();
+            let path = format!("{}/status/reboot", Self::vm_path(&node, vmid));
+            let params = [(
+                "timeout",
+                self.shutdown_timeout.as_secs().max(1).to_string(),
+            )];
+            // Done once the VM runs with nothing pending: that is what the reboot is for, and it makes
+            // a reboot whose reply was lost safe to judge.
+            self.act(Method::POST, &path, &params, vmid, || {
+                let id = id.clone();
+                let node = node.clone();
+                async move {
+                    let (owned, _) = self.reverify(&id, &node).await?;
+                    let pending = self.pending(&owned).await?;
+                    Ok(owned.running() && pending.is_empty())
+                }
+            })
+            .await?;
+            Ok(self.reverify(&id, &node).await?.0)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn start(&self, vm: &OwnedVm) -> Result<OwnedVm, ProxmoxError> {
+        let span = tracing::info_span!("proxmox_start", cluster = %vm.identity().cluster, vmid = vm.vmid());
+        async move {
+            self.power(vm, "start", true).await?;
+            Ok(self.reverify(vm.identity(), vm.pve_node()).await?.0)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn shutdown(&self, vm: &OwnedVm) -> Result<OwnedVm, ProxmoxError> {
+        let span = tracing::info_span!("proxmox_shutdown", cluster = %vm.identity().cluster, vmid = vm.vmid());
+        async move {
+            match self.power(vm, "shutdown", false).await {
+                Ok(_) => {}
+                // A guest that ignores ACPI: the shutdown task fails at its timeout; stop it hard.
+                Err(ProxmoxError::TaskFailed { .. } | ProxmoxError::TaskTimeout { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let (owned, _) = self.reverify(vm.identity(), vm.pve_node()).await?;
+            if owned.running() {
+                tracing::warn!(vmid = owned.vmid(), "graceful shutdown timed out; stopping");
+                self.power(&owned, "stop", false).await?;
+            }
+            Ok(self.reverify(vm.identity(), vm.pve_node()).await?.0)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn destroy(&self, vm: OwnedVm) -> Result<(), ProxmoxError> {
+        let span = tracing::info_span!("proxmox_destroy", cluster = %vm.identity().cluster, vmid = vm.vmid());
+        async move {
+            let vm = self.shutdown(&vm).await?;
+            let id = vm.identity().clone();
+            let node = vm.pve_node().to_owned();
+            let vmid = vm.vmid();
+            let path = Self::vm_path(&node, vmid);
+            let params = [
+                ("purge", "1".to_owned()),
+                ("destroy-unreferenced-disks", "1".to_owned()),
+            ];
+            self.act(Method::DELETE, &path, &params, vmid, || {
+                let id = id.clone();
+                let node = node.clone();
+                async move {
+                    match self.read_config(&node, vmid).await? {
+                        None => Ok(true),
+                        Some(cfg) => {
+                            // Still there: it must still be ours before the (repeated) delete.
+                            OwnedVm::verify(&id, &node, &cfg, false)?;
+                            Ok(false)
+                        }
+                    }
+                }
+            })
+            .await?;
+            // A VM leaves kiln's records only once Proxmox confirms it is gone.
+            match self.read_config(&node, vmid).await? {
+                None => Ok(()),
+                Some(_) => Err(ProxmoxError::Protocol(format!(
+                    "VM {vmid} still exists after its destroy task"
+                ))),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}

@@ -1,0 +1,300 @@
+//! The typed view of one `GET /cluster/resources?type=vm` (DESIGN.md §3 "Observe cheaply"). Pure, so
+//! the same classification serves the API adapter, the simulator and the benchmark.
+//!
+//! The listing has tags and names but no description, so the marker is not visible here: an untagged,
+//! stopped VM with a kiln node's name is only a *candidate* half-made VM; adopting it re-reads its
+//! config and checks the marker first.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::error::ProxmoxError;
+use super::ownership::{
+    TAG_CLUSTER_PREFIX, TAG_KILN, TAG_ROLE_PREFIX, has_kiln_tags, parse_tags, parse_vm_name,
+    vmid_matches_number,
+};
+use crate::spec::Role;
+
+/// Power state as the listing reports it. `Unknown` (a node that stopped reporting, or a missing
+/// field) is never read as stopped or absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerState {
+    Running,
+    Stopped,
+    Paused,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KilnNodeRef {
+    pub cluster: String,
+    pub number: u32,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// kiln's tags, consistent with the name and VMID (the marker is checked before any write).
+    Kiln(KilnNodeRef),
+    /// Stopped, no tags, a kiln node's name: possibly kiln's clone whose configuration never ran.
+    HalfMade(KilnNodeRef),
+    /// kiln-tagged, but tags, name and VMID disagree: reported, never touched.
+    Mismatched { reason: String },
+    /// Anything else, templates included.
+    Foreign { reason: String },
+}
+
+/// Sizes as the listing reports them (`None`: not reported, i.e. unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListedSize {
+    pub cores: Option<u32>,
+    pub memory_bytes: Option<u64>,
+    pub disk_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedVm {
+    pub vmid: u32,
+    pub pve_node: String,
+    pub name: String,
+    pub status: PowerState,
+    pub template: bool,
+    pub lock: Option<String>,
+    pub size: ListedSize,
+    pub ownership: Ownership,
+}
+
+/// One observation of every QEMU VM, keyed by VMID.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    vms: BTreeMap<u32, ObservedVm>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    data: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    vmid: Option<u32>,
+    node: Option<String>,
+    name: Option<String>,
+    status: Option<String>,
+    tags: Option<String>,
+    template: Option<u8>,
+    lock: Option<String>,
+    maxcpu: Option<f64>,
+    maxmem: Option<u64>,
+    maxdisk: Option<u64>,
+}
+
+impl Inventory {
+    /// Parses the body of `GET /cluster/resources?type=vm` (the `{"data": [...]}` envelope).
+    pub fn from_listing_json(body: &[u8]) -> Result<Self, ProxmoxError> {
+        let env: Envelope = serde_json::from_slice(body)
+            .map_err(|e| ProxmoxError::Protocol(format!("/cluster/resources: {e}")))?;
+        let mut vms = BTreeMap::new();
+        for e in env.data {
+            // Containers share the listing; kiln only makes QEMU VMs.
+            if e.kind.as_deref() != Some("qemu") {
+                continue;
+            }
+            let Some(vmid) = e.vmid else { continue };
+            let vm = classify(vmid, e);
+            vms.insert(vmid, vm);
+        }
+        Ok(Self { vms })
+    }
+
+    pub fn from_vms(list: impl IntoIterator<Item = ObservedVm>) -> Self {
+        Self {
+            vms: list.into_iter().map(|v| (v.vmid, v)).collect(),
+        }
+    }
+
+    pub fn get(&self, vmid: u32) -> Option<&ObservedVm> {
+        self.vms.get(&vmid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ObservedVm> {
+        self.vms.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.vms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vms.is_empty()
+    }
+
+    /// kiln's VMs of one cluster, by node number.
+    pub fn cluster(&self, name: &str) -> BTreeMap<u32, &ObservedVm> {
+        self.vms
+            .values()
+            .filter_map(|vm| match &vm.ownership {
+                Ownership::Kiln(r) if r.cluster == name => Some((r.number, vm)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// VMs kiln reports and never touches: kiln-tagged but inconsistent.
+    pub fn mismatched(&self) -> impl Iterator<Item = &ObservedVm> {
+        self.vms
+            .values()
+            .filter(|vm| matches!(vm.ownership, Ownership::Mismatched { .. }))
+    }
+
+    /// Where a template lives (a per-node template or a shared one).
+    pub fn template_node(&self, vmid: u32) -> Option<&str> {
+        self.vms
+            .get(&vmid)
+            .filter(|vm| vm.template)
+            .map(|vm| vm.pve_node.as_str())
+    }
+}
+
+fn power(status: Option<&str>) -> PowerState {
+    match status {
+        Some("running") => PowerState::Running,
+        Some("stopped") => PowerState::Stopped,
+        Some("paused") | Some("suspended") => PowerState::Paused,
+        _ => PowerState::Unknown,
+    }
+}
+
+fn classify(vmid: u32, e: Entry) -> ObservedVm {
+    let name = e.name.unwrap_or_default();
+    let status = power(e.status.as_deref());
+    let template = e.template == Some(1);
+    let tags = parse_tags(e.tags.as_deref().unwrap_or(""));
+    let ownership = if template {
+        Ownership::Foreign {
+            reason: "a template".into(),
+        }
+    } else if has_kiln_tags(&tags) {
+        tagged(vmid, &name, &tags)
+    } else {
+        match parse_vm_name(&name) {
+            Some((cluster, role, number))
+                if status == PowerState::Stopped && vmid_matches_number(vmid, number) =>
+            {
+                Ownership::HalfMade(KilnNodeRef {
+                    cluster: cluster.to_owned(),
+                    number,
+                    role,
+                })
+            }
+            Some(_) if status == PowerState::Running => Ownership::Foreign {
+                reason: format!(
+                    "`{name}` is running without kiln's tags: changed by a person, not adopted"
+                ),
+            },
+            _ => Ownership::Foreign {
+                reason: "no kiln tags".into(),
+            },
+        }
+    };
+    ObservedVm {
+        vmid,
+        pve_node: e.node.unwrap_or_default(),
+        name,
+        status,
+        template,
+        lock: e.lock.filter(|l| !l.is_empty()),
+        size: ListedSize {
+            cores: e.maxcpu.map(|c| c as u32),
+            memory_bytes: e.maxmem,
+            disk_bytes: e.maxdisk,
+        },
+        ownership,
+    }
+}
+
+fn tagged(vmid: u32, name: &str, tags: &std::collections::BTreeSet<String>) -> Ownership {
+    let clusters: Vec<&str> = tags
+        .iter()
+        .filter_map(|t| t.strip_prefix(TAG_CLUSTER_PREFIX))
+        .collect();
+    let roles: Vec<&str> = tags
+        .iter()
+        .filter_map(|t| t.strip_prefix(TAG_ROLE_PREFIX))
+        .collect();
+    let mismatched = |reason: String| Ownership::Mismatched { reason };
+    if !tags.contains(TAG_KILN) || clusters.len() != 1 || roles.len() != 1 {
+        return mismatched(format!("incomplete or ambiguous kiln tags {tags:?}"));
+    }
+    let Some((cluster, role, number)) = parse_vm_name(name) else {
+        return mismatched(format!("kiln-tagged, but `{name}` is not a kiln node name"));
+    };
+    if cluster != clusters[0] {
+        return mismatched(format!(
+            "name says cluster `{cluster}`, tags say `{}`",
+            clusters[0]
+        ));
+    }
+    if role.as_str() != roles[0] {
+        return mismatched(format!("name says {role}, tags say {}", roles[0]));
+    }
+    if !vmid_matches_number(vmid, number) {
+        return mismatched(format!(
+            "VMID {vmid} does not end with node number {number}"
+        ));
+    }
+    Ownership::Kiln(KilnNodeRef {
+        cluster: cluster.to_owned(),
+        number,
+        role,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_each_kind() {
+        let body = br#"{"data":[
+          {"type":"qemu","vmid":401,"node":"pve1","name":"prod-cp-1","status":"running","template":0,
+           "tags":"kiln;kiln-cluster-prod;kiln-role-controlplane","maxcpu":4,"maxmem":8589934592,"maxdisk":1},
+          {"type":"qemu","vmid":402,"node":"pve1","name":"prod-cp-2","status":"stopped","template":0},
+          {"type":"qemu","vmid":403,"node":"pve1","name":"prod-cp-3","status":"running","template":0},
+          {"type":"qemu","vmid":404,"node":"pve2","name":"prod-wk-4","status":"unknown","template":0,
+           "tags":"kiln;kiln-cluster-other;kiln-role-worker"},
+          {"type":"qemu","vmid":9000,"node":"pve1","name":"talos","status":"stopped","template":1},
+          {"type":"lxc","vmid":500,"node":"pve1","name":"ct","status":"running"},
+          {"type":"qemu","vmid":405,"node":"pve2","name":"prod-wk-5","template":0,
+           "tags":"kiln;kiln-cluster-prod;kiln-role-worker"}
+        ]}"#;
+        let inv = Inventory::from_listing_json(body).unwrap();
+        assert_eq!(inv.len(), 6, "the container is not kiln's business");
+        assert!(matches!(inv.get(401).unwrap().ownership, Ownership::Kiln(ref r) if r.number == 1));
+        assert_eq!(inv.get(401).unwrap().size.cores, Some(4));
+        assert!(matches!(
+            inv.get(402).unwrap().ownership,
+            Ownership::HalfMade(_)
+        ));
+        assert!(matches!(
+            inv.get(403).unwrap().ownership,
+            Ownership::Foreign { .. }
+        ));
+        assert!(matches!(
+            inv.get(404).unwrap().ownership,
+            Ownership::Mismatched { .. }
+        ));
+        assert_eq!(inv.get(404).unwrap().status, PowerState::Unknown);
+        assert_eq!(
+            inv.get(405).unwrap().status,
+            PowerState::Unknown,
+            "missing status is unknown"
+        );
+        assert_eq!(inv.template_node(9000), Some("pve1"));
+        assert_eq!(inv.cluster("prod").len(), 2);
+        assert_eq!(inv.mismatched().count(), 1);
+    }
+}
