@@ -594,6 +594,39 @@ token_file = "/run/credentials/kiln.service/vault-token"
         assert_eq!(c.argocd.vault.auth_path, "kubernetes");
     }
 
+    /// `examples/kiln.toml` is the reference operators read: it must parse, and it must mention
+    /// every key the config types accept (set, or commented out with its default).
+    #[test]
+    fn example_config_parses_and_documents_every_key() {
+        let example = include_str!("../examples/kiln.toml");
+        Config::parse(Path::new("examples/kiln.toml"), example).expect("the example parses");
+        let source = include_str!("config.rs");
+        let keys: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("pub "))
+            .filter_map(|l| l.split_once(':').map(|(k, _)| k))
+            .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        assert!(keys.len() > 40, "found only {keys:?}");
+        let missing: Vec<&&str> = keys
+            .iter()
+            .filter(|k| {
+                ![
+                    format!("\n{k} = "),
+                    format!("\n# {k} = "),
+                    format!("[{k}]"),
+                    format!(".{k}]"),
+                ]
+                .iter()
+                .any(|pattern| example.contains(pattern.as_str()))
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "examples/kiln.toml does not document {missing:?}"
+        );
+    }
+
     #[test]
     fn unknown_key_is_named() {
         let text = format!("{MINIMAL}\n[reconcile]\nconcurency = 3\n");
