@@ -185,7 +185,7 @@ struct Turn<'a> {
 impl<'a> Turn<'a> {
     fn say(&self, message: impl Into<String>) {
         let message = message.into();
-        tracing::info!(cluster = %self.name, "{message}");
+        tracing::info!("{message}");
         if let Some(tx) = &self.ctx.progress {
             let _ = tx.send(Progress {
                 cluster: self.name.clone(),
@@ -283,7 +283,7 @@ impl<'a> Turn<'a> {
     }
 
     async fn run(&mut self, action: &Action) -> StepResult {
-        let span = tracing::info_span!("action", cluster = %self.name, action = %action_key(action));
+        let span = tracing::info_span!("action", action = %action_key(action));
         async {
             match action {
                 Action::GenerateSecrets => self.generate_secrets().await,
@@ -1029,6 +1029,15 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     let execution = turn.execute(&plan.steps).await;
     if let Some(b) = &turn.bundle {
         record.cluster_uid = Some(b.cluster_uid.clone());
+    }
+    if matches!(execution, Execution::Complete)
+        && !plan.steps.is_empty()
+        && let Ok(identity) = turn.talos_identity()
+    {
+        // The steps moved the machines on: report the stages they ended at.
+        let all: Vec<&Node> = cluster.nodes.iter().collect();
+        let states = observe::talos_states(ctx.ports.talos.as_ref(), &identity, &all).await;
+        turn.stages = states.into_iter().map(|(n, (_, st))| (n, st)).collect();
     }
     status.nodes = node_statuses(cluster, &observed, &turn.stages, job.previous_status.as_ref());
     let max = ctx.settings.max_failures;
