@@ -939,9 +939,12 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     let mut status = base_status(&name, job.previous_status.as_ref());
     status.set_condition("SpecValid", true, "Valid", &job.path);
     let mut record = job.record.clone();
-    record.spec_text = job.text.clone();
-    record.path = job.path.clone();
     record.protected = cluster.spec.deletion_protection;
+    if record.applied_revision.is_none() {
+        // Until a first success, the newest text is the one kiln may have made VMs for.
+        record.spec_text = job.text.clone();
+        record.path = job.path.clone();
+    }
 
     let wanted: Vec<(u32, crate::spec::Vmid)> =
         cluster.nodes.iter().map(|n| (n.number, n.vmid)).collect();
@@ -1044,6 +1047,8 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     match execution {
         Execution::Complete => {
             record.applied_revision = Some(job.revision.clone());
+            record.spec_text = job.text.clone();
+            record.path = job.path.clone();
             status.phase = if plan.reports.iter().any(|r| r.starts_with("drift")) {
                 Phase::Degraded
             } else {
