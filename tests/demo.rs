@@ -1,0 +1,146 @@
+//! The simulated machine room (`sim::lab`) and the demo scaffolding (`kiln::demo`), against real parts:
+//! Talos nodes over real gRPC and TLS on loopback addresses (127.0.44.x, VIPs 127.0.45.x, so these tests
+//! never meet the demo's own 127.0.2.x or other suites' 127.0.10.x), the official Talos schemas, the
+//! `git` CLI and bare repositories on disk.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use kiln::sim::talos::validate::SchemaValidator;
+use kiln::sim::talos::{NodeSpec, SimOptions, SimTalos};
+use kiln::spec::{Cluster, ClusterDocument, Version};
+use kiln::talos::SecretsBundle;
+use kiln::talos::credentials::{self, TalosRole};
+use kiln::talos::grpc::{ClientIdentity, ClientOptions, GrpcTalos, NodeState, TalosPort};
+use time::OffsetDateTime;
+
+fn crate_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn schema_dir() -> PathBuf {
+    let dir = std::env::var_os("KILN_REFERENCE_SCHEMAS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate_root().join("../shared/schemas"));
+    assert!(
+        dir.join("talos/config-v1.13.schema.json").is_file(),
+        "the official Talos schemas are missing under {}/talos: set KILN_REFERENCE_SCHEMAS to the shared \
+         schemas folder (scripts/test does) or check out ../shared/schemas",
+        dir.display()
+    );
+    dir
+}
+
+fn sim_options() -> SimOptions {
+    SimOptions {
+        dump_dir: None,
+        validator: Some(Arc::new(SchemaValidator::new(schema_dir()))),
+    }
+}
+
+fn bundle() -> &'static SecretsBundle {
+    static B: OnceLock<SecretsBundle> = OnceLock::new();
+    B.get_or_init(|| SecretsBundle::generate().expect("bundle"))
+}
+
+fn admin() -> ClientIdentity {
+    let now = OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    let cert = credentials::mint_talos_client_cert(
+        &bundle().os_ca,
+        TalosRole::Admin,
+        now,
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    ClientIdentity::from_minted(bundle().os_ca.cert_pem(), &cert)
+}
+
+/// One control plane at `127.0.44.<last>`, VIP `127.0.45.<last>`.
+fn one_node_cluster(name: &str, last: u8) -> Cluster {
+    let yaml = format!(
+        "apiVersion: kiln.dev/v1alpha1\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n  proxmox:\n    \
+         node: pve1\n    template: 9000\n    storage: local-lvm\n    bridge: vmbr0\n    vmidPrefix: {prefix}\n  \
+         talos:\n    version: v1.13.9\n  kubernetes:\n    version: v1.34.1\n  network:\n    vip: 127.0.45.{last}\n    \
+         gateway: 127.0.44.254\n    prefixLength: 24\n    nameservers: [127.0.44.254]\n  controlPlane:\n    \
+         resources: {{cores: 2, memoryGiB: 4, diskGiB: 20}}\n    nodes:\n      - {{ip: 127.0.44.{last}}}\n",
+        prefix = 800 + u32::from(last)
+    );
+    let doc: ClusterDocument = serde_yaml::from_str(&yaml).expect("intent document");
+    Cluster::expand(&doc).expect("cluster expands")
+}
+
+fn config_for(cluster: &Cluster) -> String {
+    kiln::talos::config::render(
+        cluster,
+        &cluster.nodes[0],
+        bundle(),
+        "v1.13.9".parse::<Version>().unwrap(),
+    )
+    .expect("render")
+}
+
+fn talos() -> GrpcTalos {
+    GrpcTalos {
+        port: 50000,
+        options: ClientOptions {
+            connect_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(20),
+        },
+    }
+}
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 44, last])
+}
+
+fn addr(last: u8) -> SocketAddr {
+    SocketAddr::new(ip(last), 50000)
+}
+
+/// A power cycle must not undo an install: Talos lives on the VM's disk, so a configured machine that
+/// is switched off and on again comes back configured, while a fresh one comes back in maintenance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_node_survives_a_power_cycle_a_fresh_one_stays_in_maintenance() {
+    let cluster = one_node_cluster("powercycle", 1);
+    let mut sim = SimTalos::new(sim_options());
+    sim.boot_node(&NodeSpec {
+        addr: addr(1),
+        uuid: None,
+        version: None,
+    })
+    .expect("node boots on 127.0.44.1 (Linux routes all of 127/8)");
+    sim.boot_node(&NodeSpec {
+        addr: addr(2),
+        uuid: None,
+        version: None,
+    })
+    .unwrap();
+    let (t, id) = (talos(), admin());
+    t.apply_in_maintenance(ip(1), "", config_for(&cluster).as_bytes())
+        .await
+        .expect("config accepted");
+    assert!(
+        matches!(t.node_state(ip(1), &id).await, NodeState::Configured(_)),
+        "configured after apply"
+    );
+
+    for last in [1, 2] {
+        sim.set_powered(addr(last), false).unwrap();
+        assert!(
+            matches!(
+                t.node_state(ip(last), &id).await,
+                NodeState::Unreachable { .. }
+            ),
+            "node {last} powered off answers nothing"
+        );
+        sim.set_powered(addr(last), true).unwrap();
+    }
+    assert!(
+        matches!(t.node_state(ip(1), &id).await, NodeState::Configured(_)),
+        "the installed node boots its config again"
+    );
+    assert!(sim.applied_config(addr(1)).is_some());
+    assert_eq!(t.node_state(ip(2), &id).await, NodeState::Maintenance);
+}
