@@ -144,3 +144,126 @@ async fn a_configured_node_survives_a_power_cycle_a_fresh_one_stays_in_maintenan
     assert!(sim.applied_config(addr(1)).is_some());
     assert_eq!(t.node_state(ip(2), &id).await, NodeState::Maintenance);
 }
+
+mod lab {
+    use super::*;
+    use kiln::proxmox::VmSpec;
+    use kiln::sim::lab::Lab;
+
+    fn lab() -> Lab {
+        Lab::with_options(&[(9000, "pve1")], sim_options(), 50000)
+    }
+
+    fn vm_spec(cluster: &Cluster) -> VmSpec {
+        VmSpec::for_node(cluster, &cluster.nodes[0], "uid-lab")
+    }
+
+    /// The coupling the reconciler relies on: create + start boots a machine in maintenance at the VM's
+    /// cloud-init address, a stop silences it, a reboot brings back what is installed, destroy removes
+    /// it, and a new VM at the same address boots fresh.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vm_power_drives_the_talos_node_at_its_cloud_init_address() {
+        let cluster = one_node_cluster("labpower", 11);
+        let lab = lab();
+        let pve = lab.proxmox();
+        let (t, id) = (talos(), admin());
+        let spec = vm_spec(&cluster);
+        let vmid = spec.id.vmid.get();
+
+        assert!(
+            matches!(
+                t.node_state(ip(11), &id).await,
+                NodeState::Unreachable { .. }
+            ),
+            "nothing answers before the VM exists"
+        );
+        let vm = pve.create(&spec, "pve1").await.expect("clone and start").vm;
+        assert_eq!(lab.node_addr(vmid), Some(addr(11)));
+        assert_eq!(
+            t.node_state(ip(11), &id).await,
+            NodeState::Maintenance,
+            "first boot: maintenance"
+        );
+
+        let vm = pve.shutdown(&vm).await.unwrap();
+        assert!(
+            matches!(
+                t.node_state(ip(11), &id).await,
+                NodeState::Unreachable { .. }
+            ),
+            "a stopped VM answers nothing"
+        );
+        let vm = pve.start(&vm).await.unwrap();
+        assert_eq!(t.node_state(ip(11), &id).await, NodeState::Maintenance);
+
+        t.apply_in_maintenance(ip(11), "", config_for(&cluster).as_bytes())
+            .await
+            .expect("config accepted");
+        assert!(lab.applied_config(ip(11)).is_some());
+        let vm = pve.reboot(&vm).await.unwrap();
+        assert!(
+            matches!(t.node_state(ip(11), &id).await, NodeState::Configured(_)),
+            "Talos is installed on the disk: a reboot comes back configured"
+        );
+        lab.sim_proxmox().stop_by_hand(vmid);
+        assert!(matches!(
+            t.node_state(ip(11), &id).await,
+            NodeState::Unreachable { .. }
+        ));
+        let vm = pve.claim(vm.identity()).await.unwrap();
+        let vm = pve.start(&vm).await.unwrap();
+        assert!(matches!(
+            t.node_state(ip(11), &id).await,
+            NodeState::Configured(_)
+        ));
+
+        pve.destroy(vm).await.unwrap();
+        assert_eq!(lab.node_addr(vmid), None);
+        assert!(lab.applied_config(ip(11)).is_none(), "the machine is gone");
+        assert!(matches!(
+            t.node_state(ip(11), &id).await,
+            NodeState::Unreachable { .. }
+        ));
+
+        // A new VM at the same address is a new machine: a blank disk, maintenance.
+        pve.create(&spec, "pve1").await.unwrap();
+        let mut state = t.node_state(ip(11), &id).await;
+        for _ in 0..50 {
+            if state == NodeState::Maintenance {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            state = t.node_state(ip(11), &id).await;
+        }
+        assert_eq!(state, NodeState::Maintenance);
+        assert!(lab.boot_errors().is_empty(), "{:?}", lab.boot_errors());
+        assert!(lab.violations().is_empty());
+    }
+
+    /// The lab owns the machines: dropping it stops them even while the Proxmox port lives on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_lab_stops_its_machines() {
+        let cluster = one_node_cluster("labdrop", 12);
+        let lab = lab();
+        let pve = lab.proxmox();
+        let vmid = pve
+            .create(&vm_spec(&cluster), "pve1")
+            .await
+            .unwrap()
+            .vm
+            .vmid();
+        let (t, id) = (talos(), admin());
+        assert_eq!(t.node_state(ip(12), &id).await, NodeState::Maintenance);
+        drop(lab);
+        let mut state = t.node_state(ip(12), &id).await;
+        for _ in 0..50 {
+            if matches!(state, NodeState::Unreachable { .. }) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            state = t.node_state(ip(12), &id).await;
+        }
+        assert!(matches!(state, NodeState::Unreachable { .. }), "{state:?}");
+        assert!(pve.observe().await.unwrap().get(vmid).is_some());
+    }
+}
