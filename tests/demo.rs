@@ -267,3 +267,227 @@ mod lab {
         assert!(pve.observe().await.unwrap().get(vmid).is_some());
     }
 }
+
+mod folder {
+    use std::path::Path;
+    use std::process::Command;
+
+    use kiln::config::{ProxmoxBackend, SecretsBackend, TalosBackend};
+    use kiln::demo::{Demo, DemoError, MARKER};
+    use kiln::reconcile::status::{ClusterStatus, NodeStatus, Phase, StatusBook};
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(dir)
+            .args(args)
+            .output()
+            .expect("git CLI on PATH");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn prepare_seeds_the_remote_and_writes_a_config_kiln_accepts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("kiln-demo");
+        let demo = Demo::prepare(&dir).expect("prepare");
+        assert!(dir.join(MARKER).is_file());
+        assert_eq!(demo.clusters, ["production", "staging"]);
+
+        // The config on disk is the one returned, and kiln's own loader accepts it.
+        let loaded = kiln::config::Config::load(&demo.config_path()).expect("kiln.toml loads");
+        assert_eq!(loaded.state_dir, dir.join("state"));
+        assert_eq!(loaded.git.url, demo.remote.to_str().unwrap());
+        assert_eq!(loaded.git.poll_interval, std::time::Duration::from_secs(1));
+        assert_eq!(loaded.proxmox.backend, ProxmoxBackend::Simulated);
+        assert_eq!(loaded.talos.backend, TalosBackend::Simulated);
+        assert_eq!(loaded.secrets.backend, SecretsBackend::File);
+        assert_eq!(demo.config.state_dir, loaded.state_dir);
+
+        // A bare remote whose main holds exactly the seed: the clusters and a README.
+        assert_eq!(
+            git(&demo.remote, &["rev-parse", "--is-bare-repository"]).trim(),
+            "true"
+        );
+        assert_eq!(
+            git(&demo.remote, &["symbolic-ref", "HEAD"]).trim(),
+            "refs/heads/main"
+        );
+        assert_eq!(
+            git(&demo.remote, &["rev-parse", "main"]).trim(),
+            demo.seed_commit
+        );
+        let files = git(&demo.remote, &["ls-tree", "-r", "--name-only", "main"]);
+        assert_eq!(
+            files.lines().collect::<Vec<_>>(),
+            [
+                "README.md",
+                "clusters/production.yaml",
+                "clusters/staging.yaml"
+            ]
+        );
+        // What kiln will read from Git passes kiln's own validation.
+        let texts: Vec<(std::path::PathBuf, String)> = ["production", "staging"]
+            .iter()
+            .map(|n| {
+                let path = format!("clusters/{n}.yaml");
+                let text = git(&demo.remote, &["show", &format!("main:{path}")]);
+                (path.into(), text)
+            })
+            .collect();
+        let outcome = kiln::spec::load(texts.iter().map(|(p, t)| (p.as_path(), t.as_str())));
+        assert!(outcome.is_valid(), "{:?}", outcome.invalid);
+        assert_eq!(outcome.clusters.len(), 2);
+        assert!(
+            outcome
+                .clusters
+                .iter()
+                .flat_map(|c| &c.nodes)
+                .all(|n| n.ip.is_loopback())
+        );
+        // The lab has the template both clusters clone from.
+        assert!(
+            demo.lab
+                .sim_proxmox()
+                .vm(9000)
+                .is_some_and(|vm| vm.template)
+        );
+    }
+
+    #[test]
+    fn prepare_starts_fresh_in_a_demo_folder_and_refuses_any_other() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("kiln-demo");
+        let first = Demo::prepare(&dir).unwrap();
+        std::fs::write(dir.join("state-left-over"), "x").unwrap();
+        drop(first);
+        let again = Demo::prepare(&dir).expect("a demo folder is wiped and recreated");
+        assert!(!dir.join("state-left-over").exists());
+        assert_eq!(
+            git(&again.remote, &["rev-list", "--count", "main"]).trim(),
+            "1"
+        );
+
+        let other = tmp.path().join("precious");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), "keep me").unwrap();
+        let err = Demo::prepare(&other).unwrap_err();
+        assert!(matches!(err, DemoError::NotADemoFolder(_)), "{err}");
+        assert!(err.to_string().contains(MARKER));
+        assert_eq!(
+            std::fs::read_to_string(other.join("notes.txt")).unwrap(),
+            "keep me"
+        );
+        let file = tmp.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(
+            Demo::prepare(&file),
+            Err(DemoError::NotAFolder(_))
+        ));
+        // An empty folder is fine.
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        Demo::prepare(&empty).unwrap();
+    }
+
+    /// The closing report shows the status table and only kiln's own commits, with the files they
+    /// touched under gitops/: a commit is pushed here as kiln pushes, from a clone with kiln's author.
+    #[test]
+    fn report_shows_status_and_only_kilns_commits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let demo = Demo::prepare(&tmp.path().join("kiln-demo")).unwrap();
+        let before = demo.report(&StatusBook::default());
+        assert!(before.contains("kiln has pushed no commit"), "{before}");
+
+        let work = tmp.path().join("work");
+        let run = |args: &[&str], env: &[(&str, &str)]| {
+            let out = Command::new("git")
+                .args(args)
+                .envs(env.iter().copied())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(
+            &[
+                "clone",
+                "-q",
+                demo.remote.to_str().unwrap(),
+                work.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let w = work.to_str().unwrap();
+        let commit = |msg: &str, name: &str, email: &str| {
+            run(&["-C", w, "add", "-A"], &[]);
+            run(
+                &["-C", w, "commit", "-q", "--no-gpg-sign", "-m", msg],
+                &[
+                    ("GIT_AUTHOR_NAME", name),
+                    ("GIT_AUTHOR_EMAIL", email),
+                    ("GIT_COMMITTER_NAME", name),
+                    ("GIT_COMMITTER_EMAIL", email),
+                ],
+            );
+        };
+        let app_dir = work.join("gitops/core/apps/staging");
+        std::fs::create_dir_all(&app_dir).unwrap();
+        std::fs::write(app_dir.join("cert-manager.yaml"), "kind: Application\n").unwrap();
+        std::fs::write(work.join("gitops/root.yaml"), "kind: ApplicationSet\n").unwrap();
+        commit("kiln: render staging", "kiln", "kiln@localhost");
+        // A person's commit under gitops/ is not kiln's.
+        std::fs::write(work.join("gitops/by-hand.yaml"), "x: 1\n").unwrap();
+        commit("hand edit", "Ada", "ada@example.com");
+        run(
+            &["-C", w, "push", "-q", "origin", "HEAD:refs/heads/main"],
+            &[],
+        );
+
+        let mut book = StatusBook::default();
+        book.clusters.insert(
+            "staging".into(),
+            ClusterStatus {
+                name: "staging".into(),
+                phase: Phase::Ready,
+                conditions: vec![],
+                nodes: vec![NodeStatus {
+                    name: "staging-cp-1".into(),
+                    vmid: 411,
+                    ip: "127.0.2.171".parse().unwrap(),
+                    role: "controlplane".into(),
+                    vm_state: "running".into(),
+                    talos_stage: "running".into(),
+                }],
+                last_applied_revision: Some("abcdef0123456789".into()),
+                last_error: None,
+                retry_at: None,
+                updated_at: "2026-11-25T00:00:00Z".into(),
+            },
+        );
+        let report = demo.report(&book);
+        println!("{report}");
+        assert!(report.contains("staging  Ready  1/1"), "{report}");
+        assert!(report.contains("kiln pushed 1 commit(s)"), "{report}");
+        assert!(report.contains("kiln: render staging"), "{report}");
+        assert!(
+            report.contains("A gitops/core/apps/staging/cert-manager.yaml"),
+            "{report}"
+        );
+        assert!(report.contains("A gitops/root.yaml"), "{report}");
+        assert!(
+            !report.contains("hand edit") && !report.contains("by-hand"),
+            "{report}"
+        );
+        assert!(!report.contains("Seed the kiln demo"), "{report}");
+        assert!(report.contains(&format!("git -C {} log --stat", demo.remote.display())));
+    }
+}
