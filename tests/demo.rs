@@ -291,8 +291,8 @@ mod folder {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    #[test]
-    fn prepare_seeds_the_remote_and_writes_a_config_kiln_accepts() {
+    #[tokio::test]
+    async fn prepare_seeds_the_remote_and_writes_a_config_kiln_accepts() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("kiln-demo");
         let demo = Demo::prepare(&dir).expect("prepare");

@@ -259,6 +259,13 @@ async fn retry_boot(room: Weak<Room>, vmid: u32, spec: NodeSpec) {
 mod tests {
     use super::*;
 
+    /// The daemon keeps the lab beside its ports, across tasks.
+    #[test]
+    fn the_lab_can_live_beside_the_ports() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<Lab>();
+    }
+
     #[test]
     fn cloud_init_addresses_and_smbios_uuids_parse_as_proxmox_writes_them() {
         assert_eq!(
