@@ -40,7 +40,7 @@ pub enum DemoError {
          it; pass another --state-dir, or empty it first"
     )]
     NotADemoFolder(PathBuf),
-    #[error("{0} exists and is not a folder")]
+    #[error("{0} exists and is not a folder (a symbolic link is not followed)")]
     NotAFolder(PathBuf),
     #[error("{path}: {source}")]
     Io {

@@ -26,6 +26,25 @@ pub enum RepoError {
     },
 }
 
+/// Variables a calling environment (a Git hook, a shell inside a repository) may set that would point
+/// git at another repository or index than the one named.
+const INHERITED: [&str; 5] = [
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_COMMON_DIR",
+];
+
+fn git_command() -> Command {
+    let mut cmd = Command::new("git");
+    for var in INHERITED {
+        cmd.env_remove(var);
+    }
+    cmd.env("GIT_TERMINAL_PROMPT", "0");
+    cmd
+}
+
 fn git(
     git_dir: &Path,
     args: &[&str],
@@ -33,12 +52,11 @@ fn git(
     stdin: Option<&[u8]>,
 ) -> Result<String, RepoError> {
     let shown = args.join(" ");
-    let mut cmd = Command::new("git");
+    let mut cmd = git_command();
     cmd.arg("--git-dir")
         .arg(git_dir)
         .args(["-c", "core.quotePath=false"])
         .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -75,7 +93,7 @@ pub fn seed(
     files: &BTreeMap<String, String>,
     message: &str,
 ) -> Result<String, RepoError> {
-    let init = Command::new("git")
+    let init = git_command()
         .args(["init", "--quiet", "--bare"])
         .arg(format!("--initial-branch={branch}"))
         .arg(remote)
