@@ -46,15 +46,19 @@ fn bundle() -> &'static SecretsBundle {
 }
 
 fn admin() -> ClientIdentity {
+    admin_of(bundle())
+}
+
+fn admin_of(bundle: &SecretsBundle) -> ClientIdentity {
     let now = OffsetDateTime::now_utc() - time::Duration::minutes(1);
     let cert = credentials::mint_talos_client_cert(
-        &bundle().os_ca,
+        &bundle.os_ca,
         TalosRole::Admin,
         now,
         Duration::from_secs(3600),
     )
     .unwrap();
-    ClientIdentity::from_minted(bundle().os_ca.cert_pem(), &cert)
+    ClientIdentity::from_minted(bundle.os_ca.cert_pem(), &cert)
 }
 
 /// One control plane at `127.0.44.<last>`, VIP `127.0.45.<last>`.
@@ -490,4 +494,86 @@ mod folder {
         assert!(!report.contains("Seed the kiln demo"), "{report}");
         assert!(report.contains(&format!("git -C {} log --stat", demo.remote.display())));
     }
+}
+
+/// The demo's own clusters, as `Demo::prepare` seeds them, go through the lab the way the engine will
+/// drive them: clone and start every VM, send each node its config (Talos 1.13 for production, the 1.12
+/// contract for staging), bootstrap the first control plane, and every node runs its config with one
+/// etcd cluster. Moved from the demo's 127.0.2.x to 127.0.46.x/127.0.47.x so a demo running beside the
+/// tests is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_clusters_come_up_in_the_lab() {
+    use kiln::proxmox::VmSpec;
+    use kiln::sim::lab::Lab;
+    use kiln::spec::Role;
+
+    let clusters = kiln::demo::demo_clusters().expect("demo clusters");
+    let lab = Lab::with_options(&[(9000, "pve1")], sim_options(), 50000);
+    let pve = lab.proxmox();
+    let t = talos();
+    for (i, (name, text)) in clusters.iter().enumerate() {
+        // Each cluster has its own secrets bundle, hence its own CAs and etcd cluster.
+        let bundle = SecretsBundle::generate().expect("bundle");
+        let id = admin_of(&bundle);
+        let moved = text.replace("127.0.2.", &format!("127.0.{}.", 46 + i));
+        let doc: ClusterDocument = serde_yaml::from_str(&moved).unwrap();
+        let cluster = Cluster::expand(&doc).unwrap();
+        let version = cluster.spec.talos.version;
+        for node in &cluster.nodes {
+            let vm = pve
+                .create(
+                    &VmSpec::for_node(&cluster, node, "uid-demo"),
+                    &node.pve_node,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", node.name));
+            assert!(vm.vm.running());
+            let ip = IpAddr::V4(node.ip);
+            assert_eq!(
+                t.node_state(ip, &id).await,
+                NodeState::Maintenance,
+                "{}",
+                node.name
+            );
+            let config = kiln::talos::config::render(&cluster, node, &bundle, version).unwrap();
+            t.apply_in_maintenance(ip, "", config.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("{} ({name}, Talos {version}): {e}", node.name));
+        }
+        let first = cluster
+            .nodes
+            .iter()
+            .find(|n| n.role == Role::ControlPlane)
+            .unwrap();
+        let first_ip = IpAddr::V4(first.ip);
+        t.bootstrap(first_ip, &id).await.expect("bootstrap");
+        let members = t.etcd_members(first_ip, &id).await.unwrap();
+        let cps = cluster
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::ControlPlane)
+            .count();
+        assert_eq!(members.len(), cps, "{name}: every control plane joined");
+        let all_ready = || async {
+            for node in &cluster.nodes {
+                let state = t.node_state(IpAddr::V4(node.ip), &id).await;
+                assert!(
+                    matches!(&state, NodeState::Configured(s) if s.ready),
+                    "{}: {state:?}",
+                    node.name
+                );
+            }
+        };
+        all_ready().await;
+        // A Proxmox reboot of every VM (a resize's pending change) keeps the cluster: Talos is on disk.
+        for node in &cluster.nodes {
+            let spec = VmSpec::for_node(&cluster, node, "uid-demo");
+            let vm = pve.claim(&spec.id).await.unwrap();
+            pve.reboot(&vm).await.unwrap();
+        }
+        all_ready().await;
+        assert_eq!(t.etcd_members(first_ip, &id).await.unwrap().len(), cps);
+    }
+    assert!(lab.violations().is_empty(), "{:?}", lab.violations());
+    assert!(lab.boot_errors().is_empty(), "{:?}", lab.boot_errors());
 }
