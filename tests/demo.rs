@@ -244,6 +244,59 @@ mod lab {
         assert!(lab.violations().is_empty());
     }
 
+    /// A machine whose address is held by someone else comes up once it is free, as a slow boot;
+    /// a VM with no static address, or with another machine's, gets none and says why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn machines_that_cannot_answer_say_why_and_a_busy_address_is_waited_for() {
+        let lab = lab();
+        let pve = lab.proxmox();
+        let (t, id) = (talos(), admin());
+
+        let blocker = std::net::TcpListener::bind(addr(13)).expect("bind 127.0.44.13:50000");
+        let cluster = one_node_cluster("labbusy", 13);
+        pve.create(&vm_spec(&cluster), "pve1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(blocker);
+        let mut state = t.node_state(ip(13), &id).await;
+        for _ in 0..50 {
+            if state == NodeState::Maintenance {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            state = t.node_state(ip(13), &id).await;
+        }
+        assert_eq!(state, NodeState::Maintenance);
+        assert!(lab.boot_errors().is_empty(), "{:?}", lab.boot_errors());
+
+        let sim = lab.sim_proxmox();
+        sim.add_vm(
+            990,
+            "pve1",
+            [("name".to_owned(), "dhcp-vm".to_owned())].into(),
+            true,
+        );
+        sim.add_vm(
+            991,
+            "pve1",
+            [(
+                "ipconfig0".to_owned(),
+                "ip=127.0.44.13/24,gw=127.0.44.254".to_owned(),
+            )]
+            .into(),
+            true,
+        );
+        let errors = lab.boot_errors();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("VM 990") && errors[0].contains("ipconfig0"));
+        assert!(errors[1].contains("VM 991") && errors[1].contains("conflict"));
+        assert_eq!(lab.node_addr(991), None);
+        assert_eq!(
+            t.node_state(ip(13), &id).await,
+            NodeState::Maintenance,
+            "the first machine keeps its address"
+        );
+    }
+
     /// The lab owns the machines: dropping it stops them even while the Proxmox port lives on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropping_the_lab_stops_its_machines() {
