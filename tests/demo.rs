@@ -355,6 +355,13 @@ mod folder {
         let demo = Demo::prepare(&dir).expect("prepare");
         assert!(dir.join(MARKER).is_file());
         assert_eq!(demo.clusters, ["production", "staging"]);
+        // Five production nodes, three staging ones, and both VIPs, all on loopback.
+        assert_eq!(demo.listen_addresses.len(), 10);
+        assert!(demo.listen_addresses.iter().all(|a| a.ip().is_loopback()));
+        assert!(
+            demo.listen_addresses
+                .contains(&"127.0.2.160:6443".parse().unwrap())
+        );
 
         // The config on disk is the one returned, and kiln's own loader accepts it.
         let loaded = kiln::config::Config::load(&demo.config_path()).expect("kiln.toml loads");

@@ -15,6 +15,7 @@ pub mod repo;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,11 @@ pub enum DemoError {
     Repo(#[from] RepoError),
     #[error("the demo's kiln.toml: {0}")]
     Config(#[from] ConfigError),
+    #[error(
+        "{addr} is in use: is another `kiln demo` still running? Its simulated machines listen on \
+         the same loopback addresses; stop it first"
+    )]
+    AddressInUse { addr: SocketAddr },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
@@ -81,6 +87,8 @@ pub struct Demo {
     pub clusters: Vec<String>,
     /// The seed commit on `main`.
     pub seed_commit: String,
+    /// Where the simulated machines will listen: each node's Talos API, each VIP's Kubernetes API.
+    pub listen_addresses: Vec<SocketAddr>,
 }
 
 impl std::fmt::Debug for Demo {
@@ -114,7 +122,7 @@ impl Demo {
 
         let clusters =
             demo_clusters().map_err(|(name, source)| DemoError::Example { name, source })?;
-        let templates = templates_of(&clusters)?;
+        let (templates, listen_addresses) = machines_of(&clusters)?;
         let mut files: BTreeMap<String, String> = clusters
             .iter()
             .map(|(name, text)| (format!("clusters/{name}.yaml"), text.clone()))
@@ -141,9 +149,19 @@ impl Demo {
             remote,
             clusters: clusters.iter().map(|(n, _)| (*n).to_owned()).collect(),
             seed_commit,
+            listen_addresses,
             config,
             dir,
         })
+    }
+
+    /// Refuses to run when another process holds an address the demo's machines need — most likely
+    /// an earlier `kiln demo` still running, whose nodes would answer in place of this run's.
+    pub fn check_addresses_free(&self) -> Result<(), DemoError> {
+        match first_busy(&self.listen_addresses) {
+            Some(addr) => Err(DemoError::AddressInUse { addr }),
+            None => Ok(()),
+        }
     }
 
     /// The path of the demo's `kiln.toml`.
@@ -255,9 +273,23 @@ fn clear(dir: &Path) -> Result<(), DemoError> {
     std::fs::remove_dir_all(dir).map_err(io(dir))
 }
 
-/// The `(template VMID, Proxmox node)` pairs the clusters clone from, each once.
-fn templates_of(clusters: &[(&str, String)]) -> Result<BTreeSet<(u32, String)>, DemoError> {
+/// The first of `addrs` something already listens on (binding is the only reliable question).
+pub fn first_busy(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    addrs.iter().copied().find(|addr| {
+        matches!(
+            std::net::TcpListener::bind(addr),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
+        )
+    })
+}
+
+type Templates = BTreeSet<(u32, String)>;
+
+/// The `(template VMID, Proxmox node)` pairs the clusters clone from, each once, and the addresses
+/// their machines listen on.
+fn machines_of(clusters: &[(&str, String)]) -> Result<(Templates, Vec<SocketAddr>), DemoError> {
     let mut out = BTreeSet::new();
+    let mut addrs = Vec::new();
     for (name, text) in clusters {
         let expand_error = |message: String| DemoError::Expand {
             name: (*name).to_owned(),
@@ -268,9 +300,17 @@ fn templates_of(clusters: &[(&str, String)]) -> Result<BTreeSet<(u32, String)>, 
         let cluster = Cluster::expand(&doc).map_err(|e| expand_error(e.join("; ")))?;
         for node in &cluster.nodes {
             out.insert((node.template.get(), node.pve_node.clone()));
+            addrs.push(SocketAddr::new(
+                IpAddr::V4(node.ip),
+                crate::talos::grpc::client::APID_PORT,
+            ));
         }
+        addrs.push(SocketAddr::new(
+            IpAddr::V4(cluster.spec.network.vip),
+            crate::sim::talos::kube::API_PORT,
+        ));
     }
-    Ok(out)
+    Ok((out, addrs))
 }
 
 /// A TOML basic string (quoted and escaped), for paths written into kiln.toml.
@@ -417,6 +457,15 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("D  gitops/  (1)"), "{out}");
+    }
+
+    #[test]
+    fn a_held_address_is_found() {
+        let held = std::net::TcpListener::bind("127.0.44.200:0").unwrap();
+        let busy = held.local_addr().unwrap();
+        let free: SocketAddr = "127.0.44.201:50000".parse().unwrap();
+        assert_eq!(first_busy(&[free]), None);
+        assert_eq!(first_busy(&[free, busy]), Some(busy));
     }
 
     #[test]
