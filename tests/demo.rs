@@ -1,7 +1,7 @@
 //! The simulated machine room (`sim::lab`) and the demo scaffolding (`kiln::demo`), against real parts:
-//! Talos nodes over real gRPC and TLS on loopback addresses (127.0.44.x, VIPs 127.0.45.x, so these tests
-//! never meet the demo's own 127.0.2.x or other suites' 127.0.10.x), the official Talos schemas, the
-//! `git` CLI and bare repositories on disk.
+//! Talos nodes over real gRPC and TLS on loopback addresses (127.0.44.x with VIPs 127.0.45.x, and the
+//! demo clusters moved to 127.0.46.x/127.0.47.x, so these tests never meet a running demo's 127.0.2.x or
+//! other suites' 127.0.10.x), the official Talos schemas, the `git` CLI and bare repositories on disk.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
