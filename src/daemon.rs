@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use kiln::config::{Config, ProxmoxBackend, TalosBackend};
+use kiln::config::{Config, ProxmoxBackend};
 use kiln::git::{GitSource, Trigger};
 use kiln::proxmox::{PreflightScope, ProxmoxPort, PveAdapter};
 use kiln::reconcile::{Engine, Intent, KubeRs, Ports, Progress};
@@ -24,10 +24,14 @@ pub enum LogFormat {
 /// Logs on stderr: human text by default (no timestamps or colours under systemd, whose journal
 /// stamps every line), or one JSON object per line with the span path (cluster, action).
 pub fn init_logging(format: LogFormat) {
+    init_logging_at(format, "info")
+}
+
+pub fn init_logging_at(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("KILN_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -59,27 +63,27 @@ pub async fn open_ports(config: &Config) -> anyhow::Result<Opened> {
     if let Err(e) = store.store.check().await {
         tracing::warn!(store = %store.store.describe(), error = %e, "the secret store is not ready; kiln retries each cycle");
     }
-    let (proxmox, adapter, lab): (Arc<dyn ProxmoxPort>, _, Option<Box<dyn std::any::Any + Send>>) =
-        match config.proxmox.backend {
-            ProxmoxBackend::Api => {
-                let a = Arc::new(
-                    PveAdapter::from_config(&config.proxmox).context("the Proxmox API client")?,
-                );
-                (a.clone(), Some(a), None)
-            }
-            ProxmoxBackend::Simulated => {
-                let sim = Arc::new(kiln::sim::proxmox::SimProxmox::new());
-                sim.add_template(config.defaults.template.get(), &config.defaults.proxmox_node);
-                (sim, None, None)
-            }
-        };
-    if matches!(config.talos.backend, TalosBackend::Simulated)
-        && matches!(config.proxmox.backend, ProxmoxBackend::Api)
-    {
-        anyhow::bail!(
-            "talos.backend = \"simulated\" needs proxmox.backend = \"simulated\": simulated Talos machines boot when simulated VMs start"
-        );
-    }
+    let (proxmox, adapter, lab): (
+        Arc<dyn ProxmoxPort>,
+        _,
+        Option<Box<dyn std::any::Any + Send>>,
+    ) = match config.proxmox.backend {
+        ProxmoxBackend::Api => {
+            let a = Arc::new(
+                PveAdapter::from_config(&config.proxmox).context("the Proxmox API client")?,
+            );
+            (a.clone(), Some(a), None)
+        }
+        ProxmoxBackend::Simulated => {
+            // VMs in process; with talos.backend = "simulated" their machines boot on loopback
+            // (loading the config refuses simulated Talos behind a real Proxmox).
+            let lab = kiln::sim::lab::Lab::new(&[(
+                config.defaults.template.get(),
+                config.defaults.proxmox_node.as_str(),
+            )]);
+            (lab.proxmox(), None, Some(Box::new(lab)))
+        }
+    };
     Ok(Opened {
         ports: Ports {
             proxmox,
@@ -198,7 +202,9 @@ pub fn status(config_path: &Path, name: Option<&str>, json: bool) -> anyhow::Res
         return Ok(ExitCode::SUCCESS);
     };
     let Some(s) = book.clusters.get(name) else {
-        eprintln!("no status for cluster {name} (is it in the repository, and has kiln run since?)");
+        eprintln!(
+            "no status for cluster {name} (is it in the repository, and has kiln run since?)"
+        );
         return Ok(ExitCode::FAILURE);
     };
     if json {
@@ -218,9 +224,15 @@ pub fn status(config_path: &Path, name: Option<&str>, json: bool) -> anyhow::Res
         println!("retry at: {r}");
     }
     for c in &s.conditions {
-        println!("condition {} = {} ({}): {}", c.kind, c.status, c.reason, c.message);
+        println!(
+            "condition {} = {} ({}): {}",
+            c.kind, c.status, c.reason, c.message
+        );
     }
-    println!("{:<24} {:>9}  {:<15} {:<13} {:<9} TALOS", "NODE", "VMID", "IP", "ROLE", "VM");
+    println!(
+        "{:<24} {:>9}  {:<15} {:<13} {:<9} TALOS",
+        "NODE", "VMID", "IP", "ROLE", "VM"
+    );
     for n in &s.nodes {
         println!(
             "{:<24} {:>9}  {:<15} {:<13} {:<9} {}",
@@ -275,4 +287,62 @@ pub fn plan_online(
 
 pub fn default_config() -> PathBuf {
     PathBuf::from(kiln::config::DEFAULT_CONFIG_PATH)
+}
+
+/// `kiln demo`: a fresh demo folder, the example clusters reconciled in the simulated machine room,
+/// then one more cycle to show that a converged site costs nothing, then the report.
+pub fn demo(state_dir: &Path) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let demo = kiln::demo::Demo::prepare(state_dir)?;
+        demo.check_addresses_free()?;
+        let progress = kiln::demo::Progress::start();
+        progress.step(
+            "demo",
+            &format!(
+                "seeded {} with {}; reconciling on simulated Proxmox and Talos",
+                demo.remote.display(),
+                demo.clusters.join(", ")
+            ),
+        );
+        let config = demo.config.clone();
+        std::fs::create_dir_all(&config.state_dir)?;
+        let store = kiln::secrets::open(&config.secrets, &config.state_dir)?;
+        let git = GitSource::open(&config.git, &config.state_dir).await?;
+        git.poll().await.context("reading the demo repository")?;
+        let ports = Ports {
+            proxmox: demo.lab.proxmox(),
+            talos: Arc::new(kiln::talos::grpc::GrpcTalos::default()),
+            secrets: store.store.clone(),
+            kube: Arc::new(KubeRs),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+        let printer = tokio::spawn(async move {
+            while let Some(p) = rx.recv().await {
+                progress.step(&p.cluster, &p.message);
+            }
+        });
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let mut engine = Engine::new(config, git, ports, shutdown, Some(tx))?;
+        let first = engine.run_once(Duration::from_secs(120)).await;
+        let second = engine.cycle().await;
+        drop(engine);
+        let _ = printer.await;
+        if second.converged && second.pushed.is_none() {
+            progress.step(
+                "demo",
+                "second cycle: nothing to do (one Proxmox listing; no Talos, secret or Git write)",
+            );
+        }
+        let book = kiln::reconcile::status::StatusBook::load(&demo.config.state_dir)?;
+        println!("{}", demo.report(&book));
+        if let Some(e) = first.error.as_ref().or(second.error.as_ref()) {
+            eprintln!("kiln demo: {e}");
+        }
+        Ok(if first.converged && second.converged {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
 }

@@ -637,3 +637,63 @@ async fn the_demo_clusters_come_up_in_the_lab() {
     assert!(lab.violations().is_empty(), "{:?}", lab.violations());
     assert!(lab.boot_errors().is_empty(), "{:?}", lab.boot_errors());
 }
+
+/// `kiln demo` through the real binary, as the README's first command runs it: from any folder,
+/// twice in a row (the second run wipes and reseeds its own folder), each reaching Ready and ending
+/// with one kiln commit of the generated files and a second cycle that does nothing.
+#[test]
+fn kiln_demo_runs_twice_from_a_fresh_folder() {
+    let cwd = tempfile::tempdir().unwrap();
+    for run in 1..=2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("demo")
+            .current_dir(cwd.path())
+            .env("KILN_REFERENCE_SCHEMAS", schema_dir())
+            .output()
+            .expect("running kiln demo");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "run {run}: kiln demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        for cluster in ["production", "staging"] {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(cluster) && l.contains(" Ready ")),
+                "run {run}: {cluster} is not Ready:\n{stdout}"
+            );
+        }
+        assert!(
+            stdout.contains("kiln pushed 1 commit(s)"),
+            "run {run}: expected exactly one kiln commit:\n{stdout}"
+        );
+        assert!(
+            stderr.contains("second cycle: nothing to do"),
+            "run {run}: the second cycle was not a no-op:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("WARN") && !stderr.contains("ERROR"),
+            "run {run}: warnings on a clean demo:\n{stderr}"
+        );
+        let remote = cwd.path().join("kiln-demo/remote.git");
+        let files = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&remote)
+            .args(["ls-tree", "-r", "--name-only", "main"])
+            .output()
+            .unwrap();
+        let files = String::from_utf8_lossy(&files.stdout);
+        assert!(
+            files
+                .lines()
+                .any(|f| f.starts_with("gitops/core/apps/production/")),
+            "run {run}: no generated files under gitops/:\n{files}"
+        );
+        assert!(
+            !files.lines().any(|f| f.starts_with("gitops/gitops/")),
+            "run {run}: output_dir doubled:\n{files}"
+        );
+    }
+}

@@ -85,9 +85,10 @@ impl Intent {
         }
         for f in &snapshot.files {
             if let Err(why) = &f.text {
-                intent
-                    .invalid
-                    .insert(f.name.clone(), (f.path.clone(), format!("{}: {why}", f.path)));
+                intent.invalid.insert(
+                    f.name.clone(),
+                    (f.path.clone(), format!("{}: {why}", f.path)),
+                );
             }
         }
         intent
@@ -117,7 +118,9 @@ enum Missing {
     /// Git gave nothing valid while kiln manages clusters (and `allow_empty` is off): held.
     HeldEmpty,
     Protected,
-    Grace { until: OffsetDateTime },
+    Grace {
+        until: OffsetDateTime,
+    },
     /// Grace over: its files go in the next commit, then its VMs are destroyed.
     Decommission,
 }
@@ -165,7 +168,10 @@ impl<G: GitPort> Engine<G> {
         };
         let backoff = Backoff::new(BackoffPolicy {
             initial: config.reconcile.retry_initial,
-            max: config.reconcile.retry_max.max(config.reconcile.retry_initial),
+            max: config
+                .reconcile
+                .retry_max
+                .max(config.reconcile.retry_initial),
             jitter: 0.2,
         });
         let render_settings = RenderSettings::from_config(&config);
@@ -244,12 +250,13 @@ impl<G: GitPort> Engine<G> {
             git_error = Some(format!("git: {e}"));
         }
         let Some(rev) = self.git.current().await else {
-            return self.cycle_failed(
-                git_error.unwrap_or_else(|| "git: no revision fetched yet".into()),
-            );
+            return self
+                .cycle_failed(git_error.unwrap_or_else(|| "git: no revision fetched yet".into()));
         };
         if let Some(e) = &git_error {
-            tracing::warn!("{e}; working from the last revision fetched, {rev}; nothing is decommissioned");
+            tracing::warn!(
+                "{e}; working from the last revision fetched, {rev}; nothing is decommissioned"
+            );
         }
         let snapshot = match self.git.snapshot(rev).await {
             Ok(s) => s,
@@ -594,7 +601,16 @@ impl<G: GitPort> Engine<G> {
                 .into_iter()
                 .map(|(c, _)| c)
                 .collect();
-            let files = crate::render::render(&clusters, &settings, &snap.templates)?;
+            let rendered = crate::render::render(&clusters, &settings, &snap.templates)?;
+            // Rendered paths are repository-relative; the commit takes them relative to output_dir.
+            let prefix = format!("{}/", settings.output_dir.trim_end_matches('/'));
+            let files = rendered
+                .into_iter()
+                .map(|(path, bytes)| match path.strip_prefix(&prefix) {
+                    Some(inner) => (inner.to_owned(), bytes),
+                    None => (path, bytes),
+                })
+                .collect();
             Ok(Rendered {
                 files,
                 clusters_changed: changed.clone(),
@@ -647,7 +663,10 @@ impl<G: GitPort> Engine<G> {
             if now + wait >= deadline {
                 let mut report = report;
                 report.error.get_or_insert_with(|| {
-                    format!("not converged within {}", humantime::format_duration(timeout))
+                    format!(
+                        "not converged within {}",
+                        humantime::format_duration(timeout)
+                    )
                 });
                 return report;
             }

@@ -194,7 +194,10 @@ pub async fn talos_states(
         let s = talos.node_state(IpAddr::V4(n.ip), identity).await;
         (n.number, classify(&s))
     });
-    futures::future::join_all(checks).await.into_iter().collect()
+    futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// The planner's three states, and the stage to show.

@@ -79,8 +79,7 @@ pub async fn preview(
                         .is_some_and(|vm| vm.power == Power::Running)
                 })
                 .collect();
-            let states =
-                observe::talos_states(ports.talos.as_ref(), &identity, &running).await;
+            let states = observe::talos_states(ports.talos.as_ref(), &identity, &running).await;
             observed.nodes = Some(states.into_iter().map(|(n, (s, _))| (n, s)).collect());
         }
         let previous = previous_of(records, name);

@@ -415,8 +415,7 @@ impl<'a> Turn<'a> {
             let kube = self.kube().await;
             if let Some(k) = &kube {
                 k.set_unschedulable(&node.name, true).await?;
-                k.drain(&node.name, self.ctx.settings.drain_timeout)
-                    .await?;
+                k.drain(&node.name, self.ctx.settings.drain_timeout).await?;
             }
             self.say(format!(
                 "rebooting VM {} {} through Proxmox to apply its new size",
@@ -531,10 +530,8 @@ impl<'a> Turn<'a> {
                 }
             }
         }
-        let patch = MetadataPatch::from([(
-            meta_keys::BOOTSTRAPPED_AT.to_owned(),
-            Some(now_rfc3339()),
-        )]);
+        let patch =
+            MetadataPatch::from([(meta_keys::BOOTSTRAPPED_AT.to_owned(), Some(now_rfc3339()))]);
         store.patch_metadata(&self.paths.secrets, &patch).await?;
         Ok(Flow::Done)
     }
@@ -546,8 +543,7 @@ impl<'a> Turn<'a> {
         let now = OffsetDateTime::now_utc();
         if store.read(&self.paths.kubeconfig).await?.is_absent() {
             let endpoint = cluster.endpoint();
-            let kc =
-                credentials::admin_kubeconfig(cluster.name.as_str(), &endpoint, &bundle, now)?;
+            let kc = credentials::admin_kubeconfig(cluster.name.as_str(), &endpoint, &bundle, now)?;
             let data = BTreeMap::from([
                 (
                     kubeconfig_keys::KUBECONFIG.to_owned(),
@@ -572,14 +568,14 @@ impl<'a> Turn<'a> {
                 rfc3339(kc.client.not_after),
             )]);
             store.create(&self.paths.kubeconfig, &data, &meta).await?;
-            self.say(format!("stored the kubeconfig at {}", self.paths.kubeconfig));
+            self.say(format!(
+                "stored the kubeconfig at {}",
+                self.paths.kubeconfig
+            ));
             crate::testhook::reached("kubeconfig-stored");
         }
         if store.read(&self.paths.talos).await?.is_absent() {
-            let ips: Vec<IpAddr> = cluster
-                .control_planes()
-                .map(|n| IpAddr::V4(n.ip))
-                .collect();
+            let ips: Vec<IpAddr> = cluster.control_planes().map(|n| IpAddr::V4(n.ip)).collect();
             let tc = credentials::talosconfig(cluster.name.as_str(), &ips, &bundle, now)?;
             let data = BTreeMap::from([(
                 talos_keys::TALOSCONFIG.to_owned(),
@@ -865,7 +861,9 @@ fn phase_of(action: &Action, first_apply: bool, intent_changed: bool) -> Phase {
         {
             Phase::Provisioning
         }
-        Action::Bootstrap { .. } | Action::StoreCredentials | Action::WaitHealthy if first_apply => {
+        Action::Bootstrap { .. } | Action::StoreCredentials | Action::WaitHealthy
+            if first_apply =>
+        {
             Phase::Bootstrapping
         }
         _ if intent_changed => Phase::Updating,
@@ -1006,7 +1004,12 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         status.last_error = Some(msg.clone());
         status.retry_at = None;
         status.set_condition("Blocked", true, "NeedsAPerson", &msg);
-        status.nodes = node_statuses(cluster, &observed, &turn.stages, job.previous_status.as_ref());
+        status.nodes = node_statuses(
+            cluster,
+            &observed,
+            &turn.stages,
+            job.previous_status.as_ref(),
+        );
         return Outcome {
             status,
             record: Some(record),
@@ -1042,7 +1045,12 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         let states = observe::talos_states(ctx.ports.talos.as_ref(), &identity, &all).await;
         turn.stages = states.into_iter().map(|(n, (_, st))| (n, st)).collect();
     }
-    status.nodes = node_statuses(cluster, &observed, &turn.stages, job.previous_status.as_ref());
+    status.nodes = node_statuses(
+        cluster,
+        &observed,
+        &turn.stages,
+        job.previous_status.as_ref(),
+    );
     let max = ctx.settings.max_failures;
     match execution {
         Execution::Complete => {
@@ -1057,7 +1065,12 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
             status.last_applied_revision = Some(job.revision.clone());
             status.last_error = None;
             status.retry_at = None;
-            status.set_condition("Healthy", true, "AllNodesReady", "every expected node is Ready");
+            status.set_condition(
+                "Healthy",
+                true,
+                "AllNodesReady",
+                "every expected node is Ready",
+            );
             if !plan.steps.is_empty() {
                 // What the steps changed shows in the next listing; report it from there.
                 for n in &mut status.nodes {

@@ -401,6 +401,12 @@ impl ProxmoxPort for SimProxmox {
                     .collect();
                 config.insert("name".into(), id.name.clone());
                 config.insert("description".into(), spec.description());
+                // PVE gives every clone its own SMBIOS uuid; the guest reports it, and kiln checks it
+                // before sending a machine config.
+                config.insert(
+                    "smbios1".into(),
+                    format!("uuid={}", crate::talos::ClusterUid::generate()),
+                );
                 st.writes += 1;
                 st.vms.insert(
                     vmid,
