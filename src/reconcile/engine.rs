@@ -705,3 +705,119 @@ fn now_rfc3339() -> String {
         .format(&Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git::{ClusterFile, ObjectId};
+
+    const PRODUCTION: &str = include_str!("../../examples/clusters/production.yaml");
+    const STAGING: &str = include_str!("../../examples/clusters/staging.yaml");
+
+    fn oid(byte: u8) -> ObjectId {
+        ObjectId::from_bytes_or_panic(&[byte; 20])
+    }
+
+    fn snapshot(files: &[(&str, Result<&str, &str>)]) -> Snapshot {
+        Snapshot {
+            rev: oid(1),
+            files: files
+                .iter()
+                .enumerate()
+                .map(|(i, (name, text))| ClusterFile {
+                    path: format!("clusters/{name}.yaml"),
+                    name: (*name).to_owned(),
+                    blob: oid(10 + i as u8),
+                    text: text.map(str::to_owned).map_err(str::to_owned),
+                })
+                .collect(),
+            templates: BTreeMap::new(),
+            templates_tree: None,
+            source_commit: oid(2),
+        }
+    }
+
+    fn applied(name: &str, text: &str) -> ClusterRecord {
+        ClusterRecord {
+            spec_text: text.to_owned(),
+            path: format!("clusters/{name}.yaml"),
+            applied_revision: Some("r".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn invalid_and_undecodable_files_are_unknown_not_absent() {
+        let s = snapshot(&[
+            ("production", Ok(PRODUCTION)),
+            ("staging", Ok("spec: [unclosed")),
+            ("broken", Err("not UTF-8")),
+        ]);
+        let intent = Intent::read(&s);
+        assert_eq!(intent.valid.keys().collect::<Vec<_>>(), ["production"]);
+        assert!(intent.invalid.contains_key("staging"));
+        assert!(intent.invalid.contains_key("broken"));
+        assert!(intent.present("staging") && intent.present("broken"));
+        assert!(!intent.present("gone"));
+        let prod = &intent.valid["production"];
+        assert_eq!(prod.revision, oid(10).to_string());
+        assert!(
+            intent.invalid["staging"]
+                .1
+                .contains("clusters/staging.yaml")
+        );
+    }
+
+    #[test]
+    fn output_keeps_unknown_and_held_clusters_and_drops_the_decommissioned() {
+        let records = Records {
+            clusters: BTreeMap::from([
+                ("staging".to_owned(), applied("staging", STAGING)),
+                ("production".to_owned(), applied("production", PRODUCTION)),
+            ]),
+            published_key: None,
+        };
+        // staging's file turned invalid: its last applied spec is still rendered.
+        let s = snapshot(&[("production", Ok(PRODUCTION)), ("staging", Ok("{{"))]);
+        let out = Engine::<crate::git::GitSource>::output_clusters(
+            &Intent::read(&s),
+            &records,
+            &BTreeSet::new(),
+        );
+        let names: Vec<&str> = out.iter().map(|(c, _)| c.name.as_str()).collect();
+        assert_eq!(names, ["production", "staging"]);
+
+        // staging's file is gone: kept while held (grace, protection), dropped once decommissioned.
+        let s = snapshot(&[("production", Ok(PRODUCTION))]);
+        let intent = Intent::read(&s);
+        let held = BTreeSet::from(["staging".to_owned()]);
+        let out = Engine::<crate::git::GitSource>::output_clusters(&intent, &records, &held);
+        assert_eq!(out.len(), 2);
+        let out =
+            Engine::<crate::git::GitSource>::output_clusters(&intent, &records, &BTreeSet::new());
+        let names: Vec<&str> = out.iter().map(|(c, _)| c.name.as_str()).collect();
+        assert_eq!(names, ["production"]);
+    }
+
+    #[test]
+    fn a_never_applied_cluster_with_an_invalid_file_renders_nothing() {
+        let records = Records {
+            clusters: BTreeMap::from([(
+                "staging".to_owned(),
+                ClusterRecord {
+                    spec_text: STAGING.into(),
+                    path: "clusters/staging.yaml".into(),
+                    ..Default::default()
+                },
+            )]),
+            published_key: None,
+        };
+        let s = snapshot(&[("staging", Ok("{{"))]);
+        let out = Engine::<crate::git::GitSource>::output_clusters(
+            &Intent::read(&s),
+            &records,
+            &BTreeSet::new(),
+        );
+        assert!(out.is_empty());
+    }
+}

@@ -503,13 +503,14 @@ impl<'a> Turn<'a> {
             match talos.etcd_members(ip, &identity).await {
                 Ok(members) if !members.is_empty() => already = true,
                 Ok(_) => {}
-                Err(TalosError::Status { code, .. })
-                    if matches!(
-                        code,
+                // etcd not running here (yet): this node has no members to list.
+                Err(TalosError::Status {
+                    code:
                         tonic::Code::Unavailable
-                            | tonic::Code::FailedPrecondition
-                            | tonic::Code::NotFound
-                    ) => {}
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::NotFound,
+                    ..
+                }) => {}
                 Err(e) => {
                     return Ok(Flow::Wait(format!(
                         "cannot tell whether etcd runs on {}: {e}",
