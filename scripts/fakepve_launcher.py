@@ -14,7 +14,9 @@ Added to fakepve:
 - `PUT /nodes/{node}/qemu/{vmid}/resize` (DESIGN.md §9): grows the drive's `size=` in a task and
   refuses a shrink with PVE's "shrinking disks is not supported".
 - Lost replies (`lost_reply`): the matched request runs to completion, then the connection is closed
-  without an answer: what a real PVE does to a client whose network fails at the wrong moment.
+  without an answer: what a real PVE does to a client whose network fails at the wrong moment. Only a
+  request that succeeded (2xx) uses up the rule, so it combines with `fail` on the same path: the
+  failures come first, and the first clone that really runs loses its reply.
 - Task outcomes (`task_warnings`): the matched request's task ends `WARNINGS: n`, as PVE reports a
   task that logged warnings.
 """
@@ -108,11 +110,19 @@ class KilnPve(FakePve):
                 return True
         return False
 
+    @staticmethod
+    def _matches(rules, request):
+        return any(request.method == m and request.path.endswith(s) for m, s in rules)
+
     @web.middleware
     async def _kiln_faults(self, request, handler):
-        lost = self._take(self.lost_replies, request)
+        lost = self._matches(self.lost_replies, request)
         warn = self._take(self.task_warnings, request)
         response = await handler(request)
+        # A failed or dropped request does not use up a lost-reply rule: losing the answer of a request
+        # that did nothing is no different from a failure, and tests want the run-then-lose case.
+        lost = lost and isinstance(response, web.Response) and 200 <= response.status < 300 \
+            and self._take(self.lost_replies, request)
         if warn and isinstance(response, web.Response) and response.status == 200:
             upid = json.loads(response.text).get('data')
             task = self.tasks.get(upid)
