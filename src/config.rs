@@ -222,6 +222,24 @@ pub struct ReconcileConfig {
     pub drift_policy: DriftPolicy,
     #[serde(default)]
     pub allow_empty: bool,
+    /// First pause after a failed action; doubles per failure up to `retry_max`.
+    #[serde(default = "d_retry_initial", deserialize_with = "duration")]
+    pub retry_initial: Duration,
+    #[serde(default = "d_retry_max", deserialize_with = "duration")]
+    pub retry_max: Duration,
+    /// Failures of one action in a row (same intent revision) before the cluster is `Failed`.
+    #[serde(default = "d_max_failures")]
+    pub max_failures: u32,
+}
+
+fn d_retry_initial() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_retry_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn d_max_failures() -> u32 {
+    8
 }
 
 impl Default for ReconcileConfig {
@@ -232,6 +250,9 @@ impl Default for ReconcileConfig {
             drift_interval: d_drift(),
             drift_policy: DriftPolicy::Repair,
             allow_empty: false,
+            retry_initial: d_retry_initial(),
+            retry_max: d_retry_max(),
+            max_failures: d_max_failures(),
         }
     }
 }

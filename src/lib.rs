@@ -27,3 +27,5 @@ pub mod server;
 pub mod sim;
 /// Talos secrets bundle, machine configs, gRPC client.
 pub mod talos;
+/// Crash points the end-to-end tests stop the daemon at (inert without `KILN_TEST_PAUSE_AT`).
+pub mod testhook;

@@ -455,6 +455,9 @@ impl PveAdapter {
                 let outcome = self.clone_vm(spec, template_node).await?;
                 // No clone task of ours finished: the VM we found is the one an unanswered clone made.
                 let adopted = outcome.is_none();
+                if !adopted {
+                    crate::testhook::reached("vm-cloned");
+                }
                 warnings.extend(outcome.filter(|o| *o != TaskOutcome::Ok));
                 adopted
             }
@@ -469,6 +472,7 @@ impl PveAdapter {
             .await?;
         let (owned, _) = self.reverify(id, &id.pve_node).await?;
         let started = self.power(&owned, "start", true).await?;
+        crate::testhook::reached("vm-started");
         warnings.extend(started.filter(|o| *o != TaskOutcome::Ok));
         let (vm, _) = self.reverify(id, &id.pve_node).await?;
         Ok(Created {

@@ -35,6 +35,9 @@ pub struct OwnedVm {
     node: String,
     digest: String,
     running: bool,
+    /// The `uuid=` of `smbios1`: what the guest reports as its SMBIOS system uuid, so a machine config
+    /// goes only to this VM (DESIGN.md §4). Empty when the VM has none.
+    smbios_uuid: String,
 }
 
 impl OwnedVm {
@@ -55,6 +58,11 @@ impl OwnedVm {
                     .unwrap_or_default()
                     .to_owned(),
                 running,
+                smbios_uuid: config
+                    .get("smbios1")
+                    .and_then(|v| v.as_str())
+                    .and_then(smbios_uuid)
+                    .unwrap_or_default(),
             }),
             Verdict::HalfMade => Err(ProxmoxError::Foreign {
                 vmid: id.vmid.get(),
@@ -87,6 +95,18 @@ impl OwnedVm {
     pub fn running(&self) -> bool {
         self.running
     }
+    /// The VM's SMBIOS uuid (`smbios1: uuid=…`), empty when unset.
+    pub fn smbios_uuid(&self) -> &str {
+        &self.smbios_uuid
+    }
+}
+
+/// `uuid=` out of a `smbios1` property string (`uuid=…,manufacturer=…`).
+fn smbios_uuid(smbios1: &str) -> Option<String> {
+    smbios1
+        .split(',')
+        .find_map(|part| part.trim().strip_prefix("uuid="))
+        .map(str::to_owned)
 }
 
 /// Sizes the next start will use, where they differ from what runs now (`GET …/pending`).

@@ -1,5 +1,18 @@
 //! The reconcile loop (DESIGN.md §7): fetch → load → observe → plan → render → commit → apply → status.
+//!
+//! `engine` runs cycles over every cluster; `worker` is one cluster's turn (observe, plan, execute);
+//! `observe` maps the ports' answers onto the planner's inputs; `records` is what kiln must remember
+//! across restarts; `ports` bundles the systems the engine drives.
 
 pub mod backoff;
+pub mod engine;
+pub mod observe;
 pub mod offline;
+pub mod ports;
+pub mod records;
 pub mod status;
+pub mod worker;
+
+pub use engine::{CycleReport, Engine, Intent};
+pub use ports::{KubeConnect, KubeRs, Ports};
+pub use worker::Progress;

@@ -1,0 +1,688 @@
+//! The loop of DESIGN.md §7: fetch → load → decide what is rendered → commit and push if the output
+//! changed → observe Proxmox (one listing) → converge each cluster (in parallel up to `concurrency`)
+//! → decommission what was removed (only after its removal commit is pushed) → status.
+//!
+//! Safety rules live here, before any destructive step: an invalid file is unknown, never deleted;
+//! nothing is decommissioned when Git cannot be read, or when the clusters folder yields no valid file
+//! while kiln manages clusters (unless `allow_empty`); a cluster leaves the records only once Proxmox
+//! confirms its VMs are gone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::backoff::{Backoff, BackoffPolicy};
+use super::ports::Ports;
+use super::records::{ClusterRecord, Records};
+use super::status::{ClusterStatus, Phase, StatusBook};
+use super::worker::{self, ConvergeJob, Ctx, DecommissionJob, Outcome, Progress, Settings};
+use crate::config::Config;
+use crate::git::{GitPort, PublishOutcome, Rendered, Snapshot};
+use crate::render::RenderSettings;
+use crate::secrets::Prefix;
+use crate::spec::{self, Cluster, ClusterName};
+
+/// One cluster file that loads and validates.
+#[derive(Debug, Clone)]
+pub struct ValidIntent {
+    pub cluster: Cluster,
+    pub path: String,
+    pub text: String,
+    pub revision: String,
+}
+
+/// What the clusters folder says at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct Intent {
+    pub valid: BTreeMap<String, ValidIntent>,
+    /// stem → (path, every error): unknown clusters, never deleted.
+    pub invalid: BTreeMap<String, (String, String)>,
+}
+
+impl Intent {
+    pub fn read(snapshot: &Snapshot) -> Self {
+        let outcome = spec::load(snapshot.texts().map(|(p, t)| (Path::new(p), t)));
+        let mut intent = Intent::default();
+        for w in &outcome.warnings {
+            tracing::debug!("{w}");
+        }
+        for c in outcome.clusters {
+            let name = c.name.as_str().to_owned();
+            let Some(file) = snapshot.files.iter().find(|f| f.name == name) else {
+                continue;
+            };
+            let Ok(text) = &file.text else { continue };
+            let revision = snapshot
+                .intent_revision(&name)
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            intent.valid.insert(
+                name,
+                ValidIntent {
+                    cluster: c,
+                    path: file.path.clone(),
+                    text: text.clone(),
+                    revision,
+                },
+            );
+        }
+        for bad in outcome.invalid {
+            let message = bad
+                .diagnostics
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n");
+            intent
+                .invalid
+                .insert(bad.stem, (bad.path.display().to_string(), message));
+        }
+        for f in &snapshot.files {
+            if let Err(why) = &f.text {
+                intent
+                    .invalid
+                    .insert(f.name.clone(), (f.path.clone(), format!("{}: {why}", f.path)));
+            }
+        }
+        intent
+    }
+
+    pub fn present(&self, name: &str) -> bool {
+        self.valid.contains_key(name) || self.invalid.contains_key(name)
+    }
+}
+
+/// A recorded spec text, loaded on its own (for rendering a cluster whose file is invalid or gone).
+fn recorded_cluster(record: &ClusterRecord) -> Option<Cluster> {
+    let path = if record.path.is_empty() {
+        "recorded.yaml".to_owned()
+    } else {
+        record.path.clone()
+    };
+    spec::load([(Path::new(&path), record.spec_text.as_str())])
+        .clusters
+        .into_iter()
+        .next()
+}
+
+/// What happens to a managed cluster whose file is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Missing {
+    /// Git gave nothing valid while kiln manages clusters (and `allow_empty` is off): held.
+    HeldEmpty,
+    Protected,
+    Grace { until: OffsetDateTime },
+    /// Grace over: its files go in the next commit, then its VMs are destroyed.
+    Decommission,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CycleReport {
+    /// Every cluster is Ready, Blocked or Failed: nothing more happens without a change.
+    pub settled: bool,
+    /// Every cluster is Ready (and nothing stopped the cycle).
+    pub converged: bool,
+    pub wake_in: Option<Duration>,
+    /// What stopped the cycle short (Git or Proxmox unreachable).
+    pub error: Option<String>,
+    /// Whether this cycle pushed a commit.
+    pub pushed: Option<String>,
+}
+
+pub struct Engine<G: GitPort> {
+    config: Arc<Config>,
+    git: G,
+    ctx: Ctx,
+    records: Records,
+    status: StatusBook,
+    render_settings: RenderSettings,
+}
+
+impl<G: GitPort> Engine<G> {
+    pub fn new(
+        config: Config,
+        git: G,
+        ports: Ports,
+        shutdown: watch::Receiver<bool>,
+        progress: Option<mpsc::UnboundedSender<Progress>>,
+    ) -> Result<Self, std::io::Error> {
+        let records = Records::load(&config.state_dir)?;
+        let status = StatusBook::load(&config.state_dir)?;
+        let prefix = Prefix::parse(&config.secrets.prefix).map_err(std::io::Error::other)?;
+        let settings = Settings {
+            drift_policy: config.reconcile.drift_policy,
+            prefix,
+            on_decommission: config.secrets.on_decommission,
+            max_failures: config.reconcile.max_failures.max(1),
+            drain_timeout: Duration::from_secs(300),
+            wait_interval: Duration::from_secs(2),
+        };
+        let backoff = Backoff::new(BackoffPolicy {
+            initial: config.reconcile.retry_initial,
+            max: config.reconcile.retry_max.max(config.reconcile.retry_initial),
+            jitter: 0.2,
+        });
+        let render_settings = RenderSettings::from_config(&config);
+        Ok(Self {
+            ctx: Ctx {
+                ports,
+                backoff: Arc::new(Mutex::new(backoff)),
+                settings: Arc::new(settings),
+                shutdown,
+                progress,
+            },
+            config: Arc::new(config),
+            git,
+            records,
+            status,
+            render_settings,
+        })
+    }
+
+    pub fn status(&self) -> &StatusBook {
+        &self.status
+    }
+
+    fn persist(&self) {
+        if let Err(e) = self.records.save(&self.config.state_dir) {
+            tracing::error!(error = %e, "cannot save records");
+        }
+        if let Err(e) = self.status.save(&self.config.state_dir) {
+            tracing::error!(error = %e, "cannot save status");
+        }
+    }
+
+    /// Marks every known cluster with a cycle-level problem, changing nothing else.
+    fn cycle_failed(&mut self, error: String) -> CycleReport {
+        tracing::warn!("{error}");
+        let now = now_rfc3339();
+        for s in self.status.clusters.values_mut() {
+            s.last_error = Some(error.clone());
+            s.updated_at = now.clone();
+        }
+        self.persist();
+        CycleReport {
+            settled: false,
+            converged: false,
+            wake_in: Some(Duration::from_secs(5)),
+            error: Some(error),
+            pushed: None,
+        }
+    }
+
+    fn missing_state(&self, name: &str, record: &ClusterRecord, intent: &Intent) -> Missing {
+        if intent.valid.is_empty() && !self.config.reconcile.allow_empty {
+            return Missing::HeldEmpty;
+        }
+        if record.protected {
+            return Missing::Protected;
+        }
+        let since = record
+            .missing_since
+            .as_deref()
+            .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+            .unwrap_or_else(OffsetDateTime::now_utc);
+        let until = since + self.config.reconcile.decommission_grace;
+        let _ = name;
+        if OffsetDateTime::now_utc() < until {
+            Missing::Grace { until }
+        } else {
+            Missing::Decommission
+        }
+    }
+
+    /// One pass of the loop. Never panics on a system being down: it reports and waits.
+    pub async fn cycle(&mut self) -> CycleReport {
+        let mut git_error = None;
+        if let Err(e) = self.git.poll().await {
+            git_error = Some(format!("git: {e}"));
+        }
+        let Some(rev) = self.git.current().await else {
+            return self.cycle_failed(
+                git_error.unwrap_or_else(|| "git: no revision fetched yet".into()),
+            );
+        };
+        if let Some(e) = &git_error {
+            tracing::warn!("{e}; working from the last revision fetched, {rev}; nothing is decommissioned");
+        }
+        let snapshot = match self.git.snapshot(rev).await {
+            Ok(s) => s,
+            Err(e) => return self.cycle_failed(format!("git: reading {rev}: {e}")),
+        };
+        let intent = Intent::read(&snapshot);
+
+        // Records: new valid clusters are recorded (kiln may make VMs for them from now on); a file
+        // that came back cancels its decommission.
+        let now = now_rfc3339();
+        for (name, v) in &intent.valid {
+            let r = self.records.clusters.entry(name.clone()).or_default();
+            if r.applied_revision.is_none() {
+                r.spec_text = v.text.clone();
+                r.path = v.path.clone();
+                r.protected = v.cluster.spec.deletion_protection;
+            }
+            r.missing_since = None;
+        }
+        for name in intent.invalid.keys() {
+            if let Some(r) = self.records.clusters.get_mut(name) {
+                r.missing_since = None;
+            }
+        }
+        let mut missing: BTreeMap<String, Missing> = BTreeMap::new();
+        if git_error.is_none() {
+            let names: Vec<String> = self
+                .records
+                .clusters
+                .keys()
+                .filter(|n| !intent.present(n))
+                .cloned()
+                .collect();
+            for name in names {
+                let r = self.records.clusters.get_mut(&name).expect("listed");
+                if r.missing_since.is_none() {
+                    r.missing_since = Some(now.clone());
+                }
+                let r = r.clone();
+                missing.insert(name.clone(), self.missing_state(&name, &r, &intent));
+            }
+        }
+
+        // Render and publish before applying (§7): not gated on health, once per intent.
+        let (pushed, publish_ok) = self.publish(&snapshot, &intent, &missing).await;
+
+        // Observe Proxmox: one listing for every cluster.
+        let inventory = match self.ctx.ports.proxmox.observe().await {
+            Ok(inv) => Arc::new(inv),
+            Err(e) => {
+                let mut report = self.cycle_failed(format!("proxmox: {e}"));
+                report.pushed = pushed;
+                return report;
+            }
+        };
+
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        let semaphore = Arc::new(Semaphore::new(self.config.reconcile.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        let drift = self.config.reconcile.drift_interval;
+        for (name, v) in &intent.valid {
+            let record = self.records.clusters.get(name).cloned().unwrap_or_default();
+            let previous = record
+                .applied_revision
+                .as_ref()
+                .and_then(|_| recorded_cluster(&record));
+            let deep = record
+                .deep_checked_at
+                .as_deref()
+                .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+                .is_none_or(|t| OffsetDateTime::now_utc() - t >= drift);
+            let job = ConvergeJob {
+                cluster: v.cluster.clone(),
+                path: v.path.clone(),
+                text: v.text.clone(),
+                revision: v.revision.clone(),
+                previous,
+                record,
+                inventory: inventory.clone(),
+                deep,
+                previous_status: self.status.clusters.get(name).cloned(),
+            };
+            let ctx = self.ctx.clone();
+            let sem = semaphore.clone();
+            tasks.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                worker::converge(ctx, job).await
+            });
+        }
+        for (name, state) in &missing {
+            let record = self.records.clusters.get(name).cloned().unwrap_or_default();
+            match state {
+                Missing::Decommission if publish_ok => {
+                    let Ok(cluster_name) = name.parse::<ClusterName>() else {
+                        continue;
+                    };
+                    let job = DecommissionJob {
+                        name: cluster_name,
+                        last: recorded_cluster(&record),
+                        record,
+                        inventory: inventory.clone(),
+                        previous_status: self.status.clusters.get(name).cloned(),
+                    };
+                    let ctx = self.ctx.clone();
+                    let sem = semaphore.clone();
+                    tasks.spawn(async move {
+                        let _permit = sem.acquire_owned().await;
+                        worker::decommission(ctx, job).await
+                    });
+                }
+                other => outcomes.push(self.held_outcome(name, &record, other, publish_ok)),
+            }
+        }
+        for (name, (path, message)) in &intent.invalid {
+            outcomes.push(self.invalid_outcome(name, path, message));
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(o) => outcomes.push(o),
+                Err(e) => tracing::error!(error = %e, "a cluster task panicked"),
+            }
+        }
+
+        let mut report = CycleReport {
+            settled: true,
+            converged: git_error.is_none(),
+            wake_in: None,
+            error: git_error,
+            pushed,
+        };
+        for o in outcomes {
+            report.settled &= o.settled;
+            report.converged &= o.converged;
+            if let Some(w) = o.wake_in {
+                report.wake_in = Some(report.wake_in.map_or(w, |x: Duration| x.min(w)));
+            }
+            let name = o.status.name.clone();
+            if o.forget {
+                self.records.clusters.remove(&name);
+                self.status.clusters.remove(&name);
+                continue;
+            }
+            if let Some(r) = o.record {
+                self.records.clusters.insert(name.clone(), r);
+            }
+            self.status.clusters.insert(name, o.status);
+        }
+        // Statuses of clusters Git no longer names and kiln never managed.
+        let records = &self.records;
+        self.status
+            .clusters
+            .retain(|name, _| intent.present(name) || records.clusters.contains_key(name));
+        self.persist();
+        report
+    }
+
+    fn held_outcome(
+        &self,
+        name: &str,
+        record: &ClusterRecord,
+        state: &Missing,
+        publish_ok: bool,
+    ) -> Outcome {
+        let mut status = self.base_status(name);
+        let (phase, message, settled, wake) = match state {
+            Missing::HeldEmpty => (
+                Phase::Blocked,
+                "the clusters folder has no valid file while kiln manages clusters: taken for a mistake, nothing is destroyed (set reconcile.allow_empty = true to decommission the last cluster)".to_owned(),
+                true,
+                None,
+            ),
+            Missing::Protected => (
+                Phase::Blocked,
+                format!(
+                    "{} was deleted but the cluster has deletionProtection: true; restore the file, or set deletionProtection: false before deleting it",
+                    record.path
+                ),
+                true,
+                None,
+            ),
+            Missing::Grace { until } => (
+                Phase::Deleting,
+                format!(
+                    "file deleted; decommission starts at {} unless the file comes back",
+                    until.format(&Rfc3339).unwrap_or_default()
+                ),
+                false,
+                Some(
+                    Duration::try_from(*until - OffsetDateTime::now_utc())
+                        .unwrap_or(Duration::ZERO)
+                        .max(Duration::from_secs(1)),
+                ),
+            ),
+            Missing::Decommission => (
+                Phase::Deleting,
+                "waiting until the removal of its files is pushed".to_owned(),
+                !publish_ok,
+                Some(Duration::from_secs(5)),
+            ),
+        };
+        status.phase = phase;
+        status.last_error = Some(message.clone());
+        status.set_condition("FilePresent", false, "Deleted", &message);
+        Outcome {
+            status,
+            record: Some(record.clone()),
+            forget: false,
+            settled,
+            converged: false,
+            wake_in: wake,
+        }
+    }
+
+    fn invalid_outcome(&self, name: &str, path: &str, message: &str) -> Outcome {
+        let mut status = self.base_status(name);
+        status.phase = Phase::Blocked;
+        let text = format!(
+            "{path} is invalid; the cluster is left as it is until the file is fixed:\n{message}"
+        );
+        status.last_error = Some(text.clone());
+        status.set_condition("SpecValid", false, "Invalid", &text);
+        Outcome {
+            status,
+            record: None,
+            forget: false,
+            settled: true,
+            converged: false,
+            wake_in: None,
+        }
+    }
+
+    fn base_status(&self, name: &str) -> ClusterStatus {
+        let mut s = self
+            .status
+            .clusters
+            .get(name)
+            .cloned()
+            .unwrap_or(ClusterStatus {
+                name: name.to_owned(),
+                phase: Phase::Pending,
+                conditions: Vec::new(),
+                nodes: Vec::new(),
+                last_applied_revision: None,
+                last_error: None,
+                retry_at: None,
+                updated_at: String::new(),
+            });
+        s.updated_at = now_rfc3339();
+        s
+    }
+
+    /// The clusters whose files belong in `output_dir` at `snapshot`: valid files, plus the last
+    /// applied spec of clusters that are unknown (invalid file) or still held (grace, protection,
+    /// an empty folder). A cluster past its grace is left out: that is its removal commit.
+    fn output_clusters(
+        snapshot_intent: &Intent,
+        records: &Records,
+        held: &BTreeSet<String>,
+    ) -> Vec<(Cluster, String)> {
+        let mut out: Vec<(Cluster, String)> = snapshot_intent
+            .valid
+            .values()
+            .map(|v| (v.cluster.clone(), v.text.clone()))
+            .collect();
+        for (name, r) in &records.clusters {
+            if snapshot_intent.valid.contains_key(name) {
+                continue;
+            }
+            let keep = snapshot_intent.invalid.contains_key(name) || held.contains(name);
+            if keep
+                && r.applied_revision.is_some()
+                && let Some(c) = recorded_cluster(r)
+            {
+                out.push((c, r.spec_text.clone()));
+            }
+        }
+        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        out
+    }
+
+    fn output_key(&self, clusters: &[(Cluster, String)], snapshot: &Snapshot) -> String {
+        let mut h = Sha256::new();
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.update(format!("{:?}", self.render_settings).as_bytes());
+        for (path, text) in &snapshot.templates {
+            h.update(path.as_bytes());
+            h.update([0]);
+            h.update(text.as_bytes());
+            h.update([0]);
+        }
+        for (c, text) in clusters {
+            h.update(c.name.as_str().as_bytes());
+            h.update([0]);
+            h.update(text.as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// Commits the generated files when they changed. Returns the pushed commit and whether the
+    /// output at the tip is now what this cycle wants (decommission may go on only then).
+    async fn publish(
+        &mut self,
+        snapshot: &Snapshot,
+        intent: &Intent,
+        missing: &BTreeMap<String, Missing>,
+    ) -> (Option<String>, bool) {
+        let held: BTreeSet<String> = missing
+            .iter()
+            .filter(|(_, m)| !matches!(m, Missing::Decommission))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let wanted = Self::output_clusters(intent, &self.records, &held);
+        let key = self.output_key(&wanted, snapshot);
+        if self.records.published_key.as_deref() == Some(key.as_str()) {
+            return (None, true);
+        }
+        let records = self.records.clone();
+        let settings = self.render_settings.clone();
+        let changed: Vec<String> = intent
+            .valid
+            .iter()
+            .filter(|(n, v)| {
+                records
+                    .clusters
+                    .get(*n)
+                    .and_then(|r| r.applied_revision.as_deref())
+                    != Some(v.revision.as_str())
+            })
+            .map(|(n, _)| n.clone())
+            .chain(
+                missing
+                    .iter()
+                    .filter(|(_, m)| matches!(m, Missing::Decommission))
+                    .map(|(n, _)| n.clone()),
+            )
+            .collect();
+        let render = |snap: &Snapshot| -> Result<Rendered, crate::render::RenderError> {
+            // The tip may have moved since this cycle read it: decide again from what is there.
+            let intent = Intent::read(snap);
+            let clusters: Vec<Cluster> = Self::output_clusters(&intent, &records, &held)
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect();
+            let files = crate::render::render(&clusters, &settings, &snap.templates)?;
+            Ok(Rendered {
+                files,
+                clusters_changed: changed.clone(),
+            })
+        };
+        match self.git.publish(render).await {
+            Ok(PublishOutcome::Pushed { commit, .. }) => {
+                tracing::info!(%commit, "pushed the generated files");
+                if let Some(tx) = &self.ctx.progress {
+                    let _ = tx.send(Progress {
+                        cluster: "*".into(),
+                        message: format!("committed and pushed the generated files ({commit})"),
+                    });
+                }
+                self.records.published_key = Some(key);
+                self.persist();
+                (Some(commit.to_string()), true)
+            }
+            Ok(PublishOutcome::NoChange { .. }) => {
+                self.records.published_key = Some(key);
+                (None, true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish the generated files; retrying next cycle");
+                for s in self.status.clusters.values_mut() {
+                    s.set_condition("Committed", false, "PublishFailed", &e.to_string());
+                }
+                (None, false)
+            }
+        }
+    }
+
+    /// `kiln run --once`: cycles until every cluster converged or is stuck, or until `timeout`.
+    pub async fn run_once(&mut self, timeout: Duration) -> CycleReport {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            let report = self.cycle().await;
+            if report.settled && report.error.is_none() {
+                return report;
+            }
+            if *shutdown.borrow() {
+                return report;
+            }
+            let wait = report
+                .wake_in
+                .unwrap_or(Duration::from_secs(2))
+                .clamp(Duration::from_millis(200), Duration::from_secs(5));
+            let now = tokio::time::Instant::now();
+            if now + wait >= deadline {
+                let mut report = report;
+                report.error.get_or_insert_with(|| {
+                    format!("not converged within {}", humantime::format_duration(timeout))
+                });
+                return report;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// The daemon: a cycle per trigger (poll timer, a local repository's change, a poke) and whenever a
+    /// cluster asked to be looked at again; returns when `shutdown` turns true, after the current step.
+    pub async fn run(&mut self, trigger: crate::git::Trigger) {
+        let mut shutdown = self.ctx.shutdown.clone();
+        let poll = self.config.git.poll_interval;
+        loop {
+            let report = self.cycle().await;
+            if *shutdown.borrow() {
+                tracing::info!("shutting down");
+                return;
+            }
+            let wait = report.wake_in.map_or(poll, |w| w.min(poll));
+            tokio::select! {
+                _ = trigger.wait(wait.max(Duration::from_millis(200))) => {}
+                _ = shutdown.changed() => {
+                    tracing::info!("shutting down");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}

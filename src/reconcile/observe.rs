@@ -1,0 +1,209 @@
+//! From the ports' answers to the planner's `ObservedCluster` (pure mapping of the Proxmox listing) and
+//! the deep observation of one cluster (secret store markers, Talos node states, Kubernetes health),
+//! which only runs when the cheap one cannot vouch for the cluster (DESIGN.md §7 "Observation cost").
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::plan::{self, Conflict, NodeState, ObservedCluster, ObservedVm, Ownership, Power};
+use crate::proxmox::{self, Inventory, PowerState};
+use crate::secrets::{ReadOutcome, SecretPaths, SecretStore, bundle_keys, meta_keys};
+use crate::spec::{Cluster, Node, Vmid};
+use crate::talos::SecretsBundle;
+use crate::talos::grpc::{ClientIdentity, TalosPort};
+
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+
+fn power(p: PowerState) -> Power {
+    match p {
+        PowerState::Running => Power::Running,
+        PowerState::Stopped => Power::Stopped,
+        PowerState::Paused | PowerState::Unknown => Power::Unknown,
+    }
+}
+
+/// kiln's VMs of cluster `name` (and its half-made ones) from the listing, plus anything at a VMID the
+/// cluster wants that is not its VM. `wanted` are the VMIDs of the nodes the intent lists (empty for a
+/// cluster being decommissioned: nothing there is a conflict, it just is not touched).
+pub fn from_listing(inventory: &Inventory, name: &str, wanted: &[(u32, Vmid)]) -> ObservedCluster {
+    let mut out = ObservedCluster::default();
+    for vm in inventory.iter() {
+        let (r, ownership) = match &vm.ownership {
+            proxmox::Ownership::Kiln(r) if r.cluster == name => (r, Ownership::Owned),
+            proxmox::Ownership::HalfMade(r) if r.cluster == name => (r, Ownership::HalfMade),
+            proxmox::Ownership::Mismatched { reason }
+                if vm.name.starts_with(&format!("{name}-")) =>
+            {
+                if let Ok(vmid) = Vmid::new(u64::from(vm.vmid)) {
+                    out.conflicts.push(Conflict {
+                        vmid,
+                        name: Some(vm.name.clone()),
+                        reason: reason.clone(),
+                    });
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        let Ok(vmid) = Vmid::new(u64::from(vm.vmid)) else {
+            continue;
+        };
+        out.vms.insert(
+            r.number,
+            ObservedVm {
+                number: r.number,
+                role: r.role,
+                vmid,
+                name: vm.name.clone(),
+                pve_node: vm.pve_node.clone(),
+                power: power(vm.status),
+                ownership,
+                cores: vm.size.cores.filter(|c| *c > 0),
+                memory_mib: vm.size.memory_bytes.filter(|m| *m > 0).map(|m| m / MIB),
+                disk_gib: vm.size.disk_bytes.filter(|d| *d > 0).map(|d| d / GIB),
+                pending_changes: false,
+                lock: vm.lock.clone(),
+            },
+        );
+    }
+    for &(number, vmid) in wanted {
+        let Some(vm) = inventory.get(vmid.get()) else {
+            continue;
+        };
+        let ours = out
+            .vms
+            .get(&number)
+            .is_some_and(|o| o.vmid == vmid && o.name == vm.name);
+        if ours || out.conflicts.iter().any(|c| c.vmid == vmid) {
+            continue;
+        }
+        let reason = match &vm.ownership {
+            proxmox::Ownership::Foreign { reason } | proxmox::Ownership::Mismatched { reason } => {
+                reason.clone()
+            }
+            proxmox::Ownership::Kiln(r) | proxmox::Ownership::HalfMade(r) => format!(
+                "it is node {} of cluster {}, not this cluster's node {number}",
+                r.number, r.cluster
+            ),
+        };
+        out.conflicts.push(Conflict {
+            vmid,
+            name: Some(vm.name.clone()),
+            reason,
+        });
+    }
+    out
+}
+
+/// The listing shows exactly the VMs the intent asks for, each kiln's, running, at the asked size:
+/// then a cluster whose intent did not change needs no deeper look this cycle.
+pub fn matches_intent(observed: &ObservedCluster, cluster: &Cluster) -> bool {
+    observed.conflicts.is_empty()
+        && observed.vms.len() == cluster.nodes.len()
+        && cluster.nodes.iter().all(|n| {
+            observed.vms.get(&n.number).is_some_and(|vm| {
+                vm.vmid == n.vmid
+                    && vm.ownership == Ownership::Owned
+                    && vm.power == Power::Running
+                    && vm.lock.is_none()
+                    && vm.cores.is_none_or(|c| c == n.resources.cores)
+                    && vm
+                        .memory_mib
+                        .is_none_or(|m| m == u64::from(n.resources.memory_gib) * 1024)
+            })
+        })
+}
+
+/// The secrets bundle as read from the store, with the cluster incarnation's uid.
+#[derive(Clone)]
+pub struct LoadedBundle {
+    pub bundle: SecretsBundle,
+    pub cluster_uid: String,
+}
+
+/// What the secret store says about a cluster, and the bundle when it is readable.
+pub struct SecretsView {
+    pub observed: plan::SecretsObserved,
+    pub bundle: Option<LoadedBundle>,
+}
+
+/// Reads the three paths (values and metadata). A read error is an error of the cycle (the store is
+/// down), never "absent".
+pub async fn secrets(
+    store: &dyn SecretStore,
+    paths: &SecretPaths,
+) -> Result<SecretsView, crate::secrets::SecretsError> {
+    let bundle_read = store.read(&paths.secrets).await?;
+    let kubeconfig = store.read(&paths.kubeconfig).await?;
+    let talos = store.read(&paths.talos).await?;
+    let decommissioned = [&bundle_read, &kubeconfig, &talos]
+        .iter()
+        .any(|r| r.decommissioned_at().is_some());
+    let bootstrapped = bundle_read
+        .custom_metadata()
+        .is_some_and(|m| m.contains_key(meta_keys::BOOTSTRAPPED_AT));
+    let (state, bundle) = match &bundle_read {
+        ReadOutcome::Absent => (plan::BundleState::Absent, None),
+        ReadOutcome::DeletedOrDestroyed { state, .. } => (
+            plan::BundleState::Unreadable(format!("the current version is {state:?}")),
+            None,
+        ),
+        ReadOutcome::Present(stored) => match parse_bundle(stored) {
+            Ok(b) => (plan::BundleState::Present, Some(b)),
+            Err(why) => (plan::BundleState::Unreadable(why), None),
+        },
+    };
+    Ok(SecretsView {
+        observed: plan::SecretsObserved {
+            bundle: state,
+            bootstrapped,
+            kubeconfig_stored: !kubeconfig.is_absent(),
+            talosconfig_stored: !talos.is_absent(),
+            decommissioned,
+        },
+        bundle,
+    })
+}
+
+pub fn parse_bundle(stored: &crate::secrets::Stored) -> Result<LoadedBundle, String> {
+    let yaml = stored
+        .data
+        .get(bundle_keys::BUNDLE)
+        .ok_or_else(|| format!("no `{}` key", bundle_keys::BUNDLE))?;
+    let bundle = SecretsBundle::from_yaml(yaml.expose()).map_err(|e| e.to_string())?;
+    let cluster_uid = stored
+        .data
+        .get(bundle_keys::CLUSTER_UID)
+        .map(|s| s.expose().to_owned())
+        .or_else(|| stored.custom_metadata.get(meta_keys::CLUSTER_UID).cloned())
+        .ok_or_else(|| format!("no `{}`", bundle_keys::CLUSTER_UID))?;
+    Ok(LoadedBundle {
+        bundle,
+        cluster_uid,
+    })
+}
+
+/// Node states for the nodes whose VMs run, with the Talos stage for the status report.
+pub async fn talos_states(
+    talos: &dyn TalosPort,
+    identity: &ClientIdentity,
+    nodes: &[&Node],
+) -> BTreeMap<u32, (NodeState, String)> {
+    let checks = nodes.iter().map(|n| async move {
+        let s = talos.node_state(IpAddr::V4(n.ip), identity).await;
+        (n.number, classify(&s))
+    });
+    futures::future::join_all(checks).await.into_iter().collect()
+}
+
+/// The planner's three states, and the stage to show.
+pub fn classify(s: &crate::talos::grpc::NodeState) -> (NodeState, String) {
+    use crate::talos::grpc::NodeState as T;
+    match s {
+        T::Configured(m) => (NodeState::Configured, m.stage.as_str().to_owned()),
+        T::Maintenance => (NodeState::Maintenance, "maintenance".to_owned()),
+        T::Booting { .. } => (NodeState::Unreachable, "booting".to_owned()),
+        T::Unreachable { .. } => (NodeState::Unreachable, "unreachable".to_owned()),
+    }
+}
