@@ -217,6 +217,9 @@ mount = "{VAULT_MOUNT}"
 concurrency = 4
 decommission_grace = "0s"
 allow_empty = {allow_empty}
+# The fakes answer in milliseconds: retries need not wait as long as on real Proxmox.
+retry_initial = "200ms"
+retry_max = "2s"
 "#,
             state = self.state_dir.display(),
             bare = self.repos.bare.display(),
