@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod daemon;
+
 #[derive(Parser)]
 #[command(
     name = "kiln",
@@ -12,12 +14,37 @@ use clap::{Parser, Subcommand};
     about = "GitOps reconciler for Talos Kubernetes clusters on Proxmox VE"
 )]
 struct Cli {
+    /// Log lines on stderr as human text or JSON (one object per line, with the cluster and action
+    /// spans). Level: KILN_LOG or RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = daemon::LogFormat::Text)]
+    log_format: daemon::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Reconcile: watch the repository and make Proxmox, Talos and the secret store match it.
+    /// SIGTERM finishes the current step and exits.
+    Run {
+        #[arg(long, value_name = "FILE", default_value = kiln::config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Run cycles until every cluster converged or is stuck, print the status table and exit:
+        /// 0 when all converged, 1 otherwise.
+        #[arg(long)]
+        once: bool,
+        /// With --once: give up after this long (humantime, e.g. 10m).
+        #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Show what the daemon last reported: every cluster, or one in detail.
+    Status {
+        name: Option<String>,
+        #[arg(long, value_name = "FILE", default_value = kiln::config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Validate cluster intent files (files or folders of *.yaml), together: the cross-file rules
     /// (no shared VMID, IP or MAC) apply across all of them. Exit 0 when valid, 1 when not.
     Validate {
@@ -71,8 +98,8 @@ struct PlanArgs {
     /// What the plan is measured against; default: origin/<git.branch>, else <git.branch>.
     #[arg(long, value_name = "REV")]
     base: Option<String>,
-    /// Plan from Git alone, with no Proxmox or Vault access (the only mode so far: planning against
-    /// what Proxmox shows arrives with the daemon).
+    /// Plan from Git alone, with no Proxmox or Vault access. Without it, the plan is judged against
+    /// what Proxmox, the secret store and the Talos nodes show now (read-only).
     #[arg(long)]
     offline: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -134,7 +161,20 @@ fn sim_talos(
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Sim(_)) {
+        daemon::init_logging(cli.log_format);
+    }
     match cli.command {
+        Command::Run {
+            config,
+            once,
+            timeout,
+        } => daemon::run(&config, once, timeout),
+        Command::Status {
+            name,
+            config,
+            format,
+        } => daemon::status(&config, name.as_deref(), matches!(format, Format::Json)),
         Command::Validate { paths } => validate(&paths),
         Command::Schema => {
             let schema = kiln::spec::json_schema();
@@ -175,10 +215,13 @@ fn plan_settings(path: Option<&Path>) -> anyhow::Result<(String, String, bool)> 
 fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     use kiln::git::{read_revision, read_work_tree};
     if !args.offline {
-        eprintln!(
-            "kiln plan: only --offline is available so far (planning against what Proxmox and Vault show arrives with the daemon)"
+        let config = args.config.clone().unwrap_or_else(daemon::default_config);
+        return daemon::plan_online(
+            &config,
+            &args.repo,
+            args.rev.as_deref(),
+            matches!(args.format, Format::Json),
         );
-        return Ok(ExitCode::FAILURE);
     }
     let (clusters_dir, branch, allow_empty) = plan_settings(args.config.as_deref())?;
     let head = match &args.rev {

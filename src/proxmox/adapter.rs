@@ -75,21 +75,27 @@ impl PveAdapter {
 
     /// Names every missing privilege before anything changes (DESIGN.md §3).
     pub async fn preflight(&self, scope: &PreflightScope) -> Result<(), ProxmoxError> {
-        let mut scope = scope.clone();
-        // Reading the datacenter options needs Sys.Audit, itself checked below: without it, assume
-        // the stricter tag policy rather than stop before naming everything missing.
-        let options = match self.api.get("/cluster/options", &[]).await {
-            Ok(o) => o,
-            Err(ProxmoxError::Permission { .. }) => Value::Null,
-            Err(e) => return Err(e),
-        };
-        scope.tags_free = options
-            .get("user-tag-access")
-            .and_then(|u| u.get("user-allow"))
-            .and_then(Value::as_str)
-            == Some("free");
         let held = preflight::parse_held(&self.api.get("/access/permissions", &[]).await?);
-        let missing = preflight::missing(&held, &preflight::required(&scope));
+        let mut scope = scope.clone();
+        scope.tags_free = false;
+        let mut missing = preflight::missing(&held, &preflight::required(&scope));
+        // Sys.Modify on / is needed only to create new tags, unless the datacenter lets users
+        // tag freely: ask for the options only then, so a token that has it costs one request.
+        if missing.iter().any(|m| m.contains("Sys.Modify")) {
+            // Reading the options needs Sys.Audit, itself checked: without it, keep the stricter
+            // policy rather than stop before naming everything missing.
+            let options = match self.api.get("/cluster/options", &[]).await {
+                Ok(o) => o,
+                Err(ProxmoxError::Permission { .. }) => Value::Null,
+                Err(e) => return Err(e),
+            };
+            scope.tags_free = options
+                .get("user-tag-access")
+                .and_then(|u| u.get("user-allow"))
+                .and_then(Value::as_str)
+                == Some("free");
+            missing = preflight::missing(&held, &preflight::required(&scope));
+        }
         if missing.is_empty() {
             Ok(())
         } else {

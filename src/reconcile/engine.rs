@@ -265,8 +265,8 @@ impl<G: GitPort> Engine<G> {
             if r.applied_revision.is_none() {
                 r.spec_text = v.text.clone();
                 r.path = v.path.clone();
-                r.protected = v.cluster.spec.deletion_protection;
             }
+            r.protected = v.cluster.spec.deletion_protection;
             r.missing_since = None;
         }
         for name in intent.invalid.keys() {

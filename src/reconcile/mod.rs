@@ -9,6 +9,7 @@ pub mod engine;
 pub mod observe;
 pub mod offline;
 pub mod ports;
+pub mod preview;
 pub mod records;
 pub mod status;
 pub mod worker;

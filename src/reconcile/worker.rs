@@ -185,7 +185,7 @@ struct Turn<'a> {
 impl<'a> Turn<'a> {
     fn say(&self, message: impl Into<String>) {
         let message = message.into();
-        tracing::info!(cluster = %self.name, "{message}");
+        tracing::info!("{message}");
         if let Some(tx) = &self.ctx.progress {
             let _ = tx.send(Progress {
                 cluster: self.name.clone(),
@@ -283,7 +283,7 @@ impl<'a> Turn<'a> {
     }
 
     async fn run(&mut self, action: &Action) -> StepResult {
-        let span = tracing::info_span!("action", cluster = %self.name, action = %action_key(action));
+        let span = tracing::info_span!("action", action = %action_key(action));
         async {
             match action {
                 Action::GenerateSecrets => self.generate_secrets().await,
@@ -939,9 +939,12 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     let mut status = base_status(&name, job.previous_status.as_ref());
     status.set_condition("SpecValid", true, "Valid", &job.path);
     let mut record = job.record.clone();
-    record.spec_text = job.text.clone();
-    record.path = job.path.clone();
     record.protected = cluster.spec.deletion_protection;
+    if record.applied_revision.is_none() {
+        // Until a first success, the newest text is the one kiln may have made VMs for.
+        record.spec_text = job.text.clone();
+        record.path = job.path.clone();
+    }
 
     let wanted: Vec<(u32, crate::spec::Vmid)> =
         cluster.nodes.iter().map(|n| (n.number, n.vmid)).collect();
@@ -1030,11 +1033,22 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     if let Some(b) = &turn.bundle {
         record.cluster_uid = Some(b.cluster_uid.clone());
     }
+    if matches!(execution, Execution::Complete)
+        && !plan.steps.is_empty()
+        && let Ok(identity) = turn.talos_identity()
+    {
+        // The steps moved the machines on: report the stages they ended at.
+        let all: Vec<&Node> = cluster.nodes.iter().collect();
+        let states = observe::talos_states(ctx.ports.talos.as_ref(), &identity, &all).await;
+        turn.stages = states.into_iter().map(|(n, (_, st))| (n, st)).collect();
+    }
     status.nodes = node_statuses(cluster, &observed, &turn.stages, job.previous_status.as_ref());
     let max = ctx.settings.max_failures;
     match execution {
         Execution::Complete => {
             record.applied_revision = Some(job.revision.clone());
+            record.spec_text = job.text.clone();
+            record.path = job.path.clone();
             status.phase = if plan.reports.iter().any(|r| r.starts_with("drift")) {
                 Phase::Degraded
             } else {
