@@ -16,6 +16,8 @@ mod pve;
 
 #[path = "reconcile/checks.rs"]
 mod checks;
+#[path = "reconcile/credentials.rs"]
+mod credentials;
 #[path = "reconcile/fixture.rs"]
 mod fixture;
 #[path = "reconcile/support.rs"]

@@ -193,11 +193,12 @@ pub async fn assert_vault(world: &World, c: &ClusterFixture) -> String {
     uid
 }
 
-/// Everything of one converged cluster; returns its uid.
+/// Everything of one converged cluster, its stored credentials used as a human would; returns its uid.
 pub async fn assert_converged(world: &World, c: &ClusterFixture) -> String {
     let uid = assert_vault(world, c).await;
     assert_vms(world, c, &uid);
     assert_configs_applied(world, c);
+    crate::credentials::assert_credentials_work(world, c).await;
     uid
 }
 

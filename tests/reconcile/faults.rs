@@ -47,8 +47,16 @@ async fn failed_clones_and_lost_replies_converge_without_a_duplicate_vm() {
     );
     assert!(count(&world, "PUT", &format!("/qemu/{first}/config")) >= 1);
     let left = world.pve.ctl(json!({"cmd": "faults"}));
-    assert_eq!(left["failures"], json!([]), "not every refusal happened: {left}");
-    assert_eq!(left["lost_replies"], json!([]), "not every reply was lost: {left}");
+    assert_eq!(
+        left["failures"],
+        json!([]),
+        "not every refusal happened: {left}"
+    );
+    assert_eq!(
+        left["lost_replies"],
+        json!([]),
+        "not every reply was lost: {left}"
+    );
     assert_eq!(world.kiln_commits().len(), 1);
 }
 
@@ -65,8 +73,13 @@ async fn five_percent_dropped_requests_converge_without_a_duplicate_vm() {
         .pve
         .ctl(json!({"cmd": "flaky_network", "drop_rate": 0.0}));
     assert!(run.success(), "provisioning over a lossy network:\n{run}");
-    let dropped = world.pve.ctl(json!({"cmd": "faults"}))["dropped"].as_u64().unwrap();
-    assert!(dropped >= 1, "the network dropped nothing: the test proved nothing");
+    let dropped = world.pve.ctl(json!({"cmd": "faults"}))["dropped"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        dropped >= 1,
+        "the network dropped nothing: the test proved nothing"
+    );
     assert_exact_vms(&world, &[&c], &[]);
     assert_converged(&world, &c).await;
     assert_bootstraps(&world, 1);
