@@ -94,6 +94,19 @@ async fn deleting_a_file_destroys_only_its_cluster_after_the_removal_is_pushed()
         foreign_before,
         "the foreign VM changed"
     );
+    // on_decommission = "retain" (the default): the secrets stay, marked, for an operator to destroy.
+    for leaf in ["secrets", "kubeconfig", "talos"] {
+        let meta = world
+            .vault_metadata(&gone.name, leaf)
+            .await
+            .unwrap_or_else(|| panic!("{}'s {leaf} was deleted, not retained", gone.name));
+        assert!(
+            meta["custom_metadata"]["kiln-decommissioned-at"].is_string(),
+            "{}'s {leaf} is not marked decommissioned: {}",
+            gone.name,
+            meta["custom_metadata"]
+        );
+    }
 
     // Both remaining files go. With allow_empty = false an empty clusters folder is taken for a
     // mistake: nothing is destroyed.
