@@ -83,8 +83,10 @@ async fn deleting_a_file_destroys_only_its_cluster_after_the_removal_is_pushed()
     );
     for c in [&kept, &guarded] {
         assert!(
-            files.iter().any(|f| f.contains(&format!("/{}/", c.name))),
-            "{}'s generated files went too: {files:?}",
+            files
+                .iter()
+                .any(|f| f.starts_with(&format!("gitops/core/clusters/{}/", c.name))),
+            "{}'s registration (DESIGN.md §6: gitops/core/clusters/<name>/) is not on the remote: {files:?}",
             c.name
         );
     }
