@@ -140,6 +140,24 @@ pub struct World {
     runs: std::sync::atomic::AtomicUsize,
 }
 
+/// With `KILN_E2E_KEEP=1` the world's folders (kiln.toml, state, logs, the simulator's dumps, the Git
+/// remote and work clone) outlive the test, and their paths are printed: for looking at a failure.
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::env::var_os("KILN_E2E_KEEP").is_none_or(|v| v.is_empty() || v == "0") {
+            return;
+        }
+        let keep = |dir: &mut tempfile::TempDir| {
+            std::mem::replace(dir, tempfile::tempdir().unwrap()).keep()
+        };
+        eprintln!(
+            "KILN_E2E_KEEP: world kept at {} (git at {})",
+            keep(&mut self.dir).display(),
+            keep(&mut self.repos.tmp).display()
+        );
+    }
+}
+
 impl World {
     /// Brings every part up, writes and validates the cluster files, commits them to the remote and
     /// writes kiln.toml. Nothing of kiln's runs yet.
