@@ -61,3 +61,34 @@ async fn a_file_that_becomes_invalid_yaml_leaves_its_cluster_alone_with_a_clear_
         c.name
     );
 }
+
+#[tokio::test]
+async fn a_remote_that_cannot_be_read_destroys_nothing() {
+    let c = ClusterFixture::new("cutoff", 1, 1);
+    let world = World::start(vec![c.clone()]).await;
+    let run = world.run_once();
+    assert!(run.success(), "provisioning:\n{run}");
+    let vms_before = world.vms();
+
+    // The file is deleted upstream, then the remote goes away: kiln cannot see the deletion, and a
+    // Git it cannot read is never a reason to destroy (DESIGN.md §7). allow_empty is on, so only that
+    // rule stands between a misread remote and the last cluster's VMs.
+    world.write_config(true);
+    world.delete_clusters(&[&c.name]);
+    let moved = world.repos.bare.with_extension("git.away");
+    std::fs::rename(&world.repos.bare, &moved).unwrap();
+    let mark = world.request_mark();
+    let run = world.run_once_for(std::time::Duration::from_secs(10));
+    eprintln!("FIGURE {run}");
+    let writes = world.writes_since(mark);
+    assert!(
+        writes.is_empty(),
+        "kiln wrote to Proxmox while Git could not be read: {writes:?}\n{run}"
+    );
+    assert_eq!(
+        world.vms(),
+        vms_before,
+        "VMs changed while Git could not be read"
+    );
+    std::fs::rename(&moved, &world.repos.bare).unwrap();
+}
