@@ -1,5 +1,6 @@
 //! Issue 19, acceptance 4: a file that stops parsing is *unknown*, never *deleted* (DESIGN.md §7): its
-//! running cluster is left alone, and `kiln status` says which file and line are wrong.
+//! running cluster is left alone, and `kiln status` says which file and line are wrong. Likewise a remote
+//! that cannot be read is never taken for an empty one.
 
 use crate::checks::{assert_exact_vms, status_of};
 use crate::fixture::ClusterFixture;
@@ -79,7 +80,6 @@ async fn a_remote_that_cannot_be_read_destroys_nothing() {
     std::fs::rename(&world.repos.bare, &moved).unwrap();
     let mark = world.request_mark();
     let run = world.run_once_for(std::time::Duration::from_secs(10));
-    eprintln!("FIGURE {run}");
     let writes = world.writes_since(mark);
     assert!(
         writes.is_empty(),
@@ -89,6 +89,10 @@ async fn a_remote_that_cannot_be_read_destroys_nothing() {
         world.vms(),
         vms_before,
         "VMs changed while Git could not be read"
+    );
+    assert!(
+        !run.success(),
+        "a run that cannot read Git has not converged:\n{run}"
     );
     std::fs::rename(&moved, &world.repos.bare).unwrap();
 }
