@@ -544,6 +544,18 @@ impl Config {
                 "proxmox.token_id `{token}` is not an API token id; write it as user@realm!tokenid"
             ));
         }
+        // Simulated Talos nodes are the machines inside simulated VMs (`sim::lab`): they boot when the
+        // simulated Proxmox starts a VM, so they cannot stand behind a real Proxmox.
+        if self.talos.backend == TalosBackend::Simulated
+            && self.proxmox.backend != ProxmoxBackend::Simulated
+        {
+            return Err(
+                "talos.backend = \"simulated\" needs proxmox.backend = \"simulated\": simulated Talos \
+                 nodes boot inside simulated VMs (for Talos nodes served by `kiln sim talos`, keep \
+                 talos.backend = \"grpc\")"
+                    .into(),
+            );
+        }
         if self.reconcile.concurrency == 0 {
             return Err("reconcile.concurrency must be at least 1".into());
         }
@@ -655,6 +667,20 @@ token_file = "/run/credentials/kiln.service/vault-token"
             .unwrap_err()
             .to_string();
         assert!(err.contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn simulated_backends_need_no_server_keys_and_go_together() {
+        let demo = "state_dir = \"/x\"\n[git]\nurl = \"/r\"\n[proxmox]\nbackend = \"simulated\"\n\
+                    [talos]\nbackend = \"simulated\"\n[secrets]\nbackend = \"file\"\n";
+        let c = Config::parse(Path::new("kiln.toml"), demo).unwrap();
+        assert_eq!(c.proxmox.backend, ProxmoxBackend::Simulated);
+        assert_eq!(c.talos.backend, TalosBackend::Simulated);
+        let text = format!("{MINIMAL}\n[talos]\nbackend = \"simulated\"\n");
+        let err = Config::parse(Path::new("kiln.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("proxmox.backend = \"simulated\""), "{err}");
     }
 
     #[test]

@@ -7,6 +7,8 @@ pub mod config;
 pub mod redact;
 pub mod spec;
 
+/// `kiln demo`: the demo folder, its seeded repository, the simulated lab, the closing report.
+pub mod demo;
 /// The Git source and the generated-files commit.
 pub mod git;
 /// Health of a new cluster, drain, Node deletion. (The `kube` crate is `::kube` inside the crate.)

@@ -5,9 +5,12 @@
 //! PVE's JSON and classified by [`Inventory::from_listing_json`], and its proofs come from
 //! [`OwnedVm::verify`]. Tests can change VMs behind kiln's back (`edit`, `stop_by_hand`) to act as the
 //! person at the Proxmox web UI.
+//!
+//! What runs *inside* a VM is not this module's business: every power change is reported to an
+//! optional [`PowerHook`], and whoever installed it (`sim::lab` boots and stops Talos nodes) reacts.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
@@ -62,6 +65,43 @@ impl SimVm {
     }
 }
 
+/// A change of a VM's power, as the guest inside it would feel it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerChange {
+    /// Powered on from off (the first boot after a clone, or a start).
+    Started,
+    /// Restarted while running (a reboot: off, then on, pending changes applied).
+    Rebooted,
+    /// Powered off (a shutdown, a stop, or a person at the web UI).
+    Stopped,
+    /// Gone for good (destroyed with its disks; it was stopped first).
+    Destroyed,
+}
+
+/// One power change and the VM's configuration at that moment (after the change; for `Destroyed`, the
+/// last one it had), so a hook needs no second look at the simulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerEvent {
+    pub vmid: u32,
+    pub node: String,
+    pub change: PowerChange,
+    pub config: BTreeMap<String, String>,
+}
+
+/// Called after each power change, outside the simulator's lock, before the port call returns: when
+/// `create` or `start` returns, whatever the hook started is up.
+pub type PowerHook = Arc<dyn Fn(&PowerEvent) + Send + Sync>;
+
+#[derive(Default)]
+struct HookSlot(RwLock<Option<PowerHook>>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.0.read().map(|h| h.is_some()).unwrap_or(false);
+        f.write_str(if set { "Some(PowerHook)" } else { "None" })
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     vms: BTreeMap<u32, SimVm>,
@@ -74,11 +114,33 @@ struct State {
 #[derive(Debug, Default)]
 pub struct SimProxmox {
     state: Mutex<State>,
+    hook: HookSlot,
 }
 
 impl SimProxmox {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Installs the hook told of every power change from now on (replacing any earlier one).
+    pub fn set_power_hook(&self, hook: PowerHook) {
+        *self.hook.0.write().expect("hook lock") = Some(hook);
+    }
+
+    /// Tells the hook, if any, with the VM's configuration as it is now (`last` when it is gone).
+    fn emit(&self, vmid: u32, change: PowerChange, last: Option<SimVm>) {
+        let Some(hook) = self.hook.0.read().expect("hook lock").clone() else {
+            return;
+        };
+        let Some(vm) = last.or_else(|| self.vm(vmid)) else {
+            return;
+        };
+        hook(&PowerEvent {
+            vmid,
+            node: vm.node,
+            change,
+            config: vm.config,
+        });
     }
 
     /// A Talos nocloud template, as an operator prepares one.
@@ -103,6 +165,9 @@ impl SimProxmox {
     /// A VM kiln did not make (or a half-made one a crash left behind).
     pub fn add_vm(&self, vmid: u32, node: &str, config: BTreeMap<String, String>, running: bool) {
         self.put(vmid, node, config, running, false);
+        if running {
+            self.emit(vmid, PowerChange::Started, None);
+        }
     }
 
     fn put(
@@ -145,8 +210,12 @@ impl SimProxmox {
     }
 
     pub fn stop_by_hand(&self, vmid: u32) {
-        if let Some(vm) = self.state.lock().unwrap().vms.get_mut(&vmid) {
-            vm.running = false;
+        let was_running = match self.state.lock().unwrap().vms.get_mut(&vmid) {
+            Some(vm) => std::mem::replace(&mut vm.running, false),
+            None => false,
+        };
+        if was_running {
+            self.emit(vmid, PowerChange::Stopped, None);
         }
     }
 
@@ -373,11 +442,15 @@ impl ProxmoxPort for SimProxmox {
             vm.generation += 1;
         }
         let owned = self.verify(id)?;
+        let mut was_running = false;
         self.write(&owned, |vm| {
             vm.apply_pending();
-            vm.running = true;
+            was_running = std::mem::replace(&mut vm.running, true);
             Ok(())
         })?;
+        if !was_running {
+            self.emit(vmid, PowerChange::Started, None);
+        }
         Ok(Created {
             vm: self.verify(id)?,
             adopted,
@@ -404,39 +477,60 @@ impl ProxmoxPort for SimProxmox {
     }
 
     async fn reboot(&self, vm: &OwnedVm) -> Result<OwnedVm, ProxmoxError> {
+        let mut was_running = false;
         self.write(vm, |sim| {
             sim.apply_pending();
-            sim.running = true;
+            was_running = std::mem::replace(&mut sim.running, true);
             Ok(())
         })?;
+        let change = if was_running {
+            PowerChange::Rebooted
+        } else {
+            PowerChange::Started
+        };
+        self.emit(vm.vmid(), change, None);
         self.verify(vm.identity())
     }
 
     async fn start(&self, vm: &OwnedVm) -> Result<OwnedVm, ProxmoxError> {
+        let mut was_running = true;
         self.write(vm, |sim| {
+            was_running = sim.running;
             if !sim.running {
                 sim.apply_pending();
                 sim.running = true;
             }
             Ok(())
         })?;
+        if !was_running {
+            self.emit(vm.vmid(), PowerChange::Started, None);
+        }
         self.verify(vm.identity())
     }
 
     async fn shutdown(&self, vm: &OwnedVm) -> Result<OwnedVm, ProxmoxError> {
+        let mut was_running = false;
         self.write(vm, |sim| {
-            sim.running = false;
+            was_running = std::mem::replace(&mut sim.running, false);
             Ok(())
         })?;
+        if was_running {
+            self.emit(vm.vmid(), PowerChange::Stopped, None);
+        }
         self.verify(vm.identity())
     }
 
     async fn destroy(&self, vm: OwnedVm) -> Result<(), ProxmoxError> {
         let vm = self.shutdown(&vm).await?;
         self.verify(vm.identity())?;
-        let mut st = self.state.lock().unwrap();
-        st.writes += 1;
-        st.vms.remove(&vm.vmid());
+        let gone = {
+            let mut st = self.state.lock().unwrap();
+            st.writes += 1;
+            st.vms.remove(&vm.vmid())
+        };
+        if gone.is_some() {
+            self.emit(vm.vmid(), PowerChange::Destroyed, gone);
+        }
         Ok(())
     }
 }
@@ -552,5 +646,43 @@ mod tests {
             false,
         );
         assert!(sim.create(&s, "pve1").await.unwrap().adopted);
+    }
+
+    #[tokio::test]
+    async fn power_hook_hears_every_change_once_with_the_config() {
+        let sim = SimProxmox::new();
+        sim.add_template(9000, "pve1");
+        type Heard = Vec<(u32, PowerChange, Option<String>)>;
+        let heard: Arc<Mutex<Heard>> = Arc::default();
+        let log = heard.clone();
+        sim.set_power_hook(Arc::new(move |e: &PowerEvent| {
+            log.lock()
+                .unwrap()
+                .push((e.vmid, e.change, e.config.get("ipconfig0").cloned()))
+        }));
+        let s = spec(1);
+        let vm = sim.create(&s, "pve1").await.unwrap().vm;
+        // Idempotent calls that change no power are not events.
+        let vm = sim.start(&vm).await.unwrap();
+        let vm = sim.reboot(&vm).await.unwrap();
+        let vm = sim.shutdown(&vm).await.unwrap();
+        let vm = sim.shutdown(&vm).await.unwrap();
+        let vm = sim.start(&vm).await.unwrap();
+        sim.stop_by_hand(701);
+        let vm = sim.claim(vm.identity()).await.unwrap();
+        sim.destroy(vm).await.unwrap();
+        let ip = Some("ip=10.0.0.10/24,gw=10.0.0.1".to_owned());
+        let want: Heard = [
+            PowerChange::Started,
+            PowerChange::Rebooted,
+            PowerChange::Stopped,
+            PowerChange::Started,
+            PowerChange::Stopped,
+            PowerChange::Destroyed,
+        ]
+        .into_iter()
+        .map(|c| (701, c, ip.clone()))
+        .collect();
+        assert_eq!(*heard.lock().unwrap(), want);
     }
 }

@@ -29,8 +29,11 @@ pub enum Phase {
         tls: Arc<ServerConfig>,
     },
     Configured(Box<Configured>),
-    /// Powered off (Reset without reboot): nothing answers.
-    Off,
+    /// Powered off: nothing answers. `installed` is the configuration Talos installed to disk, which
+    /// the machine boots into again at power-on; `None` after a Reset wiped it (or before any config).
+    Off {
+        installed: Option<Box<Configured>>,
+    },
 }
 
 pub struct Configured {
@@ -128,7 +131,7 @@ impl Fleet {
     ) -> Result<(), Status> {
         let node = self.node(addr)?;
         match (&node.phase, &peer.roles) {
-            (Phase::Off, _) => Err(Status::unavailable("node is powered off")),
+            (Phase::Off { .. }, _) => Err(Status::unavailable("node is powered off")),
             (Phase::Maintenance { .. }, _) => {
                 if node.minor() <= 12 {
                     const SERVED: &[&str] = &["ApplyConfiguration", "Get", "List"];
@@ -163,7 +166,7 @@ impl Fleet {
     /// The TLS a new connection to `addr` gets, or `None` when nothing should answer.
     pub fn tls_for(&mut self, addr: SocketAddr) -> Option<Arc<ServerConfig>> {
         let (cluster_key, needs_tls) = match &self.nodes.get(&addr)?.phase {
-            Phase::Off => return None,
+            Phase::Off { .. } => return None,
             Phase::Maintenance { tls } => return Some(tls.clone()),
             Phase::Configured(c) => (c.cfg.cluster_key.clone(), c.tls.is_none()),
         };

@@ -351,7 +351,7 @@ pub fn reset(
             tls: super::pki::maintenance_server_config(addr.ip()).map_err(Status::internal)?,
         }
     } else {
-        Phase::Off
+        Phase::Off { installed: None }
     };
     Ok(machine::ResetResponse {
         messages: vec![machine::ActorReply {
@@ -485,7 +485,7 @@ pub fn etcd_recover(
 /// Stage and readiness as `MachineStatuses.runtime.talos.dev/machine` reports them.
 pub fn stage(fleet: &Fleet, node: &Node) -> (&'static str, bool) {
     match &node.phase {
-        Phase::Off => ("shutting down", false),
+        Phase::Off { .. } => ("shutting down", false),
         Phase::Maintenance { .. } => ("maintenance", false),
         Phase::Configured(c) => {
             let running = match c.cfg.machine_type {

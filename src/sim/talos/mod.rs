@@ -129,10 +129,27 @@ pub fn default_validator() -> Arc<dyn ConfigValidator> {
     }
 }
 
+/// One powered machine's server: the task serving it and a second handle on its listening socket.
+struct Serving {
+    task: tokio::task::JoinHandle<()>,
+    /// The listening socket (a duplicate descriptor, as a stream only to reach `shutdown(2)`), so a
+    /// power-off stops the listening at once: an aborted task closes its listener only when the runtime
+    /// next polls it, and meanwhile the kernel would still complete connections into the backlog.
+    socket: std::net::TcpStream,
+}
+
+impl Serving {
+    /// Afterwards a connection is refused, as a machine that is off never answers one.
+    fn close(self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        self.task.abort();
+    }
+}
+
 /// A running simulator. Dropping it stops every node's server.
 pub struct SimTalos {
     shared: Arc<Shared>,
-    tasks: HashMap<SocketAddr, tokio::task::JoinHandle<()>>,
+    tasks: HashMap<SocketAddr, Serving>,
     addrs: Vec<SocketAddr>,
 }
 
@@ -150,8 +167,8 @@ pub enum SimError {
 }
 
 impl SimTalos {
-    /// Binds every node's address and starts serving, all nodes in maintenance mode.
-    pub async fn start(nodes: &[NodeSpec], options: SimOptions) -> Result<Self, SimError> {
+    /// A simulator with no machine yet; [`Self::boot_node`] adds them as they boot.
+    pub fn new(options: SimOptions) -> Self {
         let fleet = Fleet {
             dump_dir: options.dump_dir,
             ..Fleet::default()
@@ -162,11 +179,16 @@ impl SimTalos {
             faults: Mutex::new(Faults::default()),
             applying: Mutex::default(),
         });
-        let mut sim = Self {
+        Self {
             shared,
             tasks: HashMap::new(),
             addrs: Vec::new(),
-        };
+        }
+    }
+
+    /// Binds every node's address and starts serving, all nodes in maintenance mode.
+    pub async fn start(nodes: &[NodeSpec], options: SimOptions) -> Result<Self, SimError> {
+        let mut sim = Self::new(options);
         for spec in nodes {
             sim.add_node(spec).await?;
         }
@@ -176,21 +198,26 @@ impl SimTalos {
     /// A machine boots (a VM was created and started): it answers at its address in maintenance mode.
     /// Returns the bound address (port 0 picks one).
     pub async fn add_node(&mut self, spec: &NodeSpec) -> Result<SocketAddr, SimError> {
+        self.boot_node(spec)
+    }
+
+    /// [`Self::add_node`] without awaiting, for callers that are not async themselves (a hypervisor's
+    /// power hook, `sim::lab`): the node answers as soon as this returns. Must run inside a Tokio
+    /// runtime, which serves the node.
+    pub fn boot_node(&mut self, spec: &NodeSpec) -> Result<SocketAddr, SimError> {
         if self.tasks.contains_key(&spec.addr) {
             return Err(SimError::Duplicate { addr: spec.addr });
         }
-        let listener = tokio::net::TcpListener::bind(spec.addr)
-            .await
-            .map_err(|source| SimError::Bind {
-                addr: spec.addr,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| SimError::Bind {
-            addr: spec.addr,
-            source,
-        })?;
-        let tls = pki::maintenance_server_config(addr.ip())
-            .map_err(|message| SimError::Tls { addr, message })?;
+        let addr = self.listen(spec.addr)?;
+        let tls = match pki::maintenance_server_config(addr.ip()) {
+            Ok(tls) => tls,
+            Err(message) => {
+                if let Some(serving) = self.tasks.remove(&addr) {
+                    serving.close();
+                }
+                return Err(SimError::Tls { addr, message });
+            }
+        };
         self.shared.fleet.lock().expect("fleet lock").nodes.insert(
             addr,
             Node {
@@ -204,6 +231,29 @@ impl SimTalos {
                 phase: Phase::Maintenance { tls },
             },
         );
+        self.addrs.push(addr);
+        Ok(addr)
+    }
+
+    /// Binds `addr` and serves whatever node the fleet holds there. Returns the bound address.
+    fn listen(&mut self, addr: SocketAddr) -> Result<SocketAddr, SimError> {
+        let bind_error = |source| SimError::Bind { addr, source };
+        // As `TcpListener::bind` does: SO_REUSEADDR, so a machine that comes back at the address of one
+        // just switched off or destroyed is not refused for the old socket.
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(bind_error)?;
+        socket.set_reuseaddr(true).map_err(bind_error)?;
+        socket.bind(addr).map_err(bind_error)?;
+        let listener = socket.listen(1024).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let dup = {
+            use std::os::fd::AsFd;
+            listener.as_fd().try_clone_to_owned().map_err(bind_error)?
+        };
         let service = server::NodeService {
             shared: self.shared.clone(),
             addr,
@@ -213,16 +263,21 @@ impl SimTalos {
                 tracing::error!(node = %addr, error = %e, "simulated Talos node stopped");
             }
         });
-        self.tasks.insert(addr, task);
-        self.addrs.push(addr);
+        self.tasks.insert(
+            addr,
+            Serving {
+                task,
+                socket: std::net::TcpStream::from(dup),
+            },
+        );
         Ok(addr)
     }
 
     /// A machine is gone (its VM destroyed): it stops answering and its state is forgotten. Its etcd
     /// membership stays, as a destroyed member's does on a real cluster until someone removes it.
     pub fn remove_node(&mut self, addr: SocketAddr) {
-        if let Some(task) = self.tasks.remove(&addr) {
-            task.abort();
+        if let Some(serving) = self.tasks.remove(&addr) {
+            serving.close();
         }
         self.addrs.retain(|a| *a != addr);
         self.shared
@@ -310,37 +365,56 @@ impl SimTalos {
         }
     }
 
-    /// Powers a node off (nothing answers) or back on into maintenance, as a hypervisor would.
-    pub fn set_powered(&self, addr: SocketAddr, on: bool) -> Result<(), String> {
-        let mut fleet = self.shared.fleet.lock().expect("fleet lock");
-        let node = fleet
-            .nodes
-            .get_mut(&addr)
-            .ok_or(format!("no simulated node at {addr}"))?;
-        match (on, &node.phase) {
-            (false, _) => node.phase = Phase::Off,
-            (true, Phase::Off) => {
-                node.phase = Phase::Maintenance {
+    /// Powers a node off or back on, as a hypervisor would. Off, nothing listens at its address (a
+    /// connection is refused). A machine that runs a config has Talos installed on its disk, so it boots
+    /// back into that config (same etcd data, same Kubernetes Node); one that never got a config, or was
+    /// wiped by a Reset, boots into maintenance.
+    pub fn set_powered(&mut self, addr: SocketAddr, on: bool) -> Result<(), String> {
+        {
+            let mut fleet = self.shared.fleet.lock().expect("fleet lock");
+            let node = fleet
+                .nodes
+                .get_mut(&addr)
+                .ok_or(format!("no simulated node at {addr}"))?;
+            let phase = std::mem::replace(&mut node.phase, Phase::Off { installed: None });
+            node.phase = match (on, phase) {
+                (false, Phase::Configured(c)) => Phase::Off { installed: Some(c) },
+                (false, Phase::Maintenance { .. }) => Phase::Off { installed: None },
+                (true, Phase::Off { installed: Some(c) }) => Phase::Configured(c),
+                (true, Phase::Off { installed: None }) => Phase::Maintenance {
                     tls: pki::maintenance_server_config(addr.ip())?,
+                },
+                (_, unchanged) => unchanged,
+            };
+            // The cluster's Kubernetes Nodes follow their machines at once (NotReady while off).
+            kube::sync(&mut fleet);
+        }
+        match (on, self.tasks.contains_key(&addr)) {
+            (false, true) => {
+                if let Some(serving) = self.tasks.remove(&addr) {
+                    serving.close();
                 }
             }
-            (true, _) => {}
+            (true, false) => {
+                self.listen(addr).map_err(|e| e.to_string())?;
+            }
+            _ => {}
         }
         Ok(())
     }
 
     /// Serves until the process is stopped (what `kiln sim talos` does).
     pub async fn wait(mut self) {
-        for (_, task) in std::mem::take(&mut self.tasks) {
-            let _ = task.await;
+        for (_, serving) in std::mem::take(&mut self.tasks) {
+            let _ = serving.task.await;
         }
     }
 }
 
 impl Drop for SimTalos {
     fn drop(&mut self) {
-        for task in self.tasks.values() {
-            task.abort();
+        for (_, serving) in self.tasks.drain() {
+            serving.close();
         }
         if let Ok(mut fleet) = self.shared.fleet.lock() {
             for link in fleet.kube.values_mut() {

@@ -260,6 +260,9 @@ pub async fn serve(
     let acceptor = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
+                // A listener shut down at power-off fails every accept until its task is aborted:
+                // wait instead of spinning a worker thread meanwhile.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 continue;
             };
             let tls = shared.fleet.lock().expect("fleet lock").tls_for(addr);
