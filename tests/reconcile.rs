@@ -35,5 +35,7 @@ mod faults;
 mod harness;
 #[path = "reconcile/invalid.rs"]
 mod invalid;
+#[path = "reconcile/plan.rs"]
+mod plan;
 #[path = "reconcile/provision.rs"]
 mod provision;

@@ -334,6 +334,11 @@ retry_max = "2s"
         (out, json)
     }
 
+    /// Any kiln command, output captured, stopped after 2 minutes.
+    pub fn run_command(&self, cmd: Command) -> Outcome {
+        self.run(cmd, Duration::from_secs(120))
+    }
+
     fn run(&self, mut cmd: Command, hard_limit: Duration) -> Outcome {
         let k = self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let out_path = self.dir.path().join(format!("kiln-{k}.stdout"));
