@@ -14,7 +14,11 @@ Added to fakepve:
 - `PUT /nodes/{node}/qemu/{vmid}/resize` (DESIGN.md §9): grows the drive's `size=` in a task and
   refuses a shrink with PVE's "shrinking disks is not supported".
 - Lost replies (`lost_reply`): the matched request runs to completion, then the connection is closed
-  without an answer: what a real PVE does to a client whose network fails at the wrong moment.
+  without an answer: what a real PVE does to a client whose network fails at the wrong moment. Only a
+  request that succeeded (2xx) uses up the rule, so it combines with `fail` on the same path: the
+  failures come first, and the first clone that really runs loses its reply.
+- `faults`: what is left of the injected failures and lost replies, and how many requests the lossy
+  network dropped, so a test can prove each fault it set up really happened.
 - Task outcomes (`task_warnings`): the matched request's task ends `WARNINGS: n`, as PVE reports a
   task that logged warnings.
 """
@@ -56,6 +60,8 @@ class KilnPve(FakePve):
         # (method, path suffix) -> remaining count
         self.lost_replies = {}
         self.task_warnings = {}
+        # Requests the lossy network (flaky_network) dropped: fakepve does not record them.
+        self.dropped = 0
 
     def _routes_kiln_resize(self):
         return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', self._kiln_resize)]
@@ -108,11 +114,23 @@ class KilnPve(FakePve):
                 return True
         return False
 
+    @staticmethod
+    def _matches(rules, request):
+        return any(request.method == m and request.path.endswith(s) for m, s in rules)
+
     @web.middleware
     async def _kiln_faults(self, request, handler):
-        lost = self._take(self.lost_replies, request)
+        lost = self._matches(self.lost_replies, request)
         warn = self._take(self.task_warnings, request)
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except ConnectionResetError:
+            self.dropped += 1
+            raise
+        # A failed or dropped request does not use up a lost-reply rule: losing the answer of a request
+        # that did nothing is no different from a failure, and tests want the run-then-lose case.
+        lost = lost and isinstance(response, web.Response) and 200 <= response.status < 300 \
+            and self._take(self.lost_replies, request)
         if warn and isinstance(response, web.Response) and response.status == 200:
             upid = json.loads(response.text).get('data')
             task = self.tasks.get(upid)
@@ -182,6 +200,12 @@ async def command(pve, c):
         pve.fail(c['method'], c['suffix'], status=c.get('status'), message=c.get('message'),
                  error=c.get('error'), times=c.get('times'))
         return True
+    if name == 'faults':
+        # What is left of the injected faults, so a test can prove each one really happened.
+        return {'failures': [[m, sfx, r['times']] for (m, sfx), r in pve.failures.items()],
+                'lost_replies': [[m, sfx, n] for (m, sfx), n in pve.lost_replies.items()],
+                'task_warnings': [[m, sfx, n] for (m, sfx), n in pve.task_warnings.items()],
+                'dropped': pve.dropped}
     if name == 'clear_failures':
         pve.failures.clear()
         return True

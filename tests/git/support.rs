@@ -45,6 +45,17 @@ pub struct Repos {
 impl Repos {
     /// A remote with one cluster file, a template override and an unrelated file.
     pub fn new() -> Self {
+        let r = Self::empty();
+        r.write("clusters/alpha.yaml", "name: alpha\n");
+        r.write("clusters/README.md", "not a cluster\n");
+        r.write("templates/app.yaml.j2", "kind: {{ kind }}\n");
+        r.write("README.md", "fleet\n");
+        r.commit_and_push("add alpha");
+        r
+    }
+
+    /// A bare remote on branch `main` with no commit yet, and a work clone pointing at it.
+    pub fn empty() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let bare = tmp.path().join("remote.git");
         let work = tmp.path().join("work");
@@ -55,18 +66,12 @@ impl Repos {
         );
         git(tmp.path(), &["init", "-q", "-b", "main", "work"]);
         git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        let r = Self {
+        Self {
             tmp,
             bare,
             work,
             state,
-        };
-        r.write("clusters/alpha.yaml", "name: alpha\n");
-        r.write("clusters/README.md", "not a cluster\n");
-        r.write("templates/app.yaml.j2", "kind: {{ kind }}\n");
-        r.write("README.md", "fleet\n");
-        r.commit_and_push("add alpha");
-        r
+        }
     }
 
     pub fn write(&self, path: &str, text: &str) {

@@ -235,6 +235,9 @@ pub fn bootstrap(
     fleet.add_member(&key, addr);
     fleet.join_waiting_control_planes(&key);
     fleet.kube_to_start.push(key);
+    // One line per accepted bootstrap: the end-to-end tests count them in the simulator's log to prove
+    // that kiln bootstrapped each cluster exactly once, across crashes and restarts.
+    tracing::info!(node = %addr, cluster = %cluster_name, recover = req.recover_etcd, "etcd bootstrapped");
     Ok(machine::BootstrapResponse {
         messages: vec![machine::MetadataOnly { metadata: None }],
     })
