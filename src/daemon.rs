@@ -31,7 +31,11 @@ pub fn init_logging_at(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("KILN_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(default_level));
+        .unwrap_or_else(|_| {
+            // vaultrs and rustify log every expected 404 ("no bundle yet") as an error; kiln reports
+            // what matters through its own errors.
+            EnvFilter::new(format!("{default_level},vaultrs=off,rustify=off"))
+        });
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
