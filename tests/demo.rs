@@ -200,7 +200,9 @@ mod lab {
         let vm = pve.start(&vm).await.unwrap();
         assert_eq!(t.node_state(ip(11), &id).await, NodeState::Maintenance);
 
-        t.apply_in_maintenance(ip(11), "", config_for(&cluster).as_bytes())
+        // The node reports the uuid of its VM's smbios1, as a guest does: the check passes.
+        assert!(!vm.smbios_uuid().is_empty());
+        t.apply_in_maintenance(ip(11), vm.smbios_uuid(), config_for(&cluster).as_bytes())
             .await
             .expect("config accepted");
         assert!(lab.applied_config(ip(11)).is_some());
@@ -596,7 +598,7 @@ async fn the_demo_clusters_come_up_in_the_lab() {
                 node.name
             );
             let config = kiln::talos::config::render(&cluster, node, &bundle, version).unwrap();
-            t.apply_in_maintenance(ip, "", config.as_bytes())
+            t.apply_in_maintenance(ip, vm.vm.smbios_uuid(), config.as_bytes())
                 .await
                 .unwrap_or_else(|e| panic!("{} ({name}, Talos {version}): {e}", node.name));
         }
