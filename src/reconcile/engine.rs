@@ -323,11 +323,11 @@ impl<G: GitPort> Engine<G> {
                 .applied_revision
                 .as_ref()
                 .and_then(|_| recorded_cluster(&record));
-            let deep = record
+            let last_deep = record
                 .deep_checked_at
                 .as_deref()
-                .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
-                .is_none_or(|t| OffsetDateTime::now_utc() - t >= drift);
+                .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok());
+            let deep = drift_check_due(name, last_deep, OffsetDateTime::now_utc(), drift);
             let job = ConvergeJob {
                 cluster: v.cluster.clone(),
                 path: v.path.clone(),
@@ -700,6 +700,24 @@ impl<G: GitPort> Engine<G> {
     }
 }
 
+/// Whether a cluster's deep check (secrets, Talos, Kubernetes) is due. Each cluster owns a fixed
+/// moment within every `interval`, taken from a hash of its name, and is looked at once per interval
+/// after that moment: the checks of many clusters spread evenly instead of all landing together
+/// after a restart.
+pub fn drift_check_due(
+    name: &str,
+    last: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+    interval: Duration,
+) -> bool {
+    let Some(last) = last else { return true };
+    let period = interval.as_secs().max(1);
+    let digest = Sha256::digest(name.as_bytes());
+    let offset = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % period;
+    let slot = |t: OffsetDateTime| (t.unix_timestamp().max(0) as u64 + offset) / period;
+    slot(now) > slot(last)
+}
+
 fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()
         .format(&Rfc3339)
@@ -744,6 +762,39 @@ mod tests {
             applied_revision: Some("r".into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn deep_checks_come_once_per_interval_at_each_clusters_own_moment() {
+        let interval = Duration::from_secs(600);
+        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        assert!(drift_check_due("a", None, t0, interval));
+        for name in ["a", "b", "production", "staging"] {
+            // Checked now: due again at its moment within the next interval.
+            let due: Vec<i64> = (1..=1200)
+                .filter(|s| {
+                    drift_check_due(name, Some(t0), t0 + time::Duration::seconds(*s), interval)
+                })
+                .collect();
+            assert!(
+                !due.is_empty() && due[0] <= 600,
+                "{name}: {:?}",
+                due.first()
+            );
+        }
+        // Different clusters get different moments.
+        let first_due = |name: &str| {
+            (1..=600)
+                .find(|s| {
+                    drift_check_due(name, Some(t0), t0 + time::Duration::seconds(*s), interval)
+                })
+                .unwrap()
+        };
+        let moments: BTreeSet<i64> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|n| first_due(n))
+            .collect();
+        assert!(moments.len() > 3, "{moments:?}");
     }
 
     #[test]
