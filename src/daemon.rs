@@ -277,14 +277,7 @@ pub fn plan_online(
         for c in &preview.plan.clusters {
             print!("{c}");
         }
-        let count = |e| -> usize { preview.plan.clusters.iter().map(|c| c.count(e)).sum() };
-        use kiln::plan::Effect;
-        println!(
-            "Plan: {} to create, {} to change, {} to destroy.",
-            count(Effect::Create),
-            count(Effect::Change),
-            count(Effect::Destroy)
-        );
+        println!("{}", preview.plan.summary());
     }
     Ok(ExitCode::from(preview.exit_code()))
 }

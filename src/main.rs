@@ -261,14 +261,7 @@ fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             for c in &report.plan.clusters {
                 print!("{c}");
             }
-            let count = |e| -> usize { report.plan.clusters.iter().map(|c| c.count(e)).sum() };
-            use kiln::plan::Effect;
-            println!(
-                "Plan: {} to create, {} to change, {} to destroy.",
-                count(Effect::Create),
-                count(Effect::Change),
-                count(Effect::Destroy)
-            );
+            println!("{}", report.plan.summary());
         }
     }
     Ok(ExitCode::from(report.exit_code()))

@@ -384,6 +384,16 @@ impl Plan {
     pub fn has_blockers(&self) -> bool {
         self.clusters.iter().any(|c| !c.blockers.is_empty())
     }
+    /// `Plan: 5 to create, 0 to change, 0 to destroy.` over every cluster, as Terraform sums it up.
+    pub fn summary(&self) -> String {
+        let count = |e| -> usize { self.clusters.iter().map(|c| c.count(e)).sum() };
+        format!(
+            "Plan: {} to create, {} to change, {} to destroy.",
+            count(Effect::Create),
+            count(Effect::Change),
+            count(Effect::Destroy)
+        )
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::backoff::{Backoff, BackoffPolicy};
 use super::ports::Ports;
 use super::records::{ClusterRecord, Records};
+use super::state_file::now_rfc3339;
 use super::status::{ClusterStatus, Phase, StatusBook};
 use super::worker::{self, ConvergeJob, Ctx, DecommissionJob, Outcome, Progress, Settings};
 use crate::config::Config;
@@ -489,23 +490,7 @@ impl<G: GitPort> Engine<G> {
     }
 
     fn base_status(&self, name: &str) -> ClusterStatus {
-        let mut s = self
-            .status
-            .clusters
-            .get(name)
-            .cloned()
-            .unwrap_or(ClusterStatus {
-                name: name.to_owned(),
-                phase: Phase::Pending,
-                conditions: Vec::new(),
-                nodes: Vec::new(),
-                last_applied_revision: None,
-                last_error: None,
-                retry_at: None,
-                updated_at: String::new(),
-            });
-        s.updated_at = now_rfc3339();
-        s
+        ClusterStatus::continued(name, self.status.clusters.get(name))
     }
 
     /// The clusters whose files belong in `output_dir` at `snapshot`: valid files, plus the last
@@ -716,12 +701,6 @@ pub fn drift_check_due(
     let offset = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % period;
     let slot = |t: OffsetDateTime| (t.unix_timestamp().max(0) as u64 + offset) / period;
     slot(now) > slot(last)
-}
-
-fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
 #[cfg(test)]

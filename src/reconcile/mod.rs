@@ -11,6 +11,7 @@ pub mod offline;
 pub mod ports;
 pub mod preview;
 pub mod records;
+pub mod state_file;
 pub mod status;
 pub mod worker;
 

@@ -41,24 +41,12 @@ impl Records {
     pub const FILE: &'static str = "records.json";
 
     pub fn load(state_dir: &Path) -> io::Result<Self> {
-        match std::fs::read(state_dir.join(Self::FILE)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e),
-        }
+        super::state_file::load(state_dir, Self::FILE)
     }
 
-    /// Written to a temporary file, synced and renamed: a crash leaves the old or the new file.
+    /// Synced and renamed into place: a crash leaves the old or the new file.
     pub fn save(&self, state_dir: &Path) -> io::Result<()> {
-        use std::io::Write;
-        std::fs::create_dir_all(state_dir)?;
-        let tmp = state_dir.join(format!("{}.tmp", Self::FILE));
-        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(tmp, state_dir.join(Self::FILE))
+        super::state_file::save(state_dir, Self::FILE, self)
     }
 }
 

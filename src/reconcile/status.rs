@@ -77,6 +77,23 @@ pub struct ClusterStatus {
 }
 
 impl ClusterStatus {
+    /// The status a cluster continues from: its previous one, or `Pending` for a cluster kiln has
+    /// not reported on yet; stamped now.
+    pub fn continued(name: &str, previous: Option<&ClusterStatus>) -> Self {
+        let mut s = previous.cloned().unwrap_or(ClusterStatus {
+            name: name.to_owned(),
+            phase: Phase::Pending,
+            conditions: Vec::new(),
+            nodes: Vec::new(),
+            last_applied_revision: None,
+            last_error: None,
+            retry_at: None,
+            updated_at: String::new(),
+        });
+        s.updated_at = super::state_file::now_rfc3339();
+        s
+    }
+
     pub fn set_condition(&mut self, kind: &str, status: bool, reason: &str, message: &str) {
         let c = Condition {
             kind: kind.to_owned(),
@@ -101,21 +118,12 @@ impl StatusBook {
     pub const FILE: &'static str = "status.json";
 
     pub fn load(state_dir: &Path) -> io::Result<Self> {
-        match std::fs::read(state_dir.join(Self::FILE)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e),
-        }
+        super::state_file::load(state_dir, Self::FILE)
     }
 
     /// Written to a temporary file and renamed, so a reader never sees half a file.
     pub fn save(&self, state_dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(state_dir)?;
-        let tmp = state_dir.join(format!("{}.tmp", Self::FILE));
-        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(tmp, state_dir.join(Self::FILE))
+        super::state_file::save(state_dir, Self::FILE, self)
     }
 
     /// The table `kiln status` and `run --once` print.

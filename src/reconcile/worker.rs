@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tracing::Instrument;
 
 use super::backoff::{Backoff, RetryKey};
 use super::observe::{self, LoadedBundle};
 use super::ports::Ports;
 use super::records::ClusterRecord;
+use super::state_file::{now_rfc3339, rfc3339};
 use super::status::{ClusterStatus, NodeStatus, Phase};
 use crate::config::{DriftPolicy, OnDecommission};
 use crate::kube::{KubeAccess, KubePort};
@@ -119,17 +119,6 @@ impl<E: std::fmt::Display> From<E> for StepError {
 }
 
 type StepResult = Result<Flow, StepError>;
-
-fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
 
 /// The backoff key of an action: the action and its target, stable across cycles.
 fn action_key(a: &Action) -> String {
@@ -872,21 +861,6 @@ fn phase_of(action: &Action, first_apply: bool, intent_changed: bool) -> Phase {
     }
 }
 
-fn base_status(name: &str, previous: Option<&ClusterStatus>) -> ClusterStatus {
-    let mut s = previous.cloned().unwrap_or(ClusterStatus {
-        name: name.to_owned(),
-        phase: Phase::Pending,
-        conditions: Vec::new(),
-        nodes: Vec::new(),
-        last_applied_revision: None,
-        last_error: None,
-        retry_at: None,
-        updated_at: String::new(),
-    });
-    s.updated_at = now_rfc3339();
-    s
-}
-
 fn node_statuses(
     cluster: &Cluster,
     observed: &ObservedCluster,
@@ -935,7 +909,7 @@ pub async fn converge(ctx: Ctx, job: ConvergeJob) -> Outcome {
 async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     let cluster = &job.cluster;
     let name = cluster.name.as_str().to_owned();
-    let mut status = base_status(&name, job.previous_status.as_ref());
+    let mut status = ClusterStatus::continued(&name, job.previous_status.as_ref());
     status.set_condition("SpecValid", true, "Valid", &job.path);
     let mut record = job.record.clone();
     record.protected = cluster.spec.deletion_protection;
@@ -1052,7 +1026,6 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         &turn.stages,
         job.previous_status.as_ref(),
     );
-    let max = ctx.settings.max_failures;
     match execution {
         Execution::Complete => {
             record.applied_revision = Some(job.revision.clone());
@@ -1096,57 +1069,9 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
                 wake_in: None,
             }
         }
-        Execution::Waiting { action, why } => {
-            status.phase = phase_of(&action, first_apply, intent_changed);
-            status.last_error = None;
-            status.retry_at = None;
-            status.set_condition("Progressing", true, "Waiting", &why);
-            Outcome {
-                status,
-                record: Some(record),
-                forget: false,
-                settled: false,
-                converged: false,
-                wake_in: Some(ctx.settings.wait_interval),
-            }
-        }
-        Execution::Failed {
-            action,
-            error,
-            until,
-            failures,
-        }
-        | Execution::BackingOff {
-            action,
-            error,
-            until,
-            failures,
-        } => {
-            let gave_up = failures >= max;
-            status.phase = if gave_up {
-                Phase::Failed
-            } else {
-                phase_of(&action, first_apply, intent_changed)
-            };
-            status.last_error = Some(format!("{}: {error}", action_key(&action)));
-            status.retry_at = (!gave_up).then(|| retry_at(until));
-            Outcome {
-                status,
-                record: Some(record),
-                forget: false,
-                settled: gave_up,
-                converged: false,
-                wake_in: (!gave_up).then(|| until.saturating_duration_since(Instant::now())),
-            }
-        }
-        Execution::Interrupted => Outcome {
-            status,
-            record: Some(record),
-            forget: false,
-            settled: false,
-            converged: false,
-            wake_in: None,
-        },
+        unfinished => unfinished_outcome(ctx, status, record, unfinished, |action| {
+            phase_of(action, first_apply, intent_changed)
+        }),
     }
 }
 
@@ -1204,7 +1129,7 @@ pub async fn decommission(ctx: Ctx, job: DecommissionJob) -> Outcome {
 
 async fn decommission_inner(ctx: &Ctx, job: &DecommissionJob) -> Outcome {
     let name = job.name.as_str().to_owned();
-    let mut status = base_status(&name, job.previous_status.as_ref());
+    let mut status = ClusterStatus::continued(&name, job.previous_status.as_ref());
     let mut observed = observe::from_listing(&job.inventory, &name, &[]);
     let paths = SecretPaths::for_cluster(&ctx.settings.prefix, &job.name);
     let mut turn = Turn {
@@ -1272,16 +1197,30 @@ async fn decommission_inner(ctx: &Ctx, job: &DecommissionJob) -> Outcome {
                 wake_in: None,
             }
         }
-        Execution::Waiting { why, .. } => {
+        unfinished => unfinished_outcome(ctx, status, job.record.clone(), unfinished, |_| {
+            Phase::Deleting
+        }),
+    }
+}
+
+/// The outcome of a turn that did not run every step: waiting for a machine (looked at again soon),
+/// failing (backoff; `Failed` after `max_failures` in a row), or interrupted by shutdown.
+fn unfinished_outcome(
+    ctx: &Ctx,
+    mut status: ClusterStatus,
+    record: ClusterRecord,
+    execution: Execution,
+    phase: impl Fn(&Action) -> Phase,
+) -> Outcome {
+    let (mut settled, mut wake_in) = (false, None);
+    match execution {
+        Execution::Complete | Execution::Interrupted => {}
+        Execution::Waiting { action, why } => {
+            status.phase = phase(&action);
+            status.last_error = None;
+            status.retry_at = None;
             status.set_condition("Progressing", true, "Waiting", &why);
-            Outcome {
-                status,
-                record: Some(job.record.clone()),
-                forget: false,
-                settled: false,
-                converged: false,
-                wake_in: Some(ctx.settings.wait_interval),
-            }
+            wake_in = Some(ctx.settings.wait_interval);
         }
         Execution::Failed {
             action,
@@ -1296,27 +1235,23 @@ async fn decommission_inner(ctx: &Ctx, job: &DecommissionJob) -> Outcome {
             failures,
         } => {
             let gave_up = failures >= ctx.settings.max_failures;
-            if gave_up {
-                status.phase = Phase::Failed;
-            }
+            status.phase = if gave_up {
+                Phase::Failed
+            } else {
+                phase(&action)
+            };
             status.last_error = Some(format!("{}: {error}", action_key(&action)));
             status.retry_at = (!gave_up).then(|| retry_at(until));
-            Outcome {
-                status,
-                record: Some(job.record.clone()),
-                forget: false,
-                settled: gave_up,
-                converged: false,
-                wake_in: (!gave_up).then(|| until.saturating_duration_since(Instant::now())),
-            }
+            settled = gave_up;
+            wake_in = (!gave_up).then(|| until.saturating_duration_since(Instant::now()));
         }
-        Execution::Interrupted => Outcome {
-            status,
-            record: Some(job.record.clone()),
-            forget: false,
-            settled: false,
-            converged: false,
-            wake_in: None,
-        },
+    }
+    Outcome {
+        status,
+        record: Some(record),
+        forget: false,
+        settled,
+        converged: false,
+        wake_in,
     }
 }
