@@ -31,3 +31,5 @@ pub mod sim;
 pub mod talos;
 /// Crash points the end-to-end tests stop the daemon at (inert without `KILN_TEST_PAUSE_AT`).
 pub mod testhook;
+/// The certificate verifier for peers no CA vouches for (a pinned PVE node, Talos maintenance).
+pub mod tls;

@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
 
 use super::error::ProxmoxError;
+use crate::tls::PeerKeyOnly;
 
 /// The trust decision, made once from `kiln.toml`.
 pub enum Trust {
@@ -61,87 +60,14 @@ pub fn client_config(trust: &Trust) -> Result<ClientConfig, ProxmoxError> {
         }
         Trust::Fingerprint(fp) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned {
-                sha256: *fp,
-                provider: provider(),
-                accept_any: false,
-            }))
+            .with_custom_certificate_verifier(PeerKeyOnly::pinned(*fp, provider()))
             .with_no_client_auth(),
         Trust::Insecure => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned {
-                sha256: [0; 32],
-                provider: provider(),
-                accept_any: true,
-            }))
+            .with_custom_certificate_verifier(PeerKeyOnly::any_certificate(provider()))
             .with_no_client_auth(),
     };
     Ok(config)
-}
-
-/// Accepts exactly one certificate, by its SHA-256, whatever its names or issuer: a PVE node's
-/// self-signed certificate is trusted this way. Handshake signatures are still verified, so only
-/// the holder of that certificate's key passes.
-#[derive(Debug)]
-struct Pinned {
-    sha256: [u8; 32],
-    provider: Arc<CryptoProvider>,
-    accept_any: bool,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if self.accept_any || seen == self.sha256 {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "certificate fingerprint {} is not the pinned one",
-                hex::encode(seen)
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::redact::Secret;
 
@@ -107,7 +106,7 @@ fn base_client() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVeri
 /// client skips verification the same way (`--insecure`). Signatures are still checked, so the handshake
 /// proves the peer holds the key of the certificate it showed.
 pub fn insecure_client_config() -> Result<Arc<ClientConfig>, TlsSetupError> {
-    let verifier = Arc::new(SkipVerification(provider()));
+    let verifier = crate::tls::PeerKeyOnly::any_certificate(provider());
     let mut cfg = base_client()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
@@ -129,52 +128,4 @@ pub fn mtls_client_config(identity: &ClientIdentity) -> Result<Arc<ClientConfig>
         .with_client_auth_cert(chain, key)?;
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(cfg))
-}
-
-#[derive(Debug)]
-struct SkipVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for SkipVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
