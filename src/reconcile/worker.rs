@@ -188,6 +188,13 @@ impl<'a> Turn<'a> {
             .ok_or_else(|| StepError("no intent for this cluster".into()))
     }
 
+    /// The intent's node `number` (steps are planned from the intent, so it is there).
+    fn node(&self, number: u32) -> Result<&'a Node, StepError> {
+        self.cluster()?
+            .node(number)
+            .ok_or_else(|| StepError(format!("node {number} is not in the intent")))
+    }
+
     fn bundle(&self) -> Result<&LoadedBundle, StepError> {
         self.bundle.as_ref().ok_or_else(|| {
             StepError("the secrets bundle is not loaded (the store did not return it)".into())
@@ -347,9 +354,7 @@ impl<'a> Turn<'a> {
 
     async fn create_vm(&mut self, number: u32) -> StepResult {
         let cluster = self.cluster()?;
-        let node = cluster
-            .node(number)
-            .ok_or_else(|| StepError(format!("node {number} is not in the intent")))?;
+        let node = self.node(number)?;
         let spec = VmSpec::for_node(cluster, node, &self.uid()?);
         let template_node = self
             .inventory
@@ -375,10 +380,7 @@ impl<'a> Turn<'a> {
     }
 
     async fn start_vm(&mut self, number: u32) -> StepResult {
-        let node = self
-            .cluster()?
-            .node(number)
-            .ok_or_else(|| StepError(format!("node {number} is not in the intent")))?;
+        let node = self.node(number)?;
         let vm = self
             .ctx
             .ports
@@ -392,9 +394,7 @@ impl<'a> Turn<'a> {
 
     async fn resize_vm(&mut self, number: u32) -> StepResult {
         let cluster = self.cluster()?;
-        let node = cluster
-            .node(number)
-            .ok_or_else(|| StepError(format!("node {number} is not in the intent")))?;
+        let node = self.node(number)?;
         let px = &self.ctx.ports.proxmox;
         let vm = px.claim(&self.identity_of(node)?).await?;
         let spec = VmSpec::for_node(cluster, node, &self.uid()?);
@@ -421,9 +421,7 @@ impl<'a> Turn<'a> {
 
     async fn apply_config(&mut self, number: u32) -> StepResult {
         let cluster = self.cluster()?;
-        let node = cluster
-            .node(number)
-            .ok_or_else(|| StepError(format!("node {number} is not in the intent")))?;
+        let node = self.node(number)?;
         let identity = self.talos_identity()?;
         let ip = IpAddr::V4(node.ip);
         let state = self.ctx.ports.talos.node_state(ip, &identity).await;
@@ -509,9 +507,7 @@ impl<'a> Turn<'a> {
             }
         }
         if !already {
-            let first = cluster
-                .node(number)
-                .ok_or_else(|| StepError(format!("node {number} is not in the intent")))?;
+            let first = self.node(number)?;
             self.say(format!("bootstrapping etcd on {}", first.name));
             match talos.bootstrap(IpAddr::V4(first.ip), &identity).await? {
                 BootstrapOutcome::Bootstrapped => self.say("etcd bootstrapped"),
