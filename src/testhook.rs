@@ -1,8 +1,10 @@
 //! Crash points for the end-to-end tests. With `KILN_TEST_PAUSE_AT=<point>` in the environment, the
 //! process announces `KILN PAUSED AT <point>` on stderr the first time it reaches that point and stops
 //! itself (SIGSTOP, every thread at once), so a test can `kill -9` it at an exact step of its progress.
-//! Without the variable every call is a no-op. Points: `bundle-stored`, `vm-cloned`, `vm-started`,
-//! `config-applied`, `kubeconfig-stored`.
+//! Without the variable every call is a no-op. Points: `secret-written` (a secret's value is written,
+//! its custom metadata not yet: the first one is the bundle), `bundle-stored`, `vm-cloned`,
+//! `vm-started`, `config-applied`, `etcd-bootstrapped` (Bootstrap answered, the `bootstrapped-at`
+//! marker not yet written), `kubeconfig-stored`.
 
 use std::sync::OnceLock;
 

@@ -3,6 +3,18 @@
 //! demo clusters moved to 127.0.46.x/127.0.47.x, so these tests never meet a running demo's 127.0.2.x or
 //! other suites' 127.0.10.x), the official Talos schemas, the `git` CLI and bare repositories on disk.
 
+// The end-to-end suite's cluster fixtures (each on a free 127.0.<block>.0/24 of its own, from
+// 127.0.120.x up) and Git remotes, reused by the in-process engine tests below.
+#[allow(dead_code)]
+#[path = "reconcile/fixture.rs"]
+mod fixture;
+#[allow(dead_code)]
+#[path = "git/support.rs"]
+mod gitrepo;
+
+#[path = "demo/drain.rs"]
+mod drain;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

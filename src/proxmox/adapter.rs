@@ -537,6 +537,16 @@ impl ProxmoxPort for PveAdapter {
         Ok(self.reverify(id, &id.pve_node).await?.0)
     }
 
+    async fn claim_for_destroy(&self, id: &VmIdentity) -> Result<OwnedVm, ProxmoxError> {
+        let vmid = id.vmid.get();
+        let cfg = self
+            .read_config(&id.pve_node, vmid)
+            .await?
+            .ok_or_else(|| ProxmoxError::NotFound(format!("VM {vmid} on {}", id.pve_node)))?;
+        let running = self.is_running(&id.pve_node, vmid).await?;
+        OwnedVm::verify_for_destroy(id, &id.pve_node, &cfg, running)
+    }
+
     async fn pending(&self, vm: &OwnedVm) -> Result<PendingChanges, ProxmoxError> {
         let data = self
             .api
@@ -686,7 +696,12 @@ impl ProxmoxPort for PveAdapter {
     async fn destroy(&self, vm: OwnedVm) -> Result<(), ProxmoxError> {
         let span = tracing::info_span!("proxmox_destroy", cluster = %vm.identity().cluster, vmid = vm.vmid());
         async move {
-            let vm = self.shutdown(&vm).await?;
+            // A half-made VM is stopped by proof (and its shutdown would re-verify it as complete).
+            let vm = if vm.running() {
+                self.shutdown(&vm).await?
+            } else {
+                vm
+            };
             let id = vm.identity().clone();
             let node = vm.pve_node().to_owned();
             let vmid = vm.vmid();
@@ -702,8 +717,15 @@ impl ProxmoxPort for PveAdapter {
                     match self.read_config(&node, vmid).await? {
                         None => Ok(true),
                         Some(cfg) => {
-                            // Still there: it must still be ours before the (repeated) delete.
-                            OwnedVm::verify(&id, &node, &cfg, false)?;
+                            // Still there: it must still be ours, and stopped, before the
+                            // (repeated) delete.
+                            let running = self.is_running(&node, vmid).await?;
+                            OwnedVm::verify_for_destroy(&id, &node, &cfg, running)?;
+                            if running {
+                                return Err(ProxmoxError::Protocol(format!(
+                                    "VM {vmid} runs again; not destroyed"
+                                )));
+                            }
                             Ok(false)
                         }
                     }

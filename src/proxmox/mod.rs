@@ -79,6 +79,41 @@ impl OwnedVm {
         }
     }
 
+    /// As [`Self::verify`], for a destroy only: a half-made VM (clone done, tags not yet set) is also
+    /// proof enough when it is stopped and no clone still holds it — the marker in the clone call is
+    /// kiln's own writing (DESIGN.md §3), and a decommission must be able to remove what a crash
+    /// left. A running one lost its tags to a person: refused, as everywhere else.
+    pub(crate) fn verify_for_destroy(
+        id: &VmIdentity,
+        node: &str,
+        config: &serde_json::Map<String, serde_json::Value>,
+        running: bool,
+    ) -> Result<Self, ProxmoxError> {
+        let locked_by_clone = config.get("lock").and_then(|v| v.as_str()) == Some("clone");
+        match ownership::judge(id, config) {
+            Verdict::HalfMade if !running && !locked_by_clone => Ok(Self {
+                id: id.clone(),
+                node: node.to_owned(),
+                digest: config
+                    .get("digest")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                running,
+                smbios_uuid: String::new(),
+            }),
+            Verdict::HalfMade => Err(ProxmoxError::Foreign {
+                vmid: id.vmid.get(),
+                reason: if running {
+                    "running with kiln's marker but without its tags: changed by a person".into()
+                } else {
+                    "its clone is still running (locked `clone`)".into()
+                },
+            }),
+            _ => Self::verify(id, node, config, running),
+        }
+    }
+
     pub fn identity(&self) -> &VmIdentity {
         &self.id
     }
@@ -152,6 +187,8 @@ pub trait ProxmoxPort: Send + Sync {
     async fn check_template(&self, spec: &VmSpec, template_node: &str) -> Result<(), ProxmoxError>;
     /// Re-reads the VM and proves it is this node's.
     async fn claim(&self, id: &VmIdentity) -> Result<OwnedVm, ProxmoxError>;
+    /// As [`Self::claim`], for a decommission's destroy: also accepts kiln's stopped half-made VM.
+    async fn claim_for_destroy(&self, id: &VmIdentity) -> Result<OwnedVm, ProxmoxError>;
     async fn pending(&self, vm: &OwnedVm) -> Result<PendingChanges, ProxmoxError>;
     /// Clone (or adopt a half-made VM), configure, grow the disk, start. Idempotent.
     async fn create(&self, spec: &VmSpec, template_node: &str) -> Result<Created, ProxmoxError>;

@@ -268,6 +268,7 @@ impl<G: GitPort> Engine<G> {
         // Records: new valid clusters are recorded (kiln may make VMs for them from now on); a file
         // that came back cancels its decommission.
         let now = now_rfc3339();
+        let known_before = self.records.clusters.len();
         for (name, v) in &intent.valid {
             let r = self.records.clusters.entry(name.clone()).or_default();
             if r.applied_revision.is_none() {
@@ -280,6 +281,13 @@ impl<G: GitPort> Engine<G> {
         for name in intent.invalid.keys() {
             if let Some(r) = self.records.clusters.get_mut(name) {
                 r.missing_since = None;
+            }
+        }
+        if self.records.clusters.len() != known_before {
+            // On disk before any action: a crash while its first VMs are cloned must not forget that
+            // kiln may have made VMs and a bundle for the cluster (its decommission needs the record).
+            if let Err(e) = self.records.save(&self.config.state_dir) {
+                return self.cycle_failed(format!("cannot save records: {e}"));
             }
         }
         let mut missing: BTreeMap<String, Missing> = BTreeMap::new();

@@ -126,6 +126,9 @@ pub struct LoadedBundle {
 pub struct SecretsView {
     pub observed: plan::SecretsObserved,
     pub bundle: Option<LoadedBundle>,
+    /// The bundle is there but its custom metadata lacks the cluster-uid mirror: the writer died
+    /// between the value and its metadata (two requests in KV v2). The caller repairs it.
+    pub uid_mirror_missing: bool,
 }
 
 /// Reads the three paths (values and metadata). A read error is an error of the cycle (the store is
@@ -154,7 +157,12 @@ pub async fn secrets(
             Err(why) => (plan::BundleState::Unreadable(why), None),
         },
     };
+    let uid_mirror_missing = bundle.is_some()
+        && bundle_read
+            .custom_metadata()
+            .is_none_or(|m| !m.contains_key(meta_keys::CLUSTER_UID));
     Ok(SecretsView {
+        uid_mirror_missing,
         observed: plan::SecretsObserved {
             bundle: state,
             bootstrapped,

@@ -250,6 +250,20 @@ impl<'a> Turn<'a> {
         None
     }
 
+    /// Whether the cluster's Kubernetes API should answer: etcd was bootstrapped (the marker), so its
+    /// nodes may run workloads and each owes a drain before a Proxmox reboot or a destroy. Read from
+    /// the store each time: a cheap cycle has not looked at it.
+    async fn api_expected(&self) -> Result<bool, StepError> {
+        Ok(self
+            .ctx
+            .ports
+            .secrets
+            .read(&self.paths.secrets)
+            .await?
+            .custom_metadata()
+            .is_some_and(|m| m.contains_key(meta_keys::BOOTSTRAPPED_AT)))
+    }
+
     fn identity_of(&self, node: &Node) -> Result<VmIdentity, StepError> {
         Ok(VmIdentity::for_node(self.cluster()?, node, &self.uid()?))
     }
@@ -401,7 +415,17 @@ impl<'a> Turn<'a> {
         let resized = px.resize(&vm, &spec).await?;
         if resized.needs_reboot {
             // cores/memory only apply after a Proxmox power cycle: move the work off first.
-            let kube = self.kube().await;
+            let kube = match self.kube().await {
+                Some(k) => Some(k),
+                None if self.api_expected().await? => {
+                    return Ok(Flow::Wait(format!(
+                        "{} waits for its drain: the Kubernetes API does not answer, and kiln \
+                         never reboots a node without the drain it owes it",
+                        node.name
+                    )));
+                }
+                None => None,
+            };
             if let Some(k) = &kube {
                 k.set_unschedulable(&node.name, true).await?;
                 k.drain(&node.name, self.ctx.settings.drain_timeout).await?;
@@ -516,6 +540,9 @@ impl<'a> Turn<'a> {
                 }
             }
         }
+        // A crash here leaves etcd bootstrapped without the marker: the restart must see etcd and
+        // write the marker, never bootstrap a second time.
+        crate::testhook::reached("etcd-bootstrapped");
         let patch =
             MetadataPatch::from([(meta_keys::BOOTSTRAPPED_AT.to_owned(), Some(now_rfc3339()))]);
         store.patch_metadata(&self.paths.secrets, &patch).await?;
@@ -612,6 +639,12 @@ impl<'a> Turn<'a> {
         let px = self.ctx.ports.proxmox.clone();
         let vm = px.claim(&identity).await?;
         let kube = self.kube().await;
+        if kube.is_none() && self.api_expected().await? {
+            return Ok(Flow::Wait(format!(
+                "{name} waits for its drain: the Kubernetes API does not answer, and kiln never \
+                 destroys a node without the drain it owes it"
+            )));
+        }
         if role == Role::ControlPlane {
             // Leave etcd gracefully and see it confirmed by another member before the VM goes (§4).
             let ip = self
@@ -670,7 +703,8 @@ impl<'a> Turn<'a> {
             .unwrap_or(Role::Worker);
         let identity = self.identity_of_listed(number, role, vmid, name)?;
         let px = self.ctx.ports.proxmox.clone();
-        match px.claim(&identity).await {
+        // A half-made VM (a crash between clone and tags) goes too: its marker proves it (§3).
+        match px.claim_for_destroy(&identity).await {
             Ok(vm) => {
                 self.say(format!("stopping and destroying VM {vmid} {name}"));
                 px.destroy(vm).await?;
@@ -1084,6 +1118,22 @@ async fn deep_observe(
     let bootstrapped = view.observed.bootstrapped;
     observed.secrets = Some(view.observed);
     turn.bundle = view.bundle;
+    if view.uid_mirror_missing
+        && let Some(b) = &turn.bundle
+    {
+        // A crash between the bundle's value and its metadata: finish the write (§5's mirror).
+        let patch = MetadataPatch::from([(
+            meta_keys::CLUSTER_UID.to_owned(),
+            Some(b.cluster_uid.clone()),
+        )]);
+        turn.ctx
+            .ports
+            .secrets
+            .patch_metadata(&turn.paths.secrets, &patch)
+            .await
+            .map_err(|e| format!("secret store: repairing the cluster-uid mirror: {e}"))?;
+        turn.say("repaired the bundle's cluster-uid metadata (a write was cut short)");
+    }
     if turn.bundle.is_none() {
         return Ok(());
     }

@@ -1,7 +1,11 @@
-//! The secrets half of a decommission (DESIGN.md §7): after the VMs are gone, either mark every path
-//! of the cluster with `kiln-decommissioned-at` (`retain`, the default: an operator may still need the
-//! CAs, and the mark keeps a new cluster of the same name `Blocked`) or destroy every version and the
-//! metadata (`destroy`).
+//! The secrets half of a decommission (DESIGN.md §7): after the VMs are gone, either mark kiln's three
+//! paths of the cluster with `kiln-decommissioned-at` (`retain`, the default: an operator may still need
+//! the CAs, and the mark keeps a new cluster of the same name `Blocked`) or destroy every version and
+//! the metadata of those three (`destroy`).
+//!
+//! Only `talos`, `kubeconfig` and `secrets` are kiln's. Operators keep their own secrets beside them
+//! (`{prefix}/{cluster}/argocd-admin`, `…/apps/db`, …): a decommission never lists the folder, so it
+//! can neither destroy nor mark what kiln did not write.
 
 use super::error::SecretsError;
 use super::layout::{SecretPath, SecretPaths, meta_keys};
@@ -27,10 +31,16 @@ pub async fn decommission(
     now: time::OffsetDateTime,
 ) -> Result<DecommissionReport, SecretsError> {
     let mut report = DecommissionReport::default();
-    let listed = store.list(&paths.dir).await?;
+    let mut kilns = Vec::new();
+    for path in paths.all() {
+        // Absent: never written, or destroyed by an earlier run or an operator: nothing to do.
+        if !store.read(path).await?.is_absent() {
+            kilns.push(path.clone());
+        }
+    }
     match policy {
         OnDecommission::Destroy => {
-            for path in listed {
+            for path in kilns {
                 store.destroy(&path).await?;
                 report.destroyed.push(path);
             }
@@ -39,7 +49,7 @@ pub async fn decommission(
             let stamp = now
                 .format(&time::format_description::well_known::Rfc3339)
                 .map_err(|e| SecretsError::Config(format!("cannot format time: {e}")))?;
-            for path in listed {
+            for path in kilns {
                 let current = store.read(&path).await?;
                 if current.decommissioned_at().is_some() {
                     report.already_marked.push(path);

@@ -372,6 +372,15 @@ impl ProxmoxPort for SimProxmox {
         self.verify(id)
     }
 
+    async fn claim_for_destroy(&self, id: &VmIdentity) -> Result<OwnedVm, ProxmoxError> {
+        let st = self.state.lock().unwrap();
+        let vm = st
+            .vms
+            .get(&id.vmid.get())
+            .ok_or_else(|| ProxmoxError::NotFound(format!("VM {}", id.vmid.get())))?;
+        OwnedVm::verify_for_destroy(id, &vm.node, &vm.config_json(), vm.running)
+    }
+
     async fn pending(&self, vm: &OwnedVm) -> Result<PendingChanges, ProxmoxError> {
         self.verify(vm.identity())?;
         Ok(self.pending_of(vm.vmid()))
@@ -527,8 +536,18 @@ impl ProxmoxPort for SimProxmox {
     }
 
     async fn destroy(&self, vm: OwnedVm) -> Result<(), ProxmoxError> {
-        let vm = self.shutdown(&vm).await?;
-        self.verify(vm.identity())?;
+        let vm = if vm.running() {
+            self.shutdown(&vm).await?
+        } else {
+            vm
+        };
+        let fresh = self.claim_for_destroy(vm.identity()).await?;
+        if fresh.running() {
+            return Err(ProxmoxError::Protocol(format!(
+                "VM {} runs again; not destroyed",
+                vm.vmid()
+            )));
+        }
         let gone = {
             let mut st = self.state.lock().unwrap();
             st.writes += 1;

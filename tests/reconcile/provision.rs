@@ -107,7 +107,23 @@ async fn a_new_cluster_file_converges_and_a_second_run_is_a_no_op() {
     // The daemon: its cycles after the first are the listing alone; SIGTERM ends it cleanly.
     let mark = world.request_mark();
     let mut daemon = world.spawn_daemon(None);
-    std::thread::sleep(Duration::from_secs(5));
+    // Three cycles of its own (each one listing), however fast or slow the machine is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while world
+        .requests_since(mark)
+        .iter()
+        .filter(|(m, p)| m == "GET" && p.ends_with("/cluster/resources"))
+        .count()
+        < 3
+    {
+        daemon.assert_running();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon (poll_interval 1s) did not list 3 times in 30 s:\n{}",
+            daemon.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     daemon.assert_running();
     let killed = Command::new("kill")
         .args(["-TERM", &daemon.pid().to_string()])
@@ -129,8 +145,8 @@ async fn a_new_cluster_file_converges_and_a_second_run_is_a_no_op() {
         })
         .collect();
     assert!(
-        listings >= 2,
-        "the daemon polled every second for 5 s but listed {listings} times: {requests:?}"
+        listings >= 3,
+        "the daemon listed {listings} times: {requests:?}"
     );
     assert!(
         others.is_empty(),

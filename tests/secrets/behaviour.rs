@@ -309,11 +309,29 @@ pub async fn decommission_retain_then_destroy(store: &dyn SecretStore, base: &st
             .unwrap();
     }
     store.delete(&c.talos).await.unwrap(); // a soft-deleted path is marked too
+    // An operator's own secrets beside kiln's: a decommission never touches them (issue 24 point 5).
+    let theirs = [
+        c.dir.join("argocd-admin").unwrap(),
+        c.dir.join("apps/db").unwrap(),
+    ];
+    for p in &theirs {
+        store
+            .create(p, &secret_data([("pw", "v")]), &CustomMetadata::new())
+            .await
+            .unwrap();
+    }
     let t1 = time::macros::datetime!(2026-11-25 01:00 UTC);
     let report = decommission(store, &c, OnDecommission::Retain, t1)
         .await
         .unwrap();
     assert_eq!(report.marked.len(), 3, "{report:?}");
+    for p in &theirs {
+        assert_eq!(
+            store.read(p).await.unwrap().decommissioned_at(),
+            None,
+            "{p} is not kiln's: retain does not mark it"
+        );
+    }
     for p in c.all() {
         let read = store.read(p).await.unwrap();
         assert_eq!(
@@ -346,5 +364,17 @@ pub async fn decommission_retain_then_destroy(store: &dyn SecretStore, base: &st
     for p in c.all() {
         assert_eq!(store.read(p).await.unwrap(), ReadOutcome::Absent, "{p}");
     }
-    assert!(store.list(&c.dir).await.unwrap().is_empty());
+    assert_eq!(
+        store.list(&c.dir).await.unwrap(),
+        theirs.iter().rev().cloned().collect::<Vec<_>>(),
+        "destroy removes kiln's three paths only; the operator's secrets stay"
+    );
+    for p in &theirs {
+        assert!(
+            present(&store.read(p).await.unwrap())
+                .data
+                .contains_key("pw"),
+            "{p}"
+        );
+    }
 }

@@ -1,8 +1,14 @@
 //! Vault authentication against a real OpenBao: AppRole login, renewal, expiry, re-login after a
 //! 403, the idle keeper, token files.
+//!
+//! Time matters here (a token's TTL), but no test sleeps a guessed amount: each polls OpenBao's own
+//! view of the token (its remaining `ttl`, or whether it still exists) under a deadline.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
 
 use kiln::secrets::{
     CustomMetadata, ReadOutcome, SecretStore, SecretsError, VaultAuth, VaultStore, secret_data,
@@ -10,6 +16,75 @@ use kiln::secrets::{
 
 use super::bao::Bao;
 use super::vault_store::{approle, path, settings};
+
+/// Polls `probe` every 100 ms until it gives `Some`, failing the test with `what` after `limit`.
+async fn poll<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// OpenBao's record of every live token that carries the `kiln` policy (kiln's AppRole logins), by
+/// accessor, so a test can watch the token kiln holds without knowing it.
+async fn kiln_tokens(bao: &Bao) -> Vec<Value> {
+    let (_, listed) = bao.api_status("LIST", "auth/token/accessors", None).await;
+    let mut out = Vec::new();
+    for accessor in listed
+        .as_ref()
+        .and_then(|l| l["data"]["keys"].as_array())
+        .into_iter()
+        .flatten()
+    {
+        let (code, found) = bao
+            .api_status(
+                "POST",
+                "auth/token/lookup-accessor",
+                Some(json!({ "accessor": accessor })),
+            )
+            .await;
+        let Some(data) = found.filter(|_| code == 200).map(|f| f["data"].clone()) else {
+            continue;
+        };
+        if data["policies"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p == "kiln"))
+        {
+            out.push(data);
+        }
+    }
+    out
+}
+
+/// Waits until the one live kiln token has at most `secs` of its TTL left (and is still alive).
+async fn until_ttl_at_most(bao: &Bao, secs: i64) {
+    poll(
+        &format!("kiln's token within {secs} s of its expiry"),
+        Duration::from_secs(30),
+        || async {
+            let tokens = kiln_tokens(bao).await;
+            let ttl = tokens.first()?["ttl"].as_i64()?;
+            (tokens.len() == 1 && ttl > 0 && ttl <= secs).then_some(())
+        },
+    )
+    .await
+}
+
+/// Waits until OpenBao no longer knows any kiln token (the last one expired).
+async fn until_no_kiln_token(bao: &Bao) {
+    poll("kiln's token expired", Duration::from_secs(30), || async {
+        kiln_tokens(bao).await.is_empty().then_some(())
+    })
+    .await
+}
 
 #[tokio::test]
 async fn approle_login_renewal_expiry_and_relogin_after_403() {
@@ -31,8 +106,9 @@ async fn approle_login_renewal_expiry_and_relogin_after_403() {
         (1, 0)
     );
 
-    // In the last third of the TTL: renewed, not replaced.
-    tokio::time::sleep(Duration::from_millis(6800)).await;
+    // In the last third of the TTL (3 s of 9; 2 s leaves a margin for rounding): renewed, not
+    // replaced.
+    until_ttl_at_most(&bao, 2).await;
     assert!(matches!(
         store.read(&p).await.unwrap(),
         ReadOutcome::Present(_)
@@ -43,7 +119,7 @@ async fn approle_login_renewal_expiry_and_relogin_after_403() {
     );
 
     // Idle past the whole TTL: the old token is dead, kiln logs in again before asking.
-    tokio::time::sleep(Duration::from_millis(9500)).await;
+    until_no_kiln_token(&bao).await;
     assert!(matches!(
         store.read(&p).await.unwrap(),
         ReadOutcome::Present(_)
@@ -86,12 +162,36 @@ async fn an_idle_store_renews_its_token_before_expiry() {
         )
         .await
         .unwrap();
+    let first = kiln_tokens(&bao).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (accessor, expire) = (
+        first[0]["accessor"].clone(),
+        first[0]["expire_time"].as_str().unwrap().to_owned(),
+    );
     let keeper = store.keep_token_alive();
-    // Idle past the 9 s TTL: without renewal the token would be dead and need a new login.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Idle: the keeper renews on its own before the 9 s TTL runs out (the deadline is that TTL).
+    poll(
+        "a renewal by the idle keeper",
+        Duration::from_secs(9),
+        || async { (store.auth_stats().renewals >= 1).then_some(()) },
+    )
+    .await;
+    let (_, now) = bao
+        .api_status(
+            "POST",
+            "auth/token/lookup-accessor",
+            Some(json!({ "accessor": accessor })),
+        )
+        .await;
+    let renewed_to = now.as_ref().unwrap()["data"]["expire_time"]
+        .as_str()
+        .unwrap();
+    assert!(
+        renewed_to > expire.as_str(),
+        "the renewal pushed the same token's expiry out: {expire} → {renewed_to}"
+    );
     let stats = store.auth_stats();
     assert_eq!(stats.logins, 1, "{stats:?}");
-    assert!(stats.renewals >= 1, "{stats:?}");
     assert!(matches!(
         store.read(&p).await.unwrap(),
         ReadOutcome::Present(_)
@@ -160,7 +260,18 @@ async fn a_renewable_token_from_a_file_is_renewed_not_reread() {
         .await
         .unwrap();
     // In the last third of its 12 s: renewed, the file is not re-read.
-    tokio::time::sleep(Duration::from_millis(8000)).await;
+    let ttl_of_token = || async {
+        let (code, found) = bao
+            .api_status("POST", "auth/token/lookup", Some(json!({ "token": token })))
+            .await;
+        found.filter(|_| code == 200)?["data"]["ttl"].as_i64()
+    };
+    poll(
+        "the token within 3 s of its expiry",
+        Duration::from_secs(30),
+        || async { ttl_of_token().await.filter(|t| (1..=3).contains(t)) },
+    )
+    .await;
     assert!(matches!(
         store.read(&p).await.unwrap(),
         ReadOutcome::Present(_)
@@ -169,8 +280,25 @@ async fn a_renewable_token_from_a_file_is_renewed_not_reread() {
         (store.auth_stats().logins, store.auth_stats().renewals),
         (1, 1)
     );
-    // Renewed, the token outlives its first TTL.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // Renewed, the token outlives its first TTL: wait until that first TTL is over by OpenBao's clock.
+    let (_, created_info) = bao
+        .api_status("POST", "auth/token/lookup", Some(json!({ "token": token })))
+        .await;
+    let data = &created_info.as_ref().unwrap()["data"];
+    let first_end =
+        data["creation_time"].as_i64().unwrap() + data["creation_ttl"].as_i64().unwrap();
+    poll(
+        "the token's first TTL over",
+        Duration::from_secs(20),
+        || async {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            (now > first_end + 1).then_some(())
+        },
+    )
+    .await;
     let (code, _) = bao
         .api_status(
             "POST",
