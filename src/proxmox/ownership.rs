@@ -202,6 +202,24 @@ mod tests {
         );
     }
 
+    /// A decommission may destroy kiln's stopped half-made VM, never a running or still-cloning one,
+    /// and never a VM whose marker names another incarnation of the cluster.
+    #[test]
+    fn a_stopped_half_made_vm_is_proof_enough_for_a_destroy_only() {
+        use crate::proxmox::OwnedVm;
+        let half = cfg(json!({"name": "prod-cp-1", "description": "kiln-owner: prod/1/u1"}));
+        assert!(OwnedVm::verify(&id(), "pve1", &half, false).is_err());
+        assert!(OwnedVm::verify_for_destroy(&id(), "pve1", &half, false).is_ok());
+        assert!(OwnedVm::verify_for_destroy(&id(), "pve1", &half, true).is_err());
+        let cloning = cfg(
+            json!({"name": "prod-cp-1", "description": "kiln-owner: prod/1/u1",
+                                 "lock": "clone"}),
+        );
+        assert!(OwnedVm::verify_for_destroy(&id(), "pve1", &cloning, false).is_err());
+        let older = cfg(json!({"name": "prod-cp-1", "description": "kiln-owner: prod/1/u0"}));
+        assert!(OwnedVm::verify_for_destroy(&id(), "pve1", &older, false).is_err());
+    }
+
     #[test]
     fn verdicts() {
         let good = json!({"name": "prod-cp-1", "description": "kiln-owner: prod/1/u1\nmanaged by kiln",
