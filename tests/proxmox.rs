@@ -3,6 +3,9 @@
 #[path = "proxmox/support.rs"]
 mod support;
 
+#[path = "proxmox/conflicts.rs"]
+mod conflicts;
+
 use std::time::{Duration, Instant};
 
 use kiln::proxmox::tls::Trust;

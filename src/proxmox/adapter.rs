@@ -308,7 +308,10 @@ impl PveAdapter {
         let id = &spec.id;
         let vmid = id.vmid.get();
         let policy = self.api.retry;
-        let mut n = 0;
+        // Every PUT counts, answered or not: a write that succeeds but leaves a difference (someone
+        // changes the VM after each write, or PVE stores a value in another form) must not loop.
+        let mut puts = 0;
+        let mut last_error = None;
         loop {
             let cfg = self
                 .read_config(&id.pve_node, vmid)
@@ -340,17 +343,25 @@ impl PveAdapter {
             if diff.is_empty() {
                 return Ok(());
             }
+            if puts >= policy.attempts {
+                let keys: Vec<&str> = diff.iter().map(|(k, _)| *k).collect();
+                return Err(last_error.unwrap_or_else(|| {
+                    ProxmoxError::Conflict(format!(
+                        "VM {vmid}: {} still differ after {puts} config writes: something keeps \
+                         changing the VM",
+                        keys.join(", ")
+                    ))
+                }));
+            }
             diff.push(("digest", text(cfg.get("digest")).unwrap_or_default()));
             let path = format!("{}/config", Self::vm_path(&id.pve_node, vmid));
+            puts += 1;
             match self.api.call(Method::PUT, &path, &diff, Some(vmid)).await {
-                Ok(_) => {}
-                Err(e)
-                    if (e.is_transient() || matches!(e, ProxmoxError::Conflict(_)))
-                        && n + 1 < policy.attempts =>
-                {
-                    tracing::warn!(vmid, error = %e, "config write unconfirmed; reading back");
-                    tokio::time::sleep(policy.delay(n)).await;
-                    n += 1;
+                Ok(_) => last_error = None,
+                Err(e) if e.is_transient() || matches!(e, ProxmoxError::Conflict(_)) => {
+                    tracing::warn!(vmid, error = %e, "config write unconfirmed or raced; reading back");
+                    tokio::time::sleep(policy.delay(puts - 1)).await;
+                    last_error = Some(e);
                 }
                 Err(e) => return Err(e),
             }
@@ -577,6 +588,11 @@ impl ProxmoxPort for PveAdapter {
             let id = vm.identity();
             let node = vm.pve_node();
             let vmid = vm.vmid();
+            let policy = self.api.retry;
+            let mut n = 0;
+            // A concurrent change between the read and the PUT fails on the digest: read again and
+            // write what still differs, a bounded number of times.
+            loop {
             let (owned, cfg) = self.reverify(id, node).await?;
             let pending = self.pending(&owned).await?;
             let want = [
@@ -597,17 +613,32 @@ impl ProxmoxPort for PveAdapter {
                 .filter(|(k, v)| next(k).as_deref() != Some(v.as_str()))
                 .map(|(k, v)| (*k, v.clone()))
                 .collect();
-            if !writes.is_empty() {
-                let mut params = writes;
-                params.push(("digest", owned.digest().to_owned()));
-                self.api
-                    .call(
-                        Method::PUT,
-                        &format!("{}/config", Self::vm_path(node, vmid)),
-                        &params,
-                        Some(vmid),
-                    )
-                    .await?;
+            if writes.is_empty() {
+                break;
+            }
+            let mut params = writes;
+            params.push(("digest", owned.digest().to_owned()));
+            match self
+                .api
+                .call(
+                    Method::PUT,
+                    &format!("{}/config", Self::vm_path(node, vmid)),
+                    &params,
+                    Some(vmid),
+                )
+                .await
+            {
+                Ok(_) => break,
+                Err(e)
+                    if (e.is_transient() || matches!(e, ProxmoxError::Conflict(_)))
+                        && n + 1 < policy.attempts =>
+                {
+                    tracing::warn!(vmid, error = %e, "size write raced or unanswered; reading again");
+                    tokio::time::sleep(policy.delay(n)).await;
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
             }
             let disk_grown = self.grow_disk(id, node, spec.resources.disk_gib).await?;
             let (vm, _) = self.reverify(id, node).await?;
