@@ -7,6 +7,8 @@ mod support;
 mod conflicts;
 #[path = "proxmox/least_privilege.rs"]
 mod least_privilege;
+#[path = "proxmox/shared_storage.rs"]
+mod shared_storage;
 
 use std::time::{Duration, Instant};
 

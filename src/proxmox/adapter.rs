@@ -18,7 +18,7 @@ use super::inventory::{Inventory, Ownership};
 use super::ownership::{self, Verdict, VmIdentity};
 use super::preflight::{self, PreflightScope};
 use super::task::{self, TaskOutcome};
-use super::vmconfig::{BOOT_DISK, VmSpec, drive_size_bytes};
+use super::vmconfig::{BOOT_DISK, VmSpec, drive_size_bytes, volumes_of};
 use super::{Created, OwnedVm, PendingChanges, ProxmoxPort, Resized};
 use crate::config::ProxmoxConfig;
 
@@ -170,6 +170,62 @@ impl PveAdapter {
                 .call_raw(Method::GET, "/cluster/resources", &params, None)
         })
         .await
+    }
+
+    /// A clone onto another node (`target=`) needs every volume of the template and the target
+    /// storage on shared storage (qemu-server `clone_vm`: "can't clone VM to node … (VM uses local
+    /// storage)", "can't clone to non-shared storage"). The flag comes from `GET /storage`, which lists
+    /// a storage to a token with `Datastore.Audit` or `Datastore.AllocateSpace` on it (pve-storage
+    /// `src/PVE/API2/Storage/Config.pm`); `GET /storage/{id}` needs `Datastore.Allocate`.
+    async fn check_shared(
+        &self,
+        spec: &VmSpec,
+        template_node: &str,
+        template: &Config,
+    ) -> Result<(), ProxmoxError> {
+        let t = spec.template.get();
+        let listed = self.api.get("/storage", &[]).await?;
+        let shared: BTreeMap<&str, bool> = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let id = s.get("storage")?.as_str()?;
+                Some((id, text(s.get("shared")).as_deref() == Some("1")))
+            })
+            .collect();
+        let judge = |storage: &str| match shared.get(storage) {
+            Some(true) => None,
+            Some(false) => Some(format!("storage {storage} is not shared")),
+            None => Some(format!(
+                "storage {storage} is not listed to kiln's token (grant Datastore.Audit on \
+                 /storage/{storage}), so it cannot be known to be shared"
+            )),
+        };
+        let mut problems = Vec::new();
+        for v in volumes_of(template) {
+            let why = match &v.storage {
+                Some(storage) => judge(storage),
+                None => Some("a path outside any storage is never shared".to_owned()),
+            };
+            if let Some(why) = why {
+                problems.push(format!("volume {} ({}): {why}", v.key, v.volume));
+            }
+        }
+        if let Some(why) = judge(&spec.storage) {
+            problems.push(format!("target {why}"));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ProxmoxError::Config(format!(
+            "VM {} goes to {} but template {t} is on {template_node}; a clone to another node needs \
+             shared storage: {}. Give a template per node (`template: {{{}: <vmid>}}`)",
+            spec.id.name,
+            spec.id.pve_node,
+            problems.join("; "),
+            spec.id.pve_node
+        )))
     }
 
     fn vm_path(node: &str, vmid: u32) -> String {
@@ -599,17 +655,7 @@ impl ProxmoxPort for PveAdapter {
             )));
         }
         if template_node != spec.id.pve_node {
-            let st = self
-                .api
-                .get(&format!("/storage/{}", spec.storage), &[])
-                .await?;
-            if text(st.get("shared")).as_deref() != Some("1") {
-                return Err(ProxmoxError::Config(format!(
-                    "VM {} goes to {} but template {t} is on {template_node} and storage {} is not \
-                     shared: give a template per node (`template: {{{}: <vmid>}}`)",
-                    spec.id.name, spec.id.pve_node, spec.storage, spec.id.pve_node
-                )));
-            }
+            self.check_shared(spec, template_node, &cfg).await?;
         }
         Ok(())
     }
