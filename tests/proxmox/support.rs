@@ -128,12 +128,35 @@ impl FakePve {
             .unwrap_or_else(|| panic!("launcher did not start: {line:?}"))
             .parse()
             .unwrap();
-        Self {
+        let pve = Self {
             child,
             pipes: Mutex::new(Pipes { stdin, stdout }),
             port,
             pki,
-        }
+        };
+        // Every test meets a least-privilege token, as kiln's operators are told to make one: the
+        // list for the templates started with, on a datacenter with no user-tag-access.
+        let templates: Vec<u32> = if opts.templates.is_empty() {
+            vec![9000]
+        } else {
+            opts.templates
+                .iter()
+                .map(|t| t.split('@').next().unwrap().parse().unwrap())
+                .collect()
+        };
+        let mut acl = least_privilege(
+            templates[0],
+            "/vms",
+            "local-lvm",
+            &["/sdn/zones/localnetwork/vmbr0"],
+        );
+        acl.extend(
+            templates[1..]
+                .iter()
+                .map(|t| (format!("/vms/{t}"), vec!["VM.Clone", "VM.Audit"])),
+        );
+        pve.set_acl(&acl);
+        pve
     }
 
     pub fn url(&self) -> String {
