@@ -21,6 +21,17 @@ Added to fakepve:
   network dropped, so a test can prove each fault it set up really happened.
 - Task outcomes (`task_warnings`): the matched request's task ends `WARNINGS: n`, as PVE reports a
   task that logged warnings.
+- `GET /cluster/options` from a stored datacenter.cfg (`datacenter_options`; empty by default, as a
+  fresh datacenter has no `user-tag-access` or `registered-tags`). pve-manager
+  `PVE/API2/Cluster.pm` `get_options` returns datacenter.cfg as parsed (`user-tag-access` a hash,
+  `registered-tags` a list: pve-guest-common `src/PVE/GuestHelpers.pm` `get_allowed_tags` reads them
+  so). fakepve's schema check still answers 403 without `Sys.Audit` on `/` (DESIGN.md §9).
+- `acl`: replaces one user's (or token's) ACL, so a test can take a single privilege away.
+- Someone else's edit (`meddle`): right after the matched read (`GET …/config`) or write (`PUT …/config`)
+  of a VM succeeds, config keys are set as another user would, moving the digest (`{n}` in a value
+  counts the edits). qemu-server then refuses a write carrying the old digest; fakepve's own check
+  answers with qemu-server's wording ("checksum mismatch (file change by other user?)",
+  src/PVE/API2/Qemu.pm update_vm_api and resize_vm, qemu-server 9.2.6).
 """
 
 import argparse
@@ -62,6 +73,15 @@ class KilnPve(FakePve):
         self.task_warnings = {}
         # Requests the lossy network (flaky_network) dropped: fakepve does not record them.
         self.dropped = 0
+        self.datacenter = {}
+        # (vmid, 'read' | 'write') -> {'times': n, 'set': {key: value}}
+        self.meddling = {}
+
+    def _routes_kiln_options(self):
+        return [('GET', '/cluster/options', self._kiln_options)]
+
+    async def _kiln_options(self, v, user):
+        return dict(self.datacenter)
 
     def _routes_kiln_resize(self):
         return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', self._kiln_resize)]
@@ -141,11 +161,31 @@ class KilnPve(FakePve):
                 task['log'].insert(-1, 'WARN: kiln-test: a warning the task logged')
                 task['log'][-1] = 'TASK WARNINGS: 1'
                 task['exitstatus'] = 'WARNINGS: 1'
+        if isinstance(response, web.Response) and 200 <= response.status < 300:
+            self._meddle(request)
         if lost:
             # The request ran; its answer never arrives.
             request.transport.close()
             raise ConnectionResetError('kiln launcher: reply lost')
         return response
+
+
+    def _meddle(self, request):
+        m = re.search(r'/qemu/(\d+)/config$', request.path)
+        when = {'GET': 'read', 'PUT': 'write', 'POST': 'write'}.get(request.method)
+        rule = m and when and self.meddling.get((int(m.group(1)), when))
+        if not rule:
+            return
+        vm = self.vm(int(m.group(1)))
+        if vm is None:
+            return
+        rule['times'] -= 1
+        rule['n'] += 1
+        if rule['times'] <= 0:
+            del self.meddling[(vm.vmid, when)]
+        # `{n}` in a value counts the edits, so repeated edits keep moving the digest.
+        vm.config.update((k, v.replace('{n}', str(rule['n'])) if isinstance(v, str) else v)
+                         for k, v in rule['set'].items())
 
 
 def vm_view(pve, vmid):
@@ -236,6 +276,24 @@ async def command(pve, c):
     if name == 'unlock':
         pve.unlock(c['vmid'])
         return True
+    if name == 'acl':
+        # Replaces the user's entries: [[path, [privileges]], ...]
+        if pve.acl is None:
+            pve.acl = {}
+        pve.acl[c['user']] = []
+        for path, privs in c['entries']:
+            pve.grant(c['user'], path, *privs)
+        return True
+    if name == 'acl_of':
+        return [[path, sorted(privs)] for path, privs in (pve.acl or {}).get(c['user'], [])]
+    if name == 'datacenter_options':
+        pve.datacenter = c['options']
+        return True
+    if name == 'meddle':
+        pve.meddling[(c['vmid'], c['after'])] = {'times': c.get('times', 1), 'set': c['set'], 'n': 0}
+        return True
+    if name == 'meddling':
+        return [[vmid, when, r['times']] for (vmid, when), r in pve.meddling.items()]
     if name == 'grant':
         pve.grant(c['user'], c['path'], *c['privs'])
         return True

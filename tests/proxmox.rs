@@ -3,12 +3,19 @@
 #[path = "proxmox/support.rs"]
 mod support;
 
+#[path = "proxmox/conflicts.rs"]
+mod conflicts;
+#[path = "proxmox/least_privilege.rs"]
+mod least_privilege;
+#[path = "proxmox/shared_storage.rs"]
+mod shared_storage;
+
 use std::time::{Duration, Instant};
 
 use kiln::proxmox::tls::Trust;
 use kiln::proxmox::{
-    Api, Ownership, PowerState, PreflightScope, ProxmoxError, ProxmoxPort, PveAdapter, RetryPolicy,
-    TaskOutcome, VmIdentity, VmSpec,
+    Api, Ownership, PowerState, ProxmoxError, ProxmoxPort, PveAdapter, RetryPolicy, TaskOutcome,
+    VmIdentity, VmSpec,
 };
 use kiln::redact::Secret;
 use kiln::spec::document::Resources;
@@ -423,47 +430,6 @@ async fn an_invalid_token_is_a_clear_auth_error_without_retries() {
         "the secret is never printed"
     );
     assert_eq!(pve.requests().len(), 1);
-}
-
-#[tokio::test]
-async fn preflight_names_every_missing_privilege() {
-    let pve = FakePve::start();
-    let scope = PreflightScope {
-        templates: [9000].into(),
-        storages: ["local-lvm".to_owned()].into(),
-        bridges: [("vmbr0".to_owned(), Some(20))].into(),
-        pool: None,
-        tags_free: false,
-    };
-    // Before any grant fakepve lets everyone do everything.
-    pve.adapter().preflight(&scope).await.unwrap();
-    pve.ctl(
-        json!({"cmd": "grant", "user": support::TOKEN_ID, "path": "/vms",
-                   "privs": ["VM.Audit", "VM.Allocate", "VM.Clone", "VM.Config.CPU"]}),
-    );
-    let err = pve.adapter().preflight(&scope).await.unwrap_err();
-    let ProxmoxError::MissingPrivileges(missing) = &err else {
-        panic!("{err}")
-    };
-    for want in [
-        "VM.PowerMgmt on /vms",
-        "VM.Config.Memory on /vms",
-        "VM.Config.Cloudinit on /vms",
-        "Datastore.AllocateSpace on /storage/local-lvm",
-        "SDN.Use on /sdn/zones/localnetwork/vmbr0/20",
-        "Sys.Audit on /",
-        "Sys.Modify on /",
-    ] {
-        assert!(
-            missing.iter().any(|m| m == want),
-            "{want} not named in {missing:?}"
-        );
-    }
-    assert!(
-        !missing
-            .iter()
-            .any(|m| m.starts_with("VM.Clone") || m.starts_with("VM.Allocate"))
-    );
 }
 
 #[tokio::test]

@@ -35,6 +35,8 @@ mod faults;
 mod harness;
 #[path = "reconcile/invalid.rs"]
 mod invalid;
+#[path = "reconcile/least_privilege.rs"]
+mod least_privilege;
 #[path = "reconcile/plan.rs"]
 mod plan;
 #[path = "reconcile/provision.rs"]

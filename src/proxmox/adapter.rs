@@ -1,9 +1,10 @@
 //! The PVE API adapter of [`ProxmoxPort`]: crash-safe lifecycle steps, each decided from what
 //! Proxmox says now, so a crash or a lost reply at any point converges on the next call.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use reqwest::Method;
@@ -13,11 +14,11 @@ use tracing::Instrument;
 
 use super::client::{Api, retry};
 use super::error::ProxmoxError;
-use super::inventory::Inventory;
+use super::inventory::{Inventory, Ownership};
 use super::ownership::{self, Verdict, VmIdentity};
 use super::preflight::{self, PreflightScope};
 use super::task::{self, TaskOutcome};
-use super::vmconfig::{BOOT_DISK, VmSpec, drive_size_bytes};
+use super::vmconfig::{BOOT_DISK, VmSpec, drive_size_bytes, volumes_of};
 use super::{Created, OwnedVm, PendingChanges, ProxmoxPort, Resized};
 use crate::config::ProxmoxConfig;
 
@@ -37,7 +38,12 @@ pub struct PveAdapter {
     task_timeout: Duration,
     shutdown_timeout: Duration,
     clones: Option<Arc<Semaphore>>,
+    /// The preflight's listing, until the first observation takes it.
+    first_listing: Mutex<Option<(Instant, bytes::Bytes)>>,
 }
+
+/// How old the preflight's listing may be when the first cycle takes it.
+const LISTING_REUSE: Duration = Duration::from_secs(10);
 
 fn text(v: Option<&Value>) -> Option<String> {
     match v? {
@@ -70,37 +76,156 @@ impl PveAdapter {
             shutdown_timeout,
             clones: (max_parallel_clones > 0)
                 .then(|| Arc::new(Semaphore::new(max_parallel_clones as usize))),
+            first_listing: Mutex::new(None),
         }
     }
 
-    /// Names every missing privilege before anything changes (DESIGN.md §3).
+    /// Names every missing privilege, per path, before anything changes (DESIGN.md §3). Only the VMs
+    /// still to be made (absent, or half-made) are asked about: a VM that exists needs nothing new
+    /// from the token that a 403 at its use would not name as clearly, and a no-op start stays at
+    /// two requests — the listing (kept for the first cycle) and the answer for `/`.
     pub async fn preflight(&self, scope: &PreflightScope) -> Result<(), ProxmoxError> {
-        let held = preflight::parse_held(&self.api.get("/access/permissions", &[]).await?);
-        let mut scope = scope.clone();
-        scope.tags_free = false;
-        let mut missing = preflight::missing(&held, &preflight::required(&scope));
-        // Sys.Modify on / is needed only to create new tags, unless the datacenter lets users
-        // tag freely: ask for the options only then, so a token that has it costs one request.
-        if missing.iter().any(|m| m.contains("Sys.Modify")) {
-            // Reading the options needs Sys.Audit, itself checked: without it, keep the stricter
-            // policy rather than stop before naming everything missing.
-            let options = match self.api.get("/cluster/options", &[]).await {
-                Ok(o) => o,
-                Err(ProxmoxError::Permission { .. }) => Value::Null,
-                Err(e) => return Err(e),
-            };
-            scope.tags_free = options
-                .get("user-tag-access")
-                .and_then(|u| u.get("user-allow"))
-                .and_then(Value::as_str)
-                == Some("free");
-            missing = preflight::missing(&held, &preflight::required(&scope));
+        let body = self.listing().await?;
+        let inventory = Inventory::from_listing_json(&body)?;
+        *self.first_listing.lock().expect("listing lock") = Some((Instant::now(), body));
+        let to_create: Vec<&preflight::WantedVm> = scope
+            .vms
+            .iter()
+            .filter(|vm| match inventory.get(vm.vmid) {
+                None => true,
+                Some(seen) => matches!(seen.ownership, Ownership::HalfMade(_)),
+            })
+            .collect();
+
+        let mut held = BTreeMap::new();
+        let root = self.held_at("/").await?;
+        let audit = root.contains("Sys.Audit");
+        held.insert("/".to_owned(), root);
+        if to_create.is_empty() {
+            return Self::verdict(&preflight::required(&[], &BTreeMap::new(), false), &held);
         }
+
+        let mut template_nets = BTreeMap::new();
+        let templates: BTreeSet<u32> = to_create.iter().map(|vm| vm.template).collect();
+        for t in templates {
+            // A template that is not there is named by check_template when its clone is planned.
+            let Some(node) = inventory.template_node(t) else {
+                continue;
+            };
+            match self.read_config(node, t).await {
+                Ok(Some(cfg)) => {
+                    template_nets.insert(t, preflight::nets_of(&cfg));
+                }
+                // Unreadable without VM.Audit on the template, which the list below names.
+                Ok(None) | Err(ProxmoxError::Permission { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Without Sys.Audit the tag policy cannot be read; Sys.Audit is named, and Sys.Modify is
+        // asked for only once the policy can say whether it is needed.
+        let sys_modify = audit && {
+            let options = self.api.get("/cluster/options", &[]).await?;
+            let tags: BTreeSet<String> = to_create
+                .iter()
+                .flat_map(|vm| vm.tags.iter().cloned())
+                .collect();
+            preflight::tags_need_sys_modify(&options, &tags)
+        };
+        let need = preflight::required(&to_create, &template_nets, sys_modify);
+        let paths: BTreeSet<&str> = need
+            .iter()
+            .flat_map(|n| n.via.iter().map(String::as_str))
+            .filter(|p| !held.contains_key(*p))
+            .collect();
+        let answers = futures::future::try_join_all(paths.iter().map(|p| self.held_at(p))).await?;
+        held.extend(paths.into_iter().map(str::to_owned).zip(answers));
+        Self::verdict(&need, &held)
+    }
+
+    fn verdict(
+        need: &[preflight::Need],
+        held: &BTreeMap<String, BTreeSet<String>>,
+    ) -> Result<(), ProxmoxError> {
+        let missing = preflight::missing(need, held);
         if missing.is_empty() {
             Ok(())
         } else {
             Err(ProxmoxError::MissingPrivileges(missing))
         }
+    }
+
+    /// What the token holds on one concrete path, as PVE resolves it.
+    async fn held_at(&self, path: &str) -> Result<BTreeSet<String>, ProxmoxError> {
+        let answer = self
+            .api
+            .get("/access/permissions", &[("path", path.to_owned())])
+            .await?;
+        Ok(preflight::held_at(&answer))
+    }
+
+    async fn listing(&self) -> Result<bytes::Bytes, ProxmoxError> {
+        let params = [("type", "vm".to_owned())];
+        retry(self.api.retry, "/cluster/resources", || {
+            self.api
+                .call_raw(Method::GET, "/cluster/resources", &params, None)
+        })
+        .await
+    }
+
+    /// A clone onto another node (`target=`) needs every volume of the template and the target
+    /// storage on shared storage (qemu-server `clone_vm`: "can't clone VM to node … (VM uses local
+    /// storage)", "can't clone to non-shared storage"). The flag comes from `GET /storage`, which lists
+    /// a storage to a token with `Datastore.Audit` or `Datastore.AllocateSpace` on it (pve-storage
+    /// `src/PVE/API2/Storage/Config.pm`); `GET /storage/{id}` needs `Datastore.Allocate`.
+    async fn check_shared(
+        &self,
+        spec: &VmSpec,
+        template_node: &str,
+        template: &Config,
+    ) -> Result<(), ProxmoxError> {
+        let t = spec.template.get();
+        let listed = self.api.get("/storage", &[]).await?;
+        let shared: BTreeMap<&str, bool> = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let id = s.get("storage")?.as_str()?;
+                Some((id, text(s.get("shared")).as_deref() == Some("1")))
+            })
+            .collect();
+        let judge = |storage: &str| match shared.get(storage) {
+            Some(true) => None,
+            Some(false) => Some(format!("storage {storage} is not shared")),
+            None => Some(format!(
+                "storage {storage} is not listed to kiln's token (grant Datastore.Audit on \
+                 /storage/{storage}), so it cannot be known to be shared"
+            )),
+        };
+        let mut problems = Vec::new();
+        for v in volumes_of(template) {
+            let why = match &v.storage {
+                Some(storage) => judge(storage),
+                None => Some("a path outside any storage is never shared".to_owned()),
+            };
+            if let Some(why) = why {
+                problems.push(format!("volume {} ({}): {why}", v.key, v.volume));
+            }
+        }
+        if let Some(why) = judge(&spec.storage) {
+            problems.push(format!("target {why}"));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ProxmoxError::Config(format!(
+            "VM {} goes to {} but template {t} is on {template_node}; a clone to another node needs \
+             shared storage: {}. Give a template per node (`template: {{{}: <vmid>}}`)",
+            spec.id.name,
+            spec.id.pve_node,
+            problems.join("; "),
+            spec.id.pve_node
+        )))
     }
 
     fn vm_path(node: &str, vmid: u32) -> String {
@@ -308,7 +433,10 @@ impl PveAdapter {
         let id = &spec.id;
         let vmid = id.vmid.get();
         let policy = self.api.retry;
-        let mut n = 0;
+        // Every PUT counts, answered or not: a write that succeeds but leaves a difference (someone
+        // changes the VM after each write, or PVE stores a value in another form) must not loop.
+        let mut puts = 0;
+        let mut last_error = None;
         loop {
             let cfg = self
                 .read_config(&id.pve_node, vmid)
@@ -340,17 +468,25 @@ impl PveAdapter {
             if diff.is_empty() {
                 return Ok(());
             }
+            if puts >= policy.attempts {
+                let keys: Vec<&str> = diff.iter().map(|(k, _)| *k).collect();
+                return Err(last_error.unwrap_or_else(|| {
+                    ProxmoxError::Conflict(format!(
+                        "VM {vmid}: {} still differ after {puts} config writes: something keeps \
+                         changing the VM",
+                        keys.join(", ")
+                    ))
+                }));
+            }
             diff.push(("digest", text(cfg.get("digest")).unwrap_or_default()));
             let path = format!("{}/config", Self::vm_path(&id.pve_node, vmid));
+            puts += 1;
             match self.api.call(Method::PUT, &path, &diff, Some(vmid)).await {
-                Ok(_) => {}
-                Err(e)
-                    if (e.is_transient() || matches!(e, ProxmoxError::Conflict(_)))
-                        && n + 1 < policy.attempts =>
-                {
-                    tracing::warn!(vmid, error = %e, "config write unconfirmed; reading back");
-                    tokio::time::sleep(policy.delay(n)).await;
-                    n += 1;
+                Ok(_) => last_error = None,
+                Err(e) if e.is_transient() || matches!(e, ProxmoxError::Conflict(_)) => {
+                    tracing::warn!(vmid, error = %e, "config write unconfirmed or raced; reading back");
+                    tokio::time::sleep(policy.delay(puts - 1)).await;
+                    last_error = Some(e);
                 }
                 Err(e) => return Err(e),
             }
@@ -492,12 +628,13 @@ impl PveAdapter {
 #[async_trait]
 impl ProxmoxPort for PveAdapter {
     async fn observe(&self) -> Result<Inventory, ProxmoxError> {
-        let params = [("type", "vm".to_owned())];
-        let body = retry(self.api.retry, "/cluster/resources", || {
-            self.api
-                .call_raw(Method::GET, "/cluster/resources", &params, None)
-        })
-        .await?;
+        let kept = self.first_listing.lock().expect("listing lock").take();
+        // The preflight's listing serves the first cycle while it is no older than PVE's own status
+        // dump would be (~10 s, DESIGN.md §3), so a start costs one listing, not two.
+        let body = match kept {
+            Some((at, body)) if at.elapsed() < LISTING_REUSE => body,
+            _ => self.listing().await?,
+        };
         Inventory::from_listing_json(&body)
     }
 
@@ -518,17 +655,7 @@ impl ProxmoxPort for PveAdapter {
             )));
         }
         if template_node != spec.id.pve_node {
-            let st = self
-                .api
-                .get(&format!("/storage/{}", spec.storage), &[])
-                .await?;
-            if text(st.get("shared")).as_deref() != Some("1") {
-                return Err(ProxmoxError::Config(format!(
-                    "VM {} goes to {} but template {t} is on {template_node} and storage {} is not \
-                     shared: give a template per node (`template: {{{}: <vmid>}}`)",
-                    spec.id.name, spec.id.pve_node, spec.storage, spec.id.pve_node
-                )));
-            }
+            self.check_shared(spec, template_node, &cfg).await?;
         }
         Ok(())
     }
@@ -587,6 +714,11 @@ impl ProxmoxPort for PveAdapter {
             let id = vm.identity();
             let node = vm.pve_node();
             let vmid = vm.vmid();
+            let policy = self.api.retry;
+            let mut n = 0;
+            // A concurrent change between the read and the PUT fails on the digest: read again and
+            // write what still differs, a bounded number of times.
+            loop {
             let (owned, cfg) = self.reverify(id, node).await?;
             let pending = self.pending(&owned).await?;
             let want = [
@@ -607,17 +739,32 @@ impl ProxmoxPort for PveAdapter {
                 .filter(|(k, v)| next(k).as_deref() != Some(v.as_str()))
                 .map(|(k, v)| (*k, v.clone()))
                 .collect();
-            if !writes.is_empty() {
-                let mut params = writes;
-                params.push(("digest", owned.digest().to_owned()));
-                self.api
-                    .call(
-                        Method::PUT,
-                        &format!("{}/config", Self::vm_path(node, vmid)),
-                        &params,
-                        Some(vmid),
-                    )
-                    .await?;
+            if writes.is_empty() {
+                break;
+            }
+            let mut params = writes;
+            params.push(("digest", owned.digest().to_owned()));
+            match self
+                .api
+                .call(
+                    Method::PUT,
+                    &format!("{}/config", Self::vm_path(node, vmid)),
+                    &params,
+                    Some(vmid),
+                )
+                .await
+            {
+                Ok(_) => break,
+                Err(e)
+                    if (e.is_transient() || matches!(e, ProxmoxError::Conflict(_)))
+                        && n + 1 < policy.attempts =>
+                {
+                    tracing::warn!(vmid, error = %e, "size write raced or unanswered; reading again");
+                    tokio::time::sleep(policy.delay(n)).await;
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
             }
             let disk_grown = self.grow_disk(id, node, spec.resources.disk_gib).await?;
             let (vm, _) = self.reverify(id, node).await?;

@@ -107,7 +107,11 @@ pub(crate) fn classify(status: u16, message: String, vmid: Option<u32>) -> Proxm
     if status == 595 || lower.contains("no quorum") {
         return ProxmoxError::NoQuorum(message);
     }
-    if lower.contains("checksum mismatch") {
+    // qemu-server's config and resize calls say "checksum mismatch (file change by other user?)"
+    // (src/PVE/API2/Qemu.pm, update_vm_api and resize_vm); pve-common's assert_if_modified, used by
+    // qemu-server's move_vm_disk, pve-container and the storage and firewall configs, says "detected
+    // modified configuration - file changed by other user? Try again." Both mean the digest moved.
+    if lower.contains("checksum mismatch") || lower.contains("detected modified configuration") {
         return ProxmoxError::Conflict(message);
     }
     if let Some(lock) = lower
@@ -172,6 +176,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(
+            classify(
+                500,
+                "detected modified configuration - file changed by other user? Try again.".into(),
+                Some(401)
+            ),
+            ProxmoxError::Conflict(_)
+        ));
+        assert!(matches!(
+            classify(
+                500,
+                "checksum mismatch (file change by other user?)".into(),
+                Some(401)
+            ),
+            ProxmoxError::Conflict(_)
+        ));
         assert!(matches!(
             classify(500, "VM is locked (backup)".into(), Some(401)),
             ProxmoxError::Locked { vmid: 401, ref lock } if lock == "backup"

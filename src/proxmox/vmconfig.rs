@@ -121,9 +121,85 @@ pub fn drive_size_bytes(drive: &str) -> Option<u64> {
     Some((n * mult as f64) as u64)
 }
 
+/// Where one volume of a VM config lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The config key (`scsi0`, `ide2`, `efidisk0`, …).
+    pub key: String,
+    /// The volume as written (`local-lvm:vm-9000-disk-0`, `/dev/sdb`).
+    pub volume: String,
+    /// Its storage; `None` for a path outside any storage.
+    pub storage: Option<String>,
+}
+
+/// Every volume a clone copies or refers to: disks, the cloud-init drive, `efidisk0`/`tpmstate0`
+/// and ISO CD-ROMs — each drive key qemu-server's `foreach_volume` visits (`ideN`, `sataN`, `scsiN`,
+/// `virtioN`, `efidisk0`, `tpmstate0`). An empty CD-ROM (`none`) and the host's drive (`cdrom`)
+/// hold no volume. `unusedN` is not cloned.
+pub fn volumes_of(config: &serde_json::Map<String, serde_json::Value>) -> Vec<Volume> {
+    let is_drive = |key: &str| {
+        key == "efidisk0"
+            || key == "tpmstate0"
+            || ["ide", "sata", "scsi", "virtio"].iter().any(|bus| {
+                key.strip_prefix(bus)
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+    };
+    config
+        .iter()
+        .filter(|(k, _)| is_drive(k))
+        .filter_map(|(k, v)| {
+            let volume = v.as_str()?.split(',').next()?.trim().to_owned();
+            if volume.is_empty() || volume == "none" || volume == "cdrom" {
+                return None;
+            }
+            let storage = (!volume.starts_with('/'))
+                .then(|| volume.split_once(':').map(|(s, _)| s.to_owned()))
+                .flatten();
+            Some(Volume {
+                key: k.clone(),
+                volume,
+                storage,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_of_volume_is_found() {
+        let cfg = serde_json::json!({
+            "scsi0": "local-lvm:base-9000-disk-0,size=10G",
+            "ide2": "local-lvm:vm-9000-cloudinit,media=cdrom",
+            "ide0": "iso:iso/talos.iso,media=cdrom",
+            "ide1": "none,media=cdrom",
+            "sata0": "cdrom,media=cdrom",
+            "efidisk0": "nfs:9000/base-9000-disk-1.qcow2,efitype=4m,size=528K",
+            "tpmstate0": "local-lvm:vm-9000-disk-2,size=4M,version=v2.0",
+            "virtio1": "/dev/disk/by-id/ata-x",
+            "unused0": "local-lvm:vm-9000-disk-9",
+            "net0": "virtio=BC:24:11:AA:BB:CC,bridge=vmbr0",
+        });
+        let vols = volumes_of(cfg.as_object().unwrap());
+        let seen: Vec<(&str, Option<&str>)> = vols
+            .iter()
+            .map(|v| (v.key.as_str(), v.storage.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("efidisk0", Some("nfs")),
+                ("ide0", Some("iso")),
+                ("ide2", Some("local-lvm")),
+                ("scsi0", Some("local-lvm")),
+                ("tpmstate0", Some("local-lvm")),
+                ("virtio1", None),
+            ]
+        );
+    }
 
     #[test]
     fn drive_sizes() {

@@ -128,12 +128,35 @@ impl FakePve {
             .unwrap_or_else(|| panic!("launcher did not start: {line:?}"))
             .parse()
             .unwrap();
-        Self {
+        let pve = Self {
             child,
             pipes: Mutex::new(Pipes { stdin, stdout }),
             port,
             pki,
-        }
+        };
+        // Every test meets a least-privilege token, as kiln's operators are told to make one: the
+        // list for the templates started with, on a datacenter with no user-tag-access.
+        let templates: Vec<u32> = if opts.templates.is_empty() {
+            vec![9000]
+        } else {
+            opts.templates
+                .iter()
+                .map(|t| t.split('@').next().unwrap().parse().unwrap())
+                .collect()
+        };
+        let mut acl = least_privilege(
+            templates[0],
+            "/vms",
+            "local-lvm",
+            &["/sdn/zones/localnetwork/vmbr0"],
+        );
+        acl.extend(
+            templates[1..]
+                .iter()
+                .map(|t| (format!("/vms/{t}"), vec!["VM.Clone", "VM.Audit"])),
+        );
+        pve.set_acl(&acl);
+        pve
     }
 
     pub fn url(&self) -> String {
@@ -184,6 +207,12 @@ impl FakePve {
             .collect()
     }
 
+    /// Replaces the token's ACL with these entries (fakepve's `grant()` per path): from then on every
+    /// call is checked against PVE's schema permissions.
+    pub fn set_acl(&self, entries: &[(String, Vec<&str>)]) {
+        self.ctl(json!({"cmd": "acl", "user": TOKEN_ID, "entries": entries}));
+    }
+
     pub fn api(&self) -> Api {
         Api::new(
             &self.url(),
@@ -212,4 +241,29 @@ pub fn fast_retry() -> RetryPolicy {
         base: Duration::from_millis(20),
         cap: Duration::from_millis(300),
     }
+}
+
+/// DESIGN.md §3's list, one ACL entry per path: clones of `template`, the VM privileges on `vms`
+/// (`/vms`, a pool, or one `/vms/<vmid>`), space on `storage`, `SDN.Use` on each of `sdn`, and
+/// `Sys.Audit` on `/`. No `Sys.Modify`: a default datacenter's tag policy is `free`.
+pub fn least_privilege(
+    template: u32,
+    vms: &str,
+    storage: &str,
+    sdn: &[&str],
+) -> Vec<(String, Vec<&'static str>)> {
+    let mut acl = vec![
+        ("/".to_owned(), vec!["Sys.Audit"]),
+        (format!("/vms/{template}"), vec!["VM.Clone", "VM.Audit"]),
+        (
+            vms.to_owned(),
+            kiln::proxmox::preflight::VM_PRIVILEGES.to_vec(),
+        ),
+        (
+            format!("/storage/{storage}"),
+            vec!["Datastore.AllocateSpace"],
+        ),
+    ];
+    acl.extend(sdn.iter().map(|p| ((*p).to_owned(), vec!["SDN.Use"])));
+    acl
 }

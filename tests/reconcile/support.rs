@@ -14,10 +14,21 @@ use serde_json::{Value, json};
 use crate::bao::Bao;
 use crate::fixture::ClusterFixture;
 use crate::gitrepo::{Repos, git};
-use crate::pve::{FakePve, Options, TOKEN_ID, TOKEN_SECRET};
+use crate::pve::{FakePve, Options, TOKEN_ID, TOKEN_SECRET, least_privilege};
 use crate::talos_sim::TalosSim;
 
 pub const KILN_EMAIL: &str = "kiln@localhost";
+
+/// The e2e token's ACL: DESIGN.md §3's list for clones of template 9000 (NIC on `vmbr0`) into `/vms`
+/// over `local-lvm`, as every fixture asks (`bridge: vmbr0`, no VLAN).
+pub fn least_privilege_acl() -> Vec<(String, Vec<&'static str>)> {
+    least_privilege(
+        9000,
+        "/vms",
+        "local-lvm",
+        &["/sdn/zones/localnetwork/vmbr0"],
+    )
+}
 pub const VAULT_MOUNT: &str = "admin";
 
 pub fn kiln() -> Command {
@@ -167,6 +178,9 @@ impl World {
             nodes: vec![],
             templates: vec!["9000@pve1"],
         });
+        // kiln's token holds exactly DESIGN.md §3's list, so every call kiln makes is checked
+        // against PVE's schema permissions as on a least-privilege datacenter.
+        pve.set_acl(&least_privilege_acl());
         let bao = Bao::start().await;
         bao.enable_kv2(VAULT_MOUNT).await;
         let ips: Vec<_> = clusters
