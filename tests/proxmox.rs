@@ -60,6 +60,18 @@ fn spec(number: u32, role: Role) -> VmSpec {
     }
 }
 
+/// Polls `done` every 20 ms under a 30 s deadline (the fakes answer in milliseconds).
+async fn until(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn count(pve: &FakePve, method: &str, suffix: &str) -> usize {
     pve.requests()
         .iter()
@@ -349,7 +361,8 @@ async fn lost_quorum_is_waited_out_and_reported_when_it_lasts() {
     let healer = {
         let pve = pve.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            // Quorum comes back once kiln has met its loss (a refused clone), not after a guess.
+            until(|| count(&pve, "POST", "/qemu/9000/clone") >= 1).await;
             pve.ctl(json!({"cmd": "regain_quorum"}));
         })
     };
@@ -653,7 +666,8 @@ async fn a_clone_still_running_is_waited_for_never_repeated() {
     let finisher = {
         let pve = pve.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // The clone ends once kiln is seen waiting on it (it read the locked VM twice).
+            until(|| count(&pve, "GET", "/qemu/401/config") >= 2).await;
             pve.ctl(json!({"cmd": "unlock", "vmid": 401}));
         })
     };
