@@ -41,6 +41,15 @@ pub enum GitError {
     UnknownRevision { repo: PathBuf, rev: String },
     #[error("git: {path} at {rev} is not valid UTF-8 text")]
     NotText { path: String, rev: String },
+    #[error(
+        "git: {path} at {rev} is {what}, not a folder: kiln reads no intent through it and destroys \
+         nothing until it is a folder again"
+    )]
+    NotAFolder {
+        path: String,
+        rev: String,
+        what: &'static str,
+    },
     #[error("git: generated path `{0}` is not a plain relative path under the output folder")]
     BadOutputPath(String),
     #[error("git: {path}: {source}")]
