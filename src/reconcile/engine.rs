@@ -86,12 +86,21 @@ impl Intent {
         }
         for f in &snapshot.files {
             if let Err(why) = &f.text {
-                intent.invalid.insert(
-                    f.name.clone(),
-                    (f.path.clone(), format!("{}: {why}", f.path)),
-                );
+                let (_, message) = intent
+                    .invalid
+                    .entry(f.name.clone())
+                    .or_insert_with(|| (f.path.clone(), String::new()));
+                if !message.is_empty() {
+                    message.push('\n');
+                }
+                message.push_str(&format!("{}: {why}", f.path));
             }
         }
+        // A valid `x.yaml` beside an invalid `x.yml` or a link: which one the person meant is
+        // unknown, so the cluster is unknown too (left alone, reported) rather than half-read.
+        intent
+            .valid
+            .retain(|name, _| !intent.invalid.contains_key(name));
         intent
     }
 
@@ -795,6 +804,25 @@ mod tests {
             intent.invalid["staging"]
                 .1
                 .contains("clusters/staging.yaml")
+        );
+    }
+
+    #[test]
+    fn a_valid_file_beside_an_invalid_entry_of_the_same_name_is_unknown() {
+        let mut s = snapshot(&[("production", Ok(PRODUCTION)), ("staging", Ok(STAGING))]);
+        s.files.push(ClusterFile {
+            path: "clusters/production.yml".into(),
+            name: "production".into(),
+            blob: oid(30),
+            text: Err("ends in .yml".into()),
+        });
+        let intent = Intent::read(&s);
+        assert_eq!(intent.valid.keys().collect::<Vec<_>>(), ["staging"]);
+        let (path, message) = &intent.invalid["production"];
+        assert_eq!(path, "clusters/production.yml");
+        assert!(
+            message.contains("clusters/production.yml: ends in .yml"),
+            "{message}"
         );
     }
 
