@@ -259,3 +259,32 @@ fn an_offline_plan_takes_a_linked_cluster_file_for_invalid_not_for_a_decommissio
     );
     assert!(!stderr.contains("s3cret") && !stdout.contains("s3cret"));
 }
+
+#[test]
+fn kiln_demo_leaves_the_folder_of_a_demo_still_running_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("kiln-demo");
+    std::fs::create_dir_all(demo.join("state")).unwrap();
+    std::fs::write(demo.join(".kiln-demo"), "a demo folder\n").unwrap();
+    // This test process stands for the demo that is still running there.
+    let held =
+        kiln::reconcile::state_lock::StateLock::acquire(&demo.join("state"), "kiln demo (first)")
+            .unwrap();
+
+    let out = kiln()
+        .args(["demo", "--state-dir"])
+        .arg(&demo)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second demo ran: {stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", std::process::id()))
+            && stderr.contains("kiln demo (first)"),
+        "the refusal should name the running demo: {stderr}"
+    );
+    assert!(
+        demo.join(".kiln-demo").exists() && held.path().exists(),
+        "the running demo's folder was wiped"
+    );
+}
