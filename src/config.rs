@@ -924,9 +924,9 @@ token_file = "/run/credentials/kiln.service/vault-token"
         ] {
             with_git(&format!("url = \"{url}\"")).unwrap_or_else(|e| panic!("{url}: {e}"));
         }
-        let err = with_git(&format!(
-            "url = \"/srv/gitops.git\"\n[argocd]\nrepo_url = \"https://a:s3cret@forge.lan/x.git\""
-        ))
+        let err = with_git(
+            "url = \"/srv/gitops.git\"\n[argocd]\nrepo_url = \"https://a:s3cret@forge.lan/x.git\"",
+        )
         .unwrap_err();
         assert!(err.contains("argocd.repo_url carries a password"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
