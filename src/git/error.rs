@@ -158,9 +158,14 @@ mod tests {
 
     #[test]
     fn urls_inside_git_messages_are_redacted() {
-        let said = "fatal: unable to access 'https://kiln:s3cret@forge.lan/x.git/': 403";
+        let said = "fatal: unable to access 'https://kiln:s3cret@forge.lan/x.git/': 403 \
+                    (mirror https://ci:0ther-s3cret@mirror.lan/x.git refused too)";
         let shown = redact_url(said);
         assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("mirror https://[redacted]@mirror.lan/x.git refused"),
+            "{shown}"
+        );
         assert!(
             shown.contains("https://[redacted]@forge.lan/x.git/"),
             "{shown}"
