@@ -559,12 +559,25 @@ impl Config {
         if self.reconcile.concurrency == 0 {
             return Err("reconcile.concurrency must be at least 1".into());
         }
+        check_output_dir(&self.git.output_dir, &self.git.clusters_dir)?;
+        check_no_credentials("git.url", &self.git.url)?;
+        if let Some(url) = &self.argocd.repo_url {
+            check_no_credentials("argocd.repo_url", url)?;
+        }
         Ok(())
     }
 
-    /// `argocd.repo_url`, defaulting to `git.url`.
-    pub fn argocd_repo_url(&self) -> &str {
-        self.argocd.repo_url.as_deref().unwrap_or(&self.git.url)
+    /// `argocd.repo_url`, defaulting to `git.url` without the user-info of an `http(s)://` URL (it
+    /// is committed; Argo CD takes https credentials from its repository secret). An ssh login
+    /// name is kept: Argo CD needs it to log in, and it is no secret.
+    pub fn argocd_repo_url(&self) -> String {
+        match &self.argocd.repo_url {
+            Some(url) => url.clone(),
+            None => match url_userinfo(&self.git.url) {
+                Some(u) if u.http => format!("{}{}", u.before, u.after),
+                _ => self.git.url.clone(),
+            },
+        }
     }
     /// `argocd.vault.server`, defaulting to `secrets.addr`.
     pub fn argocd_vault_server(&self) -> &str {
@@ -583,6 +596,150 @@ impl Config {
             .as_deref()
             .unwrap_or(&self.secrets.mount)
     }
+}
+
+/// The folder kiln renders into is replaced wholesale by each commit, so it must not be, hold or lie
+/// inside a folder of intent: the first commit would delete the cluster files (and, with
+/// `allow_empty`, decommission every cluster).
+fn check_output_dir(output_dir: &str, clusters_dir: &str) -> Result<(), String> {
+    let output = folder_parts("git.output_dir", output_dir)?;
+    let clusters = folder_parts("git.clusters_dir", clusters_dir)?;
+    let why = "kiln replaces everything under git.output_dir with what it renders, so its first \
+               commit would delete the intent files (and with reconcile.allow_empty = true \
+               decommission every cluster); give it a folder of its own, e.g. output_dir = \"gitops\"";
+    if output.is_empty() {
+        return Err(format!(
+            "git.output_dir = \"{output_dir}\" is the repository's root, which holds \
+             git.clusters_dir and templates/: {why}"
+        ));
+    }
+    let intent: [(String, Vec<&str>); 2] = [
+        (format!("git.clusters_dir = \"{clusters_dir}\""), clusters),
+        (
+            "templates/ (the template overrides)".to_owned(),
+            vec!["templates"],
+        ),
+    ];
+    for (what, folder) in intent {
+        let relation = if output == folder {
+            "is the same folder as"
+        } else if output.starts_with(&folder) {
+            "is inside"
+        } else if folder.starts_with(&output) {
+            "holds"
+        } else {
+            continue;
+        };
+        return Err(format!(
+            "git.output_dir = \"{output_dir}\" {relation} {what}: {why}"
+        ));
+    }
+    Ok(())
+}
+
+/// A repository-relative folder as its components; `.` and empty components mean nothing, `..`
+/// would leave the repository.
+fn folder_parts<'a>(key: &str, folder: &'a str) -> Result<Vec<&'a str>, String> {
+    let parts: Vec<&str> = folder
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.contains(&"..") {
+        return Err(format!(
+            "{key} = \"{folder}\" leaves the repository (`..`): it is a folder inside it"
+        ));
+    }
+    Ok(parts)
+}
+
+/// The user-info of a Git remote (`user[:password]@` of a URL or of scp-like `user@host:path`),
+/// split out so that it can be checked and removed. `None` for a local path or no user-info.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Userinfo<'a> {
+    /// Everything before the user-info (`https://`, or nothing for scp-like).
+    pub(crate) before: &'a str,
+    pub(crate) user: &'a str,
+    pub(crate) password: Option<&'a str>,
+    /// Everything after the `@`.
+    pub(crate) after: &'a str,
+    /// `http://` or `https://`: a user name there may itself be a token.
+    pub(crate) http: bool,
+}
+
+pub(crate) fn url_userinfo(url: &str) -> Option<Userinfo<'_>> {
+    let (before, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        // A local path never carries credentials; scp-like syntax has a `:` before any `/`.
+        None if url.starts_with(['/', '.', '~']) => return None,
+        None => {
+            let colon = url.find(':')?;
+            if url[..colon].contains('/') {
+                return None;
+            }
+            ("", url)
+        }
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    // A URL's host cannot hold `@`, so the last one ends the user-info; scp-like paths can, so
+    // there the first one does.
+    let at = if before.is_empty() {
+        authority.find('@')?
+    } else {
+        authority.rfind('@')?
+    };
+    let info = &rest[..at];
+    let (user, password) = match info.split_once(':') {
+        Some((u, p)) => (u, Some(p)),
+        None => (info, None),
+    };
+    let scheme = before.to_ascii_lowercase();
+    Some(Userinfo {
+        before,
+        user,
+        password,
+        after: &rest[at + 1..],
+        http: scheme == "http://" || scheme == "https://",
+    })
+}
+
+/// Forges' token formats, recognisable in a user name (GitHub accepts a token as the user name).
+fn looks_like_token(user: &str) -> bool {
+    const PREFIXES: [&str; 9] = [
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "github_pat_",
+        "glpat-",
+        "gldt-",
+        "glrt-",
+    ];
+    PREFIXES.iter().any(|p| user.starts_with(p))
+        || (user.len() == 40 && user.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A password or token in a remote URL would be logged, shown by `ps`, and committed as Argo CD's
+/// `repo_url`; credentials belong in `git.token_file` or `git.ssh_key_file`. The value is never
+/// echoed.
+fn check_no_credentials(key: &str, url: &str) -> Result<(), String> {
+    let Some(info) = url_userinfo(url) else {
+        return Ok(());
+    };
+    let what = if info.password.is_some() {
+        "a password"
+    } else if looks_like_token(info.user) {
+        "what looks like an access token"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "{key} carries {what} in its user-info ({}[redacted]@{}): it would be logged, shown by \
+         `ps` and committed as Argo CD's repo_url; put the token in git.token_file (https) or the \
+         key in git.ssh_key_file (ssh), and keep at most a user name in the URL",
+        info.before, info.after
+    ))
 }
 
 /// Labels in `metadata.labels` are copied verbatim; kept here so config-driven defaults can add some.
@@ -681,6 +838,108 @@ token_file = "/run/credentials/kiln.service/vault-token"
             .unwrap_err()
             .to_string();
         assert!(err.contains("proxmox.backend = \"simulated\""), "{err}");
+    }
+
+    fn with_git(extra: &str) -> Result<Config, String> {
+        let text = MINIMAL.replace(
+            "[git]\nurl = \"file:///srv/gitops.git\"\n",
+            &format!("[git]\n{extra}\n"),
+        );
+        assert_ne!(text, MINIMAL);
+        Config::parse(Path::new("kiln.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_output_dir_over_intent_is_refused_with_the_reason() {
+        let url = "url = \"file:///srv/gitops.git\"";
+        for (output_dir, clusters_dir, relation) in [
+            (
+                "clusters",
+                "clusters",
+                "is the same folder as git.clusters_dir",
+            ),
+            (
+                "./clusters/",
+                "clusters",
+                "is the same folder as git.clusters_dir",
+            ),
+            ("clusters/gitops", "clusters", "is inside git.clusters_dir"),
+            ("infra", "infra/clusters", "holds git.clusters_dir"),
+            ("templates", "clusters", "is the same folder as templates/"),
+            ("templates/out", "clusters", "is inside templates/"),
+            ("", "clusters", "is the repository's root"),
+            (".", "clusters", "is the repository's root"),
+        ] {
+            let err = with_git(&format!(
+                "{url}\noutput_dir = \"{output_dir}\"\nclusters_dir = \"{clusters_dir}\""
+            ))
+            .expect_err(output_dir);
+            assert!(
+                err.starts_with("kiln.toml: git.output_dir")
+                    && err.contains(relation)
+                    && err.contains("delete the intent files"),
+                "{output_dir} over {clusters_dir}: {err}"
+            );
+        }
+        let err = with_git(&format!("{url}\noutput_dir = \"../elsewhere\"")).unwrap_err();
+        assert!(err.contains("leaves the repository"), "{err}");
+        // Neighbours that merely share a prefix are fine.
+        for (output_dir, clusters_dir) in [
+            ("gitops", "clusters"),
+            ("clusters-out", "clusters"),
+            ("infra/gitops", "infra/clusters"),
+            ("templates-generated", "clusters"),
+        ] {
+            with_git(&format!(
+                "{url}\noutput_dir = \"{output_dir}\"\nclusters_dir = \"{clusters_dir}\""
+            ))
+            .unwrap_or_else(|e| panic!("{output_dir} beside {clusters_dir}: {e}"));
+        }
+    }
+
+    #[test]
+    fn credentials_in_git_url_are_refused_without_echoing_them() {
+        for url in [
+            "https://kiln:s3cret-Pa55@forge.lan/infra/gitops.git",
+            "http://kiln:s3cret-Pa55@127.0.0.1:3000/infra/gitops.git",
+            "ssh://git:s3cret-Pa55@forge.lan/infra/gitops.git",
+            "git:s3cret-Pa55@forge.lan:infra/gitops.git",
+            "https://ghp_s3cretPa55s3cretPa55s3cretPa55ab@github.com/o/r.git",
+            "https://0123456789abcdef0123456789abcdefdeadbeef@gitea.lan/o/r.git",
+        ] {
+            let err = with_git(&format!("url = \"{url}\"")).expect_err(url);
+            assert!(err.contains("git.url carries"), "{url}: {err}");
+            assert!(err.contains("git.token_file"), "{url}: {err}");
+            assert!(!err.contains("s3cret"), "the secret was echoed: {err}");
+            assert!(!err.contains("deadbeef"), "the token was echoed: {err}");
+        }
+        for url in [
+            "ssh://git@forge.lan/infra/gitops.git",
+            "git@forge.lan:infra/gitops.git",
+            "https://kiln@forge.lan/infra/gitops.git",
+            "https://forge.lan/infra/gitops.git",
+            "file:///srv/git/gitops.git",
+            "/srv/git/repo@2.git",
+            "./relative@dir/repo.git",
+        ] {
+            with_git(&format!("url = \"{url}\"")).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        let err = with_git(
+            "url = \"/srv/gitops.git\"\n[argocd]\nrepo_url = \"https://a:s3cret@forge.lan/x.git\"",
+        )
+        .unwrap_err();
+        assert!(err.contains("argocd.repo_url carries a password"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn argo_cds_default_repo_url_drops_an_https_user_and_keeps_an_ssh_login() {
+        let c = with_git("url = \"https://kiln@forge.lan/infra/gitops.git\"").unwrap();
+        assert_eq!(c.argocd_repo_url(), "https://forge.lan/infra/gitops.git");
+        let c = with_git("url = \"ssh://git@forge.lan/infra/gitops.git\"").unwrap();
+        assert_eq!(c.argocd_repo_url(), "ssh://git@forge.lan/infra/gitops.git");
+        let c = with_git("url = \"git@forge.lan:infra/gitops.git\"").unwrap();
+        assert_eq!(c.argocd_repo_url(), "git@forge.lan:infra/gitops.git");
     }
 
     #[test]

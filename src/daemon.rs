@@ -11,6 +11,7 @@ use anyhow::Context;
 use kiln::config::{Config, ProxmoxBackend};
 use kiln::git::{GitSource, Trigger};
 use kiln::proxmox::{PreflightScope, ProxmoxPort, PveAdapter};
+use kiln::reconcile::state_lock::{LOCK_FILE, StateLock, this_command};
 use kiln::reconcile::{Engine, Intent, KubeRs, Ports, Progress};
 use kiln::secrets::OpenedStore;
 
@@ -147,6 +148,9 @@ fn progress_logger() -> tokio::sync::mpsc::UnboundedSender<Progress> {
 
 pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
+    // Before anything opens the cache clone (which clears lock files it takes for stale) or
+    // reads the records: a second kiln on this folder stops here.
+    let _lock = StateLock::acquire(&config.state_dir, &this_command())?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         std::fs::create_dir_all(&config.state_dir)
@@ -286,12 +290,25 @@ pub fn default_config() -> PathBuf {
     PathBuf::from(kiln::config::DEFAULT_CONFIG_PATH)
 }
 
+/// The demo wipes its folder before its engine's state_dir exists to be locked, so the lock of a
+/// demo still running there is looked at first: taking it and letting it go at once proves nobody
+/// holds it. (A second demo starting in the same instant can still slip between; it is a demo.)
+fn refuse_a_running_demo(demo_dir: &Path) -> anyhow::Result<()> {
+    let state_dir = demo_dir.join("state");
+    if state_dir.join(LOCK_FILE).exists() {
+        drop(StateLock::acquire(&state_dir, &this_command())?);
+    }
+    Ok(())
+}
+
 /// `kiln demo`: a fresh demo folder, the example clusters reconciled in the simulated machine room,
 /// then one more cycle to show that a converged site costs nothing, then the report.
 pub fn demo(state_dir: &Path) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        refuse_a_running_demo(state_dir)?;
         let demo = kiln::demo::Demo::prepare(state_dir)?;
+        let _lock = StateLock::acquire(&demo.config.state_dir, &this_command())?;
         demo.check_addresses_free()?;
         let progress = kiln::demo::Progress::start();
         progress.step(

@@ -246,9 +246,11 @@ fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         None => read_revision(&args.repo, &format!("origin/{branch}"), &clusters_dir)
             .or_else(|_| read_revision(&args.repo, &branch, &clusters_dir))?,
     };
-    let load =
-        |s: &kiln::git::Snapshot| kiln::spec::load(s.texts().map(|(p, t)| (Path::new(p), t)));
-    let report = kiln::reconcile::offline::plan_change(&load(&base), &load(&head), allow_empty);
+    let report = kiln::reconcile::offline::plan_change(
+        &load_snapshot(&base),
+        &load_snapshot(&head),
+        allow_empty,
+    );
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Text => {
@@ -265,6 +267,36 @@ fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// A snapshot's intent as the daemon reads it: what the Git layer kept as invalid (a link, a
+/// submodule, a `*.yml`, a file that is not UTF-8) is an invalid file, never an absent cluster, and
+/// a valid file sharing its stem is unknown with it.
+fn load_snapshot(snapshot: &kiln::git::Snapshot) -> kiln::spec::LoadOutcome {
+    let mut outcome = kiln::spec::load(snapshot.texts().map(|(p, t)| (Path::new(p), t)));
+    for f in &snapshot.files {
+        if let Err(why) = &f.text {
+            outcome.invalid.push(kiln::spec::InvalidFile {
+                stem: f.name.clone(),
+                path: PathBuf::from(&f.path),
+                diagnostics: vec![kiln::spec::Diagnostic {
+                    severity: kiln::spec::Severity::Error,
+                    file: PathBuf::from(&f.path),
+                    line: None,
+                    column: None,
+                    path: String::new(),
+                    message: why.clone(),
+                    hint: None,
+                }],
+            });
+        }
+    }
+    let unknown: std::collections::BTreeSet<String> =
+        outcome.invalid.iter().map(|f| f.stem.clone()).collect();
+    outcome
+        .clusters
+        .retain(|c| !unknown.contains(c.name.as_str()));
+    outcome
 }
 
 fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {

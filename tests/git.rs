@@ -1,6 +1,8 @@
 //! The Git source against real repositories: a bare remote on disk and the same served by
 //! `git daemon` on loopback (issue 17's acceptance list, one test each).
 
+#[path = "git/snapshot_rules.rs"]
+mod snapshot_rules;
 #[path = "git/support.rs"]
 mod support;
 

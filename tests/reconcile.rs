@@ -31,6 +31,8 @@ mod crash;
 mod decommission;
 #[path = "reconcile/faults.rs"]
 mod faults;
+#[path = "reconcile/git_safety.rs"]
+mod git_safety;
 #[path = "reconcile/harness.rs"]
 mod harness;
 #[path = "reconcile/invalid.rs"]

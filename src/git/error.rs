@@ -41,6 +41,15 @@ pub enum GitError {
     UnknownRevision { repo: PathBuf, rev: String },
     #[error("git: {path} at {rev} is not valid UTF-8 text")]
     NotText { path: String, rev: String },
+    #[error(
+        "git: {path} at {rev} is {what}, not a folder: kiln reads no intent through it and destroys \
+         nothing until it is a folder again"
+    )]
+    NotAFolder {
+        path: String,
+        rev: String,
+        what: &'static str,
+    },
     #[error("git: generated path `{0}` is not a plain relative path under the output folder")]
     BadOutputPath(String),
     #[error("git: {path}: {source}")]
@@ -90,20 +99,32 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// A URL fit for logs and errors: `https://user:token@host/x` becomes `https://[redacted]@host/x`.
-/// kiln never puts credentials in the URL itself, but an operator might; this keeps them out of logs.
-pub fn redact_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            let userinfo = &rest[..at];
-            // ssh://git@host is a user name, not a secret: keep it so the error stays useful.
-            if userinfo.contains(':') {
-                return format!("{}[redacted]@{}", &url[..scheme_end + 3], &rest[at + 1..]);
-            }
+/// kiln refuses a password or token in `git.url` at start, but git's own messages may quote any
+/// URL. Over http(s) the whole user-info goes, as a user name there may itself be a token (GitHub
+/// takes one as the user name); an ssh login name alone stays, so the error says which account the
+/// forge refused. Every URL inside a longer text (git's stderr) is treated the same way.
+pub fn redact_url(text: &str) -> String {
+    text.split_inclusive(char::is_whitespace)
+        .map(|word| {
+            let trimmed = word.trim_end();
+            let tail = &word[trimmed.len()..];
+            format!("{}{tail}", redact_one(trimmed))
+        })
+        .collect()
+}
+
+fn redact_one(word: &str) -> String {
+    // Quotes and brackets git puts around a URL stay where they are.
+    let start = word
+        .find(|c: char| c.is_ascii_alphanumeric() || c == '/' || c == '~' || c == '.')
+        .unwrap_or(word.len());
+    let (lead, url) = word.split_at(start);
+    match crate::config::url_userinfo(url) {
+        Some(u) if u.http || u.password.is_some() => {
+            format!("{lead}{}[redacted]@{}", u.before, u.after)
         }
+        _ => word.to_owned(),
     }
-    url.to_string()
 }
 
 #[cfg(test)]
@@ -121,5 +142,34 @@ mod tests {
             "ssh://git@forge.lan/infra/gitops.git"
         );
         assert_eq!(redact_url("/srv/git/gitops.git"), "/srv/git/gitops.git");
+        assert_eq!(
+            redact_url("git@forge.lan:infra/gitops.git"),
+            "git@forge.lan:infra/gitops.git"
+        );
+    }
+
+    #[test]
+    fn a_user_name_over_https_is_redacted_as_it_may_be_a_token() {
+        assert_eq!(
+            redact_url("https://ghp_abc@github.com/o/r.git"),
+            "https://[redacted]@github.com/o/r.git"
+        );
+    }
+
+    #[test]
+    fn urls_inside_git_messages_are_redacted() {
+        let said = "fatal: unable to access 'https://kiln:s3cret@forge.lan/x.git/': 403 \
+                    (mirror https://ci:0ther-s3cret@mirror.lan/x.git refused too)";
+        let shown = redact_url(said);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("mirror https://[redacted]@mirror.lan/x.git refused"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("https://[redacted]@forge.lan/x.git/"),
+            "{shown}"
+        );
+        assert!(shown.starts_with("fatal: unable to access '"), "{shown}");
     }
 }

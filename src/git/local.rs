@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use gix::ObjectId;
 
 use super::GitError;
-use super::snapshot::{ClusterFile, Snapshot, TEMPLATES_DIR, read_snapshot};
+use super::snapshot::{
+    ClusterFile, Entry, Shape, Snapshot, TEMPLATES_DIR, classify, read_snapshot,
+};
 
 /// The intent at `rev` (any revision spec git understands: a sha, `main`, `HEAD~1`, `origin/main`)
 /// of the repository at `repo` (a work tree or a bare repository).
@@ -41,19 +43,38 @@ pub fn read_work_tree(work_tree: &Path, clusters_dir: &str) -> Result<Snapshot, 
 
     let dir = work_tree.join(clusters_dir);
     let mut files = Vec::new();
-    for entry in read_dir_sorted(&dir)? {
-        let (name, path) = entry;
-        let Some(stem) = name.strip_suffix(".yaml") else {
-            continue;
-        };
-        if !path.is_file() {
-            continue;
-        }
-        let data = std::fs::read(&path).map_err(|source| GitError::Io {
+    let listing = if work_tree_folder(work_tree, clusters_dir)? {
+        read_dir_sorted(&dir)?
+    } else {
+        Vec::new()
+    };
+    for (name, path) in listing {
+        let meta = std::fs::symlink_metadata(&path).map_err(|source| GitError::Io {
             path: path.clone(),
             source,
         })?;
         let rel = format!("{clusters_dir}/{name}");
+        let (stem, data) = match classify(&name, shape_on_disk(&meta)) {
+            Entry::Ignored => continue,
+            // Never read through a link: it may point at anything on the machine running the plan.
+            Entry::Invalid { stem, why } => {
+                files.push(ClusterFile {
+                    // Nothing was read, so there is no content to hash; the id only has to be stable.
+                    blob: hash(gix::objs::Kind::Blob, rel.as_bytes())?,
+                    text: Err(why),
+                    path: rel,
+                    name: stem,
+                });
+                continue;
+            }
+            Entry::Intent { stem } => (
+                stem,
+                std::fs::read(&path).map_err(|source| GitError::Io {
+                    path: path.clone(),
+                    source,
+                })?,
+            ),
+        };
         files.push(ClusterFile {
             blob: hash(gix::objs::Kind::Blob, &data)?,
             text: String::from_utf8(data).map_err(|_| {
@@ -64,7 +85,7 @@ pub fn read_work_tree(work_tree: &Path, clusters_dir: &str) -> Result<Snapshot, 
                 .to_string()
             }),
             path: rel,
-            name: stem.to_string(),
+            name: stem,
         });
     }
     snap.files = files;
@@ -78,6 +99,46 @@ pub fn read_work_tree(work_tree: &Path, clusters_dir: &str) -> Result<Snapshot, 
     };
     snap.templates = templates;
     Ok(snap)
+}
+
+/// Whether the clusters folder exists in the work tree, refusing one that is (or lies behind) a link
+/// or anything else that is not a folder, as [`read_revision`] refuses it in a commit.
+fn work_tree_folder(work_tree: &Path, clusters_dir: &str) -> Result<bool, GitError> {
+    let mut path = work_tree.to_path_buf();
+    let mut walked = String::new();
+    for part in clusters_dir.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        if !walked.is_empty() {
+            walked.push('/');
+        }
+        walked.push_str(part);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(GitError::Io { path, source }),
+        };
+        if !meta.is_dir() {
+            return Err(GitError::NotAFolder {
+                path: walked,
+                rev: "the work tree".into(),
+                what: shape_on_disk(&meta).describe(),
+            });
+        }
+    }
+    Ok(true)
+}
+
+fn shape_on_disk(meta: &std::fs::Metadata) -> Shape {
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        Shape::Link
+    } else if kind.is_dir() {
+        Shape::Folder
+    } else if kind.is_file() {
+        Shape::Regular
+    } else {
+        Shape::Special
+    }
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, PathBuf)>, GitError> {

@@ -91,7 +91,9 @@ pub(crate) fn intent_key(
 ) -> Result<IntentKey, GitError> {
     let tree = commit_tree(repo, commit)?;
     Ok(IntentKey {
-        clusters: subtree_id(&tree, clusters_dir)?,
+        // Whatever stands at the path, folder or not: a folder turned into a link is a change of
+        // intent too (the next snapshot then reports it as unreadable).
+        clusters: entry_at(repo, tree.id, clusters_dir)?.map(|(_, id, _)| id),
         templates: subtree_id(&tree, TEMPLATES_DIR)?,
     })
 }
@@ -104,7 +106,7 @@ pub(crate) fn read_snapshot(
 ) -> Result<Snapshot, GitError> {
     let tree = commit_tree(repo, rev)?;
     let mut files = Vec::new();
-    if let Some(dir) = subtree_id(&tree, clusters_dir)? {
+    if let Some(dir) = clusters_folder(repo, tree.id, clusters_dir, &rev.to_string())? {
         let dir_tree = repo
             .find_tree(dir)
             .map_err(|e| GitError::gix(format!("reading {clusters_dir}/ at {rev}"), e))?;
@@ -112,28 +114,26 @@ pub(crate) fn read_snapshot(
             let entry =
                 entry.map_err(|e| GitError::gix(format!("listing {clusters_dir}/ at {rev}"), e))?;
             let file_name = entry.filename().to_string();
-            let Some(name) = file_name.strip_suffix(".yaml") else {
-                continue;
-            };
-            if !matches!(
-                entry.mode().kind(),
-                EntryKind::Blob | EntryKind::BlobExecutable
-            ) {
-                continue;
-            }
             let path = format!("{}/{}", clusters_dir.trim_end_matches('/'), file_name);
             let blob = entry.object_id();
-            let data = read_blob(repo, blob, &path)?;
-            let text = String::from_utf8(data).map_err(|_| {
-                GitError::NotText {
-                    path: path.clone(),
-                    rev: rev.to_string(),
+            let (name, text) = match classify(&file_name, Shape::of(entry.mode().kind())) {
+                Entry::Ignored => continue,
+                Entry::Invalid { stem, why } => (stem, Err(why)),
+                Entry::Intent { stem } => {
+                    let data = read_blob(repo, blob, &path)?;
+                    let text = String::from_utf8(data).map_err(|_| {
+                        GitError::NotText {
+                            path: path.clone(),
+                            rev: rev.to_string(),
+                        }
+                        .to_string()
+                    });
+                    (stem, text)
                 }
-                .to_string()
-            });
+            };
             files.push(ClusterFile {
                 path,
-                name: name.to_string(),
+                name,
                 blob,
                 text,
             });
@@ -161,6 +161,136 @@ pub(crate) fn read_snapshot(
         templates_tree,
         source_commit: source_commit(repo, rev, clusters_dir)?,
     })
+}
+
+/// The shape of an entry, as far as the intent rules of DESIGN.md §2 care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// A blob of mode 100644 or 100755.
+    Regular,
+    Link,
+    Submodule,
+    Folder,
+    /// Anything else a work tree can hold (a fifo, a socket, a device).
+    Special,
+}
+
+impl Shape {
+    pub(crate) fn of(kind: EntryKind) -> Self {
+        match kind {
+            EntryKind::Blob | EntryKind::BlobExecutable => Shape::Regular,
+            EntryKind::Link => Shape::Link,
+            EntryKind::Commit => Shape::Submodule,
+            EntryKind::Tree => Shape::Folder,
+        }
+    }
+
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Shape::Regular => "a regular file",
+            Shape::Link => "a symbolic link (mode 120000)",
+            Shape::Submodule => "a submodule (mode 160000)",
+            Shape::Folder => "a folder",
+            Shape::Special => "a special file",
+        }
+    }
+}
+
+/// What an entry directly under the clusters folder is to kiln.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// A regular `*.yaml` file: an intent file to read.
+    Intent { stem: String },
+    /// Unknown, never absent: its cluster is left alone and the reason is reported (DESIGN.md §2).
+    Invalid { stem: String, why: String },
+    /// A regular file that is not intent (a README, `.gitkeep`).
+    Ignored,
+}
+
+/// Classifies one entry of the clusters folder. A link or a submodule where an intent file was must
+/// never read as a deleted cluster (its VMs would be destroyed after the grace), and a `*.yml` file
+/// is a person's slip, not a removal; so both are invalid files, as is anything else that is not a
+/// regular file, whatever its name.
+pub(crate) fn classify(file_name: &str, shape: Shape) -> Entry {
+    let yaml = file_name.strip_suffix(".yaml");
+    let yml = file_name.strip_suffix(".yml");
+    let stem = yaml.or(yml).unwrap_or(file_name).to_owned();
+    if shape != Shape::Regular {
+        let why = format!(
+            "is {}, not a regular file (mode 100644 or 100755); kiln reads intent only from \
+             regular files and never follows links, so the cluster `{stem}` is left as it is",
+            shape.describe()
+        );
+        return Entry::Invalid { stem, why };
+    }
+    match (yaml, yml) {
+        (Some(_), _) => Entry::Intent { stem },
+        (None, Some(_)) => Entry::Invalid {
+            why: format!(
+                "ends in .yml; kiln reads only *.yaml, so the cluster `{stem}` is left as it is: \
+                 rename the file to {stem}.yaml"
+            ),
+            stem,
+        },
+        (None, None) => Entry::Ignored,
+    }
+}
+
+/// The tree id of the clusters folder at `rev`: `None` when the path does not exist (no cluster),
+/// an error when something other than a folder stands there or on the way to it. A folder replaced
+/// by a link or a submodule must read as unreadable Git, never as an empty folder.
+fn clusters_folder(
+    repo: &gix::Repository,
+    root: ObjectId,
+    clusters_dir: &str,
+    rev: &str,
+) -> Result<Option<ObjectId>, GitError> {
+    match entry_at(repo, root, clusters_dir)? {
+        None => Ok(None),
+        Some((EntryKind::Tree, id, _)) => Ok(Some(id)),
+        Some((kind, _, path)) => Err(GitError::NotAFolder {
+            path,
+            rev: rev.to_owned(),
+            what: Shape::of(kind).describe(),
+        }),
+    }
+}
+
+/// The entry at `path` below tree `root`, walking one component at a time: `(kind, id, path
+/// walked)`. The walk stops early at an entry that is not a folder, which is then the answer.
+fn entry_at(
+    repo: &gix::Repository,
+    root: ObjectId,
+    path: &str,
+) -> Result<Option<(EntryKind, ObjectId, String)>, GitError> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let mut current = root;
+    let mut walked = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        let tree = repo
+            .find_tree(current)
+            .map_err(|e| GitError::gix(format!("reading {walked}/"), e))?;
+        if !walked.is_empty() {
+            walked.push('/');
+        }
+        walked.push_str(part);
+        let mut found = None;
+        for entry in tree.iter() {
+            let entry = entry.map_err(|e| GitError::gix(format!("looking up {walked}"), e))?;
+            if entry.filename() == part.as_bytes() {
+                found = Some((entry.mode().kind(), entry.object_id()));
+                break;
+            }
+        }
+        let Some((kind, id)) = found else {
+            return Ok(None);
+        };
+        if kind != EntryKind::Tree || i + 1 == parts.len() {
+            return Ok(Some((kind, id, walked)));
+        }
+        current = id;
+    }
+    Ok(Some((EntryKind::Tree, root, walked)))
 }
 
 /// Walks first-parent history from `rev` to the newest commit whose intent key differs from its

@@ -86,12 +86,21 @@ impl Intent {
         }
         for f in &snapshot.files {
             if let Err(why) = &f.text {
-                intent.invalid.insert(
-                    f.name.clone(),
-                    (f.path.clone(), format!("{}: {why}", f.path)),
-                );
+                let (_, message) = intent
+                    .invalid
+                    .entry(f.name.clone())
+                    .or_insert_with(|| (f.path.clone(), String::new()));
+                if !message.is_empty() {
+                    message.push('\n');
+                }
+                message.push_str(&format!("{}: {why}", f.path));
             }
         }
+        // A valid `x.yaml` beside an invalid `x.yml` or a link: which one the person meant is
+        // unknown, so the cluster is unknown too (left alone, reported) rather than half-read.
+        intent
+            .valid
+            .retain(|name, _| !intent.invalid.contains_key(name));
         intent
     }
 
@@ -124,6 +133,15 @@ enum Missing {
     },
     /// Grace over: its files go in the next commit, then its VMs are destroyed.
     Decommission,
+}
+
+/// What a publish did, for the steps after it.
+struct Published {
+    pushed: Option<String>,
+    /// The output at the tip is what this cycle wants.
+    ok: bool,
+    /// Clusters with a file at the tip rendered last (empty when nothing was rendered).
+    present_at_tip: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -310,7 +328,11 @@ impl<G: GitPort> Engine<G> {
         }
 
         // Render and publish before applying (§7): not gated on health, once per intent.
-        let (pushed, publish_ok) = self.publish(&snapshot, &intent, &missing).await;
+        let Published {
+            pushed,
+            ok: publish_ok,
+            present_at_tip,
+        } = self.publish(&snapshot, &intent, &missing).await;
 
         // Observe Proxmox: one listing for every cluster.
         let inventory = match self.ctx.ports.proxmox.observe().await {
@@ -358,6 +380,11 @@ impl<G: GitPort> Engine<G> {
         for (name, state) in &missing {
             let record = self.records.clusters.get(name).cloned().unwrap_or_default();
             match state {
+                // A rejected push made the publish render a newer tip, where the file is back:
+                // that tip, not this cycle's snapshot, is what the remote now says (§7).
+                Missing::Decommission if publish_ok && present_at_tip.contains(name) => {
+                    outcomes.push(self.returned_outcome(name, &record));
+                }
                 Missing::Decommission if publish_ok => {
                     let Ok(cluster_name) = name.parse::<ClusterName>() else {
                         continue;
@@ -479,6 +506,28 @@ impl<G: GitPort> Engine<G> {
         }
     }
 
+    fn returned_outcome(&self, name: &str, record: &ClusterRecord) -> Outcome {
+        let mut status = self.base_status(name);
+        let message = format!(
+            "{} came back while kiln was pushing the removal of its files: the decommission is \
+             cancelled, nothing was destroyed",
+            record.path
+        );
+        status.last_error = None;
+        status.set_condition("FilePresent", true, "Restored", &message);
+        let mut record = record.clone();
+        record.missing_since = None;
+        Outcome {
+            status,
+            record: Some(record),
+            forget: false,
+            // The next cycle reads the tip that has the file and converges the cluster from it.
+            settled: false,
+            converged: false,
+            wake_in: Some(Duration::from_millis(200)),
+        }
+    }
+
     fn invalid_outcome(&self, name: &str, path: &str, message: &str) -> Outcome {
         let mut status = self.base_status(name);
         status.phase = Phase::Blocked;
@@ -530,11 +579,15 @@ impl<G: GitPort> Engine<G> {
         out
     }
 
-    fn output_key(&self, clusters: &[(Cluster, String)], snapshot: &Snapshot) -> String {
+    fn output_key(
+        settings: &RenderSettings,
+        clusters: &[(Cluster, String)],
+        templates: &BTreeMap<String, String>,
+    ) -> String {
         let mut h = Sha256::new();
         h.update(env!("CARGO_PKG_VERSION").as_bytes());
-        h.update(format!("{:?}", self.render_settings).as_bytes());
-        for (path, text) in &snapshot.templates {
+        h.update(format!("{settings:?}").as_bytes());
+        for (path, text) in templates {
             h.update(path.as_bytes());
             h.update([0]);
             h.update(text.as_bytes());
@@ -549,23 +602,28 @@ impl<G: GitPort> Engine<G> {
         hex::encode(h.finalize())
     }
 
-    /// Commits the generated files when they changed. Returns the pushed commit and whether the
-    /// output at the tip is now what this cycle wants (decommission may go on only then).
+    /// Commits the generated files when they changed. Says whether the output at the tip is now
+    /// what this cycle wants (decommission may go on only then) and which clusters have a file at
+    /// the tip that was rendered last, which is newer than `snapshot` after a rejected push.
     async fn publish(
         &mut self,
         snapshot: &Snapshot,
         intent: &Intent,
         missing: &BTreeMap<String, Missing>,
-    ) -> (Option<String>, bool) {
+    ) -> Published {
         let held: BTreeSet<String> = missing
             .iter()
             .filter(|(_, m)| !matches!(m, Missing::Decommission))
             .map(|(n, _)| n.clone())
             .collect();
         let wanted = Self::output_clusters(intent, &self.records, &held);
-        let key = self.output_key(&wanted, snapshot);
+        let key = Self::output_key(&self.render_settings, &wanted, &snapshot.templates);
         if self.records.published_key.as_deref() == Some(key.as_str()) {
-            return (None, true);
+            return Published {
+                pushed: None,
+                ok: true,
+                present_at_tip: BTreeSet::new(),
+            };
         }
         let records = self.records.clone();
         let settings = self.render_settings.clone();
@@ -587,13 +645,23 @@ impl<G: GitPort> Engine<G> {
                     .map(|(n, _)| n.clone()),
             )
             .collect();
+        // What the last render saw: the clusters with a file at its tip, and the key of its output.
+        let mut last_render: Option<(BTreeSet<String>, String)> = None;
         let render = |snap: &Snapshot| -> Result<Rendered, crate::render::RenderError> {
             // The tip may have moved since this cycle read it: decide again from what is there.
             let intent = Intent::read(snap);
-            let clusters: Vec<Cluster> = Self::output_clusters(&intent, &records, &held)
-                .into_iter()
-                .map(|(c, _)| c)
+            let wanted = Self::output_clusters(&intent, &records, &held);
+            let present = intent
+                .valid
+                .keys()
+                .chain(intent.invalid.keys())
+                .cloned()
                 .collect();
+            last_render = Some((
+                present,
+                Self::output_key(&settings, &wanted, &snap.templates),
+            ));
+            let clusters: Vec<Cluster> = wanted.into_iter().map(|(c, _)| c).collect();
             let rendered = crate::render::render(&clusters, &settings, &snap.templates)?;
             // Rendered paths are repository-relative; the commit takes them relative to output_dir.
             let prefix = format!("{}/", settings.output_dir.trim_end_matches('/'));
@@ -609,7 +677,9 @@ impl<G: GitPort> Engine<G> {
                 clusters_changed: changed.clone(),
             })
         };
-        match self.git.publish(render).await {
+        let result = self.git.publish(render).await;
+        let (present_at_tip, key) = last_render.unwrap_or((BTreeSet::new(), key));
+        match result {
             Ok(PublishOutcome::Pushed { commit, .. }) => {
                 tracing::info!(%commit, "pushed the generated files");
                 if let Some(tx) = &self.ctx.progress {
@@ -620,18 +690,30 @@ impl<G: GitPort> Engine<G> {
                 }
                 self.records.published_key = Some(key);
                 self.persist();
-                (Some(commit.to_string()), true)
+                Published {
+                    pushed: Some(commit.to_string()),
+                    ok: true,
+                    present_at_tip,
+                }
             }
             Ok(PublishOutcome::NoChange { .. }) => {
                 self.records.published_key = Some(key);
-                (None, true)
+                Published {
+                    pushed: None,
+                    ok: true,
+                    present_at_tip,
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot publish the generated files; retrying next cycle");
                 for s in self.status.clusters.values_mut() {
                     s.set_condition("Committed", false, "PublishFailed", &e.to_string());
                 }
-                (None, false)
+                Published {
+                    pushed: None,
+                    ok: false,
+                    present_at_tip,
+                }
             }
         }
     }
@@ -803,6 +885,25 @@ mod tests {
             intent.invalid["staging"]
                 .1
                 .contains("clusters/staging.yaml")
+        );
+    }
+
+    #[test]
+    fn a_valid_file_beside_an_invalid_entry_of_the_same_name_is_unknown() {
+        let mut s = snapshot(&[("production", Ok(PRODUCTION)), ("staging", Ok(STAGING))]);
+        s.files.push(ClusterFile {
+            path: "clusters/production.yml".into(),
+            name: "production".into(),
+            blob: oid(30),
+            text: Err("ends in .yml".into()),
+        });
+        let intent = Intent::read(&s);
+        assert_eq!(intent.valid.keys().collect::<Vec<_>>(), ["staging"]);
+        let (path, message) = &intent.invalid["production"];
+        assert_eq!(path, "clusters/production.yml");
+        assert!(
+            message.contains("clusters/production.yml: ends in .yml"),
+            "{message}"
         );
     }
 

@@ -12,6 +12,7 @@ pub mod ports;
 pub mod preview;
 pub mod records;
 pub mod state_file;
+pub mod state_lock;
 pub mod status;
 pub mod worker;
 

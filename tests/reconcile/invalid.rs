@@ -2,6 +2,8 @@
 //! running cluster is left alone, and `kiln status` says which file and line are wrong. Likewise a remote
 //! that cannot be read is never taken for an empty one.
 
+use serde_json::json;
+
 use crate::checks::{assert_exact_vms, status_of};
 use crate::fixture::ClusterFixture;
 use crate::support::World;
@@ -71,13 +73,31 @@ async fn a_remote_that_cannot_be_read_destroys_nothing() {
     assert!(run.success(), "provisioning:\n{run}");
     let vms_before = world.vms();
 
-    // The file is deleted upstream, then the remote goes away: kiln cannot see the deletion, and a
-    // Git it cannot read is never a reason to destroy (DESIGN.md §7). allow_empty is on, so only that
-    // rule stands between a misread remote and the last cluster's VMs.
+    // allow_empty is on and the grace is 0s, so only the rule under test stands between a misread
+    // remote and the last cluster's VMs. The Proxmox listing is refused meanwhile: kiln sees the
+    // deletion and pushes the removal of the generated files, but cannot go on to the VMs.
     world.write_config(true);
+    world.pve.ctl(
+        json!({"cmd": "fail", "method": "GET", "suffix": "/cluster/resources",
+                         "status": 500, "message": "e2e: listing refused", "times": 100000}),
+    );
     world.delete_clusters(&[&c.name]);
+    let commits = world.kiln_commits();
+    let run = world.run_once_for(std::time::Duration::from_secs(8));
+    assert!(!run.success(), "{run}");
+    assert_eq!(
+        world.kiln_commits().len(),
+        commits.len() + 1,
+        "kiln did not see the deletion (no removal commit):\n{run}"
+    );
+    assert_eq!(world.vms(), vms_before);
+
+    // Now Git cannot be read, and Proxmox answers again. The cache still holds the tip without the
+    // file and the removal is already pushed: only "Git unreadable → destroy nothing" (DESIGN.md §7)
+    // keeps the decommission from going on.
     let moved = world.repos.bare.with_extension("git.away");
     std::fs::rename(&world.repos.bare, &moved).unwrap();
+    world.pve.ctl(json!({"cmd": "clear_failures"}));
     let mark = world.request_mark();
     let run = world.run_once_for(std::time::Duration::from_secs(10));
     let writes = world.writes_since(mark);
