@@ -46,14 +46,32 @@ pub fn read_work_tree(work_tree: &Path, clusters_dir: &str) -> Result<Snapshot, 
         let Some(stem) = name.strip_suffix(".yaml") else {
             continue;
         };
-        if !path.is_file() {
-            continue;
-        }
-        let data = std::fs::read(&path).map_err(|source| GitError::Io {
+        let rel = format!("{clusters_dir}/{name}");
+        let io = |source| GitError::Io {
             path: path.clone(),
             source,
-        })?;
-        let rel = format!("{clusters_dir}/{name}");
+        };
+        // A link is never followed (its target could be any file of the machine running the
+        // plan, e.g. a token); like any entry that is not a regular file it is an invalid file,
+        // unknown under its stem, never a missing one (DESIGN.md §2).
+        let meta = std::fs::symlink_metadata(&path).map_err(io)?;
+        if !meta.is_file() {
+            let (target, why) = if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).map_err(io)?;
+                let why = "is a symbolic link; kiln does not follow links: commit the file itself";
+                (target.into_os_string().into_encoded_bytes(), why)
+            } else {
+                (Vec::new(), "is not a regular file")
+            };
+            files.push(ClusterFile {
+                blob: hash(gix::objs::Kind::Blob, &target)?,
+                text: Err(why.to_owned()),
+                path: rel,
+                name: stem.to_string(),
+            });
+            continue;
+        }
+        let data = read_nofollow(&path).map_err(io)?;
         files.push(ClusterFile {
             blob: hash(gix::objs::Kind::Blob, &data)?,
             text: String::from_utf8(data).map_err(|_| {
@@ -78,6 +96,27 @@ pub fn read_work_tree(work_tree: &Path, clusters_dir: &str) -> Result<Snapshot, 
     };
     snap.templates = templates;
     Ok(snap)
+}
+
+/// The bytes of a file checked to be regular: refused if the path became something else (a link)
+/// between the check and the open.
+fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let before = std::fs::symlink_metadata(path)?;
+    let mut file = std::fs::File::open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let opened = file.metadata()?;
+        if (opened.dev(), opened.ino()) != (before.dev(), before.ino()) || !opened.is_file() {
+            return Err(std::io::Error::other(
+                "changed into something other than a regular file while it was read",
+            ));
+        }
+    }
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    Ok(data)
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, PathBuf)>, GitError> {
@@ -118,17 +157,25 @@ fn hash_dir(
         } else {
             format!("{prefix}/{name}")
         };
-        let meta = std::fs::metadata(&path).map_err(|source| GitError::Io {
+        let meta = std::fs::symlink_metadata(&path).map_err(|source| GitError::Io {
             path: path.clone(),
             source,
         })?;
+        if meta.file_type().is_symlink() {
+            return Err(GitError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(
+                    "a symbolic link in templates/; kiln does not follow links",
+                ),
+            });
+        }
         let (kind, oid) = if meta.is_dir() {
             match hash_dir(&path, &rel, texts)? {
                 Some(id) => (EntryKind::Tree, id),
                 None => continue,
             }
         } else {
-            let data = std::fs::read(&path).map_err(|source| GitError::Io {
+            let data = read_nofollow(&path).map_err(|source| GitError::Io {
                 path: path.clone(),
                 source,
             })?;

@@ -15,7 +15,7 @@ pub mod yaml_json;
 pub use cluster::{App, Cluster, Node, Role};
 pub use diagnostic::{Diagnostic, Severity};
 pub use document::ClusterDocument;
-pub use files::{LoadPathsError, load_paths};
+pub use files::{LoadPathsError, load_local, load_paths, read_regular_file};
 pub use load::{InvalidFile, LoadOutcome, load};
 pub use schema::json_schema;
 pub use types::{ClusterName, HumanDuration, Ipv4Range, MacAddr, Version, Vmid};
