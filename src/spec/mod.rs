@@ -7,6 +7,7 @@ pub mod document;
 pub mod files;
 pub mod load;
 pub mod position;
+mod pve_names;
 pub mod rules;
 pub mod schema;
 pub mod types;
