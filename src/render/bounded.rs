@@ -152,7 +152,7 @@ mod tests {
     fn an_override_that_never_ends_runs_out_of_fuel_naming_itself() {
         // 10^15 iterations: without fuel this runs for days.
         let endless = "{% for a in range(100000) %}{% for b in range(100000) %}\
-                       {% for c in range(100000) %}x{% endfor %}{% endfor %}{% endfor %}";
+                       {% for c in range(100000) %}{% endfor %}{% endfor %}{% endfor %}";
         let e = render_with(&overriding("cluster-facts.yaml.j2", endless), DEADLINE);
         let text = e.to_string();
         assert!(text.contains("cluster-facts.yaml.j2"), "{text}");

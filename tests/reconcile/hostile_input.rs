@@ -99,9 +99,10 @@ async fn a_template_override_that_never_ends_is_reported_naming_it_and_nothing_i
     assert!(run.success(), "provisioning:\n{run}");
     let commits = world.kiln_commits();
 
-    // 10^15 iterations: without fuel the render never returns.
+    // 10^15 iterations and no output (a regression must not eat the machine's memory): without
+    // fuel the render never returns.
     let endless = "{% for a in range(100000) %}{% for b in range(100000) %}\
-                   {% for c in range(100000) %}x{% endfor %}{% endfor %}{% endfor %}\n";
+                   {% for c in range(100000) %}{% endfor %}{% endfor %}{% endfor %}\n";
     world.push_file("templates/cluster-facts.yaml.j2", endless, "an override");
     let run = world.run_once_for(Duration::from_secs(20));
     assert!(

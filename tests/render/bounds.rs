@@ -48,7 +48,7 @@ fn an_override_that_never_ends_is_refused_naming_it() {
     std::fs::create_dir(&templates).unwrap();
     std::fs::write(
         templates.join("cluster-facts.yaml.j2"),
-        "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}\n",
+        "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}\n",
     )
     .unwrap();
     let out = dir.path().join("out");

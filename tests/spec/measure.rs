@@ -87,23 +87,20 @@ pub fn read_measured(result: &Path) -> Measured {
     }
 }
 
-/// A cluster-shaped file of about `bytes` bytes whose aliases expand to 20^7 ≈ 1.3 × 10^9 values:
-/// seven levels, each a list of twenty aliases to the level below, padded with comments.
+/// A cluster-shaped file of about `bytes` bytes whose aliases expand to 4 × 10^8 values, the shape
+/// of the issue's: a list of 1,000 scalars, a list of 100 aliases to it, a list of 4,000 aliases
+/// to that. It is padded with a long plain list (events, not comments: serde_yaml allows 100 alias
+/// replays per event of the file, so a file of many events gets to expand that far).
 pub fn alias_bomb(name: &str, bytes: usize) -> String {
-    let mut text = format!(
-        "apiVersion: kiln.dev/v1alpha1\nkind: Cluster\nmetadata:\n  name: {name}\n  labels:\n"
-    );
-    text.push_str(&format!("    l0: &l0 [{}]\n", vec!["lol"; 20].join(", ")));
-    for l in 1..=7 {
-        let refs = vec![format!("*l{}", l - 1); 20].join(", ");
-        text.push_str(&format!("    l{l}: &l{l} [{refs}]\n"));
+    let mut text =
+        format!("apiVersion: kiln.dev/v1alpha1\nkind: Cluster\nmetadata:\n  name: {name}\n");
+    text.push_str(&format!("a: &a [{}]\n", vec!["x"; 1000].join(", ")));
+    text.push_str(&format!("b: &b [{}]\n", vec!["*a"; 100].join(", ")));
+    text.push_str(&format!("c: [{}]\n", vec!["*b"; 4000].join(", ")));
+    text.push_str("padding: [p");
+    while text.len() + 2 < bytes {
+        text.push_str(", p");
     }
-    let mut pad = 0;
-    while text.len() < bytes {
-        text.push_str(&format!(
-            "# padding line {pad:06} of a file a pull request could send\n"
-        ));
-        pad += 1;
-    }
+    text.push_str("]\n");
     text
 }
