@@ -20,6 +20,9 @@ pub enum LoadPathsError {
     LinkedFolder { path: PathBuf },
 }
 
+/// A file's path and its text, or why it was not read.
+pub type LocalFile = (PathBuf, Result<String, String>);
+
 /// A local file's text, or why it is not read: `Ok(Err(why))` for an entry that is not a regular
 /// file (a symlink, a folder, a device) or that changed into one while it was opened. At most
 /// [`MAX_FILE_BYTES`] + 1 bytes are read, so an oversized file costs no more than that and still
@@ -56,9 +59,7 @@ pub fn read_regular_file(path: &Path) -> std::io::Result<Result<String, String>>
 /// (not recursive, hidden files skipped, sorted). Returns `(path, text or why not)` pairs. In a
 /// folder, a `*.yml` entry and a `*.yaml` entry that is not a regular file are kept as refused
 /// (DESIGN.md §2: invalid files, never absent ones).
-pub fn load_paths(
-    paths: &[PathBuf],
-) -> Result<Vec<(PathBuf, Result<String, String>)>, LoadPathsError> {
+pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<LocalFile>, LoadPathsError> {
     let read_err = |path: &Path| {
         let path = path.to_owned();
         move |source| LoadPathsError::Read { path, source }

@@ -165,8 +165,8 @@ fn check_file<'a>(path: &'a Path, text: &'a str) -> FileState<'a> {
         index: None,
         indexed_for: 0,
     };
-    if let Err(d) = check_limits(path, text) {
-        st.located.push(d);
+    if let Some(refused) = over_limits(path, text) {
+        st.located.push(refused);
         return st;
     }
     let value = super::yaml_json::from_yaml(text)
@@ -219,7 +219,7 @@ fn check_file<'a>(path: &'a Path, text: &'a str) -> FileState<'a> {
 
 /// The limits of DESIGN.md §2, checked before serde_yaml builds anything: its loader expands
 /// every alias into a full copy, so the node count has to be known from the event stream first.
-fn check_limits(path: &Path, text: &str) -> Result<(), Diagnostic> {
+fn over_limits(path: &Path, text: &str) -> Option<Diagnostic> {
     let refuse = |at: Option<super::position::Pos>, message: String, hint: &str| Diagnostic {
         severity: Severity::Error,
         file: path.to_owned(),
@@ -230,7 +230,7 @@ fn check_limits(path: &Path, text: &str) -> Result<(), Diagnostic> {
         hint: Some(hint.to_owned()),
     };
     if text.len() > MAX_FILE_BYTES {
-        return Err(refuse(
+        return Some(refuse(
             None,
             format!(
                 "the file is larger than the limit of {} KiB",
@@ -239,7 +239,7 @@ fn check_limits(path: &Path, text: &str) -> Result<(), Diagnostic> {
             "an intent file declares one cluster and is a few KiB; kiln reads no larger file",
         ));
     }
-    check_node_count(text, MAX_NODES).map(drop).map_err(|e| {
+    check_node_count(text, MAX_NODES).err().map(|e| {
         refuse(
             Some(e.at),
             format!(
