@@ -61,12 +61,15 @@ async fn an_alias_bomb_next_to_a_valid_cluster_is_refused_and_the_cluster_is_unt
     let mark = world.request_mark();
     let run = world.run_command(cmd);
     let m = read_measured(&result);
+    eprintln!("kiln run --once beside the bomb: {m:?}");
     assert_eq!(m.killed, None, "{m:?}\n{run}");
     assert!(
         m.max_rss_kib < 100 * MIB,
         "kiln peaked at {} KiB while refusing the bomb\n{run}",
         m.max_rss_kib
     );
+    // The parent's own exit code says nothing; kiln's is in `m`.
+    assert_eq!(m.code, 1, "a Blocked file is not converged:\n{run}");
     assert!(
         run.stdout.contains("clusters/bomb.yaml") && run.stdout.contains("10000"),
         "the run should name the file and the limit:\n{run}"
