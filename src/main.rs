@@ -300,12 +300,11 @@ fn load_snapshot(snapshot: &kiln::git::Snapshot) -> kiln::spec::LoadOutcome {
 }
 
 fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let files = kiln::spec::load_paths(paths)?;
-    if files.is_empty() {
+    let (found, outcome) = kiln::spec::load_local(paths)?;
+    if found == 0 {
         eprintln!("no intent files (*.yaml) found in {paths:?}");
         return Ok(ExitCode::FAILURE);
     }
-    let outcome = kiln::spec::load(files.iter().map(|(p, t)| (p.as_path(), t.as_str())));
     for w in &outcome.warnings {
         eprintln!("{w}");
     }
@@ -339,8 +338,7 @@ fn render(
         None => kiln::render::RenderSettings::default(),
     };
     // Validated together, as the daemon would: an invalid file is reported, never rendered.
-    let files = kiln::spec::load_paths(&[clusters_dir.to_path_buf()])?;
-    let outcome = kiln::spec::load(files.iter().map(|(p, t)| (p.as_path(), t.as_str())));
+    let (_, outcome) = kiln::spec::load_local(&[clusters_dir.to_path_buf()])?;
     for d in outcome.warnings.iter().chain(outcome.errors()) {
         eprintln!("{d}");
     }
@@ -368,7 +366,9 @@ fn render(
             .join("templates")
     });
     let overrides = read_overrides(&templates_dir)?;
-    let files = kiln::render::render(&clusters, &settings, &overrides)?;
+    let count = clusters.len();
+    let files =
+        kiln::render::render_bounded(clusters, &settings, &overrides, kiln::render::DEADLINE)?;
     for (path, bytes) in &files {
         let target = out.join(path);
         if let Some(parent) = target.parent() {
@@ -380,7 +380,7 @@ fn render(
     }
     println!(
         "rendered {} cluster(s): {} files under {}",
-        clusters.len(),
+        count,
         files.len(),
         out.join(&settings.output_dir).display()
     );
@@ -390,20 +390,36 @@ fn render(
 /// The repository's template overrides: every file directly in `dir`, by file name.
 fn read_overrides(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let mut overrides = BTreeMap::new();
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        anyhow::bail!(
+            "{} is a symbolic link; kiln does not follow links",
+            dir.display()
+        );
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(overrides);
     };
     for entry in entries {
-        let path = entry?.path();
-        if !path.is_file() {
+        let entry = entry?;
+        let path = entry.path();
+        // A folder in templates/ is not an override; a link is refused, never followed.
+        if entry.file_type()?.is_dir() {
             continue;
         }
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = kiln::spec::read_regular_file(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .map_err(|why| anyhow::anyhow!("template override {} {why}", path.display()))?;
+        if text.len() > kiln::spec::load::MAX_FILE_BYTES {
+            anyhow::bail!(
+                "template override {} is larger than {} KiB",
+                path.display(),
+                kiln::spec::load::MAX_FILE_BYTES / 1024
+            );
+        }
         overrides.insert(name.to_owned(), text);
     }
     Ok(overrides)

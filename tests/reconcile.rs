@@ -14,6 +14,10 @@ mod gitrepo;
 #[path = "proxmox/support.rs"]
 mod pve;
 
+#[allow(dead_code)]
+#[path = "spec/measure.rs"]
+mod measure;
+
 #[path = "reconcile/checks.rs"]
 mod checks;
 #[path = "reconcile/credentials.rs"]
@@ -35,6 +39,8 @@ mod faults;
 mod git_safety;
 #[path = "reconcile/harness.rs"]
 mod harness;
+#[path = "reconcile/hostile_input.rs"]
+mod hostile_input;
 #[path = "reconcile/invalid.rs"]
 mod invalid;
 #[path = "reconcile/least_privilege.rs"]

@@ -4,6 +4,8 @@
 
 #[path = "render/behaviour.rs"]
 mod behaviour;
+#[path = "render/bounds.rs"]
+mod bounds;
 #[path = "render/cli.rs"]
 mod cli;
 #[path = "render/support.rs"]

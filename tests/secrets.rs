@@ -8,6 +8,8 @@ mod bao;
 mod behaviour;
 #[path = "secrets/file_store.rs"]
 mod file_store;
+#[path = "secrets/parse_errors.rs"]
+mod parse_errors;
 #[path = "secrets/vault_auth.rs"]
 mod vault_auth;
 #[path = "secrets/vault_outage.rs"]

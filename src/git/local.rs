@@ -69,7 +69,7 @@ pub fn read_work_tree(work_tree: &Path, clusters_dir: &str) -> Result<Snapshot, 
             }
             Entry::Intent { stem } => (
                 stem,
-                std::fs::read(&path).map_err(|source| GitError::Io {
+                read_nofollow(&path).map_err(|source| GitError::Io {
                     path: path.clone(),
                     source,
                 })?,
@@ -141,6 +141,27 @@ fn shape_on_disk(meta: &std::fs::Metadata) -> Shape {
     }
 }
 
+/// The bytes of a file checked to be regular: refused if the path became something else (a link)
+/// between the check and the open.
+fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let before = std::fs::symlink_metadata(path)?;
+    let mut file = std::fs::File::open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let opened = file.metadata()?;
+        if (opened.dev(), opened.ino()) != (before.dev(), before.ino()) || !opened.is_file() {
+            return Err(std::io::Error::other(
+                "changed into something other than a regular file while it was read",
+            ));
+        }
+    }
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    Ok(data)
+}
+
 fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, PathBuf)>, GitError> {
     let io = |source| GitError::Io {
         path: dir.to_path_buf(),
@@ -179,17 +200,25 @@ fn hash_dir(
         } else {
             format!("{prefix}/{name}")
         };
-        let meta = std::fs::metadata(&path).map_err(|source| GitError::Io {
+        let meta = std::fs::symlink_metadata(&path).map_err(|source| GitError::Io {
             path: path.clone(),
             source,
         })?;
+        if meta.file_type().is_symlink() {
+            return Err(GitError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(
+                    "a symbolic link in templates/; kiln does not follow links",
+                ),
+            });
+        }
         let (kind, oid) = if meta.is_dir() {
             match hash_dir(&path, &rel, texts)? {
                 Some(id) => (EntryKind::Tree, id),
                 None => continue,
             }
         } else {
-            let data = std::fs::read(&path).map_err(|source| GitError::Io {
+            let data = read_nofollow(&path).map_err(|source| GitError::Io {
                 path: path.clone(),
                 source,
             })?;

@@ -662,7 +662,13 @@ impl<G: GitPort> Engine<G> {
                 Self::output_key(&settings, &wanted, &snap.templates),
             ));
             let clusters: Vec<Cluster> = wanted.into_iter().map(|(c, _)| c).collect();
-            let rendered = crate::render::render(&clusters, &settings, &snap.templates)?;
+            // Overrides are the repository's code: bounded, and off the runtime (DESIGN.md §8).
+            let rendered = crate::render::render_bounded(
+                clusters,
+                &settings,
+                &snap.templates,
+                crate::render::DEADLINE,
+            )?;
             // Rendered paths are repository-relative; the commit takes them relative to output_dir.
             let prefix = format!("{}/", settings.output_dir.trim_end_matches('/'));
             let files = rendered

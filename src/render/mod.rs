@@ -10,6 +10,7 @@
 //! `templates/` revision; [`render`] compiles the templates each call.
 
 mod apps;
+mod bounded;
 mod charts;
 mod context;
 mod settings;
@@ -23,9 +24,11 @@ use minijinja::Value;
 use minijinja::value::Serde;
 
 pub use apps::{Openings, Port, Profile, profile, sizing_factor};
+pub use bounded::{DEADLINE, render_bounded};
 pub use charts::{ChartPin, pin};
 pub use settings::{RenderSettings, VaultSettings};
 pub use templates::EMBEDDED as TEMPLATES;
+pub use templates::{FUEL_PER_FILE, MAX_OUTPUT_BYTES};
 pub use values::deep_merge;
 
 use crate::spec::{App, Cluster};
@@ -59,6 +62,14 @@ pub enum RenderError {
     },
     #[error("cluster `{0}` is given twice")]
     DuplicateCluster(String),
+    #[error(
+        "template `{template}`: rendering did not finish within {}; nothing is committed",
+        humantime::format_duration(*after)
+    )]
+    Deadline {
+        template: String,
+        after: std::time::Duration,
+    },
 }
 
 impl RenderError {
@@ -66,6 +77,11 @@ impl RenderError {
         let mut message = e.kind().to_string();
         if let Some(detail) = e.detail() {
             message = format!("{message}: {detail}");
+        }
+        if e.kind() == minijinja::ErrorKind::OutOfFuel {
+            message = format!(
+                "{message} (a template may do {FUEL_PER_FILE} steps per file: does it loop without end?)"
+            );
         }
         RenderError::Template {
             template: e.name().unwrap_or(fallback_name).to_owned(),
@@ -80,6 +96,8 @@ pub struct Renderer {
     templates: Templates,
     /// Upper bound on render threads; default: the machine's parallelism.
     threads: usize,
+    /// The template being rendered (index into `TEMPLATES`, plus one), for a deadline's error.
+    progress: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// Renders every cluster with kiln's templates, overridden by `overrides` (file name in the
@@ -99,7 +117,14 @@ impl Renderer {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            progress: None,
         })
+    }
+
+    /// Reports each template as it starts into `progress` (see `render_bounded`).
+    fn watched(mut self, progress: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// Renders on at most `threads` threads (1: on the calling thread only).
@@ -351,14 +376,34 @@ impl Renderer {
         source: &str,
         ctx: &Value,
     ) -> Result<(), RenderError> {
+        if let Some(progress) = &self.progress
+            && let Some(i) = TEMPLATES.iter().position(|(n, _)| *n == template)
+        {
+            progress.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+        }
         let tmpl = self
             .templates
             .env
             .get_template(template)
             .map_err(|e| RenderError::from_template(&e, template))?;
-        let body = tmpl
-            .render(ctx)
-            .map_err(|e| RenderError::from_template(&e, template))?;
+        let mut sink = bounded::CappedOutput::new(MAX_OUTPUT_BYTES);
+        let rendered = tmpl.render_captured_to(ctx, &mut sink);
+        if sink.overflowed() {
+            return Err(RenderError::Template {
+                template: template.to_owned(),
+                line: None,
+                message: format!(
+                    "the output for {path} is larger than the limit of {} MiB",
+                    MAX_OUTPUT_BYTES / (1024 * 1024)
+                ),
+            });
+        }
+        rendered.map_err(|e| RenderError::from_template(&e, template))?;
+        let body = sink.into_string().map_err(|_| RenderError::Template {
+            template: template.to_owned(),
+            line: None,
+            message: format!("the output for {path} is not UTF-8"),
+        })?;
         if self.templates.overridden.contains(template) {
             check_yaml(template, &path, &body)?;
         }

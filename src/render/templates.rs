@@ -36,6 +36,14 @@ embedded!(
     "app-metallb-address-pool.yaml.j2",
 );
 
+/// The work one file's render may do (minijinja fuel: about one per instruction and per 64 bytes
+/// created). kiln's own templates use a few thousand per file, the shared ones tens per cluster;
+/// an override that loops forever or builds huge strings stops here, naming itself.
+pub const FUEL_PER_FILE: u64 = 2_000_000;
+
+/// The most bytes one rendered file may have (kiln's largest files are a few KiB per cluster).
+pub const MAX_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
+
 /// The compiled templates, with the names of those the repository overrides.
 pub struct Templates {
     pub env: Environment<'static>,
@@ -55,6 +63,7 @@ impl Templates {
         }
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(FUEL_PER_FILE));
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_syntax(
             SyntaxConfig::builder()

@@ -120,7 +120,12 @@ fn load(file: &Path) -> Result<Option<Record>, SecretsError> {
             .map(Some)
             .map_err(|e| SecretsError::Corrupt {
                 path: file.to_owned(),
-                message: e.to_string(),
+                // The store holds key material; serde would quote it.
+                message: crate::spec::diagnostic::parse_error_without_values(
+                    &e.to_string(),
+                    Some(e.line()),
+                    Some(e.column()),
+                ),
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(SecretsError::io(file, e)),

@@ -11,12 +11,20 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::cluster::Cluster;
-use super::diagnostic::{Diagnostic, Finding, Severity};
+use super::diagnostic::{Diagnostic, Finding, Severity, clip_values};
 use super::document::ClusterDocument;
-use super::position::PositionIndex;
+use super::position::{PositionIndex, check_node_count};
 use super::rules::{self, NodeIdentity};
 use super::schema::structural_findings;
 use super::types::{HumanDuration, Ipv4Range, MacAddr, Vmid};
+
+/// The largest intent file kiln reads (DESIGN.md §2): a pull request must not be able to make
+/// every poll parse megabytes.
+pub const MAX_FILE_BYTES: usize = 256 * 1024;
+
+/// The most YAML nodes a file may hold once its aliases are expanded (DESIGN.md §2): a 100 KB
+/// "billion laughs" file would otherwise expand to 10^8 values inside serde_yaml.
+pub const MAX_NODES: usize = 10_000;
 
 /// What `load` makes of a set of files.
 #[derive(Debug, Default)]
@@ -36,6 +44,26 @@ pub struct InvalidFile {
     pub path: PathBuf,
     /// Every error of the file, in file order.
     pub diagnostics: Vec<Diagnostic>,
+}
+
+impl InvalidFile {
+    /// A file refused before it was read (a symlink, a file that is not text): unknown under its
+    /// stem, like any other invalid file, with `why` as its one error.
+    pub fn refused(path: &Path, why: &str) -> Self {
+        Self {
+            stem: stem_of(path),
+            path: path.to_owned(),
+            diagnostics: vec![Diagnostic {
+                severity: Severity::Error,
+                file: path.to_owned(),
+                line: None,
+                column: None,
+                path: String::new(),
+                message: clip_values(why),
+                hint: None,
+            }],
+        }
+    }
 }
 
 impl LoadOutcome {
@@ -65,8 +93,10 @@ struct FileState<'a> {
     findings: Vec<Finding>,
     /// Errors serde_yaml located itself (syntax, the first typed error).
     located: Vec<Diagnostic>,
-    /// Built only for a file with findings (a second parse), on the file's own thread.
+    /// Built only for a file with findings (a second parse), on the file's own thread, for the
+    /// paths of the first `indexed_for` findings.
     index: Option<PositionIndex>,
+    indexed_for: usize,
 }
 
 /// Loads and validates intent files given as `(path, text)`; the paths name the files in
@@ -113,9 +143,14 @@ fn check_files<'a>(files: &[(&'a Path, &'a str)]) -> Vec<FileState<'a>> {
 
 fn indexed(mut st: FileState<'_>) -> FileState<'_> {
     if !st.findings.is_empty() {
-        st.index = Some(PositionIndex::build(st.text));
+        st.index = Some(index_for(&st));
+        st.indexed_for = st.findings.len();
     }
     st
+}
+
+fn index_for(st: &FileState<'_>) -> PositionIndex {
+    PositionIndex::build(st.text, st.findings.iter().map(|f| f.path.as_str()))
 }
 
 fn check_file<'a>(path: &'a Path, text: &'a str) -> FileState<'a> {
@@ -128,7 +163,12 @@ fn check_file<'a>(path: &'a Path, text: &'a str) -> FileState<'a> {
         findings: Vec::new(),
         located: Vec::new(),
         index: None,
+        indexed_for: 0,
     };
+    if let Some(refused) = over_limits(path, text) {
+        st.located.push(refused);
+        return st;
+    }
     let value = super::yaml_json::from_yaml(text)
         .map_err(|e| yaml_error(path, &e, "not a valid YAML document"));
     let value = match value {
@@ -175,6 +215,40 @@ fn check_file<'a>(path: &'a Path, text: &'a str) -> FileState<'a> {
         }
     }
     st
+}
+
+/// The limits of DESIGN.md §2, checked before serde_yaml builds anything: its loader expands
+/// every alias into a full copy, so the node count has to be known from the event stream first.
+fn over_limits(path: &Path, text: &str) -> Option<Diagnostic> {
+    let refuse = |at: Option<super::position::Pos>, message: String, hint: &str| Diagnostic {
+        severity: Severity::Error,
+        file: path.to_owned(),
+        line: at.map(|p| p.line),
+        column: at.map(|p| p.column),
+        path: String::new(),
+        message,
+        hint: Some(hint.to_owned()),
+    };
+    if text.len() > MAX_FILE_BYTES {
+        return Some(refuse(
+            None,
+            format!(
+                "the file is larger than the limit of {} KiB",
+                MAX_FILE_BYTES / 1024
+            ),
+            "an intent file declares one cluster and is a few KiB; kiln reads no larger file",
+        ));
+    }
+    check_node_count(text, MAX_NODES).err().map(|e| {
+        refuse(
+            Some(e.at),
+            format!(
+                "the document holds more than the limit of {} YAML nodes once its aliases are expanded",
+                e.limit
+            ),
+            "write the values out, or use fewer aliases (`*name`) of large anchored nodes",
+        )
+    })
 }
 
 /// Typed strings whose rules the schema cannot state (a range's order, a duration's unit): checked
@@ -418,10 +492,11 @@ fn finish(states: Vec<FileState<'_>>) -> LoadOutcome {
     for mut st in states {
         let mut diags = std::mem::take(&mut st.located);
         if !st.findings.is_empty() {
-            let index = st
-                .index
-                .take()
-                .unwrap_or_else(|| PositionIndex::build(st.text));
+            // Cross-file findings came after the file's own index was built.
+            let index = match st.index.take() {
+                Some(ix) if st.indexed_for == st.findings.len() => ix,
+                _ => index_for(&st),
+            };
             for f in std::mem::take(&mut st.findings) {
                 let pos = index.locate(&f.path);
                 diags.push(Diagnostic {
@@ -434,6 +509,12 @@ fn finish(states: Vec<FileState<'_>>) -> LoadOutcome {
                     hint: f.hint,
                 });
             }
+        }
+        for d in &mut diags {
+            // A path holds the file's keys, which are values too.
+            d.path = clip_values(&d.path);
+            d.message = clip_values(&d.message);
+            d.hint = d.hint.as_deref().map(clip_values);
         }
         diags.sort_by_key(|d| (d.line, d.column));
         diags.dedup();
@@ -450,7 +531,7 @@ fn finish(states: Vec<FileState<'_>>) -> LoadOutcome {
                         line: None,
                         column: None,
                         path: String::new(),
-                        message: m,
+                        message: clip_values(&m),
                         hint: None,
                     })
                     .collect()

@@ -75,6 +75,7 @@ pub fn check(doc: &ClusterDocument, stem: &str, ids: &[NodeIdentity]) -> Vec<Fin
     let mut out = Vec::new();
     name_rules(doc, stem, &mut out);
     proxmox_rules(doc, ids, &mut out);
+    super::pve_names::check(doc, &mut out);
     node_rules(doc, ids, &mut out);
     network_rules(doc, ids, &mut out);
     talos_rules(doc, &mut out);

@@ -126,12 +126,7 @@ pub fn structural_findings(instance: &Value) -> Vec<Finding> {
 }
 
 fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.chars().count() > 60 {
-        format!("{}…", s.chars().take(60).collect::<String>())
-    } else {
-        s
-    }
+    super::diagnostic::clip(&v.to_string())
 }
 
 fn dotted<'a>(segments: impl Iterator<Item = LocationSegment<'a>>) -> String {

@@ -202,8 +202,14 @@ impl SecretsBundle {
     /// Reads a `secrets.yaml` (kiln's or `talosctl`'s) and checks it the way `Bundle.Validate`
     /// does, plus that every CA key matches its certificate.
     pub fn from_yaml(text: &str) -> Result<Self, BundleError> {
-        let doc: BundleYaml =
-            serde_yaml::from_str(text).map_err(|e| BundleError::Yaml(e.to_string()))?;
+        let doc: BundleYaml = serde_yaml::from_str(text).map_err(|e: serde_yaml::Error| {
+            let at = e.location();
+            BundleError::Yaml(crate::spec::diagnostic::parse_error_without_values(
+                &e.to_string(),
+                at.as_ref().map(|l| l.line()),
+                at.as_ref().map(|l| l.column()),
+            ))
+        })?;
         let b64 = |field: &'static str, v: &str| -> Result<String, BundleError> {
             let bytes = STANDARD.decode(v).map_err(|e| BundleError::Invalid {
                 field,

@@ -143,6 +143,20 @@ pub fn apply_configuration(
     Ok(reply(chosen as i32, details))
 }
 
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // `mode` applies only to a new file; one left by an earlier run is tightened too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(data)
+}
+
 /// The node now runs `cfg`: it installs the image's version (unless pinned), serves mTLS from its OS CA,
 /// and a control plane of a running etcd cluster joins it.
 fn accept(
@@ -153,7 +167,8 @@ fn accept(
 ) -> Result<(), Status> {
     if let Some(dir) = fleet.dump_dir.clone() {
         let path = dir.join(format!("{}.yaml", addr.ip()));
-        std::fs::write(&path, &raw).map_err(|e| {
+        // A machine config holds the cluster's CA keys and tokens: readable by its owner only.
+        write_private(&path, &raw).map_err(|e| {
             Status::internal(format!("simulator: cannot write {}: {e}", path.display()))
         })?;
     }

@@ -40,10 +40,22 @@ const LINK: &str = "net0";
 const LONGHORN_PATH: &str = "/var/lib/longhorn";
 
 /// A machine config as typed documents: the v1alpha1 document, then the others in order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct MachineConfigDocs {
     pub v1alpha1: Config,
     pub documents: Vec<Document>,
+}
+
+/// The v1alpha1 document holds the cluster's CA keys, tokens and the secretbox key: `Debug` (a
+/// `tracing` field, a panic message, an `assert_eq!`) shows the document kinds only.
+impl std::fmt::Debug for MachineConfigDocs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kinds: Vec<&str> = self.documents.iter().map(Document::kind).collect();
+        f.debug_struct("MachineConfigDocs")
+            .field("v1alpha1", &format_args!("[redacted]"))
+            .field("documents", &kinds)
+            .finish()
+    }
 }
 
 impl MachineConfigDocs {
@@ -390,6 +402,36 @@ pub fn render_documents(
 #[cfg(test)]
 mod tests {
     use super::url_has_path;
+
+    #[test]
+    fn debug_shows_no_key_material() {
+        let text = include_str!("../../../examples/clusters/production.yaml");
+        let outcome = crate::spec::load([(std::path::Path::new("production.yaml"), text)]);
+        let cluster = &outcome.clusters[0];
+        let bundle = crate::talos::secrets::SecretsBundle::generate().unwrap();
+        let docs = super::render_documents(
+            cluster,
+            &cluster.nodes[0],
+            &bundle,
+            cluster.spec.talos.version,
+        )
+        .unwrap();
+        let shown = format!("{docs:?}");
+        let yaml = docs.to_yaml();
+        assert!(yaml.contains(bundle.bootstrap_token.expose()));
+        for secret in [
+            bundle.bootstrap_token.expose(),
+            bundle.trustd_token.expose(),
+            bundle.cluster_secret.expose(),
+        ] {
+            assert!(!shown.contains(secret), "Debug shows a secret: {shown}");
+        }
+        assert!(
+            !shown.contains("PRIVATE KEY") && !shown.contains("LS0t"),
+            "{shown}"
+        );
+        assert!(shown.contains("MachineConfigDocs"), "{shown}");
+    }
 
     #[test]
     fn mirror_paths() {
