@@ -74,12 +74,13 @@ async fn a_remote_that_cannot_be_read_destroys_nothing() {
     let vms_before = world.vms();
 
     // allow_empty is on and the grace is 0s, so only the rule under test stands between a misread
-    // remote and the last cluster's VMs. The Proxmox listing is refused meanwhile: kiln sees the
-    // deletion and pushes the removal of the generated files, but cannot go on to the VMs.
+    // remote and the last cluster's VMs. Proxmox refuses to shut VMs down meanwhile: kiln sees the
+    // deletion and pushes the removal of the generated files, but cannot go on to destroy the VMs.
+    // (Not the listing: the start-up preflight reads it, and kiln would stop before seeing Git.)
     world.write_config(true);
     world.pve.ctl(
-        json!({"cmd": "fail", "method": "GET", "suffix": "/cluster/resources",
-                         "status": 500, "message": "e2e: listing refused", "times": 100000}),
+        json!({"cmd": "fail", "method": "POST", "suffix": "/status/shutdown",
+                         "status": 500, "message": "e2e: shutdown refused", "times": 100000}),
     );
     world.delete_clusters(&[&c.name]);
     let commits = world.kiln_commits();
