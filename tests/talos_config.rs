@@ -230,7 +230,11 @@ fn rendered_configs_carry_the_spec() {
                     .talos
                     .install_image
                     .clone()
-                    .unwrap_or(format!("ghcr.io/siderolabs/installer:{v}"));
+                    .unwrap_or(format!(
+                        "factory.talos.dev/nocloud-installer/\
+                         376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba:{v}"
+                    ));
+                assert!(!image.starts_with("ghcr.io/siderolabs/installer"), "{ctx}");
                 assert_eq!(m["install"]["image"], image.as_str(), "{ctx}");
                 let sans: Vec<String> = serde_json::from_value(m["certSANs"].clone()).unwrap();
                 assert_eq!(
