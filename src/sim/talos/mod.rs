@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod handlers;
 pub mod kube;
 pub mod pki;
+pub mod runtime;
 pub mod server;
 pub mod validate;
 
@@ -27,18 +28,26 @@ use validate::{BuiltinValidator, ConfigValidator, SchemaValidator};
 /// Default Talos version of a node booted without `version=`, before a config names an image.
 pub const DEFAULT_VERSION: &str = "v1.13.9";
 
+/// The platform a Proxmox template made from Talos's nocloud image reports.
+pub const DEFAULT_PLATFORM: &str = "nocloud";
+
+/// How long an upgraded node answers nothing while it reboots, unless told otherwise.
+pub const DEFAULT_REBOOT_DELAY: Duration = Duration::from_secs(1);
+
 /// One simulated machine: where it listens, its SMBIOS uuid, and optionally the Talos version it boots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeSpec {
     pub addr: SocketAddr,
     pub uuid: Option<String>,
     pub version: Option<String>,
+    /// The Talos platform the boot image is for (`nocloud` unless told, e.g. `metal` for an ISO).
+    pub platform: Option<String>,
 }
 
 impl std::str::FromStr for NodeSpec {
     type Err = String;
 
-    /// `ADDR[,uuid=UUID][,version=vX.Y.Z]`, as `kiln sim talos --listen` takes it.
+    /// `ADDR[,uuid=UUID][,version=vX.Y.Z][,platform=NAME]`, as `kiln sim talos --listen` takes it.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut parts = s.split(',');
         let addr = parts.next().unwrap_or_default();
@@ -49,6 +58,7 @@ impl std::str::FromStr for NodeSpec {
             addr,
             uuid: None,
             version: None,
+            platform: None,
         };
         for part in parts {
             match part.split_once('=') {
@@ -56,7 +66,16 @@ impl std::str::FromStr for NodeSpec {
                 Some(("version", v)) if fleet::minor_of(v).is_some() && v.starts_with('v') => {
                     spec.version = Some(v.to_owned())
                 }
-                _ => return Err(format!("{part:?}: expected uuid=UUID or version=vX.Y.Z")),
+                Some(("platform", v))
+                    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') =>
+                {
+                    spec.platform = Some(v.to_owned())
+                }
+                _ => {
+                    return Err(format!(
+                        "{part:?}: expected uuid=UUID, version=vX.Y.Z or platform=NAME"
+                    ));
+                }
             }
         }
         Ok(spec)
@@ -119,6 +138,8 @@ pub struct SimOptions {
     pub dump_dir: Option<PathBuf>,
     /// Overrides the validator chosen from the environment.
     pub validator: Option<Arc<dyn ConfigValidator>>,
+    /// How long an upgrade's reboot keeps a node silent (`None`: [`DEFAULT_REBOOT_DELAY`]).
+    pub reboot_delay: Option<Duration>,
 }
 
 /// The official schemas when `KILN_REFERENCE_SCHEMAS` names them, else the built-in check.
@@ -171,6 +192,7 @@ impl SimTalos {
     pub fn new(options: SimOptions) -> Self {
         let fleet = Fleet {
             dump_dir: options.dump_dir,
+            reboot_delay: options.reboot_delay.unwrap_or(DEFAULT_REBOOT_DELAY),
             ..Fleet::default()
         };
         let shared = Arc::new(Shared {
@@ -228,6 +250,11 @@ impl SimTalos {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_VERSION.to_owned()),
                 version_pinned: spec.version.is_some(),
+                platform: spec
+                    .platform
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_PLATFORM.to_owned()),
+                down_until: None,
                 phase: Phase::Maintenance { tls },
             },
         );
