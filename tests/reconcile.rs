@@ -39,3 +39,5 @@ mod invalid;
 mod plan;
 #[path = "reconcile/provision.rs"]
 mod provision;
+#[path = "reconcile/talos_real.rs"]
+mod talos_real;
