@@ -164,6 +164,26 @@ async fn dial(
     Ok(TokioIo::new(tls))
 }
 
+/// What a re-dial of a client must meet (tonic reconnects a channel whose connection dropped). Without
+/// a CA, what proves the peer is the same machine is the certificate itself: pin the one seen first.
+fn redial_config(
+    addr: SocketAddr,
+    mode: Mode,
+    first: &Io,
+    config: Arc<ClientConfig>,
+) -> Result<(Option<[u8; 32]>, Arc<ClientConfig>), TalosError> {
+    match mode {
+        Mode::Insecure => {
+            let pin = certificate_sha256(first).ok_or_else(|| TalosError::Handshake {
+                addr,
+                message: "the node showed no certificate".into(),
+            })?;
+            Ok((Some(pin), tls::pinned_client_config(pin)?))
+        }
+        Mode::Mutual => Ok((None, config)),
+    }
+}
+
 fn certificate_sha256(io: &Io) -> Option<[u8; 32]> {
     use sha2::{Digest, Sha256};
     let (_, session) = io.inner().get_ref();
@@ -208,18 +228,7 @@ impl TalosClient {
         options: ClientOptions,
     ) -> Result<Self, TalosError> {
         let io = dial(addr, config.clone(), options.connect_timeout).await?;
-        // Without a CA, what proves the peer is the same machine on a re-dial (tonic reconnects a
-        // channel whose connection dropped) is the certificate itself: pin the one seen now.
-        let (pinned, redial) = match mode {
-            Mode::Insecure => {
-                let pin = certificate_sha256(&io).ok_or_else(|| TalosError::Handshake {
-                    addr,
-                    message: "the node showed no certificate".into(),
-                })?;
-                (Some(pin), tls::pinned_client_config(pin)?)
-            }
-            Mode::Mutual => (None, config),
-        };
+        let (pinned, redial) = redial_config(addr, mode, &io, config)?;
         let connector = Connector {
             addr,
             config: redial,
@@ -696,11 +705,11 @@ mod tests {
     async fn a_redial_meets_only_the_pinned_certificate() {
         let addr = alternating_server().await;
         let t = Duration::from_secs(5);
-        let first = dial(addr, tls::insecure_client_config().unwrap(), t)
-            .await
-            .unwrap();
-        let pin = certificate_sha256(&first).unwrap();
-        let pinned = tls::pinned_client_config(pin).unwrap();
+        let insecure = tls::insecure_client_config().unwrap();
+        let first = dial(addr, insecure.clone(), t).await.unwrap();
+        // What `connect` hands tonic's connector for an insecure client.
+        let (pin, pinned) = redial_config(addr, Mode::Insecure, &first, insecure).unwrap();
+        assert!(pin.is_some());
         let err = dial(addr, pinned.clone(), t)
             .await
             .err()
