@@ -493,13 +493,10 @@ impl<'a> Turn<'a> {
                 Ok(Flow::Done)
             }
             crate::talos::grpc::NodeState::Booting { reason }
-            | crate::talos::grpc::NodeState::Unreachable { reason } => {
-                self.note_if_boot_timed_out(node, &reason);
-                Ok(Flow::Wait(format!(
-                    "waiting for {} to reach maintenance mode ({reason})",
-                    node.name
-                )))
-            }
+            | crate::talos::grpc::NodeState::Unreachable { reason } => Ok(Flow::Wait(format!(
+                "waiting for {} to reach maintenance mode ({reason})",
+                node.name
+            ))),
         }
     }
 
@@ -550,7 +547,7 @@ impl<'a> Turn<'a> {
     /// A VM kiln started whose node still does not answer after `[talos] boot_timeout`: say what is
     /// likely wrong instead of waiting silently. The clock starts when kiln started the VM, or when a
     /// turn first found it running and silent.
-    fn note_if_boot_timed_out(&mut self, node: &Node, reason: &str) {
+    fn note_if_boot_timed_out(&mut self, node: &Node, stage: &str) {
         let since = self
             .started
             .entry(node.number)
@@ -572,7 +569,7 @@ impl<'a> Turn<'a> {
                 "{} (VM {}) was started at {since} but its Talos API at {}:50000 has not answered within \
                  boot_timeout {}: check that the template holds Talos's nocloud image (another platform \
                  ignores the cloud-init drive and takes DHCP), that the VM boots from its disk (boot \
-                 order), and that kiln has a route to {} ({reason})",
+                 order), and that kiln has a route to {} (its API is {stage})",
                 node.name,
                 node.vmid,
                 node.ip,
@@ -642,10 +639,8 @@ impl<'a> Turn<'a> {
             }
         }
         if !marked {
-            let patch = MetadataPatch::from([(
-                meta_keys::BOOTSTRAPPED_AT.to_owned(),
-                Some(now_rfc3339()),
-            )]);
+            let patch =
+                MetadataPatch::from([(meta_keys::BOOTSTRAPPED_AT.to_owned(), Some(now_rfc3339()))]);
             store.patch_metadata(&self.paths.secrets, &patch).await?;
         }
         Ok(Flow::Done)
@@ -1238,6 +1233,19 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     let execution = turn.execute(&plan.steps).await;
     if let Some(b) = &turn.bundle {
         record.cluster_uid = Some(b.cluster_uid.clone());
+    }
+    // Whichever step waits on it, a node that stays silent past boot_timeout is named.
+    for node in &cluster.nodes {
+        match turn.stages.get(&node.number).map(String::as_str) {
+            Some(stage @ ("unreachable" | "booting")) => {
+                let stage = stage.to_owned();
+                turn.note_if_boot_timed_out(node, &stage);
+            }
+            Some(_) => {
+                turn.started.remove(&node.number);
+            }
+            None => {}
+        }
     }
     record.started_at = turn.started.clone();
     status.conditions.retain(|c| c.kind != BOOT_TIMEOUT);

@@ -126,6 +126,70 @@ async fn an_old_template_that_refuses_the_kubernetes_version_is_blocked_at_once(
         .iter()
         .filter(|l| l.contains("ApplyConfiguration refused"))
         .count();
-    assert_eq!(refusals, 1, "the refused config was sent again (a retry loop)");
+    assert_eq!(
+        refusals, 1,
+        "the refused config was sent again (a retry loop)"
+    );
     assert_bootstraps(&world, 0);
+}
+
+/// `kiln status` of one cluster, as JSON.
+fn status_record(world: &World, name: &str) -> serde_json::Value {
+    let (out, json) = world.status_json(Some(name));
+    let json = json.unwrap_or_else(|| panic!("kiln status printed no JSON:\n{out}"));
+    status_of(&json, name)
+        .unwrap_or_else(|| panic!("no {name} in {json}"))
+        .clone()
+}
+
+#[tokio::test]
+async fn a_template_that_is_not_nocloud_gets_no_config_and_is_blocked() {
+    let c = ClusterFixture::new("metaltmpl", 1, 0);
+    let world =
+        World::start_with_nodes(vec![c.clone()], |ip| format!("{ip}:50000,platform=metal")).await;
+    let run = world.run_once_for(Duration::from_secs(60));
+    assert!(!run.success(), "{run}");
+    let record = status_record(&world, &c.name);
+    assert_eq!(record["phase"], "Blocked", "{record}");
+    let message = record["last_error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("\"metal\"") && message.contains("nocloud"),
+        "the message says what the template is and what it must be: {record}"
+    );
+    assert!(
+        world.sim.dumped_config(c.ip(1)).is_none(),
+        "a config was sent"
+    );
+}
+
+#[tokio::test]
+async fn a_started_vm_whose_node_never_answers_gets_a_condition_naming_causes() {
+    let c = ClusterFixture::new("silent", 1, 0);
+    // Nothing answers on :50000 at the node's address (the simulated machine listens elsewhere), as
+    // with a template that boots another image or no route to the IP.
+    let world = World::start_with_nodes(vec![c.clone()], |ip| format!("{ip}:50001")).await;
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    let text = text.replace(
+        "[talos]\nbackend = \"grpc\"\n",
+        "[talos]\nbackend = \"grpc\"\nboot_timeout = \"2s\"\n",
+    );
+    assert!(text.contains("boot_timeout"));
+    std::fs::write(&world.config, text).unwrap();
+
+    let run = world.run_once_for(Duration::from_secs(12));
+    assert!(
+        !run.success(),
+        "a node that never answers cannot converge:\n{run}"
+    );
+    let record = status_record(&world, &c.name);
+    let conditions = record["conditions"].as_array().cloned().unwrap_or_default();
+    let boot = conditions
+        .iter()
+        .find(|k| k["type"] == "NodeNotAnswering")
+        .unwrap_or_else(|| panic!("no NodeNotAnswering condition: {record}"));
+    let message = boot["message"].as_str().unwrap_or_default();
+    for cause in ["nocloud", "boot order", "route"] {
+        assert!(message.contains(cause), "{cause:?} missing: {message}");
+    }
+    assert!(message.contains("silent-cp-1"), "{message}");
 }
