@@ -199,7 +199,10 @@ mod tests {
         ));
         let mut answers = three(MemberProbe::Deadline);
         answers[0].etcd_running = Err("permission denied".into());
-        assert!(matches!(decide(false, &answers), BootstrapDecision::Wait(_)));
+        assert!(matches!(
+            decide(false, &answers),
+            BootstrapDecision::Wait(_)
+        ));
         assert!(matches!(
             decide(false, &three(MemberProbe::Other("Internal".into()))),
             BootstrapDecision::Wait(_)

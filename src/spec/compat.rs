@@ -77,9 +77,8 @@ pub enum Incompatible {
 /// Talos's `SupportedWith`, messages included (without the leading `v`, as Talos prints them).
 pub fn kubernetes_supported(talos: Version, k8s: Version) -> Result<(), Incompatible> {
     let bare = |v: Version| format!("{}.{}.{}", v.major, v.minor, v.patch);
-    let range = kubernetes_range(talos).ok_or_else(|| Incompatible::UnknownTalos {
-        talos: bare(talos),
-    })?;
+    let range =
+        kubernetes_range(talos).ok_or_else(|| Incompatible::UnknownTalos { talos: bare(talos) })?;
     let key = |v: Version| (v.major, v.minor, v.patch);
     if key(k8s) < key(range.min) {
         return Err(Incompatible::TooOld {
@@ -137,6 +136,9 @@ mod tests {
             kubernetes_supported(v("v1.10.0"), v("v1.33.0")),
             Err(Incompatible::UnknownTalos { .. })
         ));
-        assert_eq!(kubernetes_range(v("v1.13.9")).unwrap().minors(), "1.31–1.36");
+        assert_eq!(
+            kubernetes_range(v("v1.13.9")).unwrap().minors(),
+            "1.31–1.36"
+        );
     }
 }

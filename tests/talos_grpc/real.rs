@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use kiln::sim::talos::{NodeSpec, SimOptions, SimTalos};
 use kiln::sim::talos::validate::SchemaValidator;
+use kiln::sim::talos::{NodeSpec, SimOptions, SimTalos};
 use kiln::talos::grpc::proto::machine::ApplyMode;
 use kiln::talos::grpc::{NodeState, TalosClient, TalosError, TalosPort};
 
@@ -85,8 +85,7 @@ async fn the_running_talos_judges_the_kubernetes_version() {
     let mut old = cluster("oldk8s", 102, 1, 0);
     old.spec.kubernetes.version = "v1.35.0".parse().unwrap();
     let n = old.nodes[0].clone();
-    let cfg =
-        kiln::talos::config::render(&old, &n, bundle(), "v1.11.6".parse().unwrap()).unwrap();
+    let cfg = kiln::talos::config::render(&old, &n, bundle(), "v1.11.6".parse().unwrap()).unwrap();
     let err = talos
         .apply_in_maintenance(ip(102), "", cfg.as_bytes())
         .await
@@ -95,7 +94,8 @@ async fn the_running_talos_judges_the_kubernetes_version() {
     let text = err.to_string();
     assert!(
         text.contains("runtime configuration validation failed")
-            && text.contains("version of Kubernetes 1.35.0 is too new to be used with Talos 1.11.6"),
+            && text
+                .contains("version of Kubernetes 1.35.0 is too new to be used with Talos 1.11.6"),
         "{text}"
     );
     assert_eq!(
@@ -107,8 +107,7 @@ async fn the_running_talos_judges_the_kubernetes_version() {
     let mut new = cluster("newk8s", 103, 1, 0);
     new.spec.kubernetes.version = "v1.35.0".parse().unwrap();
     let n = new.nodes[0].clone();
-    let cfg =
-        kiln::talos::config::render(&new, &n, bundle(), "v1.13.9".parse().unwrap()).unwrap();
+    let cfg = kiln::talos::config::render(&new, &n, bundle(), "v1.13.9".parse().unwrap()).unwrap();
     talos
         .apply_in_maintenance(ip(103), "", cfg.as_bytes())
         .await

@@ -192,9 +192,11 @@ impl NodeService {
                     }
                 }
             });
-            Ok(codec::<machine::EtcdMemberListResponse, machine::EtcdMemberListRequest>()
-                .unary(svc, req)
-                .await)
+            Ok(
+                codec::<machine::EtcdMemberListResponse, machine::EtcdMemberListRequest>()
+                    .unary(svc, req)
+                    .await,
+            )
         })
     }
 
