@@ -480,7 +480,11 @@ impl<'a> Turn<'a> {
                     .await;
                 match applied {
                     Ok(_) => {}
-                    Err(e @ TalosError::WrongPlatform { .. }) => {
+                    // Another machine answers at the IP, or a template that cannot work: no retry
+                    // changes either (DESIGN §7: a uuid mismatch is Blocked at once).
+                    Err(
+                        e @ (TalosError::WrongPlatform { .. } | TalosError::UuidMismatch { .. }),
+                    ) => {
                         return Ok(Flow::Blocked(format!("{}: {e}", node.name)));
                     }
                     Err(e) if e.code() == Some(tonic::Code::InvalidArgument) => {

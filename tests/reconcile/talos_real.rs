@@ -193,3 +193,28 @@ async fn a_started_vm_whose_node_never_answers_gets_a_condition_naming_causes() 
     }
     assert!(message.contains("silent-cp-1"), "{message}");
 }
+
+#[tokio::test]
+async fn another_machine_at_the_node_ip_gets_no_config_and_is_blocked() {
+    let c = ClusterFixture::new("strangr", 1, 0);
+    // The machine answering at the IP reports an SMBIOS uuid that is not the VM's.
+    let world = World::start_with_nodes(vec![c.clone()], |ip| {
+        format!("{ip}:50000,uuid=00000000-0000-0000-0000-00000000dead")
+    })
+    .await;
+    let started = Instant::now();
+    let run = world.run_once_for(Duration::from_secs(60));
+    assert!(!run.success(), "{run}");
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "not blocked at once"
+    );
+    let record = status_record(&world, &c.name);
+    assert_eq!(record["phase"], "Blocked", "{record}");
+    let message = record["last_error"].as_str().unwrap_or_default();
+    assert!(message.contains("SMBIOS uuid"), "{record}");
+    assert!(
+        world.sim.dumped_config(c.ip(1)).is_none(),
+        "a config was sent"
+    );
+}
