@@ -122,6 +122,8 @@ pub struct Fleet {
     pub kube_to_start: Vec<String>,
     /// How long an upgrade's reboot keeps a node silent.
     pub reboot_delay: std::time::Duration,
+    /// Machines that reboot once the current call has answered: (address, how long they are down).
+    pub reboots: Vec<(SocketAddr, std::time::Duration)>,
 }
 
 impl Fleet {

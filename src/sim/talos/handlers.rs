@@ -345,6 +345,7 @@ pub fn upgrade(
     node.version_pinned = false;
     node.down_until = Some(std::time::Instant::now() + delay);
     tracing::info!(node = %addr, version = %node.version, ?delay, "upgrade: rebooting into the new image");
+    fleet.reboots.push((addr, delay));
     Ok(machine::UpgradeResponse {
         messages: vec![machine::Upgrade {
             metadata: None,

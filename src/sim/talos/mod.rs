@@ -103,9 +103,27 @@ pub struct Shared {
     faults: Mutex<Faults>,
     /// Nodes with an ApplyConfiguration in progress.
     applying: Mutex<std::collections::HashSet<SocketAddr>>,
+    /// The listening machines. Here, not in [`SimTalos`], because a node reboots itself (an upgrade).
+    serving: Mutex<HashMap<SocketAddr, Serving>>,
+    /// The simulator was dropped: a node rebooting meanwhile stays down.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    fn listening(&self, addr: SocketAddr) -> bool {
+        self.serving
+            .lock()
+            .expect("serving lock")
+            .contains_key(&addr)
+    }
+
+    fn stop_listening(&self, addr: SocketAddr) {
+        let serving = self.serving.lock().expect("serving lock").remove(&addr);
+        if let Some(serving) = serving {
+            serving.close();
+        }
+    }
+
     async fn before_call(&self, addr: SocketAddr, method: &str) -> Result<(), Status> {
         let (delay, failure) = {
             let mut faults = self.faults.lock().expect("faults lock");
@@ -167,10 +185,64 @@ impl Serving {
     }
 }
 
+/// Binds `addr` and serves whatever node the fleet holds there. Returns the bound address.
+fn listen(shared: &Arc<Shared>, addr: SocketAddr) -> Result<SocketAddr, SimError> {
+    let bind_error = |source| SimError::Bind { addr, source };
+    // As `TcpListener::bind` does: SO_REUSEADDR, so a machine that comes back at the address of one
+    // just switched off or destroyed is not refused for the old socket.
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bind_error)?;
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(addr).map_err(bind_error)?;
+    let listener = socket.listen(1024).map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    let dup = {
+        use std::os::fd::AsFd;
+        listener.as_fd().try_clone_to_owned().map_err(bind_error)?
+    };
+    let service = server::NodeService {
+        shared: shared.clone(),
+        addr,
+    };
+    let task = tokio::spawn(async move {
+        if let Err(e) = server::serve(listener, service).await {
+            tracing::error!(node = %addr, error = %e, "simulated Talos node stopped");
+        }
+    });
+    shared.serving.lock().expect("serving lock").insert(
+        addr,
+        Serving {
+            task,
+            socket: std::net::TcpStream::from(dup),
+        },
+    );
+    Ok(addr)
+}
+
+/// An upgraded machine reboots into its new image: its listener closes (connections are refused, as
+/// by a machine that is down) and comes back after `delay`. The reply to the Upgrade call has its own
+/// connection, which closing the listener does not end.
+pub(crate) fn reboot(shared: &Arc<Shared>, addr: SocketAddr, delay: Duration) {
+    shared.stop_listening(addr);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        if shared.closed.load(std::sync::atomic::Ordering::SeqCst) || shared.listening(addr) {
+            return;
+        }
+        if let Err(e) = listen(&shared, addr) {
+            tracing::error!(node = %addr, error = %e, "simulated Talos node did not come back from its reboot");
+        }
+    });
+}
+
 /// A running simulator. Dropping it stops every node's server.
 pub struct SimTalos {
     shared: Arc<Shared>,
-    tasks: HashMap<SocketAddr, Serving>,
     addrs: Vec<SocketAddr>,
 }
 
@@ -200,10 +272,11 @@ impl SimTalos {
             validator: options.validator.unwrap_or_else(default_validator),
             faults: Mutex::new(Faults::default()),
             applying: Mutex::default(),
+            serving: Mutex::default(),
+            closed: Default::default(),
         });
         Self {
             shared,
-            tasks: HashMap::new(),
             addrs: Vec::new(),
         }
     }
@@ -227,16 +300,14 @@ impl SimTalos {
     /// power hook, `sim::lab`): the node answers as soon as this returns. Must run inside a Tokio
     /// runtime, which serves the node.
     pub fn boot_node(&mut self, spec: &NodeSpec) -> Result<SocketAddr, SimError> {
-        if self.tasks.contains_key(&spec.addr) {
+        if self.shared.listening(spec.addr) {
             return Err(SimError::Duplicate { addr: spec.addr });
         }
-        let addr = self.listen(spec.addr)?;
+        let addr = listen(&self.shared, spec.addr)?;
         let tls = match pki::maintenance_server_config(addr.ip()) {
             Ok(tls) => tls,
             Err(message) => {
-                if let Some(serving) = self.tasks.remove(&addr) {
-                    serving.close();
-                }
+                self.shared.stop_listening(addr);
                 return Err(SimError::Tls { addr, message });
             }
         };
@@ -262,50 +333,10 @@ impl SimTalos {
         Ok(addr)
     }
 
-    /// Binds `addr` and serves whatever node the fleet holds there. Returns the bound address.
-    fn listen(&mut self, addr: SocketAddr) -> Result<SocketAddr, SimError> {
-        let bind_error = |source| SimError::Bind { addr, source };
-        // As `TcpListener::bind` does: SO_REUSEADDR, so a machine that comes back at the address of one
-        // just switched off or destroyed is not refused for the old socket.
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }
-        .map_err(bind_error)?;
-        socket.set_reuseaddr(true).map_err(bind_error)?;
-        socket.bind(addr).map_err(bind_error)?;
-        let listener = socket.listen(1024).map_err(bind_error)?;
-        let addr = listener.local_addr().map_err(bind_error)?;
-        let dup = {
-            use std::os::fd::AsFd;
-            listener.as_fd().try_clone_to_owned().map_err(bind_error)?
-        };
-        let service = server::NodeService {
-            shared: self.shared.clone(),
-            addr,
-        };
-        let task = tokio::spawn(async move {
-            if let Err(e) = server::serve(listener, service).await {
-                tracing::error!(node = %addr, error = %e, "simulated Talos node stopped");
-            }
-        });
-        self.tasks.insert(
-            addr,
-            Serving {
-                task,
-                socket: std::net::TcpStream::from(dup),
-            },
-        );
-        Ok(addr)
-    }
-
     /// A machine is gone (its VM destroyed): it stops answering and its state is forgotten. Its etcd
     /// membership stays, as a destroyed member's does on a real cluster until someone removes it.
     pub fn remove_node(&mut self, addr: SocketAddr) {
-        if let Some(serving) = self.tasks.remove(&addr) {
-            serving.close();
-        }
+        self.shared.stop_listening(addr);
         self.addrs.retain(|a| *a != addr);
         self.shared
             .fleet
@@ -416,31 +447,33 @@ impl SimTalos {
             // The cluster's Kubernetes Nodes follow their machines at once (NotReady while off).
             kube::sync(&mut fleet);
         }
-        match (on, self.tasks.contains_key(&addr)) {
-            (false, true) => {
-                if let Some(serving) = self.tasks.remove(&addr) {
-                    serving.close();
-                }
-            }
+        match (on, self.shared.listening(addr)) {
+            (false, true) => self.shared.stop_listening(addr),
             (true, false) => {
-                self.listen(addr).map_err(|e| e.to_string())?;
+                listen(&self.shared, addr).map_err(|e| e.to_string())?;
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// Serves until the process is stopped (what `kiln sim talos` does).
-    pub async fn wait(mut self) {
-        for (_, serving) in std::mem::take(&mut self.tasks) {
-            let _ = serving.task.await;
-        }
+    /// Serves until the process is stopped (what `kiln sim talos` does). Machines reboot and come
+    /// back meanwhile, so no single server's end is the simulator's.
+    pub async fn wait(self) {
+        std::future::pending::<()>().await;
     }
 }
 
 impl Drop for SimTalos {
     fn drop(&mut self) {
-        for (_, serving) in self.tasks.drain() {
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let all: Vec<Serving> = match self.shared.serving.lock() {
+            Ok(mut serving) => serving.drain().map(|(_, s)| s).collect(),
+            Err(_) => Vec::new(),
+        };
+        for serving in all {
             serving.close();
         }
         if let Ok(mut fleet) = self.shared.fleet.lock() {

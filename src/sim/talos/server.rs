@@ -101,10 +101,20 @@ impl NodeService {
                 tracing::info!(node = %self.addr, code = ?status.code(), "ApplyConfiguration refused");
             }
             super::kube::sync(&mut fleet);
-            (result, std::mem::take(&mut fleet.kube_to_start))
+            (
+                result,
+                (
+                    std::mem::take(&mut fleet.kube_to_start),
+                    std::mem::take(&mut fleet.reboots),
+                ),
+            )
         };
+        let (to_start, reboots) = to_start;
         for cluster in to_start {
             super::kube::ensure_started(&self.shared, &cluster);
+        }
+        for (addr, delay) in reboots {
+            super::reboot(&self.shared, addr, delay);
         }
         result
     }
