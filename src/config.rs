@@ -140,11 +140,28 @@ pub enum TalosBackend {
     Simulated,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TalosConfig {
     #[serde(default)]
     pub backend: TalosBackend,
+    /// A started VM whose node never answers at its IP within this long gets a condition naming the
+    /// likely causes (template image not nocloud, boot order, no route to the IP).
+    #[serde(default = "d_boot_timeout", deserialize_with = "duration")]
+    pub boot_timeout: Duration,
+}
+
+impl Default for TalosConfig {
+    fn default() -> Self {
+        Self {
+            backend: TalosBackend::default(),
+            boot_timeout: d_boot_timeout(),
+        }
+    }
+}
+
+fn d_boot_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -125,18 +125,24 @@ enum SimCommand {
     /// Each node starts in maintenance mode. Validates configs against the official schemas when
     /// KILN_REFERENCE_SCHEMAS names the schemas folder, else with kiln's built-in check.
     Talos {
-        /// ADDR[,uuid=UUID][,version=vX.Y.Z]; repeat for more nodes.
+        /// ADDR[,uuid=UUID][,version=vX.Y.Z][,platform=NAME]; repeat for more nodes. `version=` is the
+        /// Talos the machine boots (its template's; default: the tag of the install image its first
+        /// config names), `platform=` what its image was built for (default nocloud; e.g. metal).
         #[arg(long, required = true, num_args = 1..)]
         listen: Vec<kiln::sim::talos::NodeSpec>,
         /// Write every accepted machine config to DIR/<node-ip>.yaml.
         #[arg(long, value_name = "DIR")]
         dump_dir: Option<std::path::PathBuf>,
+        /// How long an upgraded node answers nothing while it reboots into the new image.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+        reboot_delay: std::time::Duration,
     },
 }
 
 fn sim_talos(
     listen: Vec<kiln::sim::talos::NodeSpec>,
     dump_dir: Option<std::path::PathBuf>,
+    reboot_delay: std::time::Duration,
 ) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -153,6 +159,7 @@ fn sim_talos(
         let options = kiln::sim::talos::SimOptions {
             dump_dir,
             validator: None,
+            reboot_delay: Some(reboot_delay),
         };
         let sim = kiln::sim::talos::SimTalos::start(&listen, options).await?;
         for addr in sim.addrs() {
@@ -203,7 +210,11 @@ fn main() -> anyhow::Result<ExitCode> {
             config,
         } => render(cluster.as_deref(), &out, &clusters, templates, config),
         Command::Plan(args) => plan(&args),
-        Command::Sim(SimCommand::Talos { listen, dump_dir }) => sim_talos(listen, dump_dir),
+        Command::Sim(SimCommand::Talos {
+            listen,
+            dump_dir,
+            reboot_delay,
+        }) => sim_talos(listen, dump_dir, reboot_delay),
     }
 }
 

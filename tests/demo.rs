@@ -49,6 +49,7 @@ fn sim_options() -> SimOptions {
     SimOptions {
         dump_dir: None,
         validator: Some(Arc::new(SchemaValidator::new(schema_dir()))),
+        ..Default::default()
     }
 }
 
@@ -125,12 +126,14 @@ async fn a_configured_node_survives_a_power_cycle_a_fresh_one_stays_in_maintenan
         addr: addr(1),
         uuid: None,
         version: None,
+        platform: None,
     })
     .expect("node boots on 127.0.44.1 (Linux routes all of 127/8)");
     sim.boot_node(&NodeSpec {
         addr: addr(2),
         uuid: None,
         version: None,
+        platform: None,
     })
     .unwrap();
     let (t, id) = (talos(), admin());

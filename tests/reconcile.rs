@@ -49,3 +49,5 @@ mod least_privilege;
 mod plan;
 #[path = "reconcile/provision.rs"]
 mod provision;
+#[path = "reconcile/talos_real.rs"]
+mod talos_real;

@@ -234,3 +234,16 @@ fn the_examples_validate_against_the_committed_schema() {
         assert!(!validator.is_valid(&broken));
     }
 }
+
+#[test]
+fn kubernetes_outside_the_talos_range_names_the_supported_range() {
+    let file = fixtures("invalid").join("kubernetes-outside-talos-range.yaml");
+    let out = kiln(&[&file]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Kubernetes v1.30.4 does not run on Talos v1.13.9")
+            && stderr.contains("1.31–1.36"),
+        "the message names the pair and the supported range:\n{stderr}"
+    );
+}

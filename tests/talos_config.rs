@@ -226,11 +226,11 @@ fn rendered_configs_carry_the_spec() {
                     spec.network.service_cidr.to_string()
                 );
                 assert_eq!(m["install"]["disk"], spec.talos.install_disk.as_str());
-                let image = spec
-                    .talos
-                    .install_image
-                    .clone()
-                    .unwrap_or(format!("ghcr.io/siderolabs/installer:{v}"));
+                let image = spec.talos.install_image.clone().unwrap_or(format!(
+                    "factory.talos.dev/nocloud-installer/\
+                         376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba:{v}"
+                ));
+                assert!(!image.starts_with("ghcr.io/siderolabs/installer"), "{ctx}");
                 assert_eq!(m["install"]["image"], image.as_str(), "{ctx}");
                 let sans: Vec<String> = serde_json::from_value(m["certSANs"].clone()).unwrap();
                 assert_eq!(

@@ -5,6 +5,8 @@
 //! reader written here, against the field numbers of Talos's own protos (TALOS-FACTS §1), so wire
 //! compatibility does not rest on the client and the simulator agreeing with each other.
 
+#[path = "talos_grpc/real.rs"]
+mod real;
 #[path = "talos_grpc/wire.rs"]
 mod wire;
 
@@ -108,6 +110,7 @@ pub async fn start_sim(nodes: &[NodeSpec]) -> SimTalos {
     let options = SimOptions {
         dump_dir: None,
         validator: Some(Arc::new(SchemaValidator::new(schema_dir()))),
+        ..Default::default()
     };
     SimTalos::start(nodes, options)
         .await
@@ -140,6 +143,7 @@ async fn client_drives_the_simulator_through_a_cluster_lifecycle() {
             addr: addr(i),
             uuid: (i == 1).then(|| "4c4c4544-0001".to_owned()),
             version: None,
+            platform: None,
         })
         .collect();
     let sim = start_sim(&specs).await;
@@ -217,8 +221,12 @@ async fn client_drives_the_simulator_through_a_cluster_lifecycle() {
             other => panic!("node {i}: {other:?}"),
         }
     }
-    // Nobody lists etcd members before bootstrap.
-    assert!(talos.etcd_members(ip(2), &id).await.is_err());
+    // Nobody lists etcd members before bootstrap: the node waits until the caller's deadline.
+    let err = talos
+        .etcd_members_within(ip(2), &id, Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::DeadlineExceeded), "{err}");
 
     // Bootstrap, then a repeated one is handled as done, on the same node and on a joined one.
     assert_eq!(
@@ -287,12 +295,23 @@ async fn client_drives_the_simulator_through_a_cluster_lifecycle() {
         "reset with reboot → maintenance"
     );
 
-    // Upgrade moves the node's version.
+    // Upgrade moves the node's version, once it is back from its reboot.
     talos
         .upgrade(ip(2), &id, "ghcr.io/siderolabs/installer:v1.13.10", true)
         .await
         .unwrap();
-    assert_eq!(talos.version(ip(2), &id).await.unwrap().tag, "v1.13.10");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let tag = loop {
+        match talos.version(ip(2), &id).await {
+            Ok(v) => break v.tag,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "not back from the upgrade's reboot: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(tag, "v1.13.10");
     assert_eq!(sim.version(addr(2)).as_deref(), Some("v1.13.10"));
 
     // Snapshot and removal by id.
@@ -314,6 +333,7 @@ async fn only_client_certs_from_the_os_ca_with_client_auth_only_get_in() {
         addr: addr(11),
         uuid: None,
         version: None,
+        platform: None,
     }])
     .await;
     let talos = port();
@@ -390,11 +410,13 @@ async fn maintenance_mode_allows_reads_and_refuses_admin_calls() {
             addr: addr(21),
             uuid: Some("u-21".into()),
             version: None,
+            platform: None,
         },
         NodeSpec {
             addr: addr(22),
             uuid: None,
             version: Some("v1.12.11".into()),
+            platform: None,
         },
     ])
     .await;
@@ -458,11 +480,13 @@ async fn a_second_etcd_cluster_is_refused_loudly() {
             addr: addr(31),
             uuid: None,
             version: None,
+            platform: None,
         },
         NodeSpec {
             addr: addr(32),
             uuid: None,
             version: None,
+            platform: None,
         },
     ])
     .await;
@@ -517,6 +541,7 @@ async fn a_second_etcd_cluster_is_refused_loudly() {
         addr: addr(32),
         uuid: None,
         version: None,
+        platform: None,
     };
     sim.add_node(&spec).await.unwrap();
     assert_eq!(talos.node_state(ip(32), &id).await, NodeState::Maintenance);
@@ -629,6 +654,7 @@ async fn configs_of_every_contract_are_accepted_and_set_the_version() {
             addr: addr(i),
             uuid: None,
             version: None,
+            platform: None,
         })
         .await
         .unwrap();
@@ -666,11 +692,13 @@ async fn the_kubernetes_api_at_the_vip_serves_the_kube_client() {
             addr: addr(81),
             uuid: None,
             version: None,
+            platform: None,
         },
         NodeSpec {
             addr: addr(82),
             uuid: None,
             version: None,
+            platform: None,
         },
     ])
     .await;
@@ -782,6 +810,7 @@ async fn etcd_recovers_from_a_snapshot_after_losing_every_member() {
         addr: addr(91),
         uuid: None,
         version: None,
+        platform: None,
     }])
     .await;
     let talos = port();

@@ -6,6 +6,7 @@
 //! before each step and skips what is already true, so a crash anywhere resumes from observation.
 
 pub mod action;
+pub mod bootstrap;
 pub mod observed;
 mod renumber;
 

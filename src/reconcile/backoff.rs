@@ -61,6 +61,8 @@ struct Entry {
 pub struct Backoff {
     policy: BackoffPolicy,
     entries: HashMap<RetryKey, Entry>,
+    /// Actions a node refused for good (a `Blocked` step): not run again for this intent revision.
+    blocked: HashMap<RetryKey, String>,
 }
 
 impl Backoff {
@@ -68,6 +70,7 @@ impl Backoff {
         Self {
             policy,
             entries: HashMap::new(),
+            blocked: HashMap::new(),
         }
     }
 
@@ -89,6 +92,18 @@ impl Backoff {
 
     pub fn succeeded(&mut self, key: &RetryKey) {
         self.entries.remove(key);
+        self.blocked.remove(key);
+    }
+
+    /// The action ended `Blocked`: it waits for a person (a new intent revision, or a restart after
+    /// fixing what is outside the file, e.g. the template), never for a timer.
+    pub fn block(&mut self, key: RetryKey, why: &str) {
+        self.entries.remove(&key);
+        self.blocked.insert(key, why.to_owned());
+    }
+
+    pub fn blocked(&self, key: &RetryKey) -> Option<&str> {
+        self.blocked.get(key).map(String::as_str)
     }
 
     /// `None` when the action may run now; otherwise when, and the error that put it off.
@@ -106,6 +121,8 @@ impl Backoff {
     /// Forgets every key of a cluster whose intent revision is not `current` (the file changed).
     pub fn forget_stale(&mut self, cluster: &str, current: &str) {
         self.entries
+            .retain(|k, _| k.cluster != cluster || k.intent_revision == current);
+        self.blocked
             .retain(|k, _| k.cluster != cluster || k.intent_revision == current);
     }
 }

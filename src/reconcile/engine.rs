@@ -184,6 +184,7 @@ impl<G: GitPort> Engine<G> {
             max_failures: config.reconcile.max_failures.max(1),
             drain_timeout: Duration::from_secs(300),
             wait_interval: Duration::from_secs(2),
+            boot_timeout: config.talos.boot_timeout,
         };
         let backoff = Backoff::new(BackoffPolicy {
             initial: config.reconcile.retry_initial,

@@ -27,6 +27,10 @@ pub struct ClusterRecord {
     pub missing_since: Option<String>,
     /// RFC 3339 time of the last full observation (secrets, Talos, Kubernetes).
     pub deep_checked_at: Option<String>,
+    /// Node number → RFC 3339 time kiln started its VM, until the node first answers: what
+    /// `[talos] boot_timeout` is measured from (no listing says when a VM started).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub started_at: BTreeMap<u32, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -47,6 +47,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// How soon to look again at a cluster that waits for a machine (boot, install, API).
     pub wait_interval: Duration,
+    /// `[talos] boot_timeout`: a started VM whose node never answered by then gets a condition.
+    pub boot_timeout: Duration,
 }
 
 /// A line of progress for people watching (`kiln demo`, `run --once` logs).
@@ -107,7 +109,25 @@ pub struct Outcome {
 enum Flow {
     Done,
     Wait(String),
+    /// A refusal only a person can lift (a node refused the config for good, a template that cannot
+    /// work): the cluster is `Blocked` at once and the step is not retried for this intent revision.
+    Blocked(String),
 }
+
+/// How long a bootstrap probe waits for EtcdMemberList: before bootstrap a real node answers only at
+/// the caller's deadline (DESIGN §4).
+const ETCD_PROBE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A condition a step wants on the cluster's status besides its outcome.
+#[derive(Debug, Clone)]
+struct Note {
+    kind: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+/// The condition kind of a VM whose node does not answer within `[talos] boot_timeout`.
+const BOOT_TIMEOUT: &str = "NodeNotAnswering";
 
 #[derive(Debug)]
 struct StepError(String);
@@ -169,6 +189,9 @@ struct Turn<'a> {
     bundle: Option<LoadedBundle>,
     cluster_uid: Option<String>,
     stages: BTreeMap<u32, String>,
+    /// Node number → when its VM was started (RFC 3339), until its node first answers.
+    started: BTreeMap<u32, String>,
+    notes: Vec<Note>,
 }
 
 impl<'a> Turn<'a> {
@@ -380,6 +403,7 @@ impl<'a> Turn<'a> {
         for w in &created.warnings {
             tracing::warn!(vm = %node.name, "Proxmox task ended with warnings: {w:?}");
         }
+        self.started.insert(number, now_rfc3339());
         self.say(format!(
             "VM {} {} {} and started",
             node.vmid,
@@ -402,6 +426,7 @@ impl<'a> Turn<'a> {
             .claim(&self.identity_of(node)?)
             .await?;
         self.ctx.ports.proxmox.start(&vm).await?;
+        self.started.insert(number, now_rfc3339());
         self.say(format!("started VM {} {}", node.vmid, node.name));
         Ok(Flow::Done)
     }
@@ -452,8 +477,12 @@ impl<'a> Turn<'a> {
         let (_, stage) = observe::classify(&state);
         self.stages.insert(number, stage);
         match state {
-            crate::talos::grpc::NodeState::Configured(_) => Ok(Flow::Done),
+            crate::talos::grpc::NodeState::Configured(_) => {
+                self.started.remove(&number);
+                Ok(Flow::Done)
+            }
             crate::talos::grpc::NodeState::Maintenance => {
+                self.started.remove(&number);
                 let vm = self
                     .ctx
                     .ports
@@ -467,11 +496,26 @@ impl<'a> Turn<'a> {
                     bundle,
                     cluster.spec.talos.version,
                 )?;
-                self.ctx
+                let applied = self
+                    .ctx
                     .ports
                     .talos
                     .apply_in_maintenance(ip, vm.smbios_uuid(), config.as_bytes())
-                    .await?;
+                    .await;
+                match applied {
+                    Ok(_) => {}
+                    // Another machine answers at the IP, or a template that cannot work: no retry
+                    // changes either (DESIGN §7: a uuid mismatch is Blocked at once).
+                    Err(
+                        e @ (TalosError::WrongPlatform { .. } | TalosError::UuidMismatch { .. }),
+                    ) => {
+                        return Ok(Flow::Blocked(format!("{}: {e}", node.name)));
+                    }
+                    Err(e) if e.code() == Some(tonic::Code::InvalidArgument) => {
+                        return Ok(Flow::Blocked(self.refused_in_maintenance(node, &e).await));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 self.say(format!("applied the machine config to {}", node.name));
                 crate::testhook::reached("config-applied");
                 Ok(Flow::Done)
@@ -484,7 +528,87 @@ impl<'a> Turn<'a> {
         }
     }
 
+    /// A node in maintenance refused the config (`InvalidArgument`): its running Talos is the
+    /// template's, which judges the config (RuntimeValidate's Kubernetes range, an older decoder).
+    /// Names that version and Talos's reason; retrying cannot help.
+    async fn refused_in_maintenance(&self, node: &Node, e: &TalosError) -> String {
+        let reason = match e {
+            TalosError::Status { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let reason = one_line(&reason);
+        let running = match self
+            .ctx
+            .ports
+            .talos
+            .maintenance_version(IpAddr::V4(node.ip))
+            .await
+        {
+            Ok(v) if !v.is_empty() => v,
+            // RuntimeValidate's message names it too.
+            _ => talos_version_in(&reason).unwrap_or_else(|| "an unknown version".into()),
+        };
+        let cluster = self.cluster.map(|c| &c.spec);
+        // Only a refusal about Kubernetes has a second way out (another Kubernetes version); an
+        // older decoder's refusal of a newer config has one: a template of the spec's Talos.
+        let about_kubernetes = reason.contains("Kubernetes");
+        let advice = match (cluster, running.parse::<crate::spec::Version>()) {
+            (Some(spec), Ok(v)) => match crate::spec::compat::kubernetes_range(v) {
+                Some(range) if about_kubernetes => format!(
+                    "; use a template of Talos {} (spec.talos.version) or a Kubernetes version Talos {running} supports ({}); then replace the VM or restart kiln",
+                    spec.talos.version,
+                    range.minors()
+                ),
+                _ => format!(
+                    "; use a template of Talos {} (spec.talos.version), then replace the VM or restart kiln",
+                    spec.talos.version
+                ),
+            },
+            _ => String::new(),
+        };
+        format!(
+            "{} runs Talos {running} (its template's boot image) and refused the machine config: {reason}{advice}",
+            node.name
+        )
+    }
+
+    /// A VM kiln started whose node still does not answer after `[talos] boot_timeout`: say what is
+    /// likely wrong instead of waiting silently. The clock starts when kiln started the VM, or when a
+    /// turn first found it running and silent.
+    fn note_if_boot_timed_out(&mut self, node: &Node, stage: &str) {
+        let since = self
+            .started
+            .entry(node.number)
+            .or_insert_with(now_rfc3339)
+            .clone();
+        let Ok(started) =
+            OffsetDateTime::parse(&since, &time::format_description::well_known::Rfc3339)
+        else {
+            return;
+        };
+        let waited = OffsetDateTime::now_utc() - started;
+        if waited < self.ctx.settings.boot_timeout {
+            return;
+        }
+        self.notes.push(Note {
+            kind: BOOT_TIMEOUT,
+            reason: "BootTimeout",
+            message: format!(
+                "{} (VM {}) was started at {since} but its Talos API at {}:50000 has not answered within \
+                 boot_timeout {}: check that the template holds Talos's nocloud image (another platform \
+                 ignores the cloud-init drive and takes DHCP), that the VM boots from its disk (boot \
+                 order), and that kiln has a route to {} (its API is {stage})",
+                node.name,
+                node.vmid,
+                node.ip,
+                humantime::format_duration(self.ctx.settings.boot_timeout),
+                node.ip
+            ),
+        });
+    }
+
     async fn bootstrap(&mut self, number: u32) -> StepResult {
+        use crate::plan::bootstrap::{self as decision, AfterBootstrap, BootstrapDecision};
         let cluster = self.cluster()?;
         let store = &self.ctx.ports.secrets;
         let marked = store
@@ -492,60 +616,66 @@ impl<'a> Turn<'a> {
             .await?
             .custom_metadata()
             .is_some_and(|m| m.contains_key(meta_keys::BOOTSTRAPPED_AT));
-        if marked {
-            return Ok(Flow::Done);
-        }
-        let identity = self.talos_identity()?;
-        let talos = &self.ctx.ports.talos;
-        // Every control plane must be configured and none may list etcd members: only then is a
-        // bootstrap sure not to start a second etcd cluster.
-        let mut already = false;
-        for cp in cluster.control_planes() {
-            let ip = IpAddr::V4(cp.ip);
-            let state = talos.node_state(ip, &identity).await;
-            let (planned, stage) = observe::classify(&state);
-            self.stages.insert(cp.number, stage);
-            if planned != NodeState::Configured {
-                return Ok(Flow::Wait(format!(
-                    "waiting for {} to run its config before bootstrapping etcd",
-                    cp.name
-                )));
+        let answers = if marked {
+            Vec::new()
+        } else {
+            let identity = self.talos_identity()?;
+            let talos = self.ctx.ports.talos.as_ref();
+            // Side by side: before bootstrap each probe may take its whole deadline.
+            let probes = cluster
+                .control_planes()
+                .map(|cp| probe_control_plane(talos, &identity, cp));
+            let mut answers = Vec::new();
+            for (number, stage, answer) in futures::future::join_all(probes).await {
+                self.stages.insert(number, stage);
+                answers.push(answer);
             }
-            match talos.etcd_members(ip, &identity).await {
-                Ok(members) if !members.is_empty() => already = true,
-                Ok(_) => {}
-                // etcd not running here (yet): this node has no members to list.
-                Err(TalosError::Status {
-                    code:
-                        tonic::Code::Unavailable
-                        | tonic::Code::FailedPrecondition
-                        | tonic::Code::NotFound,
-                    ..
-                }) => {}
-                Err(e) => {
-                    return Ok(Flow::Wait(format!(
-                        "cannot tell whether etcd runs on {}: {e}",
-                        cp.name
-                    )));
+            answers
+        };
+        match decision::decide(marked, &answers) {
+            BootstrapDecision::AlreadyThere(why) => {
+                if !marked {
+                    self.say(format!("etcd already exists ({why}); not bootstrapping"));
+                }
+            }
+            BootstrapDecision::Wait(why) => return Ok(Flow::Wait(why)),
+            BootstrapDecision::Bootstrap => {
+                let identity = self.talos_identity()?;
+                let first = self.node(number)?;
+                self.say(format!("bootstrapping etcd on {}", first.name));
+                let reply = match self
+                    .ctx
+                    .ports
+                    .talos
+                    .bootstrap(IpAddr::V4(first.ip), &identity)
+                    .await
+                {
+                    Ok(BootstrapOutcome::Bootstrapped) => decision::BootstrapReply::Ok,
+                    Ok(BootstrapOutcome::AlreadyBootstrapped) => {
+                        decision::BootstrapReply::AlreadyExists
+                    }
+                    Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                        decision::BootstrapReply::FailedPrecondition(e.to_string())
+                    }
+                    Err(e) => decision::BootstrapReply::Other(e.to_string()),
+                };
+                match decision::after_bootstrap(reply) {
+                    AfterBootstrap::WriteMarker => {
+                        self.say("etcd bootstrapped");
+                        // A crash here leaves etcd bootstrapped without the marker: the restart
+                        // must see etcd and write the marker, never bootstrap a second time.
+                        crate::testhook::reached("etcd-bootstrapped");
+                    }
+                    AfterBootstrap::Wait(why) => return Ok(Flow::Wait(why)),
+                    AfterBootstrap::Fail(e) => return Err(StepError(e)),
                 }
             }
         }
-        if !already {
-            let first = self.node(number)?;
-            self.say(format!("bootstrapping etcd on {}", first.name));
-            match talos.bootstrap(IpAddr::V4(first.ip), &identity).await? {
-                BootstrapOutcome::Bootstrapped => self.say("etcd bootstrapped"),
-                BootstrapOutcome::AlreadyBootstrapped => {
-                    self.say("etcd was already bootstrapped (AlreadyExists)")
-                }
-            }
+        if !marked {
+            let patch =
+                MetadataPatch::from([(meta_keys::BOOTSTRAPPED_AT.to_owned(), Some(now_rfc3339()))]);
+            store.patch_metadata(&self.paths.secrets, &patch).await?;
         }
-        // A crash here leaves etcd bootstrapped without the marker: the restart must see etcd and
-        // write the marker, never bootstrap a second time.
-        crate::testhook::reached("etcd-bootstrapped");
-        let patch =
-            MetadataPatch::from([(meta_keys::BOOTSTRAPPED_AT.to_owned(), Some(now_rfc3339()))]);
-        store.patch_metadata(&self.paths.secrets, &patch).await?;
         Ok(Flow::Done)
     }
 
@@ -761,6 +891,16 @@ impl<'a> Turn<'a> {
                 .collect();
             {
                 let backoff = self.ctx.backoff.lock().expect("backoff lock");
+                if let Some((step, why)) = keys
+                    .iter()
+                    .zip(batch)
+                    .find_map(|(k, s)| backoff.blocked(k).map(|why| (s, why)))
+                {
+                    return Execution::Blocked {
+                        action: step.action.clone(),
+                        why: why.to_owned(),
+                    };
+                }
                 if let Some((until, err)) = keys.iter().find_map(|k| backoff.wait(k, now)) {
                     return Execution::BackingOff {
                         until,
@@ -773,6 +913,7 @@ impl<'a> Turn<'a> {
             let results = self.run_batch(batch).await;
             let mut waiting = None;
             let mut failed = None;
+            let mut blocked = None;
             {
                 let mut backoff = self.ctx.backoff.lock().expect("backoff lock");
                 for (key, (step, r)) in keys.into_iter().zip(batch.iter().zip(results)) {
@@ -782,6 +923,11 @@ impl<'a> Turn<'a> {
                             backoff.succeeded(&key);
                             waiting.get_or_insert((step.action.clone(), why));
                         }
+                        Ok(Flow::Blocked(why)) => {
+                            tracing::warn!(cluster = %self.name, action = %key.action, reason = %why, "step blocked");
+                            backoff.block(key.clone(), &why);
+                            blocked.get_or_insert((step.action.clone(), why));
+                        }
                         Err(StepError(e)) => {
                             tracing::warn!(cluster = %self.name, action = %key.action, error = %e, "step failed");
                             let until = backoff.failed(key.clone(), &e, Instant::now());
@@ -790,6 +936,9 @@ impl<'a> Turn<'a> {
                         }
                     }
                 }
+            }
+            if let Some((action, why)) = blocked {
+                return Execution::Blocked { action, why };
             }
             if let Some((action, error, until, failures)) = failed {
                 return Execution::Failed {
@@ -817,14 +966,29 @@ impl<'a> Turn<'a> {
             let action = s.action.clone();
             async move {
                 let r = turn.run(&action).await;
-                (r, turn.stages)
+                (r, turn)
             }
         });
         let mut out = Vec::new();
-        for (r, stages) in futures::future::join_all(futures).await {
-            self.stages.extend(stages);
+        let before = self.started.clone();
+        let mut started = self.started.clone();
+        for (r, turn) in futures::future::join_all(futures).await {
+            self.stages.extend(turn.stages);
+            self.notes.extend(turn.notes);
+            // Each fork began from `before`: what one added or removed is its node's news.
+            for (n, t) in &turn.started {
+                if before.get(n) != Some(t) {
+                    started.insert(*n, t.clone());
+                }
+            }
+            for n in before.keys() {
+                if !turn.started.contains_key(n) {
+                    started.remove(n);
+                }
+            }
             out.push(r);
         }
+        self.started = started;
         out
     }
 
@@ -840,6 +1004,8 @@ impl<'a> Turn<'a> {
             bundle: self.bundle.clone(),
             cluster_uid: self.cluster_uid.clone(),
             stages: BTreeMap::new(),
+            started: self.started.clone(),
+            notes: Vec::new(),
         }
     }
 }
@@ -847,6 +1013,10 @@ impl<'a> Turn<'a> {
 enum Execution {
     Complete,
     Waiting {
+        action: Action,
+        why: String,
+    },
+    Blocked {
         action: Action,
         why: String,
     },
@@ -930,6 +1100,67 @@ fn blockers_message(plan: &ClusterPlan) -> String {
         .join("; ")
 }
 
+/// One control plane's answers for the bootstrap decision: its stage (for the status), and what it says.
+async fn probe_control_plane(
+    talos: &dyn crate::talos::grpc::TalosPort,
+    identity: &ClientIdentity,
+    cp: &Node,
+) -> (u32, String, crate::plan::bootstrap::ControlPlaneAnswer) {
+    use crate::plan::bootstrap::{ControlPlaneAnswer, MemberProbe};
+    let ip = IpAddr::V4(cp.ip);
+    let state = talos.node_state(ip, identity).await;
+    let (planned, stage) = observe::classify(&state);
+    let mut answer = ControlPlaneAnswer {
+        name: cp.name.clone(),
+        configured: Ok(()),
+        etcd_running: Ok(false),
+        members: MemberProbe::Other("not asked".into()),
+    };
+    if planned != NodeState::Configured {
+        answer.configured = Err(format!("it is {stage}"));
+        return (cp.number, stage, answer);
+    }
+    let (services, members) = tokio::join!(
+        talos.services(ip, identity),
+        talos.etcd_members_within(ip, identity, ETCD_PROBE_DEADLINE)
+    );
+    answer.etcd_running = services
+        .map(|list| list.iter().any(|s| s.id == "etcd" && s.state == "Running"))
+        .map_err(|e| e.to_string());
+    answer.members = match members {
+        Ok(list) => MemberProbe::Listed(list.len()),
+        Err(TalosError::Timeout { .. }) => MemberProbe::Deadline,
+        Err(e) => match e.code() {
+            Some(tonic::Code::Unknown) => MemberProbe::Unknown,
+            Some(tonic::Code::DeadlineExceeded) => MemberProbe::Deadline,
+            Some(tonic::Code::Unavailable) => MemberProbe::Unavailable,
+            _ => MemberProbe::Other(e.to_string()),
+        },
+    };
+    (cp.number, stage, answer)
+}
+
+/// Talos's multi-line error lists (`1 error occurred:\n\t* …`) as one status line.
+fn one_line(text: &str) -> String {
+    text.split(['\n', '\t'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.trim_start_matches("* "))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `… used with Talos 1.11.6` → `v1.11.6`: the running version as RuntimeValidate names it.
+fn talos_version_in(text: &str) -> Option<String> {
+    let at = text.find("Talos ")? + "Talos ".len();
+    let version: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let version = version.trim_end_matches('.');
+    (version.split('.').count() == 3).then(|| format!("v{version}"))
+}
+
 /// Converges one cluster with a valid intent file.
 pub async fn converge(ctx: Ctx, job: ConvergeJob) -> Outcome {
     let span = tracing::info_span!("cluster", cluster = %job.cluster.name);
@@ -965,6 +1196,8 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         bundle: None,
         cluster_uid: record.cluster_uid.clone(),
         stages: BTreeMap::new(),
+        started: record.started_at.clone(),
+        notes: Vec::new(),
     };
 
     let cheap = !intent_changed
@@ -1040,6 +1273,24 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     let execution = turn.execute(&plan.steps).await;
     if let Some(b) = &turn.bundle {
         record.cluster_uid = Some(b.cluster_uid.clone());
+    }
+    // Whichever step waits on it, a node that stays silent past boot_timeout is named.
+    for node in &cluster.nodes {
+        match turn.stages.get(&node.number).map(String::as_str) {
+            Some(stage @ ("unreachable" | "booting")) => {
+                let stage = stage.to_owned();
+                turn.note_if_boot_timed_out(node, &stage);
+            }
+            Some(_) => {
+                turn.started.remove(&node.number);
+            }
+            None => {}
+        }
+    }
+    record.started_at = turn.started.clone();
+    status.conditions.retain(|c| c.kind != BOOT_TIMEOUT);
+    for note in &turn.notes {
+        status.set_condition(note.kind, true, note.reason, &note.message);
     }
     if matches!(execution, Execution::Complete)
         && !plan.steps.is_empty()
@@ -1189,6 +1440,8 @@ async fn decommission_inner(ctx: &Ctx, job: &DecommissionJob) -> Outcome {
         bundle: None,
         cluster_uid: job.record.cluster_uid.clone(),
         stages: BTreeMap::new(),
+        started: BTreeMap::new(),
+        notes: Vec::new(),
     };
     match observe::secrets(ctx.ports.secrets.as_ref(), &paths).await {
         Ok(view) => {
@@ -1267,6 +1520,13 @@ fn unfinished_outcome(
             status.retry_at = None;
             status.set_condition("Progressing", true, "Waiting", &why);
             wake_in = Some(ctx.settings.wait_interval);
+        }
+        Execution::Blocked { action, why } => {
+            status.phase = Phase::Blocked;
+            status.last_error = Some(format!("{}: {why}", action_key(&action)));
+            status.retry_at = None;
+            status.set_condition("Blocked", true, "RefusedByNode", &why);
+            settled = true;
         }
         Execution::Failed {
             action,

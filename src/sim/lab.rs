@@ -213,6 +213,7 @@ impl Room {
             addr,
             uuid: event.config.get("smbios1").and_then(|s| smbios_uuid(s)),
             version: None,
+            platform: None,
         };
         self.machines().by_vmid.insert(event.vmid, addr);
         let booted = self.talos.lock().expect("talos lock").boot_node(&spec);

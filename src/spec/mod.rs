@@ -2,6 +2,7 @@
 //! except `load_paths`, the small helper that reads files and folders for `kiln validate`.
 
 pub mod cluster;
+pub mod compat;
 pub mod diagnostic;
 pub mod document;
 pub mod files;

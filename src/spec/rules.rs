@@ -79,6 +79,7 @@ pub fn check(doc: &ClusterDocument, stem: &str, ids: &[NodeIdentity]) -> Vec<Fin
     node_rules(doc, ids, &mut out);
     network_rules(doc, ids, &mut out);
     talos_rules(doc, &mut out);
+    kubernetes_range_rule(doc, &mut out);
     app_rules(doc, &mut out);
     misc_rules(doc, &mut out);
     out
@@ -502,6 +503,43 @@ fn talos_rules(doc: &ClusterDocument, out: &mut Vec<Finding>) {
             )
             .hint("a device such as /dev/sda or /dev/vda"),
         );
+    }
+}
+
+/// A node refuses a config whose Kubernetes its running Talos minor does not support (Talos's
+/// `RuntimeValidate`, `InvalidArgument`): say so before any VM exists.
+fn kubernetes_range_rule(doc: &ClusterDocument, out: &mut Vec<Finding>) {
+    use super::compat::{Incompatible, kubernetes_supported};
+    let talos = doc.spec.talos.version;
+    let k8s = doc.spec.kubernetes.version;
+    match kubernetes_supported(talos, k8s) {
+        Ok(()) => {}
+        Err(Incompatible::UnknownTalos { .. }) => out.push(
+            Finding::error(
+                "spec.talos.version",
+                format!("kiln knows no Kubernetes range for Talos {talos}"),
+            )
+            .hint("kiln supports Talos 1.11, 1.12 and 1.13"),
+        ),
+        Err(
+            e @ (Incompatible::TooOld { range, .. } | Incompatible::TooNew { range, .. }),
+        ) => out.push(
+            Finding::error(
+                "spec.kubernetes.version",
+                format!(
+                    "Kubernetes {k8s} does not run on Talos {talos}: {e} (Talos {}.{} supports Kubernetes {})",
+                    range.talos_minor.0,
+                    range.talos_minor.1,
+                    range.minors()
+                ),
+            )
+            .hint(format!(
+                "pick a Kubernetes version from {} for Talos {}.{}, or another Talos version",
+                range.minors(),
+                range.talos_minor.0,
+                range.talos_minor.1
+            )),
+        ),
     }
 }
 

@@ -173,6 +173,14 @@ impl World {
     /// Brings every part up, writes and validates the cluster files, commits them to the remote and
     /// writes kiln.toml. Nothing of kiln's runs yet.
     pub async fn start(clusters: Vec<ClusterFixture>) -> Self {
+        Self::start_with_nodes(clusters, |ip| format!("{ip}:50000")).await
+    }
+
+    /// As [`World::start`], each node served as `listen(ip)` says (`kiln sim talos --listen`).
+    pub async fn start_with_nodes(
+        clusters: Vec<ClusterFixture>,
+        listen: impl Fn(std::net::Ipv4Addr) -> String,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pve = FakePve::start_with(Options {
             nodes: vec![],
@@ -187,7 +195,8 @@ impl World {
             .iter()
             .flat_map(|c| c.wanted().into_iter().map(|v| v.ip))
             .collect();
-        let sim = TalosSim::start(&ips, dir.path());
+        let listen: Vec<String> = ips.iter().map(|ip| listen(*ip)).collect();
+        let sim = TalosSim::start_listening(&listen, dir.path());
         let repos = Repos::empty();
         let world = Self {
             config: dir.path().join("kiln.toml"),

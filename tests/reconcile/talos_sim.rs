@@ -31,15 +31,17 @@ pub struct TalosSim {
 }
 
 impl TalosSim {
-    /// Serves every address on :50000 and waits until each one listens.
-    pub fn start(ips: &[Ipv4Addr], dir: &Path) -> Self {
+    /// Serves every `--listen` spec (`IP:50000[,version=…][,platform=…]`, one per node) and waits until
+    /// each one listens.
+    pub fn start_listening(listen: &[String], dir: &Path) -> Self {
+        let ips = listen;
         let dump_dir = dir.join("talos-dump");
         let log = dir.join("talos-sim.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(["sim", "talos", "--dump-dir"]).arg(&dump_dir);
         cmd.arg("--listen");
-        for ip in ips {
-            cmd.arg(format!("{ip}:50000"));
+        for spec in listen {
+            cmd.arg(spec);
         }
         let mut child = cmd
             .env("KILN_REFERENCE_SCHEMAS", reference_schemas())

@@ -230,6 +230,14 @@ async fn capture_server(
         let replies = replies.clone();
         async move {
             let path = req.uri().path().to_owned();
+            // The deadline header too, under `grpc-timeout <path>`: every call must carry one.
+            if let Some(t) = req.headers().get("grpc-timeout") {
+                rec.lock()
+                    .unwrap()
+                    .entry(format!("grpc-timeout {path}"))
+                    .or_default()
+                    .push(t.as_bytes().to_vec());
+            }
             let reply = replies.get(path.as_str()).cloned();
             let inner = tower::service_fn(move |r: Request<Vec<u8>>| {
                 let rec = rec.clone();
@@ -397,6 +405,25 @@ async fn client_requests_carry_talos_field_numbers() {
     assert_eq!(string(&get, 2), "SystemInformations.hardware.talos.dev");
     assert_eq!(string(&get, 3), "systeminformation");
     assert_eq!(field_numbers(&get), [1, 2, 3, 4]);
+    // Every call carried its deadline as `grpc-timeout` (`Endpoint::timeout` sends none).
+    for p in [
+        paths::APPLY_CONFIGURATION,
+        paths::UPGRADE,
+        paths::RESET,
+        paths::BOOTSTRAP,
+        paths::ETCD_REMOVE_MEMBER_BY_ID,
+        paths::ETCD_MEMBER_LIST,
+        paths::COSI_GET,
+        paths::VERSION,
+    ] {
+        let sent = rec
+            .get(&format!("grpc-timeout {p}"))
+            .unwrap_or_else(|| panic!("{p} was sent without grpc-timeout"));
+        assert!(
+            sent.iter().all(|t| !t.is_empty()),
+            "{p}: empty grpc-timeout"
+        );
+    }
     // Kiln never sends the `nodes`/`node` routing headers: it dials each node itself (checked in the
     // client's code path: no metadata is added to any request).
     server.abort();
@@ -413,6 +440,7 @@ async fn simulator_replies_carry_talos_field_numbers() {
         addr: addr(41),
         uuid: Some("wire-41".into()),
         version: None,
+        platform: None,
     }])
     .await;
     let insecure = TalosClient::connect_insecure(addr(41), options())

@@ -56,14 +56,23 @@ pub struct Node {
     pub uuid: String,
     /// The Talos version the machine runs now.
     pub version: String,
-    /// `version=` was given: the booted version, regardless of the image in the config.
+    /// `version=` was given: what the machine boots before an install, whatever image a config names.
     pub version_pinned: bool,
+    /// `PlatformMetadata.platform`: what the boot image was built for.
+    pub platform: String,
+    /// Rebooting (after an upgrade): nothing answers until then.
+    pub down_until: Option<std::time::Instant>,
     pub phase: Phase,
 }
 
 impl Node {
     pub fn minor(&self) -> u32 {
         minor_of(&self.version).unwrap_or(13)
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down_until
+            .is_some_and(|t| std::time::Instant::now() < t)
     }
 
     pub fn configured(&self) -> Option<&Configured> {
@@ -111,6 +120,10 @@ pub struct Fleet {
     pub kube: HashMap<String, super::kube::KubeLink>,
     /// Clusters bootstrapped since the last call, whose Kubernetes API is to be started.
     pub kube_to_start: Vec<String>,
+    /// How long an upgrade's reboot keeps a node silent.
+    pub reboot_delay: std::time::Duration,
+    /// Machines that reboot once the current call has answered: (address, how long they are down).
+    pub reboots: Vec<(SocketAddr, std::time::Duration)>,
 }
 
 impl Fleet {
@@ -130,6 +143,9 @@ impl Fleet {
         allowed: &[&str],
     ) -> Result<(), Status> {
         let node = self.node(addr)?;
+        if node.is_down() {
+            return Err(Status::unavailable("node is rebooting"));
+        }
         match (&node.phase, &peer.roles) {
             (Phase::Off { .. }, _) => Err(Status::unavailable("node is powered off")),
             (Phase::Maintenance { .. }, _) => {
@@ -165,7 +181,11 @@ impl Fleet {
 
     /// The TLS a new connection to `addr` gets, or `None` when nothing should answer.
     pub fn tls_for(&mut self, addr: SocketAddr) -> Option<Arc<ServerConfig>> {
-        let (cluster_key, needs_tls) = match &self.nodes.get(&addr)?.phase {
+        let node = self.nodes.get(&addr)?;
+        if node.is_down() {
+            return None;
+        }
+        let (cluster_key, needs_tls) = match &node.phase {
             Phase::Off { .. } => return None,
             Phase::Maintenance { tls } => return Some(tls.clone()),
             Phase::Configured(c) => (c.cfg.cluster_key.clone(), c.tls.is_none()),

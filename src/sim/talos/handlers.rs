@@ -35,16 +35,20 @@ fn actor_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// The config's Talos minor: the booted version when pinned, else the tag of the install image it asks for.
-fn target_minor(node: &Node, cfg: &NodeConfig) -> u32 {
-    if node.version_pinned {
-        return node.minor();
+/// The Talos that judges a config: a configured node's own; in maintenance the boot image's — `version=`
+/// when the simulator was told one, else (standing in for a template that matches the spec) the tag of
+/// the install image the config names.
+fn running_version(node: &Node, cfg: &NodeConfig) -> String {
+    let maintenance = matches!(node.phase, Phase::Maintenance { .. });
+    if !maintenance || node.version_pinned {
+        return node.version.clone();
     }
     cfg.install_image
         .as_deref()
         .and_then(config::image_tag)
-        .and_then(minor_of)
-        .unwrap_or(node.minor())
+        .filter(|t| minor_of(t).is_some())
+        .map(str::to_owned)
+        .unwrap_or_else(|| node.version.clone())
 }
 
 pub fn apply_configuration(
@@ -77,11 +81,20 @@ pub fn apply_configuration(
     }
     let docs = config::documents(&req.data).map_err(Status::unknown)?;
     let cfg = NodeConfig::from_documents(&docs).map_err(Status::invalid_argument)?;
-    let minor = target_minor(fleet.node(addr)?, &cfg);
+    let running = running_version(fleet.node(addr)?, &cfg);
+    let minor = minor_of(&running).unwrap_or(13);
     let text = String::from_utf8_lossy(&req.data);
     validator
         .validate(minor, &text, &docs)
         .map_err(Status::invalid_argument)?;
+    super::runtime::validate(&running, &docs).map_err(|e| {
+        // The ≤1.12 maintenance server wraps it (`internal/app/maintenance/server.go`); machined does not.
+        if in_maintenance && node_minor <= 12 {
+            Status::invalid_argument(format!("runtime configuration validation failed: {e}"))
+        } else {
+            Status::invalid_argument(e)
+        }
+    })?;
 
     let reply = |mode: i32, details: &str| machine::ApplyConfigurationResponse {
         messages: vec![machine::ApplyConfiguration {
@@ -157,8 +170,9 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     file.write_all(data)
 }
 
-/// The node now runs `cfg`: it installs the image's version (unless pinned), serves mTLS from its OS CA,
-/// and a control plane of a running etcd cluster joins it.
+/// The node now runs `cfg`: from maintenance it installs the image's version (a configured node's version
+/// changes only through an upgrade), serves mTLS from its OS CA, and a control plane of a running etcd
+/// cluster joins it.
 fn accept(
     fleet: &mut Fleet,
     addr: SocketAddr,
@@ -172,6 +186,8 @@ fn accept(
             Status::internal(format!("simulator: cannot write {}: {e}", path.display()))
         })?;
     }
+    // One line per accepted config: tests time the bootstrap against the last of them.
+    tracing::info!(node = %addr, "machine config accepted");
     let key = cfg.cluster_key.clone();
     let is_cp = cfg.machine_type == MachineType::ControlPlane;
     if is_cp && let Some(ca_key) = &cfg.os_ca_key_pem {
@@ -181,10 +197,15 @@ fn accept(
             .get_or_insert_with(|| ca_key.clone());
     }
     let node = fleet.node(addr)?;
-    if !node.version_pinned
-        && let Some(tag) = cfg.install_image.as_deref().and_then(config::image_tag)
+    if matches!(node.phase, Phase::Maintenance { .. })
+        && let Some(tag) = cfg
+            .install_image
+            .as_deref()
+            .and_then(config::image_tag)
+            .filter(|t| minor_of(t).is_some())
     {
         node.version = tag.to_owned();
+        node.version_pinned = false;
     }
     let (etcd_data, recover_snapshot) = match &node.phase {
         Phase::Configured(c) if c.cfg.cluster_key == key => {
@@ -299,12 +320,22 @@ pub fn version(
                 arch: "amd64".into(),
             }),
             platform: Some(machine::PlatformInfo {
-                name: "nocloud".into(),
-                mode: "cloud".into(),
+                name: node.platform.clone(),
+                mode: platform_mode(&node.platform).into(),
             }),
             features,
         }],
     })
+}
+
+/// `pkg/machinery/resources/runtime` platform modes: the image's platform decides (metal is `metal`,
+/// a container `container`, every cloud/hypervisor platform `cloud`).
+fn platform_mode(platform: &str) -> &'static str {
+    match platform {
+        "metal" => "metal",
+        "container" => "container",
+        _ => "cloud",
+    }
 }
 
 pub fn upgrade(
@@ -320,9 +351,16 @@ pub fn upgrade(
             Status::invalid_argument(format!("image reference {:?} has no tag", req.image))
         })?
         .to_owned();
+    // The legacy upgrade installs, replies, then reboots into the new image
+    // (`internal/app/machined/internal/server/v1alpha1/v1alpha1_server.go` `Upgrade` runs the upgrade
+    // sequence, which ends in a reboot): nothing answers meanwhile.
+    let delay = fleet.reboot_delay;
     let node = fleet.node(addr)?;
     node.version = tag;
     node.version_pinned = false;
+    node.down_until = Some(std::time::Instant::now() + delay);
+    tracing::info!(node = %addr, version = %node.version, ?delay, "upgrade: rebooting into the new image");
+    fleet.reboots.push((addr, delay));
     Ok(machine::UpgradeResponse {
         messages: vec![machine::Upgrade {
             metadata: None,
@@ -406,18 +444,45 @@ fn running_etcd(fleet: &mut Fleet, addr: SocketAddr) -> Result<String, Status> {
     Ok(c.cfg.cluster_key.clone())
 }
 
+/// What an EtcdMemberList call does on this node.
+pub enum MemberListAnswer {
+    Members(machine::EtcdMemberListResponse),
+    /// The node's etcd client waits for a member that never comes: the call ends at the caller's
+    /// deadline, or never without one.
+    WaitForDeadline,
+}
+
+/// siderolabs/talos v1.13.9 `v1alpha1_server.go` `EtcdMemberList` → `etcd.NewClientFromControlPlaneIPs`
+/// → `GetEndpoints` (`internal/pkg/etcd/endpoints.go`): with no control-plane endpoint known it fails
+/// `Unknown` ("no controlplane endpoints discovered yet"); with one (every config kiln writes names
+/// `cluster.controlPlane.endpoint`) clientv3 dials without blocking and `MemberList` waits for a ready
+/// connection until the request's context ends. Once any member runs, the list comes from the cluster.
 pub fn etcd_member_list(
     fleet: &mut Fleet,
     addr: SocketAddr,
     peer: &Peer,
-) -> Result<machine::EtcdMemberListResponse, Status> {
+) -> Result<MemberListAnswer, Status> {
     fleet.authorize(
         addr,
         peer,
         "EtcdMemberList",
         &[ADMIN, OPERATOR, READER, ETCD_BACKUP],
     )?;
-    let key = running_etcd(fleet, addr)?;
+    let c = configured(fleet, addr)?;
+    if c.cfg.machine_type != MachineType::ControlPlane {
+        return Err(Status::failed_precondition(
+            "etcd is not running on worker nodes",
+        ));
+    }
+    let key = c.cfg.cluster_key.clone();
+    let names_endpoint = !c.cfg.endpoint.trim().is_empty();
+    if !fleet.cluster_bootstrapped(&key) {
+        return if names_endpoint {
+            Ok(MemberListAnswer::WaitForDeadline)
+        } else {
+            Err(Status::unknown("no controlplane endpoints discovered yet"))
+        };
+    }
     let members = fleet
         .cluster(&key)
         .members
@@ -430,13 +495,13 @@ pub fn etcd_member_list(
             is_learner: false,
         })
         .collect();
-    Ok(machine::EtcdMemberListResponse {
+    Ok(MemberListAnswer::Members(machine::EtcdMemberListResponse {
         messages: vec![machine::EtcdMembers {
             metadata: None,
             legacy_members: Vec::new(),
             members,
         }],
-    })
+    }))
 }
 
 pub fn etcd_remove_member_by_id(
@@ -618,6 +683,21 @@ fn resources(fleet: &Fleet, node: &Node) -> Vec<cosi::Resource> {
                  serialnumber: \"\"\nuuid: \"{}\"\nwakeUpType: Power Switch\nskuNumber: \"\"\n",
                 node.uuid
             ),
+        ),
+        // `pkg/machinery/resources/runtime/version.go`, kept by `VersionController` in every mode.
+        resource(
+            "runtime",
+            "Versions.runtime.talos.dev",
+            "version",
+            format!("version: {}\n", node.version),
+        ),
+        // `pkg/machinery/resources/runtime/platform_metadata.go`: namespace `runtime`, id
+        // `platformmetadata`, yaml keys as its `PlatformMetadataSpec` tags (empty ones omitted).
+        resource(
+            "runtime",
+            "PlatformMetadatas.talos.dev",
+            "platformmetadata",
+            format!("platform: {}\nhostname: {hostname}\n", node.platform),
         ),
         resource(
             "network",

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod handlers;
 pub mod kube;
 pub mod pki;
+pub mod runtime;
 pub mod server;
 pub mod validate;
 
@@ -27,18 +28,26 @@ use validate::{BuiltinValidator, ConfigValidator, SchemaValidator};
 /// Default Talos version of a node booted without `version=`, before a config names an image.
 pub const DEFAULT_VERSION: &str = "v1.13.9";
 
+/// The platform a Proxmox template made from Talos's nocloud image reports.
+pub const DEFAULT_PLATFORM: &str = "nocloud";
+
+/// How long an upgraded node answers nothing while it reboots, unless told otherwise.
+pub const DEFAULT_REBOOT_DELAY: Duration = Duration::from_secs(1);
+
 /// One simulated machine: where it listens, its SMBIOS uuid, and optionally the Talos version it boots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeSpec {
     pub addr: SocketAddr,
     pub uuid: Option<String>,
     pub version: Option<String>,
+    /// The Talos platform the boot image is for (`nocloud` unless told, e.g. `metal` for an ISO).
+    pub platform: Option<String>,
 }
 
 impl std::str::FromStr for NodeSpec {
     type Err = String;
 
-    /// `ADDR[,uuid=UUID][,version=vX.Y.Z]`, as `kiln sim talos --listen` takes it.
+    /// `ADDR[,uuid=UUID][,version=vX.Y.Z][,platform=NAME]`, as `kiln sim talos --listen` takes it.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut parts = s.split(',');
         let addr = parts.next().unwrap_or_default();
@@ -49,6 +58,7 @@ impl std::str::FromStr for NodeSpec {
             addr,
             uuid: None,
             version: None,
+            platform: None,
         };
         for part in parts {
             match part.split_once('=') {
@@ -56,7 +66,16 @@ impl std::str::FromStr for NodeSpec {
                 Some(("version", v)) if fleet::minor_of(v).is_some() && v.starts_with('v') => {
                     spec.version = Some(v.to_owned())
                 }
-                _ => return Err(format!("{part:?}: expected uuid=UUID or version=vX.Y.Z")),
+                Some(("platform", v))
+                    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') =>
+                {
+                    spec.platform = Some(v.to_owned())
+                }
+                _ => {
+                    return Err(format!(
+                        "{part:?}: expected uuid=UUID, version=vX.Y.Z or platform=NAME"
+                    ));
+                }
             }
         }
         Ok(spec)
@@ -84,9 +103,27 @@ pub struct Shared {
     faults: Mutex<Faults>,
     /// Nodes with an ApplyConfiguration in progress.
     applying: Mutex<std::collections::HashSet<SocketAddr>>,
+    /// The listening machines. Here, not in [`SimTalos`], because a node reboots itself (an upgrade).
+    serving: Mutex<HashMap<SocketAddr, Serving>>,
+    /// The simulator was dropped: a node rebooting meanwhile stays down.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    fn listening(&self, addr: SocketAddr) -> bool {
+        self.serving
+            .lock()
+            .expect("serving lock")
+            .contains_key(&addr)
+    }
+
+    fn stop_listening(&self, addr: SocketAddr) {
+        let serving = self.serving.lock().expect("serving lock").remove(&addr);
+        if let Some(serving) = serving {
+            serving.close();
+        }
+    }
+
     async fn before_call(&self, addr: SocketAddr, method: &str) -> Result<(), Status> {
         let (delay, failure) = {
             let mut faults = self.faults.lock().expect("faults lock");
@@ -119,6 +156,8 @@ pub struct SimOptions {
     pub dump_dir: Option<PathBuf>,
     /// Overrides the validator chosen from the environment.
     pub validator: Option<Arc<dyn ConfigValidator>>,
+    /// How long an upgrade's reboot keeps a node silent (`None`: [`DEFAULT_REBOOT_DELAY`]).
+    pub reboot_delay: Option<Duration>,
 }
 
 /// The official schemas when `KILN_REFERENCE_SCHEMAS` names them, else the built-in check.
@@ -146,10 +185,64 @@ impl Serving {
     }
 }
 
+/// Binds `addr` and serves whatever node the fleet holds there. Returns the bound address.
+fn listen(shared: &Arc<Shared>, addr: SocketAddr) -> Result<SocketAddr, SimError> {
+    let bind_error = |source| SimError::Bind { addr, source };
+    // As `TcpListener::bind` does: SO_REUSEADDR, so a machine that comes back at the address of one
+    // just switched off or destroyed is not refused for the old socket.
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bind_error)?;
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(addr).map_err(bind_error)?;
+    let listener = socket.listen(1024).map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    let dup = {
+        use std::os::fd::AsFd;
+        listener.as_fd().try_clone_to_owned().map_err(bind_error)?
+    };
+    let service = server::NodeService {
+        shared: shared.clone(),
+        addr,
+    };
+    let task = tokio::spawn(async move {
+        if let Err(e) = server::serve(listener, service).await {
+            tracing::error!(node = %addr, error = %e, "simulated Talos node stopped");
+        }
+    });
+    shared.serving.lock().expect("serving lock").insert(
+        addr,
+        Serving {
+            task,
+            socket: std::net::TcpStream::from(dup),
+        },
+    );
+    Ok(addr)
+}
+
+/// An upgraded machine reboots into its new image: its listener closes (connections are refused, as
+/// by a machine that is down) and comes back after `delay`. The reply to the Upgrade call has its own
+/// connection, which closing the listener does not end.
+pub(crate) fn reboot(shared: &Arc<Shared>, addr: SocketAddr, delay: Duration) {
+    shared.stop_listening(addr);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        if shared.closed.load(std::sync::atomic::Ordering::SeqCst) || shared.listening(addr) {
+            return;
+        }
+        if let Err(e) = listen(&shared, addr) {
+            tracing::error!(node = %addr, error = %e, "simulated Talos node did not come back from its reboot");
+        }
+    });
+}
+
 /// A running simulator. Dropping it stops every node's server.
 pub struct SimTalos {
     shared: Arc<Shared>,
-    tasks: HashMap<SocketAddr, Serving>,
     addrs: Vec<SocketAddr>,
 }
 
@@ -171,6 +264,7 @@ impl SimTalos {
     pub fn new(options: SimOptions) -> Self {
         let fleet = Fleet {
             dump_dir: options.dump_dir,
+            reboot_delay: options.reboot_delay.unwrap_or(DEFAULT_REBOOT_DELAY),
             ..Fleet::default()
         };
         let shared = Arc::new(Shared {
@@ -178,10 +272,11 @@ impl SimTalos {
             validator: options.validator.unwrap_or_else(default_validator),
             faults: Mutex::new(Faults::default()),
             applying: Mutex::default(),
+            serving: Mutex::default(),
+            closed: Default::default(),
         });
         Self {
             shared,
-            tasks: HashMap::new(),
             addrs: Vec::new(),
         }
     }
@@ -205,16 +300,14 @@ impl SimTalos {
     /// power hook, `sim::lab`): the node answers as soon as this returns. Must run inside a Tokio
     /// runtime, which serves the node.
     pub fn boot_node(&mut self, spec: &NodeSpec) -> Result<SocketAddr, SimError> {
-        if self.tasks.contains_key(&spec.addr) {
+        if self.shared.listening(spec.addr) {
             return Err(SimError::Duplicate { addr: spec.addr });
         }
-        let addr = self.listen(spec.addr)?;
+        let addr = listen(&self.shared, spec.addr)?;
         let tls = match pki::maintenance_server_config(addr.ip()) {
             Ok(tls) => tls,
             Err(message) => {
-                if let Some(serving) = self.tasks.remove(&addr) {
-                    serving.close();
-                }
+                self.shared.stop_listening(addr);
                 return Err(SimError::Tls { addr, message });
             }
         };
@@ -228,6 +321,11 @@ impl SimTalos {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_VERSION.to_owned()),
                 version_pinned: spec.version.is_some(),
+                platform: spec
+                    .platform
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_PLATFORM.to_owned()),
+                down_until: None,
                 phase: Phase::Maintenance { tls },
             },
         );
@@ -235,50 +333,10 @@ impl SimTalos {
         Ok(addr)
     }
 
-    /// Binds `addr` and serves whatever node the fleet holds there. Returns the bound address.
-    fn listen(&mut self, addr: SocketAddr) -> Result<SocketAddr, SimError> {
-        let bind_error = |source| SimError::Bind { addr, source };
-        // As `TcpListener::bind` does: SO_REUSEADDR, so a machine that comes back at the address of one
-        // just switched off or destroyed is not refused for the old socket.
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }
-        .map_err(bind_error)?;
-        socket.set_reuseaddr(true).map_err(bind_error)?;
-        socket.bind(addr).map_err(bind_error)?;
-        let listener = socket.listen(1024).map_err(bind_error)?;
-        let addr = listener.local_addr().map_err(bind_error)?;
-        let dup = {
-            use std::os::fd::AsFd;
-            listener.as_fd().try_clone_to_owned().map_err(bind_error)?
-        };
-        let service = server::NodeService {
-            shared: self.shared.clone(),
-            addr,
-        };
-        let task = tokio::spawn(async move {
-            if let Err(e) = server::serve(listener, service).await {
-                tracing::error!(node = %addr, error = %e, "simulated Talos node stopped");
-            }
-        });
-        self.tasks.insert(
-            addr,
-            Serving {
-                task,
-                socket: std::net::TcpStream::from(dup),
-            },
-        );
-        Ok(addr)
-    }
-
     /// A machine is gone (its VM destroyed): it stops answering and its state is forgotten. Its etcd
     /// membership stays, as a destroyed member's does on a real cluster until someone removes it.
     pub fn remove_node(&mut self, addr: SocketAddr) {
-        if let Some(serving) = self.tasks.remove(&addr) {
-            serving.close();
-        }
+        self.shared.stop_listening(addr);
         self.addrs.retain(|a| *a != addr);
         self.shared
             .fleet
@@ -389,31 +447,33 @@ impl SimTalos {
             // The cluster's Kubernetes Nodes follow their machines at once (NotReady while off).
             kube::sync(&mut fleet);
         }
-        match (on, self.tasks.contains_key(&addr)) {
-            (false, true) => {
-                if let Some(serving) = self.tasks.remove(&addr) {
-                    serving.close();
-                }
-            }
+        match (on, self.shared.listening(addr)) {
+            (false, true) => self.shared.stop_listening(addr),
             (true, false) => {
-                self.listen(addr).map_err(|e| e.to_string())?;
+                listen(&self.shared, addr).map_err(|e| e.to_string())?;
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// Serves until the process is stopped (what `kiln sim talos` does).
-    pub async fn wait(mut self) {
-        for (_, serving) in std::mem::take(&mut self.tasks) {
-            let _ = serving.task.await;
-        }
+    /// Serves until the process is stopped (what `kiln sim talos` does). Machines reboot and come
+    /// back meanwhile, so no single server's end is the simulator's.
+    pub async fn wait(self) {
+        std::future::pending::<()>().await;
     }
 }
 
 impl Drop for SimTalos {
     fn drop(&mut self) {
-        for (_, serving) in self.tasks.drain() {
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let all: Vec<Serving> = match self.shared.serving.lock() {
+            Ok(mut serving) => serving.drain().map(|(_, s)| s).collect(),
+            Err(_) => Vec::new(),
+        };
+        for serving in all {
             serving.close();
         }
         if let Ok(mut fleet) = self.shared.fleet.lock() {

@@ -96,11 +96,25 @@ impl NodeService {
         let (result, to_start) = {
             let mut fleet = self.shared.fleet.lock().expect("fleet lock");
             let result = f(&mut fleet, req.get_ref(), &peer);
+            if let (Err(status), "ApplyConfiguration") = (&result, method) {
+                // One line per refusal: tests count them to prove kiln does not retry a refused config.
+                tracing::info!(node = %self.addr, code = ?status.code(), "ApplyConfiguration refused");
+            }
             super::kube::sync(&mut fleet);
-            (result, std::mem::take(&mut fleet.kube_to_start))
+            (
+                result,
+                (
+                    std::mem::take(&mut fleet.kube_to_start),
+                    std::mem::take(&mut fleet.reboots),
+                ),
+            )
         };
+        let (to_start, reboots) = to_start;
         for cluster in to_start {
             super::kube::ensure_started(&self.shared, &cluster);
+        }
+        for (addr, delay) in reboots {
+            super::reboot(&self.shared, addr, delay);
         }
         result
     }
@@ -152,6 +166,47 @@ impl NodeService {
                 }
             });
             Ok(codec::<Resp, Req>().server_streaming(svc, req).await)
+        })
+    }
+
+    /// EtcdMemberList may wait for an etcd that is not there: until the caller's `grpc-timeout`, then
+    /// `DeadlineExceeded` as grpc-go reports an expired context; without a deadline, until the caller
+    /// goes away (see `handlers::etcd_member_list`).
+    fn etcd_member_list(self, req: http::Request<Body>) -> BoxFuture {
+        let deadline = grpc_timeout(req.headers());
+        let addr = self.addr;
+        Box::pin(async move {
+            let svc = tower::service_fn(move |r: Request<machine::EtcdMemberListRequest>| {
+                let this = self.clone();
+                async move {
+                    let answer = this
+                        .run("EtcdMemberList", r, |f, _, p| {
+                            handlers::etcd_member_list(f, addr, p)
+                        })
+                        .await?;
+                    match answer {
+                        handlers::MemberListAnswer::Members(m) => Ok(Response::new(m)),
+                        handlers::MemberListAnswer::WaitForDeadline => {
+                            // Logged so tests can see the caller's deadline arrived with the call.
+                            tracing::info!(node = %addr, grpc_timeout = ?deadline, "EtcdMemberList waits for etcd until the caller's deadline");
+                            match deadline {
+                                // A hair early: tonic's own grpc-timeout layer would otherwise answer
+                                // first with `Cancelled`, where grpc-go says `DeadlineExceeded`.
+                                Some(d) => {
+                                    tokio::time::sleep(d.saturating_sub(DEADLINE_MARGIN)).await;
+                                    Err(Status::deadline_exceeded("context deadline exceeded"))
+                                }
+                                None => std::future::pending().await,
+                            }
+                        }
+                    }
+                }
+            });
+            Ok(
+                codec::<machine::EtcdMemberListResponse, machine::EtcdMemberListRequest>()
+                    .unary(svc, req)
+                    .await,
+            )
         })
     }
 
@@ -212,13 +267,7 @@ impl tower::Service<http::Request<Body>> for NodeService {
             paths::REBOOT => this.unary(req, "Reboot", move |f, _: &machine::RebootRequest, p| {
                 handlers::reboot(f, addr, p)
             }),
-            paths::ETCD_MEMBER_LIST => this.unary(
-                req,
-                "EtcdMemberList",
-                move |f, _: &machine::EtcdMemberListRequest, p| {
-                    handlers::etcd_member_list(f, addr, p)
-                },
-            ),
+            paths::ETCD_MEMBER_LIST => this.etcd_member_list(req),
             paths::ETCD_REMOVE_MEMBER_BY_ID => {
                 this.unary(req, "EtcdRemoveMemberByID", move |f, r, p| {
                     handlers::etcd_remove_member_by_id(f, addr, p, r)
@@ -245,6 +294,28 @@ impl tower::Service<http::Request<Body>> for NodeService {
             }
         }
     }
+}
+
+const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits and a unit of H, M, S, m, u or n).
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Accepts connections for one node. Each connection gets the TLS of the node's phase at accept time

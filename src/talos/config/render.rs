@@ -80,6 +80,17 @@ pub fn render(
     Ok(render_documents(cluster, node, bundle, talos_version)?.to_yaml())
 }
 
+/// The image factory's schematic id of an empty customization (no extensions, no kernel args).
+pub const VANILLA_SCHEMATIC: &str =
+    "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba";
+
+/// Without `installImage`: the nocloud installer of the vanilla schematic. The generic
+/// `ghcr.io/siderolabs/installer` is the metal platform: an install or upgrade from it would drop the
+/// nocloud platform the template boots with (DESIGN §4 "Install image").
+pub fn default_install_image(talos_version: crate::spec::Version) -> String {
+    format!("factory.talos.dev/nocloud-installer/{VANILLA_SCHEMATIC}:{talos_version}")
+}
+
 fn b64(s: &str) -> String {
     STANDARD.encode(s)
 }
@@ -204,7 +215,7 @@ pub fn render_documents(
         .talos
         .install_image
         .clone()
-        .unwrap_or_else(|| format!("ghcr.io/siderolabs/installer:{talos_version}"));
+        .unwrap_or_else(|| default_install_image(talos_version));
 
     let machine = MachineConfig {
         machine_type: if cp {

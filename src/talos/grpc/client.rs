@@ -31,6 +31,16 @@ pub const APID_PORT: u16 = 50000;
 /// apid accepts 32 MiB messages; so must kiln, or a large etcd snapshot chunk or config breaks.
 pub const MAX_MESSAGE: usize = 32 * 1024 * 1024;
 
+/// How much longer than a call's deadline kiln waits locally before it gives up on the reply.
+const LOCAL_SLACK: Duration = Duration::from_secs(1);
+
+/// Every Talos request carries its deadline as `grpc-timeout`.
+fn with_deadline<T>(message: T, deadline: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(deadline);
+    request
+}
+
 /// How a connection authenticated: the mode decides what the node lets kiln do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -80,6 +90,9 @@ pub struct TalosClient {
     mode: Mode,
     channel: Channel,
     options: ClientOptions,
+    /// Insecure mode: the SHA-256 of the certificate the first handshake saw; every later dial of this
+    /// client must meet the same one (DESIGN §4 "Maintenance identity").
+    pinned: Option<[u8; 32]>,
 }
 
 type Io = TokioIo<TlsStream<TcpStream>>;
@@ -151,6 +164,33 @@ async fn dial(
     Ok(TokioIo::new(tls))
 }
 
+/// What a re-dial of a client must meet (tonic reconnects a channel whose connection dropped). Without
+/// a CA, what proves the peer is the same machine is the certificate itself: pin the one seen first.
+fn redial_config(
+    addr: SocketAddr,
+    mode: Mode,
+    first: &Io,
+    config: Arc<ClientConfig>,
+) -> Result<(Option<[u8; 32]>, Arc<ClientConfig>), TalosError> {
+    match mode {
+        Mode::Insecure => {
+            let pin = certificate_sha256(first).ok_or_else(|| TalosError::Handshake {
+                addr,
+                message: "the node showed no certificate".into(),
+            })?;
+            Ok((Some(pin), tls::pinned_client_config(pin)?))
+        }
+        Mode::Mutual => Ok((None, config)),
+    }
+}
+
+fn certificate_sha256(io: &Io) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let (_, session) = io.inner().get_ref();
+    let leaf = session.peer_certificates()?.first()?;
+    Some(Sha256::digest(leaf.as_ref()).into())
+}
+
 impl TalosClient {
     /// Maintenance mode: no client certificate, the node's self-signed certificate is not verified.
     pub async fn connect_insecure(
@@ -188,19 +228,22 @@ impl TalosClient {
         options: ClientOptions,
     ) -> Result<Self, TalosError> {
         let io = dial(addr, config.clone(), options.connect_timeout).await?;
+        let (pinned, redial) = redial_config(addr, mode, &io, config)?;
         let connector = Connector {
             addr,
-            config,
+            config: redial,
             timeout: options.connect_timeout,
             first: Arc::new(Mutex::new(Some(io))),
         };
         // The scheme only tells tonic not to add TLS of its own: the connector already did it.
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| TalosError::Unreachable {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
+            TalosError::Unreachable {
                 addr,
                 message: e.to_string(),
-            })?
-            .timeout(options.call_timeout);
+            }
+        })?;
+        // No `Endpoint::timeout`: it only bounds the wait here and sends no `grpc-timeout`; every call
+        // sets its deadline on the request instead (`with_deadline`).
         let channel = endpoint
             .connect_with_connector(connector)
             .await
@@ -213,7 +256,13 @@ impl TalosClient {
             mode,
             channel,
             options,
+            pinned,
         })
+    }
+
+    /// The SHA-256 of the node's certificate an insecure client is pinned to.
+    pub fn pinned_certificate(&self) -> Option<[u8; 32]> {
+        self.pinned
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -240,6 +289,23 @@ impl TalosClient {
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
+        self.unary_within(path, req, self.options.call_timeout)
+            .await
+    }
+
+    /// A unary call with its own deadline, sent as `grpc-timeout` so the node stops working on it when
+    /// kiln stops waiting (`Endpoint::timeout` only bounds the wait here and sends no header). The
+    /// local bound is a little longer, so the node's own `DeadlineExceeded` normally arrives first.
+    async fn unary_within<Req, Resp>(
+        &self,
+        path: &'static str,
+        req: Req,
+        deadline: Duration,
+    ) -> Result<Resp, TalosError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
         let addr = self.addr;
         let call = async {
             let mut grpc = self.grpc();
@@ -249,7 +315,7 @@ impl TalosClient {
             })?;
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
             grpc.unary(
-                tonic::Request::new(req),
+                with_deadline(req, deadline),
                 PathAndQuery::from_static(path),
                 codec,
             )
@@ -257,13 +323,13 @@ impl TalosClient {
             .map(tonic::Response::into_inner)
             .map_err(|s| TalosError::status(addr, path, s))
         };
-        tokio::time::timeout(self.options.call_timeout, call)
+        tokio::time::timeout(deadline + LOCAL_SLACK, call)
             .instrument(self.span(path))
             .await
             .map_err(|_| TalosError::Timeout {
                 addr,
                 method: path,
-                after: self.options.call_timeout,
+                after: deadline,
             })?
     }
 
@@ -290,7 +356,7 @@ impl TalosClient {
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
             let mut stream = grpc
                 .server_streaming(
-                    tonic::Request::new(req),
+                    with_deadline(req, self.options.call_timeout),
                     PathAndQuery::from_static(path),
                     codec,
                 )
@@ -307,7 +373,7 @@ impl TalosClient {
             }
             Ok(items)
         };
-        tokio::time::timeout(self.options.call_timeout, call)
+        tokio::time::timeout(self.options.call_timeout + LOCAL_SLACK, call)
             .instrument(self.span(path))
             .await
             .map_err(|_| TalosError::Timeout {
@@ -445,9 +511,20 @@ impl TalosClient {
     }
 
     pub async fn etcd_member_list(&self) -> Result<Vec<machine::EtcdMember>, TalosError> {
+        self.etcd_member_list_within(self.options.call_timeout)
+            .await
+    }
+
+    /// Before bootstrap a real node's etcd client waits for a member until the request's deadline
+    /// (TALOS-FACTS §8), so a probe passes a short one.
+    pub async fn etcd_member_list_within(
+        &self,
+        deadline: Duration,
+    ) -> Result<Vec<machine::EtcdMember>, TalosError> {
         let req = machine::EtcdMemberListRequest { query_local: false };
-        let resp: machine::EtcdMemberListResponse =
-            self.unary(paths::ETCD_MEMBER_LIST, req).await?;
+        let resp: machine::EtcdMemberListResponse = self
+            .unary_within(paths::ETCD_MEMBER_LIST, req, deadline)
+            .await?;
         Ok(self
             .single(paths::ETCD_MEMBER_LIST, resp.messages, |m| {
                 m.metadata.as_ref()
@@ -490,7 +567,7 @@ impl TalosClient {
             })?;
             let codec = tonic_prost::ProstCodec::<Data, machine::EtcdRecoverResponse>::default();
             grpc.client_streaming(
-                tonic::Request::new(tokio_stream::iter(chunks)),
+                with_deadline(tokio_stream::iter(chunks), self.options.call_timeout),
                 PathAndQuery::from_static(path),
                 codec,
             )
@@ -498,7 +575,7 @@ impl TalosClient {
             .map(tonic::Response::into_inner)
             .map_err(|s| TalosError::status(addr, path, s))
         };
-        let resp = tokio::time::timeout(self.options.call_timeout, call)
+        let resp = tokio::time::timeout(self.options.call_timeout + LOCAL_SLACK, call)
             .await
             .map_err(|_| TalosError::Timeout {
                 addr,
@@ -595,4 +672,54 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TLS server on loopback that shows certificate A, then B, then A again, one per connection.
+    async fn alternating_server() -> SocketAddr {
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let a = crate::sim::talos::pki::maintenance_server_config(ip).unwrap();
+        let b = crate::sim::talos::pki::maintenance_server_config(ip).unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for config in [a.clone(), b, a] {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    if let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
+                        // Hold the connection open until the client drops it.
+                        let mut tls = tls;
+                        let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut [0u8; 1]).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_redial_meets_only_the_pinned_certificate() {
+        let addr = alternating_server().await;
+        let t = Duration::from_secs(5);
+        let insecure = tls::insecure_client_config().unwrap();
+        let first = dial(addr, insecure.clone(), t).await.unwrap();
+        // What `connect` hands tonic's connector for an insecure client.
+        let (pin, pinned) = redial_config(addr, Mode::Insecure, &first, insecure).unwrap();
+        assert!(pin.is_some());
+        let Err(err) = dial(addr, pinned.clone(), t).await else {
+            panic!("another certificate at the same address was accepted");
+        };
+        assert!(
+            matches!(&err, TalosError::Handshake { message, .. } if message.contains("not the pinned one")),
+            "{err}"
+        );
+        dial(addr, pinned, t)
+            .await
+            .expect("the pinned certificate itself passes");
+    }
 }

@@ -49,6 +49,14 @@ pub enum TalosError {
         method: &'static str,
         message: String,
     },
+    /// The template's image is not Talos's nocloud image: it ignores the cloud-init drive (no static
+    /// address, no hostname), so kiln refuses to configure it.
+    #[error(
+        "{addr}: the node booted a Talos image for platform {platform:?}, not \"nocloud\": it ignores the \
+         Proxmox cloud-init drive; make the template from Talos's nocloud image (factory.talos.dev \
+         nocloud-amd64.raw.xz)"
+    )]
+    WrongPlatform { addr: SocketAddr, platform: String },
     #[error(
         "{addr}: SMBIOS uuid {found:?} does not match the VM's {expected:?}: refusing to send a config"
     )]

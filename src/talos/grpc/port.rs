@@ -17,8 +17,9 @@ use crate::redact::Secret;
 #[async_trait]
 pub trait TalosPort: Send + Sync {
     async fn node_state(&self, ip: IpAddr, identity: &ClientIdentity) -> NodeState;
-    /// Checks the node's SMBIOS uuid against the VM's, then applies with mode AUTO over an insecure
-    /// connection (the only mode a node without config takes).
+    /// Checks the node's SMBIOS uuid against the VM's and its platform (`nocloud`), then applies with
+    /// mode AUTO over the same insecure connection (the only mode a node without config takes), pinned
+    /// to the certificate the checks saw.
     async fn apply_in_maintenance(
         &self,
         ip: IpAddr,
@@ -46,6 +47,15 @@ pub trait TalosPort: Send + Sync {
         ip: IpAddr,
         identity: &ClientIdentity,
     ) -> Result<Vec<EtcdMember>, TalosError>;
+    /// EtcdMemberList with its own deadline (before bootstrap a real node waits until it).
+    async fn etcd_members_within(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        deadline: std::time::Duration,
+    ) -> Result<Vec<EtcdMember>, TalosError>;
+    /// The Talos version a node in maintenance runs (its template's), from COSI `Versions`.
+    async fn maintenance_version(&self, ip: IpAddr) -> Result<String, TalosError>;
     async fn etcd_remove_member(
         &self,
         ip: IpAddr,
@@ -140,6 +150,13 @@ impl TalosPort for GrpcTalos {
         if state::compare_uuid(client.addr(), vm_uuid, &found)? == UuidCheck::Unreported {
             tracing::warn!(node = %ip, "node reports no SMBIOS uuid; applying without the identity check");
         }
+        let platform = state::platform(&client).await?;
+        if platform != state::NOCLOUD {
+            return Err(TalosError::WrongPlatform {
+                addr: client.addr(),
+                platform,
+            });
+        }
         client
             .apply_configuration(config, ApplyMode::Auto, false)
             .await
@@ -181,6 +198,23 @@ impl TalosPort for GrpcTalos {
         identity: &ClientIdentity,
     ) -> Result<Vec<EtcdMember>, TalosError> {
         self.mtls(ip, identity).await?.etcd_member_list().await
+    }
+
+    async fn etcd_members_within(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+        deadline: std::time::Duration,
+    ) -> Result<Vec<EtcdMember>, TalosError> {
+        self.mtls(ip, identity)
+            .await?
+            .etcd_member_list_within(deadline)
+            .await
+    }
+
+    async fn maintenance_version(&self, ip: IpAddr) -> Result<String, TalosError> {
+        let client = TalosClient::connect_insecure(self.addr(ip), self.options.clone()).await?;
+        state::talos_version(&client).await
     }
 
     async fn etcd_remove_member(

@@ -16,6 +16,19 @@ pub const SYSTEM_INFORMATION: (&str, &str, &str) = (
     "systeminformation",
 );
 
+/// siderolabs/talos v1.13.9 `pkg/machinery/resources/runtime/platform_metadata.go`: namespace `runtime`
+/// (`v1alpha1.NamespaceName`), type `PlatformMetadatas.talos.dev`, id `platformmetadata`.
+pub const PLATFORM_METADATA: (&str, &str, &str) =
+    ("runtime", "PlatformMetadatas.talos.dev", "platformmetadata");
+
+/// siderolabs/talos v1.11.6–v1.13.9 `pkg/machinery/resources/runtime/version.go`: the running Talos
+/// tag, written by `VersionController` (which runs in maintenance too), readable with COSI Get where
+/// the ≤1.12 maintenance API serves no `Version` call.
+pub const TALOS_VERSION: (&str, &str, &str) = ("runtime", "Versions.runtime.talos.dev", "version");
+
+/// The only platform whose image reads the Proxmox cloud-init drive (addresses, hostname).
+pub const NOCLOUD: &str = "nocloud";
+
 /// `MachineStatus.stage` as Talos names it in the resource's YAML.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MachineStage {
@@ -81,6 +94,18 @@ struct MachineStatusInner {
 }
 
 #[derive(Deserialize)]
+struct VersionYaml {
+    #[serde(default)]
+    version: String,
+}
+
+#[derive(Deserialize)]
+struct PlatformMetadataYaml {
+    #[serde(default)]
+    platform: String,
+}
+
+#[derive(Deserialize)]
 struct SystemInformationYaml {
     #[serde(default)]
     uuid: String,
@@ -128,6 +153,34 @@ pub async fn system_uuid(client: &TalosClient) -> Result<String, TalosError> {
             message: format!("SystemInformation spec: {e}"),
         })?;
     Ok(parsed.uuid)
+}
+
+/// The Talos version the node runs, from COSI (`VersionSpec.version`, e.g. `v1.11.6`).
+pub async fn talos_version(client: &TalosClient) -> Result<String, TalosError> {
+    let (ns, ty, id) = TALOS_VERSION;
+    let res = client.cosi_get(ns, ty, id).await?;
+    let yaml = res.spec.map(|s| s.yaml_spec).unwrap_or_default();
+    let parsed: VersionYaml = serde_yaml::from_str(&yaml).map_err(|e| TalosError::Malformed {
+        addr: client.addr(),
+        method: super::proto::paths::COSI_GET,
+        message: format!("Version spec: {e}"),
+    })?;
+    Ok(parsed.version)
+}
+
+/// The platform the node's boot image was built for (`PlatformMetadataSpec.platform`, yaml key
+/// `platform`).
+pub async fn platform(client: &TalosClient) -> Result<String, TalosError> {
+    let (ns, ty, id) = PLATFORM_METADATA;
+    let res = client.cosi_get(ns, ty, id).await?;
+    let yaml = res.spec.map(|s| s.yaml_spec).unwrap_or_default();
+    let parsed: PlatformMetadataYaml =
+        serde_yaml::from_str(&yaml).map_err(|e| TalosError::Malformed {
+            addr: client.addr(),
+            method: super::proto::paths::COSI_GET,
+            message: format!("PlatformMetadata spec: {e}"),
+        })?;
+    Ok(parsed.platform)
 }
 
 /// DESIGN §4: mTLS works → configured (stage from MachineStatus); else insecure + COSI `maintenance` →

@@ -115,6 +115,18 @@ pub fn insecure_client_config() -> Result<Arc<ClientConfig>, TlsSetupError> {
     Ok(Arc::new(cfg))
 }
 
+/// Maintenance mode after the first handshake: only the certificate seen then (its SHA-256) passes, so
+/// a re-dial within one client cannot reach another machine that took the address meanwhile.
+pub fn pinned_client_config(sha256: [u8; 32]) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let verifier = crate::tls::PeerKeyOnly::pinned(sha256, provider());
+    let mut cfg = base_client()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Configured mode: verify the node against the OS CA and present kiln's client certificate.
 pub fn mtls_client_config(identity: &ClientIdentity) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let mut roots = RootCertStore::empty();
