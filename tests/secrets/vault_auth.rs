@@ -106,17 +106,24 @@ async fn approle_login_renewal_expiry_and_relogin_after_403() {
         (1, 0)
     );
 
-    // In the last third of the TTL (3 s of 9; 2 s leaves a margin for rounding): renewed, not
-    // replaced.
-    until_ttl_at_most(&bao, 2).await;
-    assert!(matches!(
-        store.read(&p).await.unwrap(),
-        ReadOutcome::Present(_)
-    ));
-    assert_eq!(
-        (store.auth_stats().logins, store.auth_stats().renewals),
-        (1, 1)
-    );
+    // In the last third of the TTL (3 s of 9): a read renews the token, it does not replace it. kiln
+    // judges the TTL by its own clock from when the login answered, which a loaded machine puts a
+    // little after OpenBao's; so read on until kiln renews, and no login may happen meanwhile.
+    until_ttl_at_most(&bao, 3).await;
+    poll(
+        "a renewal by a read in the last third",
+        Duration::from_secs(5),
+        || async {
+            assert!(matches!(
+                store.read(&p).await.unwrap(),
+                ReadOutcome::Present(_)
+            ));
+            let stats = store.auth_stats();
+            assert_eq!(stats.logins, 1, "renewed, not replaced: {stats:?}");
+            (stats.renewals == 1).then_some(())
+        },
+    )
+    .await;
 
     // Idle past the whole TTL: the old token is dead, kiln logs in again before asking.
     until_no_kiln_token(&bao).await;
@@ -267,19 +274,26 @@ async fn a_renewable_token_from_a_file_is_renewed_not_reread() {
         found.filter(|_| code == 200)?["data"]["ttl"].as_i64()
     };
     poll(
-        "the token within 3 s of its expiry",
+        "the token within 4 s of its expiry",
         Duration::from_secs(30),
-        || async { ttl_of_token().await.filter(|t| (1..=3).contains(t)) },
+        || async { ttl_of_token().await.filter(|t| (1..=4).contains(t)) },
     )
     .await;
-    assert!(matches!(
-        store.read(&p).await.unwrap(),
-        ReadOutcome::Present(_)
-    ));
-    assert_eq!(
-        (store.auth_stats().logins, store.auth_stats().renewals),
-        (1, 1)
-    );
+    // kiln's clock runs from when the login answered: read on until it renews (as above).
+    poll(
+        "a renewal by a read in the last third",
+        Duration::from_secs(5),
+        || async {
+            assert!(matches!(
+                store.read(&p).await.unwrap(),
+                ReadOutcome::Present(_)
+            ));
+            let stats = store.auth_stats();
+            assert_eq!(stats.logins, 1, "the file is not re-read: {stats:?}");
+            (stats.renewals == 1).then_some(())
+        },
+    )
+    .await;
     // Renewed, the token outlives its first TTL: wait until that first TTL is over by OpenBao's clock.
     let (_, created_info) = bao
         .api_status("POST", "auth/token/lookup", Some(json!({ "token": token })))
