@@ -511,7 +511,14 @@ impl<'a> Turn<'a> {
                     ) => {
                         return Ok(Flow::Blocked(format!("{}: {e}", node.name)));
                     }
-                    Err(e) if e.code() == Some(tonic::Code::InvalidArgument) => {
+                    // The node's Talos refused the config: its validation (`InvalidArgument`), or
+                    // its decoder — an older one that does not know a newer contract answers a plain
+                    // error (`Unknown`, "failed to parse config"). The same config is refused again.
+                    Err(e)
+                        if e.code() == Some(tonic::Code::InvalidArgument)
+                            || (e.code() == Some(tonic::Code::Unknown)
+                                && e.to_string().contains("failed to parse config")) =>
+                    {
                         return Ok(Flow::Blocked(self.refused_in_maintenance(node, &e).await));
                     }
                     Err(e) => return Err(e.into()),

@@ -84,9 +84,13 @@ pub fn apply_configuration(
     let running = running_version(fleet.node(addr)?, &cfg);
     let minor = minor_of(&running).unwrap_or(13);
     let text = String::from_utf8_lossy(&req.data);
+    // Talos decodes strictly before it validates: unknown fields, kinds and types are refused by
+    // `configloader.NewFromBytes`, whose error ApplyConfiguration returns as it is — gRPC `Unknown`,
+    // "failed to parse config: …" (v1.11 `internal/app/maintenance/server.go`; 1.13 machined
+    // `v1alpha1_server.go` likewise). The validator stands in for that decoder.
     validator
         .validate(minor, &text, &docs)
-        .map_err(Status::invalid_argument)?;
+        .map_err(|e| Status::unknown(format!("failed to parse config: {e}")))?;
     super::runtime::validate(&running, &docs).map_err(|e| {
         // The ≤1.12 maintenance server wraps it (`internal/app/maintenance/server.go`); machined does not.
         if in_maintenance && node_minor <= 12 {

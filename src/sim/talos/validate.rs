@@ -1,5 +1,6 @@
-//! How the simulated node judges a config before accepting it. Real Talos decodes strictly and runs its
-//! own validation, answering `InvalidArgument` with the message; the simulator stands in with either the
+//! How the simulated node judges a config before accepting it. Real Talos decodes strictly (a refusal
+//! there is a plain error, gRPC `Unknown`, "failed to parse config: …") and then validates
+//! (`InvalidArgument`); the simulator stands in for the decoder with either the
 //! official JSON Schema of the node's Talos minor (tests set `KILN_REFERENCE_SCHEMAS`) or a built-in
 //! structural check that needs no file at run time.
 
