@@ -419,7 +419,9 @@ impl<G: GitPort> Engine<G> {
 
         let mut report = CycleReport {
             settled: true,
-            converged: git_error.is_none(),
+            // The generated files are part of the result: a cycle that could not publish them (a
+            // template override that never ends, a push refused) has not converged, whatever the VMs.
+            converged: git_error.is_none() && publish_ok,
             wake_in: None,
             error: git_error,
             pushed,

@@ -109,6 +109,10 @@ async fn a_template_override_that_never_ends_is_reported_naming_it_and_nothing_i
     world.push_file("templates/cluster-facts.yaml.j2", endless, "an override");
     let run = world.run_once_for(Duration::from_secs(20));
     assert!(
+        !run.success(),
+        "a run that could not publish its generated files has not converged:\n{run}"
+    );
+    assert!(
         run.stdout.contains("cluster-facts.yaml.j2"),
         "the run should name the template:\n{run}"
     );
