@@ -49,21 +49,7 @@ impl OwnedVm {
         running: bool,
     ) -> Result<Self, ProxmoxError> {
         match ownership::judge(id, config) {
-            Verdict::Owned => Ok(Self {
-                id: id.clone(),
-                node: node.to_owned(),
-                digest: config
-                    .get("digest")
-                    .and_then(|d| d.as_str())
-                    .unwrap_or_default()
-                    .to_owned(),
-                running,
-                smbios_uuid: config
-                    .get("smbios1")
-                    .and_then(|v| v.as_str())
-                    .and_then(smbios_uuid)
-                    .unwrap_or_default(),
-            }),
+            Verdict::Owned => Ok(Self::proven(id, node, config, running)),
             Verdict::HalfMade => Err(ProxmoxError::Foreign {
                 vmid: id.vmid.get(),
                 reason: "a half-made kiln VM (no tags yet): finish it with create".into(),
@@ -79,6 +65,30 @@ impl OwnedVm {
         }
     }
 
+    /// The proof, once a verdict allowed it.
+    fn proven(
+        id: &VmIdentity,
+        node: &str,
+        config: &serde_json::Map<String, serde_json::Value>,
+        running: bool,
+    ) -> Self {
+        Self {
+            id: id.clone(),
+            node: node.to_owned(),
+            digest: config
+                .get("digest")
+                .and_then(|d| d.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            running,
+            smbios_uuid: config
+                .get("smbios1")
+                .and_then(|v| v.as_str())
+                .and_then(smbios_uuid)
+                .unwrap_or_default(),
+        }
+    }
+
     /// As [`Self::verify`], for a destroy only: a half-made VM (clone done, tags not yet set) is also
     /// proof enough when it is stopped and no clone still holds it — the marker in the clone call is
     /// kiln's own writing (DESIGN.md §3), and a decommission must be able to remove what a crash
@@ -91,17 +101,9 @@ impl OwnedVm {
     ) -> Result<Self, ProxmoxError> {
         let locked_by_clone = config.get("lock").and_then(|v| v.as_str()) == Some("clone");
         match ownership::judge(id, config) {
-            Verdict::HalfMade if !running && !locked_by_clone => Ok(Self {
-                id: id.clone(),
-                node: node.to_owned(),
-                digest: config
-                    .get("digest")
-                    .and_then(|d| d.as_str())
-                    .unwrap_or_default()
-                    .to_owned(),
-                running,
-                smbios_uuid: String::new(),
-            }),
+            Verdict::HalfMade if !running && !locked_by_clone => {
+                Ok(Self::proven(id, node, config, running))
+            }
             Verdict::HalfMade => Err(ProxmoxError::Foreign {
                 vmid: id.vmid.get(),
                 reason: if running {

@@ -542,6 +542,8 @@ impl ProxmoxPort for SimProxmox {
             vm
         };
         let fresh = self.claim_for_destroy(vm.identity()).await?;
+        // qemu-server `src/PVE/API2/Qemu.pm` `destroy_vm` refuses a running VM ("VM … is running -
+        // destroy failed"); a stopped one goes whether its tags were ever set or not.
         if fresh.running() {
             return Err(ProxmoxError::Protocol(format!(
                 "VM {} runs again; not destroyed",

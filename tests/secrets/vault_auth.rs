@@ -64,6 +64,28 @@ async fn kiln_tokens(bao: &Bao) -> Vec<Value> {
     out
 }
 
+/// Reads until kiln renews its token (once), failing if it logs in again instead: renewal must keep
+/// the token, whether it came from an AppRole login or from a file.
+async fn reads_until_renewed(store: &VaultStore, p: &kiln::secrets::SecretPath) {
+    poll(
+        "a renewal by a read in the last third",
+        Duration::from_secs(5),
+        || async {
+            assert!(matches!(
+                store.read(p).await.unwrap(),
+                ReadOutcome::Present(_)
+            ));
+            let stats = store.auth_stats();
+            assert_eq!(
+                stats.logins, 1,
+                "renewed, not replaced by a login: {stats:?}"
+            );
+            (stats.renewals == 1).then_some(())
+        },
+    )
+    .await
+}
+
 /// Waits until the one live kiln token has at most `secs` of its TTL left (and is still alive).
 async fn until_ttl_at_most(bao: &Bao, secs: i64) {
     poll(
@@ -110,20 +132,7 @@ async fn approle_login_renewal_expiry_and_relogin_after_403() {
     // judges the TTL by its own clock from when the login answered, which a loaded machine puts a
     // little after OpenBao's; so read on until kiln renews, and no login may happen meanwhile.
     until_ttl_at_most(&bao, 3).await;
-    poll(
-        "a renewal by a read in the last third",
-        Duration::from_secs(5),
-        || async {
-            assert!(matches!(
-                store.read(&p).await.unwrap(),
-                ReadOutcome::Present(_)
-            ));
-            let stats = store.auth_stats();
-            assert_eq!(stats.logins, 1, "renewed, not replaced: {stats:?}");
-            (stats.renewals == 1).then_some(())
-        },
-    )
-    .await;
+    reads_until_renewed(&store, &p).await;
 
     // Idle past the whole TTL: the old token is dead, kiln logs in again before asking.
     until_no_kiln_token(&bao).await;
@@ -280,20 +289,7 @@ async fn a_renewable_token_from_a_file_is_renewed_not_reread() {
     )
     .await;
     // kiln's clock runs from when the login answered: read on until it renews (as above).
-    poll(
-        "a renewal by a read in the last third",
-        Duration::from_secs(5),
-        || async {
-            assert!(matches!(
-                store.read(&p).await.unwrap(),
-                ReadOutcome::Present(_)
-            ));
-            let stats = store.auth_stats();
-            assert_eq!(stats.logins, 1, "the file is not re-read: {stats:?}");
-            (stats.renewals == 1).then_some(())
-        },
-    )
-    .await;
+    reads_until_renewed(&store, &p).await;
     // Renewed, the token outlives its first TTL: wait until that first TTL is over by OpenBao's clock.
     let (_, created_info) = bao
         .api_status("POST", "auth/token/lookup", Some(json!({ "token": token })))

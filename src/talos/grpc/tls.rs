@@ -106,19 +106,19 @@ fn base_client() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVeri
 /// client skips verification the same way (`--insecure`). Signatures are still checked, so the handshake
 /// proves the peer holds the key of the certificate it showed.
 pub fn insecure_client_config() -> Result<Arc<ClientConfig>, TlsSetupError> {
-    let verifier = crate::tls::PeerKeyOnly::any_certificate(provider());
-    let mut cfg = base_client()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(Arc::new(cfg))
+    maintenance_client(crate::tls::PeerKeyOnly::any_certificate(provider()))
 }
 
 /// Maintenance mode after the first handshake: only the certificate seen then (its SHA-256) passes, so
 /// a re-dial within one client cannot reach another machine that took the address meanwhile.
 pub fn pinned_client_config(sha256: [u8; 32]) -> Result<Arc<ClientConfig>, TlsSetupError> {
-    let verifier = crate::tls::PeerKeyOnly::pinned(sha256, provider());
+    maintenance_client(crate::tls::PeerKeyOnly::pinned(sha256, provider()))
+}
+
+/// A client without a certificate of its own, judging the node with `verifier`, speaking h2.
+fn maintenance_client(
+    verifier: Arc<crate::tls::PeerKeyOnly>,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let mut cfg = base_client()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
