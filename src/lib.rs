@@ -33,3 +33,6 @@ pub mod talos;
 pub mod testhook;
 /// The certificate verifier for peers no CA vouches for (a pinned PVE node, Talos maintenance).
 pub mod tls;
+
+#[cfg(test)]
+mod invariants;
