@@ -178,8 +178,8 @@ pub struct Resized {
     pub disk_grown: bool,
 }
 
-/// The port the reconciler drives Proxmox through; implemented by [`PveAdapter`] and by the
-/// simulator (`sim::proxmox`). No method writes to a VM without proving ownership first.
+/// The port the reconciler drives Proxmox through; implemented by [`PveAdapter`] alone (the simulator,
+/// `sim::pve`, is a [`Transport`] under it). No method writes to a VM without proving ownership first.
 #[async_trait]
 pub trait ProxmoxPort: Send + Sync {
     /// Exactly one `GET /cluster/resources?type=vm`, classified.
