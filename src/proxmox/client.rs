@@ -334,3 +334,80 @@ fn error_message(body: &[u8], reason: Option<String>) -> String {
     }
     msg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers every request with one canned outcome.
+    struct Canned(fn() -> Result<Reply, TransportError>);
+
+    #[async_trait]
+    impl Transport for Canned {
+        async fn exchange(
+            &self,
+            _method: &Method,
+            _path: &str,
+            _params: &[(&str, String)],
+        ) -> Result<Reply, TransportError> {
+            (self.0)()
+        }
+        fn describe(&self) -> String {
+            "canned".into()
+        }
+    }
+
+    async fn call(
+        method: Method,
+        answer: fn() -> Result<Reply, TransportError>,
+    ) -> Result<Value, ProxmoxError> {
+        Api::over(Arc::new(Canned(answer)))
+            .call(method, "/nodes/pve1/qemu/401/status/start", &[], Some(401))
+            .await
+    }
+
+    /// The seam keeps what the HTTP edge decided before: a lost answer to a write may have run (never
+    /// called a plain transport error), nothing sent is safe, and PVE's message comes from the reason
+    /// phrase into `classify`.
+    #[tokio::test]
+    async fn lost_answers_sent_nothing_and_refusals_keep_their_meaning() {
+        let lost = || Err(TransportError::NoAnswer("reset".into()));
+        assert!(matches!(
+            call(Method::POST, lost).await,
+            Err(ProxmoxError::NoAnswer { .. })
+        ));
+        assert!(matches!(
+            call(Method::GET, lost).await,
+            Err(ProxmoxError::Transport(_))
+        ));
+        let unsent = || Err(TransportError::NotSent("refused".into()));
+        assert!(matches!(
+            call(Method::POST, unsent).await,
+            Err(ProxmoxError::Transport(_))
+        ));
+        let locked = || {
+            Ok(Reply {
+                status: 500,
+                reason: Some("VM is locked (backup)".into()),
+                body: bytes::Bytes::from_static(br#"{"data":null}"#),
+            })
+        };
+        assert!(matches!(
+            call(Method::POST, locked).await,
+            Err(ProxmoxError::Locked { vmid: 401, ref lock }) if lock == "backup"
+        ));
+        let ok = || {
+            Ok(Reply {
+                status: 200,
+                reason: Some("OK".into()),
+                body: bytes::Bytes::from_static(
+                    br#"{"data":"UPID:pve1:1:2:3:qmstart:401:k@pve:"}"#,
+                ),
+            })
+        };
+        assert_eq!(
+            call(Method::POST, ok).await.unwrap(),
+            Value::String("UPID:pve1:1:2:3:qmstart:401:k@pve:".into())
+        );
+    }
+}

@@ -156,7 +156,6 @@ pub fn clone(st: &mut State, node: &str, vmid: u32, params: &Params) -> Result<A
         st.vms.insert(newid, vm);
         Ok(vec![format!("create full clone of drive(s) of VM {vmid}")])
     });
-    st.writes += 1;
     Ok(Answer {
         data: Value::String(upid),
         events: Vec::new(),

@@ -63,10 +63,31 @@ pub type PowerHook = Arc<dyn Fn(&PowerEvent) + Send + Sync>;
 #[derive(Default)]
 struct HookSlot(RwLock<Option<PowerHook>>);
 
+/// What an injected fault does to the next matching request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultKind {
+    /// PVE answers this instead of running the request (e.g. 500 "can't lock file … - got timeout").
+    Refuse { status: u16, message: String },
+    /// The request runs to its end, then the answer is lost on the way back.
+    LoseReply,
+    /// No connection: the request never reaches PVE.
+    NotSent,
+}
+
+/// A fault for the next `times` requests whose method matches and whose path ends with `path_suffix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub method: Method,
+    pub path_suffix: String,
+    pub kind: FaultKind,
+    pub times: u32,
+}
+
 /// The simulated PVE cluster. Cheap to create; all state in memory.
 pub struct SimPve {
     state: Mutex<State>,
     hook: HookSlot,
+    faults: Mutex<Vec<Fault>>,
 }
 
 impl std::fmt::Debug for SimPve {
@@ -90,6 +111,7 @@ impl SimPve {
         Self {
             state: Mutex::new(State::new()),
             hook: HookSlot::default(),
+            faults: Mutex::default(),
         }
     }
 
@@ -225,12 +247,37 @@ impl SimPve {
         self.emit(&event.into_iter().collect::<Vec<_>>());
     }
 
+    /// Makes the next matching requests fail (the network or PVE misbehaving), for tests of the
+    /// adapter's retries and of its looking before repeating a write.
+    pub fn inject(&self, fault: Fault) {
+        self.faults.lock().expect("faults lock").push(fault);
+    }
+
+    /// Injected faults not used up yet.
+    pub fn pending_faults(&self) -> Vec<Fault> {
+        self.faults.lock().expect("faults lock").clone()
+    }
+
+    fn take_fault(&self, method: &Method, path: &str) -> Option<FaultKind> {
+        let mut faults = self.faults.lock().expect("faults lock");
+        let i = faults
+            .iter()
+            .position(|f| f.method == method && path.ends_with(&f.path_suffix) && f.times > 0)?;
+        faults[i].times -= 1;
+        let kind = faults[i].kind.clone();
+        if faults[i].times == 0 {
+            faults.remove(i);
+        }
+        Some(kind)
+    }
+
     /// `GET /cluster/resources` served.
     pub fn listings(&self) -> u64 {
         self.lock().listings
     }
 
-    /// Modifying calls served (clone, config, resize, power, destroy), refused or not.
+    /// Modifying requests received (every POST, PUT and DELETE), answered or refused: zero new ones
+    /// means nothing the adapter sent could have changed a VM.
     pub fn writes(&self) -> u64 {
         self.lock().writes
     }
@@ -249,6 +296,9 @@ impl SimPve {
     ) -> Result<(Value, Vec<PowerEvent>), Refusal> {
         let mut st = self.lock();
         st.record(method.as_str(), path, params);
+        if method != Method::GET {
+            st.writes += 1;
+        }
         let params: Params = params
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
@@ -287,9 +337,36 @@ impl Transport for SimPve {
         path: &str,
         params: &[(&str, String)],
     ) -> Result<Reply, TransportError> {
-        let (status, reason, body) = match self.serve(method, path, params) {
+        let fault = self.take_fault(method, path);
+        let served = match &fault {
+            Some(FaultKind::NotSent) => {
+                return Err(TransportError::NotSent(format!(
+                    "{method} {path}: connection refused (injected)"
+                )));
+            }
+            Some(FaultKind::Refuse { status, message }) => {
+                // PVE received it, and refused it without running it.
+                let mut st = self.lock();
+                st.record(method.as_str(), path, params);
+                if method != Method::GET {
+                    st.writes += 1;
+                }
+                Err(Refusal {
+                    status: *status,
+                    message: message.clone(),
+                    errors: BTreeMap::new(),
+                })
+            }
+            Some(FaultKind::LoseReply) | None => self.serve(method, path, params),
+        };
+        let (status, reason, body) = match served {
             Ok((data, events)) => {
                 self.emit(&events);
+                if fault == Some(FaultKind::LoseReply) {
+                    return Err(TransportError::NoAnswer(format!(
+                        "{method} {path}: connection reset after the request ran (injected)"
+                    )));
+                }
                 (200, Some("OK".to_owned()), json!({ "data": data }))
             }
             Err(r) => {
@@ -315,8 +392,16 @@ impl Transport for SimPve {
 /// The real adapter over this simulator: what `proxmox.backend = "simulated"` and the lab hand the
 /// reconciler. Task and shutdown timeouts are PVE's defaults; the retry policy is the adapter's own.
 pub fn adapter(pve: Arc<SimPve>) -> crate::proxmox::PveAdapter {
+    adapter_with_retry(pve, crate::proxmox::RetryPolicy::default())
+}
+
+/// As [`adapter`], with a retry policy of the test's (short pauses for injected faults).
+pub fn adapter_with_retry(
+    pve: Arc<SimPve>,
+    retry: crate::proxmox::RetryPolicy,
+) -> crate::proxmox::PveAdapter {
     crate::proxmox::PveAdapter::new(
-        crate::proxmox::Api::over(pve),
+        crate::proxmox::Api::over(pve).with_retry(retry),
         std::time::Duration::from_secs(600),
         std::time::Duration::from_secs(60),
         0,

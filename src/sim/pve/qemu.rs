@@ -294,7 +294,6 @@ fn update_config(st: &mut State, node: &str, vmid: u32, params: &Params) -> Resu
     } else {
         vm.apply_pending();
     }
-    st.writes += 1;
     Ok(())
 }
 
@@ -370,7 +369,6 @@ fn resize(st: &mut State, node: &str, vmid: u32, params: &Params) -> Result<Answ
             "update VM {vmid}: resize --disk {disk} --size {size}"
         )])
     });
-    st.writes += 1;
     Ok(Answer::data(Value::String(upid)))
 }
 
@@ -432,7 +430,6 @@ fn power(st: &mut State, node: &str, vmid: u32, action: &str) -> Result<Answer, 
         }
         Ok(Vec::new())
     });
-    st.writes += 1;
     let events = change
         .and_then(|c| {
             let vm = st.vms.get(&vmid)?;
@@ -472,7 +469,6 @@ fn destroy(st: &mut State, node: &str, vmid: u32) -> Result<Answer, Refusal> {
         gone = st.vms.remove(&vmid);
         Ok(vec![format!("destroy VM {vmid}")])
     });
-    st.writes += 1;
     let events = gone
         .map(|vm| PowerEvent {
             vmid,

@@ -364,3 +364,56 @@ async fn the_preflight_reads_the_simulated_acl() {
         other => panic!("{other:?}"),
     }
 }
+
+fn fast() -> crate::proxmox::RetryPolicy {
+    crate::proxmox::RetryPolicy {
+        attempts: 5,
+        base: std::time::Duration::from_millis(1),
+        cap: std::time::Duration::from_millis(4),
+    }
+}
+
+/// A clone whose reply is lost has still run: the adapter looks before repeating, finds its
+/// half-made VM and adopts it — one clone, never two. A lock timeout on the config write and a
+/// refused connection on a read are retried.
+#[tokio::test]
+async fn lost_replies_and_transient_refusals_go_through_the_adapters_own_recovery() {
+    let sim = Arc::new(SimPve::new());
+    sim.add_template(9000, "pve1");
+    let px = adapter_with_retry(sim.clone(), fast());
+    let fault = |method: Method, suffix: &str, kind: FaultKind| Fault {
+        method,
+        path_suffix: suffix.into(),
+        kind,
+        times: 1,
+    };
+    sim.inject(fault(Method::POST, "/clone", FaultKind::LoseReply));
+    sim.inject(fault(
+        Method::PUT,
+        "/config",
+        FaultKind::Refuse {
+            status: 500,
+            message: "can't lock file '/var/lock/qemu-server/lock-701.conf' - got timeout".into(),
+        },
+    ));
+    sim.inject(fault(Method::GET, "/status/current", FaultKind::NotSent));
+    let created = px.create(&spec(1), "pve1").await.unwrap();
+    assert!(
+        created.adopted,
+        "the VM the unanswered clone made is adopted"
+    );
+    assert!(
+        sim.pending_faults().is_empty(),
+        "{:?}",
+        sim.pending_faults()
+    );
+    let clones = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/clone"))
+        .count();
+    assert_eq!(clones, 1);
+    let vm = sim.vm(701).unwrap();
+    assert!(vm.running);
+    assert_eq!(vm.config["tags"], spec(1).id.tags());
+}
