@@ -80,13 +80,14 @@ pub async fn open_ports(config: &Config) -> anyhow::Result<Opened> {
             (a.clone(), Some(a), None)
         }
         ProxmoxBackend::Simulated => {
-            // VMs in process; with talos.backend = "simulated" their machines boot on loopback
-            // (loading the config refuses simulated Talos behind a real Proxmox).
+            // VMs in process, driven by the real adapter over the simulated PVE API (so the
+            // permission preflight runs too); with talos.backend = "simulated" their machines boot
+            // on loopback (loading the config refuses simulated Talos behind a real Proxmox).
             let lab = kiln::sim::lab::Lab::new(&[(
                 config.defaults.template.get(),
                 config.defaults.proxmox_node.as_str(),
             )]);
-            (lab.proxmox(), None, Some(Box::new(lab)))
+            (lab.proxmox(), Some(lab.adapter()), Some(Box::new(lab)))
         }
     };
     Ok(Opened {

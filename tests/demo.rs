@@ -221,7 +221,18 @@ mod lab {
             .await
             .expect("config accepted");
         assert!(lab.applied_config(ip(11)).is_some());
+        // The adapter reboots only for a pending change: more cores make one.
+        let mut bigger = spec.clone();
+        bigger.resources.cores += 1;
+        let vm = pve.resize(&vm, &bigger).await.unwrap().vm;
         let vm = pve.reboot(&vm).await.unwrap();
+        assert!(
+            lab.sim_proxmox()
+                .requests()
+                .iter()
+                .any(|r| r.path == format!("/nodes/pve1/qemu/{vmid}/status/reboot")),
+            "Proxmox was asked to reboot the VM"
+        );
         assert!(
             matches!(t.node_state(ip(11), &id).await, NodeState::Configured(_)),
             "Talos is installed on the disk: a reboot comes back configured"
@@ -259,6 +270,69 @@ mod lab {
         assert_eq!(state, NodeState::Maintenance);
         assert!(lab.boot_errors().is_empty(), "{:?}", lab.boot_errors());
         assert!(lab.violations().is_empty());
+    }
+
+    /// The lab's hypervisor is kiln's real adapter over the simulated PVE API: a create is PVE's
+    /// clone call with kiln's parameters (a full clone to the intent's storage, kiln's name, the
+    /// ownership marker from the first call on), then one config write carrying kiln's tags and the
+    /// digest just read, the disk growth, the start. A change to the adapter's clone logic shows here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_is_the_adapters_clone_configure_grow_start_on_the_pve_api() {
+        let cluster = one_node_cluster("labclone", 14);
+        let lab = lab();
+        let spec = vm_spec(&cluster);
+        let vmid = spec.id.vmid.get();
+        lab.proxmox().create(&spec, "pve1").await.expect("create");
+
+        let seen = lab.sim_proxmox().requests();
+        let writes: Vec<_> = seen.iter().filter(|r| r.method != "GET").collect();
+        let calls: Vec<(&str, &str)> = writes
+            .iter()
+            .map(|r| (r.method.as_str(), r.path.as_str()))
+            .collect();
+        let vm_path = format!("/nodes/pve1/qemu/{vmid}");
+        assert_eq!(
+            calls,
+            [
+                ("POST", "/nodes/pve1/qemu/9000/clone"),
+                ("PUT", format!("{vm_path}/config").as_str()),
+                ("PUT", format!("{vm_path}/resize").as_str()),
+                ("POST", format!("{vm_path}/status/start").as_str()),
+            ]
+        );
+        let clone = &writes[0].params;
+        assert_eq!(clone["newid"], vmid.to_string());
+        assert_eq!(clone["name"], spec.id.name);
+        assert_eq!(clone["full"], "1");
+        assert_eq!(clone["storage"], "local-lvm");
+        assert_eq!(
+            clone["description"].lines().next(),
+            Some(spec.id.marker().as_str())
+        );
+        assert!(!clone.contains_key("target"), "same node: no target");
+        let config = &writes[1].params;
+        assert_eq!(config["tags"], spec.id.tags());
+        assert_eq!(config["ipconfig0"], spec.ipconfig0());
+        assert_eq!(config["net0"], spec.net0());
+        assert!(
+            !config["digest"].is_empty(),
+            "written against the digest read"
+        );
+        assert_eq!(
+            writes[2].params["size"],
+            format!("{}G", spec.resources.disk_gib)
+        );
+        let vm = lab.sim_proxmox().vm(vmid).unwrap();
+        assert!(vm.running);
+        assert_eq!(vm.config["tags"], spec.id.tags());
+        assert_eq!(
+            vm.config["scsi0"],
+            format!(
+                "local-lvm:vm-{vmid}-disk-0,size={}G",
+                spec.resources.disk_gib
+            )
+        );
+        assert_eq!(lab.node_addr(vmid), Some(addr(14)), "its machine booted");
     }
 
     /// A machine whose address is held by someone else comes up once it is free, as a slow boot;
@@ -436,7 +510,7 @@ mod folder {
             demo.lab
                 .sim_proxmox()
                 .vm(9000)
-                .is_some_and(|vm| vm.template)
+                .is_some_and(|vm| vm.is_template())
         );
     }
 
@@ -644,9 +718,17 @@ async fn the_demo_clusters_come_up_in_the_lab() {
         all_ready().await;
         // A Proxmox reboot of every VM (a resize's pending change) keeps the cluster: Talos is on disk.
         for node in &cluster.nodes {
-            let spec = VmSpec::for_node(&cluster, node, "uid-demo");
+            let mut spec = VmSpec::for_node(&cluster, node, "uid-demo");
+            spec.resources.cores += 1;
             let vm = pve.claim(&spec.id).await.unwrap();
+            let vm = pve.resize(&vm, &spec).await.unwrap().vm;
             pve.reboot(&vm).await.unwrap();
+            assert_eq!(
+                lab.sim_proxmox().vm(vm.vmid()).unwrap().config["cores"],
+                spec.resources.cores.to_string(),
+                "{}: rebooted with its new size",
+                node.name
+            );
         }
         all_ready().await;
         assert_eq!(t.etcd_members(first_ip, &id).await.unwrap().len(), cps);

@@ -2,7 +2,10 @@
 //! and errors typed at the boundary. Retrying is the caller's decision (see `retry`): a POST that got
 //! no answer may have run, so only the lifecycle code, which can look first, may repeat it.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -63,16 +66,128 @@ where
     }
 }
 
-pub struct Api {
+/// One HTTP exchange with the PVE API, below everything that is kiln's own reading of it (the
+/// `{"data": …}` envelope, error classification, retries, task waits). `path` is relative to
+/// `/api2/json`. The real server is reached with [`ReqwestTransport`]; `sim::pve` answers in memory,
+/// so the demo and the engine tests run this module and the adapter unchanged.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    async fn exchange(
+        &self,
+        method: &Method,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> Result<Reply, TransportError>;
+
+    /// Names the far end in logs (`Api`'s `Debug`).
+    fn describe(&self) -> String;
+}
+
+/// What came back: any HTTP status, PVE's message in the reason phrase, the body as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub reason: Option<String>,
+    pub body: bytes::Bytes,
+}
+
+/// Why no reply came. The difference decides whether a POST may be repeated blindly.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Nothing reached the server (no connection): safe to say so, whatever the method.
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// The request may have reached the server and run; the answer was lost.
+    #[error("no answer: {0}")]
+    NoAnswer(String),
+}
+
+/// The PVE API over HTTPS, with API-token auth and kiln's TLS trust.
+pub struct ReqwestTransport {
     http: reqwest::Client,
     base: String,
     auth: Secret,
+}
+
+impl ReqwestTransport {
+    pub fn new(
+        url: &str,
+        token_id: &str,
+        secret: Secret,
+        trust: &Trust,
+    ) -> Result<Self, ProxmoxError> {
+        let tls = client_config(trust)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ProxmoxError::Config(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base: format!("{}/api2/json", url.trim_end_matches('/')),
+            auth: Secret::new(format!("PVEAPIToken={token_id}={}", secret.expose())),
+        })
+    }
+}
+
+#[async_trait]
+impl Transport for ReqwestTransport {
+    async fn exchange(
+        &self,
+        method: &Method,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> Result<Reply, TransportError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header("Authorization", self.auth.expose());
+        req = if method == Method::GET || method == Method::DELETE {
+            req.query(params)
+        } else {
+            req.form(params)
+        };
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                TransportError::NotSent(e.to_string())
+            } else {
+                TransportError::NoAnswer(e.to_string())
+            }
+        })?;
+        let status = resp.status().as_u16();
+        let reason = resp
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| TransportError::NoAnswer(e.to_string()))?;
+        Ok(Reply {
+            status,
+            reason,
+            body,
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.base.clone()
+    }
+}
+
+pub struct Api {
+    transport: Arc<dyn Transport>,
     pub(crate) retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api").field("base", &self.base).finish()
+        f.debug_struct("Api")
+            .field("base", &self.transport.describe())
+            .finish()
     }
 }
 
@@ -123,26 +238,24 @@ impl Api {
         Self::new(url, token_id, secret, &trust)
     }
 
+    /// The real server at `url` (`https://host:8006`).
     pub fn new(
         url: &str,
         token_id: &str,
         secret: Secret,
         trust: &Trust,
     ) -> Result<Self, ProxmoxError> {
-        let tls = client_config(trust)?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| ProxmoxError::Config(format!("HTTP client: {e}")))?;
-        Ok(Self {
-            http,
-            base: format!("{}/api2/json", url.trim_end_matches('/')),
-            auth: Secret::new(format!("PVEAPIToken={token_id}={}", secret.expose())),
+        Ok(Self::over(Arc::new(ReqwestTransport::new(
+            url, token_id, secret, trust,
+        )?)))
+    }
+
+    /// Any transport: the simulated PVE (`sim::pve`), or a test's.
+    pub fn over(transport: Arc<dyn Transport>) -> Self {
+        Self {
+            transport,
             retry: RetryPolicy::default(),
-        })
+        }
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -171,47 +284,29 @@ impl Api {
         params: &[(&str, String)],
         vmid: Option<u32>,
     ) -> Result<bytes::Bytes, ProxmoxError> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self
-            .http
-            .request(method.clone(), &url)
-            .header("Authorization", self.auth.expose());
-        req = if method == Method::GET || method == Method::DELETE {
-            req.query(params)
-        } else {
-            req.form(params)
-        };
-        let idempotent = method == Method::GET;
-        let lost = |e: reqwest::Error| {
-            if idempotent {
-                ProxmoxError::Transport(format!("{method} {path}: {e}"))
-            } else {
-                ProxmoxError::NoAnswer {
+        let reply = self
+            .transport
+            .exchange(&method, path, params)
+            .await
+            .map_err(|e| match e {
+                TransportError::NotSent(m) => {
+                    ProxmoxError::Transport(format!("{method} {path}: {m}"))
+                }
+                // A lost GET is only a lost read; anything else may have run.
+                TransportError::NoAnswer(m) if method == Method::GET => {
+                    ProxmoxError::Transport(format!("{method} {path}: {m}"))
+                }
+                TransportError::NoAnswer(_) => ProxmoxError::NoAnswer {
                     method: method.to_string(),
                     path: path.to_owned(),
-                }
-            }
-        };
-        let resp = req.send().await.map_err(|e| {
-            if e.is_connect() {
-                // Nothing was sent: safe to say so, whatever the method.
-                ProxmoxError::Transport(format!("{method} {path}: {e}"))
-            } else {
-                lost(e)
-            }
-        })?;
-        let status = resp.status();
-        let reason = resp
-            .extensions()
-            .get::<hyper::ext::ReasonPhrase>()
-            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
-        let body = resp.bytes().await.map_err(lost)?;
-        if status == StatusCode::OK {
-            return Ok(body);
+                },
+            })?;
+        if reply.status == StatusCode::OK.as_u16() {
+            return Ok(reply.body);
         }
         Err(classify(
-            status.as_u16(),
-            error_message(&body, reason),
+            reply.status,
+            error_message(&reply.body, reply.reason),
             vmid,
         ))
     }
@@ -238,4 +333,81 @@ fn error_message(body: &[u8], reason: Option<String>) -> String {
         msg.push_str(&format!(" ({})", parts.join("; ")));
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers every request with one canned outcome.
+    struct Canned(fn() -> Result<Reply, TransportError>);
+
+    #[async_trait]
+    impl Transport for Canned {
+        async fn exchange(
+            &self,
+            _method: &Method,
+            _path: &str,
+            _params: &[(&str, String)],
+        ) -> Result<Reply, TransportError> {
+            (self.0)()
+        }
+        fn describe(&self) -> String {
+            "canned".into()
+        }
+    }
+
+    async fn call(
+        method: Method,
+        answer: fn() -> Result<Reply, TransportError>,
+    ) -> Result<Value, ProxmoxError> {
+        Api::over(Arc::new(Canned(answer)))
+            .call(method, "/nodes/pve1/qemu/401/status/start", &[], Some(401))
+            .await
+    }
+
+    /// The seam keeps what the HTTP edge decided before: a lost answer to a write may have run (never
+    /// called a plain transport error), nothing sent is safe, and PVE's message comes from the reason
+    /// phrase into `classify`.
+    #[tokio::test]
+    async fn lost_answers_sent_nothing_and_refusals_keep_their_meaning() {
+        let lost = || Err(TransportError::NoAnswer("reset".into()));
+        assert!(matches!(
+            call(Method::POST, lost).await,
+            Err(ProxmoxError::NoAnswer { .. })
+        ));
+        assert!(matches!(
+            call(Method::GET, lost).await,
+            Err(ProxmoxError::Transport(_))
+        ));
+        let unsent = || Err(TransportError::NotSent("refused".into()));
+        assert!(matches!(
+            call(Method::POST, unsent).await,
+            Err(ProxmoxError::Transport(_))
+        ));
+        let locked = || {
+            Ok(Reply {
+                status: 500,
+                reason: Some("VM is locked (backup)".into()),
+                body: bytes::Bytes::from_static(br#"{"data":null}"#),
+            })
+        };
+        assert!(matches!(
+            call(Method::POST, locked).await,
+            Err(ProxmoxError::Locked { vmid: 401, ref lock }) if lock == "backup"
+        ));
+        let ok = || {
+            Ok(Reply {
+                status: 200,
+                reason: Some("OK".into()),
+                body: bytes::Bytes::from_static(
+                    br#"{"data":"UPID:pve1:1:2:3:qmstart:401:k@pve:"}"#,
+                ),
+            })
+        };
+        assert_eq!(
+            call(Method::POST, ok).await.unwrap(),
+            Value::String("UPID:pve1:1:2:3:qmstart:401:k@pve:".into())
+        );
+    }
 }

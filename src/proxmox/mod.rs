@@ -19,7 +19,7 @@ pub mod vmconfig;
 use async_trait::async_trait;
 
 pub use adapter::PveAdapter;
-pub use client::{Api, RetryPolicy};
+pub use client::{Api, Reply, RetryPolicy, Transport, TransportError};
 pub use error::ProxmoxError;
 pub use inventory::{Inventory, KilnNodeRef, ObservedVm, Ownership, PowerState};
 pub use ownership::{Verdict, VmIdentity};
@@ -178,8 +178,8 @@ pub struct Resized {
     pub disk_grown: bool,
 }
 
-/// The port the reconciler drives Proxmox through; implemented by [`PveAdapter`] and by the
-/// simulator (`sim::proxmox`). No method writes to a VM without proving ownership first.
+/// The port the reconciler drives Proxmox through; implemented by [`PveAdapter`] alone (the simulator,
+/// `sim::pve`, is a [`Transport`] under it). No method writes to a VM without proving ownership first.
 #[async_trait]
 pub trait ProxmoxPort: Send + Sync {
     /// Exactly one `GET /cluster/resources?type=vm`, classified.

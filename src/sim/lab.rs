@@ -1,10 +1,11 @@
-//! The simulated machine room: a [`SimProxmox`] whose VMs run Talos, as `proxmox.backend = "simulated"`
-//! with `talos.backend = "simulated"` means. When a VM starts, a Talos node answers at the address its
+//! The simulated machine room: a [`SimPve`] whose VMs run Talos, as `proxmox.backend = "simulated"`
+//! with `talos.backend = "simulated"` means. The reconciler reaches the simulated PVE through the real
+//! `proxmox` adapter ([`Lab::proxmox`]), over the PVE API transport. When a VM starts, a Talos node answers at the address its
 //! cloud-init `ipconfig0` gives it (`ip=A.B.C.D/N,gw=…`), on the Talos API port, in maintenance on its
 //! first boot; when the VM stops, nothing answers there; a reboot brings back what is on its disk (the
 //! installed config, or maintenance if none); a destroyed VM's machine is gone.
 //!
-//! The coupling goes one way, through SimProxmox's power hook: the hypervisor knows nothing of Talos.
+//! The coupling goes one way, through SimPve's power hook: the hypervisor knows nothing of Talos.
 //! kiln reaches the nodes as it reaches real ones, with `talos::grpc::GrpcTalos` at their IPs, so the lab
 //! exposes nothing Talos-specific beyond what tests look at (applied configs, violations, faults).
 //!
@@ -17,9 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use super::proxmox::{PowerChange, PowerEvent, SimProxmox};
+use super::pve::{self, PowerChange, PowerEvent, SimPve};
 use super::talos::{NodeSpec, SimError, SimOptions, SimTalos};
-use crate::proxmox::ProxmoxPort;
+use crate::proxmox::{ProxmoxPort, PveAdapter};
 use crate::talos::grpc::client::APID_PORT;
 
 /// What the lab knows of each VM it booted a machine for.
@@ -41,7 +42,8 @@ struct Room {
 
 /// Simulated Proxmox and Talos, coupled. Dropping it stops every simulated Talos node.
 pub struct Lab {
-    proxmox: Arc<SimProxmox>,
+    proxmox: Arc<SimPve>,
+    adapter: Arc<PveAdapter>,
     room: Arc<Room>,
 }
 
@@ -55,7 +57,7 @@ impl Lab {
 
     /// As [`Lab::new`], with the simulator's options and the Talos API port nodes listen on.
     pub fn with_options(templates: &[(u32, &str)], options: SimOptions, port: u16) -> Self {
-        let proxmox = Arc::new(SimProxmox::new());
+        let proxmox = Arc::new(SimPve::new());
         for (vmid, node) in templates {
             proxmox.add_template(*vmid, node);
         }
@@ -70,16 +72,27 @@ impl Lab {
                 room.on_power(event);
             }
         }));
-        Self { proxmox, room }
+        let adapter = Arc::new(pve::adapter(proxmox.clone()));
+        Self {
+            proxmox,
+            adapter,
+            room,
+        }
     }
 
-    /// The hypervisor, as the reconciler drives it.
+    /// The hypervisor as the reconciler drives it: kiln's real PVE adapter over the simulated API.
     pub fn proxmox(&self) -> Arc<dyn ProxmoxPort> {
-        self.proxmox.clone()
+        self.adapter.clone()
     }
 
-    /// The simulator itself, for tests acting as the person at the web UI (`edit`, `stop_by_hand`).
-    pub fn sim_proxmox(&self) -> &Arc<SimProxmox> {
+    /// The same adapter, for what only the adapter offers (the permission preflight).
+    pub fn adapter(&self) -> Arc<PveAdapter> {
+        self.adapter.clone()
+    }
+
+    /// The simulated PVE itself, for tests acting as the person at the web UI (`edit`,
+    /// `stop_by_hand`) and looking at what it was asked (`requests`).
+    pub fn sim_proxmox(&self) -> &Arc<SimPve> {
         &self.proxmox
     }
 

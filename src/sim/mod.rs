@@ -2,5 +2,5 @@
 
 pub mod kubernetes;
 pub mod lab;
-pub mod proxmox;
+pub mod pve;
 pub mod talos;

@@ -140,6 +140,16 @@ async fn a_worker_leaves_only_after_its_drain_even_when_the_api_is_down() {
     let mut c = ClusterFixture::new("drainleave", 1, 2);
     let mut s = site(&c).await;
     s.converge("provisioning").await;
+    // The engine drove kiln's real adapter over the simulated PVE API: one full clone per VM.
+    let clones: Vec<_> = s
+        .lab
+        .sim_proxmox()
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/nodes/pve1/qemu/9000/clone")
+        .collect();
+    assert_eq!(clones.len(), c.wanted().len(), "{clones:?}");
+    assert!(clones.iter().all(|r| r.params["full"] == "1"));
     let leaving = c.wanted().last().unwrap().clone();
     assert!(s.lab.sim_proxmox().vm(leaving.vmid).is_some());
 
