@@ -322,9 +322,13 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         job.previous_status.as_ref(),
     );
     if !matches!(execution, Execution::Complete) {
-        return unfinished_outcome(ctx, status, record, execution, |action| {
-            phase_of(action, first_apply, intent_changed)
-        });
+        return unfinished_outcome(
+            ctx.settings.wait_interval,
+            status,
+            record,
+            execution,
+            |action| phase_of(action, first_apply, intent_changed),
+        );
     }
     record.applied_revision = Some(job.revision.clone());
     record.spec_text = job.text.clone();
@@ -449,16 +453,20 @@ async fn decommission_inner(ctx: &Ctx, job: &DecommissionJob) -> Outcome {
                 next: Next::Forget,
             }
         }
-        unfinished => unfinished_outcome(ctx, status, job.record.clone(), unfinished, |_| {
-            Phase::Deleting
-        }),
+        unfinished => unfinished_outcome(
+            ctx.settings.wait_interval,
+            status,
+            job.record.clone(),
+            unfinished,
+            |_| Phase::Deleting,
+        ),
     }
 }
 
 /// The outcome of a turn that did not run every step: waiting for a machine (looked at again soon),
 /// refused (`Blocked`), failing (backoff), given up (`Failed`), or interrupted by shutdown.
 fn unfinished_outcome(
-    ctx: &Ctx,
+    wait_interval: Duration,
     mut status: ClusterStatus,
     record: ClusterRecord,
     execution: Execution,
@@ -471,7 +479,7 @@ fn unfinished_outcome(
             status.last_error = None;
             status.retry_at = None;
             status.set_condition("Progressing", true, "Waiting", &why);
-            Next::Requeue(ctx.settings.wait_interval)
+            Next::Requeue(wait_interval)
         }
         Execution::Blocked {
             action,
@@ -573,3 +581,6 @@ fn blockers_message(plan: &ClusterPlan) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[cfg(test)]
+mod tests;
