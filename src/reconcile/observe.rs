@@ -241,6 +241,20 @@ pub struct Observation {
     pub uid_mirror_missing: bool,
 }
 
+/// The nodes whose Talos API a deep look asks: only kiln's own running VMs. A VM that is not kiln's
+/// (or a half-made one) is never contacted (§3), whatever answers at its address.
+pub fn talos_candidates<'c>(observed: &ObservedCluster, cluster: &'c Cluster) -> Vec<&'c Node> {
+    cluster
+        .nodes
+        .iter()
+        .filter(|n| {
+            observed.vms.get(&n.number).is_some_and(|vm| {
+                vm.vmid == n.vmid && vm.power == Power::Running && vm.ownership == Ownership::Owned
+            })
+        })
+        .collect()
+}
+
 /// The cheap look: the Proxmox listing only (no I/O).
 pub fn listing(inventory: &Inventory, cluster: &Cluster) -> Observation {
     let wanted: Vec<(u32, Vmid)> = cluster.nodes.iter().map(|n| (n.number, n.vmid)).collect();
@@ -275,17 +289,7 @@ pub async fn cluster(
         return Ok(out);
     };
     let identity = talos_identity(&loaded.bundle)?;
-    // Only kiln's own running VMs: a VM that is not kiln's is never contacted (§3).
-    let running: Vec<&Node> = cluster
-        .nodes
-        .iter()
-        .filter(|n| {
-            out.observed
-                .vms
-                .get(&n.number)
-                .is_some_and(|vm| vm.power == Power::Running && vm.ownership == Ownership::Owned)
-        })
-        .collect();
+    let running = talos_candidates(&out.observed, cluster);
     let states = talos_states(ports.talos.as_ref(), &identity, &running).await;
     out.observed.nodes = Some(states.iter().map(|(n, (s, _))| (*n, *s)).collect());
     out.stages = states.into_iter().map(|(n, (_, st))| (n, st)).collect();
@@ -358,3 +362,6 @@ pub async fn kube_api(
     }
     None
 }
+
+#[cfg(test)]
+mod tests;
