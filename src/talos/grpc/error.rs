@@ -114,12 +114,6 @@ impl TalosError {
         }
     }
 
-    /// A refusal kiln makes before sending a config: another machine answers at the IP, or the
-    /// template boots the wrong platform. No retry changes either (DESIGN §7).
-    pub fn is_identity_refusal(&self) -> bool {
-        matches!(self, Self::UuidMismatch { .. } | Self::WrongPlatform { .. })
-    }
-
     /// The node's own words, without the address and method kiln adds (for a status line).
     pub fn node_message(&self) -> String {
         match self {
