@@ -162,7 +162,7 @@ impl<'a> Turn<'a> {
     /// A VM kiln started whose node still does not answer after `[talos] boot_timeout`: say what is
     /// likely wrong instead of waiting silently. The clock starts when kiln started the VM, or when a
     /// turn first found it running and silent.
-    pub fn note_if_boot_timed_out(&mut self, node: &Node, stage: &str) {
+    fn note_if_boot_timed_out(&mut self, node: &Node, stage: &str) {
         let since = self
             .started
             .entry(node.number)
@@ -192,6 +192,23 @@ impl<'a> Turn<'a> {
                 node.ip
             ),
         });
+    }
+
+    /// Whichever step waits on it, a node that stays silent past boot_timeout is named; one that
+    /// answered stops its clock.
+    pub fn note_silent_nodes(&mut self, cluster: &Cluster) {
+        for node in &cluster.nodes {
+            match self.stages.get(&node.number).map(String::as_str) {
+                Some(stage @ ("unreachable" | "booting")) => {
+                    let stage = stage.to_owned();
+                    self.note_if_boot_timed_out(node, &stage);
+                }
+                Some(_) => {
+                    self.started.remove(&node.number);
+                }
+                None => {}
+            }
+        }
     }
 
     /// A copy for a step that runs side by side with others: the read-only state, fresh findings.

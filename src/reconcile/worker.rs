@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use tracing::Instrument;
 
 use super::backoff::Backoff;
+use super::error::TurnError;
 use super::executor::{Execution, Executor, action_key};
 use super::observe::{self, Depth};
 use super::ports::Ports;
@@ -210,12 +211,12 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         {
             Ok(seen) => seen,
             Err(e) => {
-                status.last_error = Some(e.report());
                 status.nodes = node_statuses(cluster, &listing_only, &turn.stages, Some(&status));
+                let next = observation_failed(&mut status, &e, ctx.settings.wait_interval * 5);
                 return Outcome {
                     status,
                     record: Some(record),
-                    next: Next::Requeue(ctx.settings.wait_interval * 5),
+                    next,
                 };
             }
         };
@@ -300,7 +301,7 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     if let Some(b) = &turn.bundle {
         record.cluster_uid = Some(b.cluster_uid.clone());
     }
-    note_silent_nodes(&mut turn, cluster);
+    turn.note_silent_nodes(cluster);
     record.started_at = turn.started.clone();
     status.conditions.retain(|c| c.kind != BOOT_TIMEOUT);
     for note in &turn.notes {
@@ -369,19 +370,20 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     }
 }
 
-/// Whichever step waits on it, a node that stays silent past boot_timeout is named.
-fn note_silent_nodes(turn: &mut Turn<'_>, cluster: &Cluster) {
-    for node in &cluster.nodes {
-        match turn.stages.get(&node.number).map(String::as_str) {
-            Some(stage @ ("unreachable" | "booting")) => {
-                let stage = stage.to_owned();
-                turn.note_if_boot_timed_out(node, &stage);
-            }
-            Some(_) => {
-                turn.started.remove(&node.number);
-            }
-            None => {}
+/// A look that could not be made: the same policy as a step's error. A refusal (the store denies
+/// kiln's token, its TLS set-up is wrong) is `Blocked` until a person fixes it — each cycle looks
+/// again, so the fix is seen; anything else is looked at again after `again`.
+fn observation_failed(status: &mut ClusterStatus, e: &TurnError, again: Duration) -> Next {
+    let report = e.report();
+    status.last_error = Some(report.clone());
+    match e.refusal() {
+        Some(refusal) => {
+            status.phase = Phase::Blocked;
+            status.retry_at = None;
+            status.set_condition("Blocked", true, refusal.reason(), &report);
+            Next::Stuck { recheck: None }
         }
+        None => Next::Requeue(again),
     }
 }
 
@@ -412,11 +414,11 @@ async fn decommission_inner(ctx: &Ctx, job: &DecommissionJob) -> Outcome {
             observed
         }
         Err(e) => {
-            status.last_error = Some(e.report());
+            let next = observation_failed(&mut status, &e, ctx.settings.wait_interval * 5);
             return Outcome {
                 status,
                 record: Some(job.record.clone()),
-                next: Next::Requeue(ctx.settings.wait_interval * 5),
+                next,
             };
         }
     };

@@ -98,3 +98,28 @@ fn next_says_settled_converged_and_when() {
         Some(Duration::from_secs(2))
     );
 }
+
+#[test]
+fn a_store_that_denies_kiln_is_blocked_and_one_that_is_down_is_looked_at_again() {
+    let mut status = ClusterStatus::continued("a", None);
+    let denied: TurnError = crate::secrets::SecretsError::Auth {
+        path: "kv/kiln/a/secrets".into(),
+        message: "permission denied".into(),
+    }
+    .into();
+    let next = observation_failed(&mut status, &denied, Duration::from_secs(10));
+    assert_eq!(next, Next::Stuck { recheck: None });
+    assert_eq!(status.phase, Phase::Blocked);
+    let blocked = status.conditions.iter().find(|c| c.kind == "Blocked");
+    assert_eq!(blocked.map(|c| c.reason.as_str()), Some("MissingPrivilege"));
+
+    let mut status = ClusterStatus::continued("a", None);
+    let sealed: TurnError = crate::secrets::SecretsError::Sealed {
+        addr: "https://bao:8200".into(),
+    }
+    .into();
+    let next = observation_failed(&mut status, &sealed, Duration::from_secs(10));
+    assert_eq!(next, Next::Requeue(Duration::from_secs(10)));
+    assert_ne!(status.phase, Phase::Blocked);
+    assert!(status.last_error.is_some_and(|e| e.contains("sealed")));
+}
