@@ -223,6 +223,21 @@ pub fn converge(input: ConvergeInput<'_>) -> ClusterPlan {
     plan
 }
 
+/// Whether kiln's VM is what `node` asks for, judged by the same rules that plan its repair (a
+/// start, a resize of cores, memory or disk, a lock, a refused shrink): nothing would be planned,
+/// refused or reported for it.
+pub fn vm_matches(cluster: &ClusterName, node: &Node, vm: &ObservedVm) -> bool {
+    let mut scratch = ClusterPlan {
+        cluster: cluster.clone(),
+        kind: PlanKind::Converge,
+        steps: Vec::new(),
+        blockers: Vec::new(),
+        reports: Vec::new(),
+    };
+    let planned = plan_existing(&mut scratch, node, vm, DriftPolicy::Repair, false);
+    !planned && scratch.blockers.is_empty() && scratch.reports.is_empty()
+}
+
 /// Drift and resizes of a VM kiln owns. Returns whether it planned anything.
 fn plan_existing(
     plan: &mut ClusterPlan,

@@ -22,7 +22,7 @@ use super::ports::Ports;
 use super::records::{ClusterRecord, Records};
 use super::state_file::now_rfc3339;
 use super::status::{ClusterStatus, Phase, StatusBook};
-use super::worker::{self, ConvergeJob, Ctx, DecommissionJob, Outcome, Progress, Settings};
+use super::worker::{self, ConvergeJob, Ctx, DecommissionJob, Next, Outcome, Progress, Settings};
 use crate::config::Config;
 use crate::git::{GitPort, PublishOutcome, Rendered, Snapshot};
 use crate::render::RenderSettings;
@@ -427,13 +427,13 @@ impl<G: GitPort> Engine<G> {
             pushed,
         };
         for o in outcomes {
-            report.settled &= o.settled;
-            report.converged &= o.converged;
-            if let Some(w) = o.wake_in {
+            report.settled &= o.settled();
+            report.converged &= o.converged();
+            if let Some(w) = o.wake_in() {
                 report.wake_in = Some(report.wake_in.map_or(w, |x: Duration| x.min(w)));
             }
             let name = o.status.name.clone();
-            if o.forget {
+            if o.forget() {
                 self.records.clusters.remove(&name);
                 self.status.clusters.remove(&name);
                 continue;
@@ -460,12 +460,11 @@ impl<G: GitPort> Engine<G> {
         publish_ok: bool,
     ) -> Outcome {
         let mut status = self.base_status(name);
-        let (phase, message, settled, wake) = match state {
+        let (phase, message, next) = match state {
             Missing::HeldEmpty => (
                 Phase::Blocked,
                 "the clusters folder has no valid file while kiln manages clusters: taken for a mistake, nothing is destroyed (set reconcile.allow_empty = true to decommission the last cluster)".to_owned(),
-                true,
-                None,
+                Next::Stuck { recheck: None },
             ),
             Missing::Protected => (
                 Phase::Blocked,
@@ -473,8 +472,7 @@ impl<G: GitPort> Engine<G> {
                     "{} was deleted but the cluster has deletionProtection: true; restore the file, or set deletionProtection: false before deleting it",
                     record.path
                 ),
-                true,
-                None,
+                Next::Stuck { recheck: None },
             ),
             Missing::Grace { until } => (
                 Phase::Deleting,
@@ -482,18 +480,23 @@ impl<G: GitPort> Engine<G> {
                     "file deleted; decommission starts at {} unless the file comes back",
                     until.format(&Rfc3339).unwrap_or_default()
                 ),
-                false,
-                Some(
+                Next::Requeue(
                     Duration::try_from(*until - OffsetDateTime::now_utc())
                         .unwrap_or(Duration::ZERO)
                         .max(Duration::from_secs(1)),
                 ),
             ),
+            Missing::Decommission if publish_ok => (
+                Phase::Deleting,
+                "waiting until the removal of its files is pushed".to_owned(),
+                Next::Requeue(Duration::from_secs(5)),
+            ),
             Missing::Decommission => (
                 Phase::Deleting,
                 "waiting until the removal of its files is pushed".to_owned(),
-                !publish_ok,
-                Some(Duration::from_secs(5)),
+                Next::Stuck {
+                    recheck: Some(Duration::from_secs(5)),
+                },
             ),
         };
         status.phase = phase;
@@ -502,10 +505,7 @@ impl<G: GitPort> Engine<G> {
         Outcome {
             status,
             record: Some(record.clone()),
-            forget: false,
-            settled,
-            converged: false,
-            wake_in: wake,
+            next,
         }
     }
 
@@ -523,11 +523,8 @@ impl<G: GitPort> Engine<G> {
         Outcome {
             status,
             record: Some(record),
-            forget: false,
             // The next cycle reads the tip that has the file and converges the cluster from it.
-            settled: false,
-            converged: false,
-            wake_in: Some(Duration::from_millis(200)),
+            next: Next::Requeue(Duration::from_millis(200)),
         }
     }
 
@@ -542,10 +539,7 @@ impl<G: GitPort> Engine<G> {
         Outcome {
             status,
             record: None,
-            forget: false,
-            settled: true,
-            converged: false,
-            wake_in: None,
+            next: Next::Stuck { recheck: None },
         }
     }
 

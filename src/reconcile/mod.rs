@@ -1,11 +1,15 @@
 //! The reconcile loop (DESIGN.md §7): fetch → load → observe → plan → render → commit → apply → status.
 //!
-//! `engine` runs cycles over every cluster; `worker` is one cluster's turn (observe, plan, execute);
-//! `observe` maps the ports' answers onto the planner's inputs; `records` is what kiln must remember
-//! across restarts; `ports` bundles the systems the engine drives.
+//! `engine` runs cycles over every cluster; `worker` drives one cluster's turn (observe, plan, execute,
+//! report): `turn` is its context, `steps` its handlers grouped by the system they drive, `executor`
+//! the order, batching and backoff, `error` the typed errors and the policy (Blocked vs retry);
+//! `observe` is the one observation path (worker and `kiln plan`); `records` is what kiln must
+//! remember across restarts; `ports` bundles the systems the engine drives.
 
 pub mod backoff;
 pub mod engine;
+pub mod error;
+pub mod executor;
 pub mod observe;
 pub mod offline;
 pub mod ports;
@@ -14,6 +18,8 @@ pub mod records;
 pub mod state_file;
 pub mod state_lock;
 pub mod status;
+mod steps;
+pub mod turn;
 pub mod worker;
 
 pub use engine::{CycleReport, Engine, Intent};

@@ -5,12 +5,16 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use super::error::TurnError;
+use super::ports::Ports;
+use crate::kube::{KubeAccess, KubePort};
 use crate::plan::{self, Conflict, NodeState, ObservedCluster, ObservedVm, Ownership, Power};
 use crate::proxmox::{self, Inventory, PowerState};
+use crate::redact::Secret;
 use crate::secrets::{ReadOutcome, SecretPaths, SecretStore, bundle_keys, meta_keys};
 use crate::spec::{Cluster, Node, Vmid};
-use crate::talos::SecretsBundle;
 use crate::talos::grpc::{ClientIdentity, TalosPort};
+use crate::talos::{SecretsBundle, credentials};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
@@ -96,8 +100,9 @@ pub fn from_listing(inventory: &Inventory, name: &str, wanted: &[(u32, Vmid)]) -
     out
 }
 
-/// The listing shows exactly the VMs the intent asks for, each kiln's, running, at the asked size:
-/// then a cluster whose intent did not change needs no deeper look this cycle.
+/// The listing shows exactly the VMs the intent asks for, each kiln's and running, and the planner
+/// would do nothing to any of them (`plan::vm_matches`: size, disk, lock): then a cluster whose intent
+/// did not change needs no deeper look this cycle.
 pub fn matches_intent(observed: &ObservedCluster, cluster: &Cluster) -> bool {
     observed.conflicts.is_empty()
         && observed.vms.len() == cluster.nodes.len()
@@ -106,11 +111,7 @@ pub fn matches_intent(observed: &ObservedCluster, cluster: &Cluster) -> bool {
                 vm.vmid == n.vmid
                     && vm.ownership == Ownership::Owned
                     && vm.power == Power::Running
-                    && vm.lock.is_none()
-                    && vm.cores.is_none_or(|c| c == n.resources.cores)
-                    && vm
-                        .memory_mib
-                        .is_none_or(|m| m == u64::from(n.resources.memory_gib) * 1024)
+                    && plan::vm_matches(&cluster.name, n, vm)
             })
         })
 }
@@ -218,3 +219,149 @@ pub fn classify(s: &crate::talos::grpc::NodeState) -> (NodeState, String) {
         T::Unreachable { .. } => (NodeState::Unreachable, "unreachable".to_owned()),
     }
 }
+
+/// How far to look at a cluster (DESIGN.md §7 "Observation cost").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The Proxmox listing only.
+    Listing,
+    /// Also the secret store, the Talos state of every running VM of kiln's, and Kubernetes health
+    /// once etcd was bootstrapped.
+    Deep,
+}
+
+/// What one look at a cluster found.
+pub struct Observation {
+    pub observed: ObservedCluster,
+    /// The bundle, when the look went deep and the store returned it.
+    pub bundle: Option<LoadedBundle>,
+    /// The Talos stage of each node asked, for the status.
+    pub stages: BTreeMap<u32, String>,
+    /// See `SecretsView::uid_mirror_missing`: a writer (the worker) repairs it; a preview does not.
+    pub uid_mirror_missing: bool,
+}
+
+/// The nodes whose Talos API a deep look asks: only kiln's own running VMs. A VM that is not kiln's
+/// (or a half-made one) is never contacted (§3), whatever answers at its address.
+pub fn talos_candidates<'c>(observed: &ObservedCluster, cluster: &'c Cluster) -> Vec<&'c Node> {
+    cluster
+        .nodes
+        .iter()
+        .filter(|n| {
+            observed.vms.get(&n.number).is_some_and(|vm| {
+                vm.vmid == n.vmid && vm.power == Power::Running && vm.ownership == Ownership::Owned
+            })
+        })
+        .collect()
+}
+
+/// The cheap look: the Proxmox listing only (no I/O).
+pub fn listing(inventory: &Inventory, cluster: &Cluster) -> Observation {
+    let wanted: Vec<(u32, Vmid)> = cluster.nodes.iter().map(|n| (n.number, n.vmid)).collect();
+    Observation {
+        observed: from_listing(inventory, cluster.name.as_str(), &wanted),
+        bundle: None,
+        stages: BTreeMap::new(),
+        uid_mirror_missing: false,
+    }
+}
+
+/// The one observation of a cluster with a valid file, for the worker and for `kiln plan`. Only reads.
+/// An error means the cluster cannot be judged (the store is down): nothing is planned from a
+/// partial view.
+pub async fn cluster(
+    ports: &Ports,
+    inventory: &Inventory,
+    paths: &SecretPaths,
+    cluster: &Cluster,
+    depth: Depth,
+) -> Result<Observation, TurnError> {
+    let mut out = listing(inventory, cluster);
+    if depth == Depth::Listing {
+        return Ok(out);
+    }
+    let view = secrets(ports.secrets.as_ref(), paths).await?;
+    let bootstrapped = view.observed.bootstrapped;
+    out.observed.secrets = Some(view.observed);
+    out.uid_mirror_missing = view.uid_mirror_missing;
+    out.bundle = view.bundle;
+    let Some(loaded) = &out.bundle else {
+        return Ok(out);
+    };
+    let identity = talos_identity(&loaded.bundle)?;
+    let running = talos_candidates(&out.observed, cluster);
+    let states = talos_states(ports.talos.as_ref(), &identity, &running).await;
+    out.observed.nodes = Some(states.iter().map(|(n, (s, _))| (*n, *s)).collect());
+    out.stages = states.into_iter().map(|(n, (_, st))| (n, st)).collect();
+    if bootstrapped {
+        let expected: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+        let healthy = match kube_api(ports, cluster, &loaded.bundle).await {
+            Some(k) => k
+                .node_readiness(&expected)
+                .await
+                .is_ok_and(|r| r.all_ready()),
+            None => false,
+        };
+        out.observed.healthy = Some(healthy);
+    }
+    Ok(out)
+}
+
+/// The observation of a cluster whose file is gone: its VMs in the listing (none is a conflict: it
+/// is only not touched) and its secrets. The bundle's uid comes back for the VMs' identities.
+pub async fn leaving(
+    ports: &Ports,
+    inventory: &Inventory,
+    paths: &SecretPaths,
+    name: &str,
+) -> Result<(ObservedCluster, Option<String>), TurnError> {
+    let mut observed = from_listing(inventory, name, &[]);
+    let view = secrets(ports.secrets.as_ref(), paths).await?;
+    observed.secrets = Some(view.observed);
+    Ok((observed, view.bundle.map(|b| b.cluster_uid)))
+}
+
+/// kiln's short-lived `os:admin` identity for the cluster's Talos API, minted from the bundle.
+pub fn talos_identity(bundle: &SecretsBundle) -> Result<ClientIdentity, TurnError> {
+    let issued = credentials::kiln_talos_identity(bundle)?;
+    Ok(ClientIdentity::from_minted(
+        bundle.os_ca.cert_pem(),
+        &issued,
+    ))
+}
+
+fn kube_access(bundle: &SecretsBundle, server: String) -> Result<KubeAccess, TurnError> {
+    let issued = credentials::kiln_kubernetes_identity(bundle)?;
+    Ok(KubeAccess {
+        server,
+        ca_pem: bundle.k8s_ca.cert_pem().to_owned(),
+        client_cert_pem: issued.cert.cert_pem.clone(),
+        client_key_pem: Secret::new(issued.cert.key_pem.expose()),
+    })
+}
+
+/// The cluster's API: the VIP once it answers, before that the first control plane (§4).
+pub async fn kube_api(
+    ports: &Ports,
+    cluster: &Cluster,
+    bundle: &SecretsBundle,
+) -> Option<Box<dyn KubePort>> {
+    let mut servers = vec![cluster.endpoint()];
+    if let Some(cp) = cluster.control_planes().next() {
+        servers.push(format!("https://{}:6443", cp.ip));
+    }
+    for server in servers {
+        let access = kube_access(bundle, server.clone()).ok()?;
+        match ports.kube.connect(&access).await {
+            Ok(client) => match client.server_version().await {
+                Ok(_) => return Some(client),
+                Err(e) => tracing::debug!(%server, error = %e, "Kubernetes API not answering"),
+            },
+            Err(e) => tracing::debug!(%server, error = %e, "cannot connect to Kubernetes API"),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,17 +1,18 @@
 //! `kiln plan` (online): what the daemon would do for the intent at a revision, judged against what
-//! Proxmox, the secret store and the Talos nodes show now. Only reads: one listing, secret reads,
-//! Talos state probes. Nothing is written anywhere, not even kiln's own state folder.
+//! Proxmox, the secret store, the Talos nodes and Kubernetes show now, through the worker's own
+//! observation (`observe::cluster`). Only reads: nothing is written anywhere, not even kiln's own
+//! state folder (a cut-short uid mirror is left for the daemon to repair).
 
 use serde::Serialize;
 
 use super::engine::Intent;
-use super::observe;
+use super::observe::{self, Depth};
 use super::ports::Ports;
 use super::records::Records;
 use crate::config::{Config, OnDecommission};
-use crate::plan::{self, ConvergeInput, DecommissionInput, Plan, Power};
+use crate::plan::{self, ConvergeInput, DecommissionInput, Plan};
 use crate::secrets::{Prefix, SecretPaths};
-use crate::spec::{Cluster, ClusterName, Node};
+use crate::spec::{Cluster, ClusterName};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Preview {
@@ -57,31 +58,12 @@ pub async fn preview(
     let mut clusters = Vec::new();
     for (name, v) in &intent.valid {
         let cluster = &v.cluster;
-        let wanted: Vec<_> = cluster.nodes.iter().map(|n| (n.number, n.vmid)).collect();
-        let mut observed = observe::from_listing(&inventory, name, &wanted);
         let paths = SecretPaths::for_cluster(&prefix, &cluster.name);
-        let view = observe::secrets(ports.secrets.as_ref(), &paths)
+        // The worker's own deep look: secrets, Talos on kiln's running VMs only, Kubernetes health.
+        let observed = observe::cluster(ports, &inventory, &paths, cluster, Depth::Deep)
             .await
-            .map_err(|e| format!("secret store: {e}"))?;
-        observed.secrets = Some(view.observed);
-        if let Some(b) = &view.bundle {
-            let issued = crate::talos::credentials::kiln_talos_identity(&b.bundle)
-                .map_err(|e| e.to_string())?;
-            let identity =
-                crate::talos::grpc::ClientIdentity::from_minted(b.bundle.os_ca.cert_pem(), &issued);
-            let running: Vec<&Node> = cluster
-                .nodes
-                .iter()
-                .filter(|n| {
-                    observed
-                        .vms
-                        .get(&n.number)
-                        .is_some_and(|vm| vm.power == Power::Running)
-                })
-                .collect();
-            let states = observe::talos_states(ports.talos.as_ref(), &identity, &running).await;
-            observed.nodes = Some(states.into_iter().map(|(n, (s, _))| (n, s)).collect());
-        }
+            .map_err(|e| e.report())?
+            .observed;
         let previous = previous_of(records, name);
         let applied = records
             .clusters
@@ -103,11 +85,12 @@ pub async fn preview(
         let Ok(cluster_name) = name.parse::<ClusterName>() else {
             continue;
         };
-        let mut observed = observe::from_listing(&inventory, name, &[]);
         let paths = SecretPaths::for_cluster(&prefix, &cluster_name);
-        if let Ok(view) = observe::secrets(ports.secrets.as_ref(), &paths).await {
-            observed.secrets = Some(view.observed);
-        }
+        // A store that does not answer leaves the secrets unknown; the VMs are still shown.
+        let observed = match observe::leaving(ports, &inventory, &paths, name).await {
+            Ok((observed, _)) => observed,
+            Err(_) => observe::from_listing(&inventory, name, &[]),
+        };
         clusters.push(plan::decommission(DecommissionInput {
             name: &cluster_name,
             protected: record.protected,

@@ -4,6 +4,17 @@ use std::net::SocketAddr;
 
 use super::tls::TlsSetupError;
 
+/// The ways a node leaves a call unanswered that mean "nothing there yet" rather than a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// gRPC `Unknown`.
+    Unknown,
+    /// The caller's deadline passed (kiln's own timer or `DeadlineExceeded`).
+    Deadline,
+    /// gRPC `Unavailable`.
+    Unavailable,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TalosError {
     /// Nothing accepted a TCP connection: the VM is off, still booting, or there is no route.
@@ -89,6 +100,66 @@ impl TalosError {
         }
     }
 
+    /// The node's Talos refused a machine config for good: its validation (`InvalidArgument`, e.g.
+    /// RuntimeValidate's Kubernetes range), or its decoder — an older one that does not know a newer
+    /// config contract answers a plain error (`Unknown`, "failed to parse config"). The same config
+    /// is refused again, so retrying cannot help.
+    pub fn is_config_refusal(&self) -> bool {
+        match self {
+            Self::Status { code, message, .. } => {
+                *code == tonic::Code::InvalidArgument
+                    || (*code == tonic::Code::Unknown && message.contains("failed to parse config"))
+            }
+            _ => false,
+        }
+    }
+
+    /// The node's own words, without the address and method kiln adds (for a status line).
+    pub fn node_message(&self) -> String {
+        match self {
+            Self::Status { message, .. } | Self::NodeReported { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// `FailedPrecondition`: Bootstrap's "not available yet" / "time is not in sync yet" (DESIGN §4).
+    pub fn is_failed_precondition(&self) -> bool {
+        self.code() == Some(tonic::Code::FailedPrecondition)
+    }
+
+    /// How a call that should list etcd members went unanswered, for the bootstrap decision: before
+    /// bootstrap a real node fails with `Unknown` or holds the call until the caller's deadline.
+    pub fn no_answer(&self) -> Option<NoAnswer> {
+        match self {
+            Self::Timeout { .. } => Some(NoAnswer::Deadline),
+            Self::Status { code, .. } => match code {
+                tonic::Code::Unknown => Some(NoAnswer::Unknown),
+                tonic::Code::DeadlineExceeded => Some(NoAnswer::Deadline),
+                tonic::Code::Unavailable => Some(NoAnswer::Unavailable),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Replies as a node gives them, for tests of code that must not see gRPC's types.
+    #[cfg(test)]
+    pub(crate) fn test_reply(kind: &str, message: &str) -> Self {
+        let code = match kind {
+            "InvalidArgument" => tonic::Code::InvalidArgument,
+            "FailedPrecondition" => tonic::Code::FailedPrecondition,
+            "Unavailable" => tonic::Code::Unavailable,
+            "Unknown" => tonic::Code::Unknown,
+            other => panic!("no test reply {other}"),
+        };
+        Self::Status {
+            addr: SocketAddr::from(([10, 0, 0, 11], 50000)),
+            method: "test",
+            code,
+            message: message.to_owned(),
+        }
+    }
+
     pub(crate) fn status(addr: SocketAddr, method: &'static str, s: tonic::Status) -> Self {
         Self::Status {
             addr,
@@ -96,5 +167,50 @@ impl TalosError {
             code: s.code(),
             message: s.message().to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code, message: &str) -> TalosError {
+        TalosError::Status {
+            addr: "10.0.0.1:50000".parse().unwrap(),
+            method: "ApplyConfiguration",
+            code,
+            message: message.to_owned(),
+        }
+    }
+
+    #[test]
+    fn config_refusals_are_validation_or_an_older_decoder() {
+        assert!(status(tonic::Code::InvalidArgument, "k8s 1.35 unsupported").is_config_refusal());
+        assert!(status(tonic::Code::Unknown, "failed to parse config: x").is_config_refusal());
+        assert!(!status(tonic::Code::Unknown, "something else").is_config_refusal());
+        assert!(!status(tonic::Code::Unavailable, "failed to parse config").is_config_refusal());
+    }
+
+    #[test]
+    fn unanswered_etcd_probes_are_told_apart() {
+        assert_eq!(
+            status(tonic::Code::Unknown, "").no_answer(),
+            Some(NoAnswer::Unknown)
+        );
+        assert_eq!(
+            status(tonic::Code::DeadlineExceeded, "").no_answer(),
+            Some(NoAnswer::Deadline)
+        );
+        assert_eq!(
+            status(tonic::Code::Unavailable, "").no_answer(),
+            Some(NoAnswer::Unavailable)
+        );
+        assert_eq!(status(tonic::Code::PermissionDenied, "").no_answer(), None);
+        let timeout = TalosError::Timeout {
+            addr: "10.0.0.1:50000".parse().unwrap(),
+            method: "EtcdMemberList",
+            after: std::time::Duration::from_secs(5),
+        };
+        assert_eq!(timeout.no_answer(), Some(NoAnswer::Deadline));
     }
 }

@@ -11,7 +11,7 @@ pub mod state;
 pub mod tls;
 
 pub use client::{ApplyOutcome, BootstrapOutcome, ClientOptions, Mode, TalosClient, VersionReport};
-pub use error::TalosError;
-pub use port::{GrpcTalos, TalosPort};
+pub use error::{NoAnswer, TalosError};
+pub use port::{GrpcTalos, TalosNode, TalosPort};
 pub use state::{MachineStage, MachineStatus, NodeState};
 pub use tls::ClientIdentity;

@@ -1,7 +1,12 @@
 //! The port the reconciler drives Talos through, and its gRPC adapter. The simulator serves the same wire
 //! protocol, so `talos.backend = "simulated"` uses this adapter too, against loopback addresses.
+//!
+//! The port holds only what the reconciler calls, shaped like `KubeConnect`: the maintenance-mode entry
+//! points (no identity yet), the node-state probe, and `connect` for a configured node's handle. What
+//! other code needs (snapshots, recovery, upgrades, kubeconfig, …) is on `GrpcTalos` and `TalosClient`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -16,6 +21,7 @@ use crate::redact::Secret;
 
 #[async_trait]
 pub trait TalosPort: Send + Sync {
+    /// Configured (mTLS answers), maintenance (an insecure COSI read says so), or booting/unreachable.
     async fn node_state(&self, ip: IpAddr, identity: &ClientIdentity) -> NodeState;
     /// Checks the node's SMBIOS uuid against the VM's and its platform (`nocloud`), then applies with
     /// mode AUTO over the same insecure connection (the only mode a node without config takes), pinned
@@ -26,85 +32,50 @@ pub trait TalosPort: Send + Sync {
         vm_uuid: &str,
         config: &[u8],
     ) -> Result<ApplyOutcome, TalosError>;
-    /// On a configured node: `dry_run` tells what a change needs before it is made.
-    async fn apply_configured(
-        &self,
-        ip: IpAddr,
-        identity: &ClientIdentity,
-        config: &[u8],
-        mode: ApplyMode,
-        dry_run: bool,
-    ) -> Result<ApplyOutcome, TalosError>;
-    async fn bootstrap(
-        &self,
-        ip: IpAddr,
-        identity: &ClientIdentity,
-    ) -> Result<BootstrapOutcome, TalosError>;
-    async fn kubeconfig(&self, ip: IpAddr, identity: &ClientIdentity)
-    -> Result<Secret, TalosError>;
-    async fn etcd_members(
-        &self,
-        ip: IpAddr,
-        identity: &ClientIdentity,
-    ) -> Result<Vec<EtcdMember>, TalosError>;
-    /// EtcdMemberList with its own deadline (before bootstrap a real node waits until it).
-    async fn etcd_members_within(
-        &self,
-        ip: IpAddr,
-        identity: &ClientIdentity,
-        deadline: std::time::Duration,
-    ) -> Result<Vec<EtcdMember>, TalosError>;
     /// The Talos version a node in maintenance runs (its template's), from COSI `Versions`.
     async fn maintenance_version(&self, ip: IpAddr) -> Result<String, TalosError>;
-    async fn etcd_remove_member(
+    /// A configured node over mTLS with kiln's identity; the handle is for the calls of one step
+    /// (nodes reboot under kiln, so connections are not kept).
+    async fn connect(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
-        id: u64,
-    ) -> Result<(), TalosError>;
-    async fn etcd_snapshot(
-        &self,
-        ip: IpAddr,
-        identity: &ClientIdentity,
-    ) -> Result<Vec<u8>, TalosError>;
-    async fn etcd_recover(
-        &self,
-        ip: IpAddr,
-        identity: &ClientIdentity,
-        snapshot: &[u8],
-    ) -> Result<(), TalosError>;
-    /// Disaster recovery: uploads `snapshot`, then bootstraps etcd from it on this node.
-    async fn bootstrap_from_snapshot(
-        &self,
-        ip: IpAddr,
-        identity: &ClientIdentity,
-        snapshot: &[u8],
-    ) -> Result<BootstrapOutcome, TalosError>;
+    ) -> Result<Box<dyn TalosNode>, TalosError>;
+}
+
+/// The calls the reconciler makes on a configured node.
+#[async_trait]
+pub trait TalosNode: Send + Sync {
+    async fn bootstrap(&self) -> Result<BootstrapOutcome, TalosError>;
+    async fn etcd_members(&self) -> Result<Vec<EtcdMember>, TalosError>;
+    /// EtcdMemberList with its own deadline (before bootstrap a real node waits until it).
+    async fn etcd_members_within(&self, deadline: Duration) -> Result<Vec<EtcdMember>, TalosError>;
+    async fn services(&self) -> Result<Vec<ServiceInfo>, TalosError>;
     /// Graceful: a control plane leaves etcd before it wipes itself.
-    async fn reset_graceful(
-        &self,
-        ip: IpAddr,
-        identity: &ClientIdentity,
-        reboot: bool,
-    ) -> Result<(), TalosError>;
-    async fn upgrade(
-        &self,
-        ip: IpAddr,
-        identity: &ClientIdentity,
-        image: &str,
-        preserve: bool,
-    ) -> Result<(), TalosError>;
-    async fn reboot(&self, ip: IpAddr, identity: &ClientIdentity) -> Result<(), TalosError>;
-    async fn version(
-        &self,
-        ip: IpAddr,
-        identity: &ClientIdentity,
-    ) -> Result<VersionReport, TalosError>;
-    async fn services(
-        &self,
-        ip: IpAddr,
-        identity: &ClientIdentity,
-    ) -> Result<Vec<ServiceInfo>, TalosError>;
+    async fn reset_graceful(&self, reboot: bool) -> Result<(), TalosError>;
+}
+
+#[async_trait]
+impl TalosNode for TalosClient {
+    async fn bootstrap(&self) -> Result<BootstrapOutcome, TalosError> {
+        TalosClient::bootstrap(self, false).await
+    }
+
+    async fn etcd_members(&self) -> Result<Vec<EtcdMember>, TalosError> {
+        self.etcd_member_list().await
+    }
+
+    async fn etcd_members_within(&self, deadline: Duration) -> Result<Vec<EtcdMember>, TalosError> {
+        self.etcd_member_list_within(deadline).await
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceInfo>, TalosError> {
+        self.service_list().await
+    }
+
+    async fn reset_graceful(&self, reboot: bool) -> Result<(), TalosError> {
+        self.reset(true, reboot).await.map(drop)
+    }
 }
 
 /// Dials `<ip>:<port>` for every call: nodes reboot under kiln, so long-lived connections buy little.
@@ -120,16 +91,6 @@ impl Default for GrpcTalos {
             port: APID_PORT,
             options: ClientOptions::default(),
         }
-    }
-}
-
-impl GrpcTalos {
-    fn addr(&self, ip: IpAddr) -> SocketAddr {
-        SocketAddr::new(ip, self.port)
-    }
-
-    async fn mtls(&self, ip: IpAddr, identity: &ClientIdentity) -> Result<TalosClient, TalosError> {
-        TalosClient::connect_mtls(self.addr(ip), identity, self.options.clone()).await
     }
 }
 
@@ -162,7 +123,32 @@ impl TalosPort for GrpcTalos {
             .await
     }
 
-    async fn apply_configured(
+    async fn maintenance_version(&self, ip: IpAddr) -> Result<String, TalosError> {
+        let client = TalosClient::connect_insecure(self.addr(ip), self.options.clone()).await?;
+        state::talos_version(&client).await
+    }
+
+    async fn connect(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<Box<dyn TalosNode>, TalosError> {
+        Ok(Box::new(self.mtls(ip, identity).await?))
+    }
+}
+
+/// Calls outside the reconciler's turn (tests, recovery, upgrades, tools), each on a fresh connection.
+impl GrpcTalos {
+    fn addr(&self, ip: IpAddr) -> SocketAddr {
+        SocketAddr::new(ip, self.port)
+    }
+
+    async fn mtls(&self, ip: IpAddr, identity: &ClientIdentity) -> Result<TalosClient, TalosError> {
+        TalosClient::connect_mtls(self.addr(ip), identity, self.options.clone()).await
+    }
+
+    /// On a configured node: `dry_run` tells what a change needs before it is made.
+    pub async fn apply_configured(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
@@ -176,7 +162,7 @@ impl TalosPort for GrpcTalos {
             .await
     }
 
-    async fn bootstrap(
+    pub async fn bootstrap(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
@@ -184,7 +170,7 @@ impl TalosPort for GrpcTalos {
         self.mtls(ip, identity).await?.bootstrap(false).await
     }
 
-    async fn kubeconfig(
+    pub async fn kubeconfig(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
@@ -192,7 +178,7 @@ impl TalosPort for GrpcTalos {
         self.mtls(ip, identity).await?.kubeconfig().await
     }
 
-    async fn etcd_members(
+    pub async fn etcd_members(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
@@ -200,11 +186,11 @@ impl TalosPort for GrpcTalos {
         self.mtls(ip, identity).await?.etcd_member_list().await
     }
 
-    async fn etcd_members_within(
+    pub async fn etcd_members_within(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
-        deadline: std::time::Duration,
+        deadline: Duration,
     ) -> Result<Vec<EtcdMember>, TalosError> {
         self.mtls(ip, identity)
             .await?
@@ -212,12 +198,7 @@ impl TalosPort for GrpcTalos {
             .await
     }
 
-    async fn maintenance_version(&self, ip: IpAddr) -> Result<String, TalosError> {
-        let client = TalosClient::connect_insecure(self.addr(ip), self.options.clone()).await?;
-        state::talos_version(&client).await
-    }
-
-    async fn etcd_remove_member(
+    pub async fn etcd_remove_member(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
@@ -229,7 +210,7 @@ impl TalosPort for GrpcTalos {
             .await
     }
 
-    async fn etcd_snapshot(
+    pub async fn etcd_snapshot(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
@@ -237,7 +218,7 @@ impl TalosPort for GrpcTalos {
         self.mtls(ip, identity).await?.etcd_snapshot().await
     }
 
-    async fn etcd_recover(
+    pub async fn etcd_recover(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
@@ -246,7 +227,7 @@ impl TalosPort for GrpcTalos {
         self.mtls(ip, identity).await?.etcd_recover(snapshot).await
     }
 
-    async fn bootstrap_from_snapshot(
+    pub async fn bootstrap_from_snapshot(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
@@ -257,7 +238,7 @@ impl TalosPort for GrpcTalos {
         client.bootstrap(true).await
     }
 
-    async fn reset_graceful(
+    pub async fn reset_graceful(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
@@ -270,7 +251,7 @@ impl TalosPort for GrpcTalos {
             .map(drop)
     }
 
-    async fn upgrade(
+    pub async fn upgrade(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
@@ -284,11 +265,11 @@ impl TalosPort for GrpcTalos {
             .map(drop)
     }
 
-    async fn reboot(&self, ip: IpAddr, identity: &ClientIdentity) -> Result<(), TalosError> {
+    pub async fn reboot(&self, ip: IpAddr, identity: &ClientIdentity) -> Result<(), TalosError> {
         self.mtls(ip, identity).await?.reboot().await.map(drop)
     }
 
-    async fn version(
+    pub async fn version(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
@@ -296,7 +277,7 @@ impl TalosPort for GrpcTalos {
         self.mtls(ip, identity).await?.version().await
     }
 
-    async fn services(
+    pub async fn services(
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,

@@ -1,0 +1,30 @@
+//! Steps that drive the cluster's Kubernetes API: health (every node kiln expects is Ready by name).
+
+use crate::reconcile::executor::{Flow, StepResult};
+use crate::reconcile::turn::Turn;
+
+impl Turn<'_> {
+    pub(super) async fn wait_healthy(&mut self) -> StepResult {
+        let cluster = self.cluster()?;
+        let Some(kube) = self.kube().await else {
+            return Ok(Flow::Wait(
+                "waiting for the Kubernetes API to answer".to_owned(),
+            ));
+        };
+        let expected: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+        let r = kube.node_readiness(&expected).await?;
+        if r.all_ready() {
+            if !r.extra.is_empty() {
+                tracing::info!(cluster = %self.name, extra = ?r.extra, "nodes kiln does not expect");
+            }
+            self.say(format!("all {} nodes Ready", expected.len()));
+            Ok(Flow::Done)
+        } else {
+            Ok(Flow::Wait(format!(
+                "{} of {} nodes Ready",
+                r.ready.len(),
+                expected.len()
+            )))
+        }
+    }
+}
