@@ -308,12 +308,10 @@ fn references(file: &Path, code: &str) -> Vec<(usize, String)> {
                     }
                 }
             }
-            _ if EXTERNAL.contains(&word) => {
-                // `kube::` bare is kiln's own module wherever `use crate::kube` brought it in; the
-                // crate is always written `::kube`.
-                if word != "kube" || leading_colons {
-                    found.push((line_of(start), word.to_owned()));
-                }
+            // `kube::` bare is kiln's own module wherever `use crate::kube` brought it in; the crate
+            // is always written `::kube`.
+            _ if EXTERNAL.contains(&word) && (word != "kube" || leading_colons) => {
+                found.push((line_of(start), word.to_owned()));
             }
             _ => {}
         }
