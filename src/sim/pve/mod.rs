@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use async_trait::async_trait;
-use reqwest::Method;
+use http::Method;
 use serde_json::{Value, json};
 
 use crate::proxmox::{Reply, Transport, TransportError};

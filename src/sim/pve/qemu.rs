@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use reqwest::Method;
+use http::Method;
 use serde_json::{Value, json};
 
 use super::state::{Refusal, SimVm, State, drive_bytes, parse_size, with_size};

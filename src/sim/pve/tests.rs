@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use reqwest::Method;
+use http::Method;
 
 use super::*;
 use crate::proxmox::ownership::VmIdentity;
