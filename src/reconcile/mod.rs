@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod engine;
 pub mod observe;
 pub mod offline;
+pub mod policy;
 pub mod ports;
 pub mod preview;
 pub mod records;
@@ -16,6 +17,7 @@ pub mod state_lock;
 pub mod status;
 pub mod worker;
 
-pub use engine::{CycleReport, Engine, Intent};
+pub use engine::{CycleReport, Engine};
+pub use policy::Intent;
 pub use ports::{KubeConnect, KubeRs, Ports};
 pub use worker::Progress;

@@ -189,8 +189,8 @@ struct Turn<'a> {
     bundle: Option<LoadedBundle>,
     cluster_uid: Option<String>,
     stages: BTreeMap<u32, String>,
-    /// Node number → when its VM was started (RFC 3339), until its node first answers.
-    started: BTreeMap<u32, String>,
+    /// Node number → when its VM was started, until its node first answers.
+    started: BTreeMap<u32, OffsetDateTime>,
     notes: Vec<Note>,
 }
 
@@ -403,7 +403,7 @@ impl<'a> Turn<'a> {
         for w in &created.warnings {
             tracing::warn!(vm = %node.name, "Proxmox task ended with warnings: {w:?}");
         }
-        self.started.insert(number, now_rfc3339());
+        self.started.insert(number, OffsetDateTime::now_utc());
         self.say(format!(
             "VM {} {} {} and started",
             node.vmid,
@@ -426,7 +426,7 @@ impl<'a> Turn<'a> {
             .claim(&self.identity_of(node)?)
             .await?;
         self.ctx.ports.proxmox.start(&vm).await?;
-        self.started.insert(number, now_rfc3339());
+        self.started.insert(number, OffsetDateTime::now_utc());
         self.say(format!("started VM {} {}", node.vmid, node.name));
         Ok(Flow::Done)
     }
@@ -583,16 +583,11 @@ impl<'a> Turn<'a> {
     /// likely wrong instead of waiting silently. The clock starts when kiln started the VM, or when a
     /// turn first found it running and silent.
     fn note_if_boot_timed_out(&mut self, node: &Node, stage: &str) {
-        let since = self
+        let started = *self
             .started
             .entry(node.number)
-            .or_insert_with(now_rfc3339)
-            .clone();
-        let Ok(started) =
-            OffsetDateTime::parse(&since, &time::format_description::well_known::Rfc3339)
-        else {
-            return;
-        };
+            .or_insert_with(OffsetDateTime::now_utc);
+        let since = super::state_file::rfc3339(started);
         let waited = OffsetDateTime::now_utc() - started;
         if waited < self.ctx.settings.boot_timeout {
             return;
@@ -985,7 +980,7 @@ impl<'a> Turn<'a> {
             // Each fork began from `before`: what one added or removed is its node's news.
             for (n, t) in &turn.started {
                 if before.get(n) != Some(t) {
-                    started.insert(*n, t.clone());
+                    started.insert(*n, *t);
                 }
             }
             for n in before.keys() {
@@ -1201,7 +1196,7 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         paths: SecretPaths::for_cluster(&ctx.settings.prefix, &cluster.name),
         revision: job.revision.clone(),
         bundle: None,
-        cluster_uid: record.cluster_uid.clone(),
+        cluster_uid: record.cluster_uid.clone().map(String::from),
         stages: BTreeMap::new(),
         started: record.started_at.clone(),
         notes: Vec::new(),
@@ -1227,9 +1222,9 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
                 };
             }
         }
-        record.deep_checked_at = Some(now_rfc3339());
+        record.deep_checked_at = Some(OffsetDateTime::now_utc());
         if let Some(b) = &turn.bundle {
-            record.cluster_uid = Some(b.cluster_uid.clone());
+            record.cluster_uid = Some(b.cluster_uid.clone().into());
         }
     }
 
@@ -1279,7 +1274,7 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     }
     let execution = turn.execute(&plan.steps).await;
     if let Some(b) = &turn.bundle {
-        record.cluster_uid = Some(b.cluster_uid.clone());
+        record.cluster_uid = Some(b.cluster_uid.clone().into());
     }
     // Whichever step waits on it, a node that stays silent past boot_timeout is named.
     for node in &cluster.nodes {
@@ -1445,7 +1440,7 @@ async fn decommission_inner(ctx: &Ctx, job: &DecommissionJob) -> Outcome {
         paths: paths.clone(),
         revision: format!("decommission:{}", job.record.spec_text.len()),
         bundle: None,
-        cluster_uid: job.record.cluster_uid.clone(),
+        cluster_uid: job.record.cluster_uid.clone().map(String::from),
         stages: BTreeMap::new(),
         started: BTreeMap::new(),
         notes: Vec::new(),
