@@ -12,7 +12,7 @@ mod renumber;
 
 use serde::Serialize;
 
-pub use action::{Action, Blocker, ClusterPlan, Effect, PlanKind, Step};
+pub use action::{Action, Blocker, ClusterPlan, Effect, PlanKind, Report, Step};
 pub use observed::{
     BundleState, Conflict, NodeState, ObservedCluster, ObservedVm, Ownership, Power,
     SecretsObserved,
@@ -98,7 +98,11 @@ pub fn converge(input: ConvergeInput<'_>) -> ClusterPlan {
                 c.vmid, c.reason
             )));
         } else {
-            plan.reports.push(format!("VMID {}: {}", c.vmid, c.reason));
+            plan.reports.push(Report::Foreign {
+                vmid: c.vmid,
+                reason: c.reason.clone(),
+                left_untouched: false,
+            });
         }
     }
     let conflicted = |n: &Node| observed.conflicts.iter().any(|c| c.vmid == n.vmid);
@@ -232,17 +236,16 @@ fn plan_existing(
     intent_changed: bool,
 ) -> bool {
     if let Some(lock) = &vm.lock {
-        plan.reports.push(format!(
-            "VM {} is locked ({lock}); acting on it later",
-            vm.vmid
-        ));
+        plan.reports.push(Report::Locked {
+            vmid: vm.vmid,
+            lock: lock.clone(),
+        });
         return false;
     }
     let mut planned = false;
     let repair = |plan: &mut ClusterPlan, action: Action, reason: String, is_drift: bool| {
         if is_drift && drift_policy == DriftPolicy::Report {
-            plan.reports
-                .push(format!("drift (reported, not repaired): {reason}"));
+            plan.reports.push(Report::Drift { reason });
             false
         } else {
             plan.steps.push(Step { action, reason });
@@ -299,10 +302,7 @@ fn plan_existing(
             !intent_changed,
         );
     } else if vm.pending_changes && vm.power == Power::Running {
-        plan.reports.push(format!(
-            "VM {} has pending changes that a Proxmox reboot would apply",
-            vm.vmid
-        ));
+        plan.reports.push(Report::PendingChanges { vmid: vm.vmid });
     }
     planned
 }
@@ -334,8 +334,11 @@ pub fn decommission(input: DecommissionInput<'_>) -> ClusterPlan {
         return plan;
     }
     for c in &input.observed.conflicts {
-        plan.reports
-            .push(format!("VMID {}: {} (left untouched)", c.vmid, c.reason));
+        plan.reports.push(Report::Foreign {
+            vmid: c.vmid,
+            reason: c.reason.clone(),
+            left_untouched: true,
+        });
     }
     let mut vms: Vec<&ObservedVm> = input.observed.vms.values().collect();
     vms.sort_by_key(|vm| (vm.role == Role::ControlPlane, std::cmp::Reverse(vm.number)));

@@ -5,7 +5,6 @@
 //! dropped only once Proxmox confirms the cluster's VMs are gone (DESIGN.md §7).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io;
 use std::path::Path;
 
@@ -13,42 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::spec::ClusterName;
-
-/// kiln's identity of one incarnation of a cluster (the secrets bundle's `cluster-uid`, also in
-/// each VM's ownership tags). Opaque: only compared and carried, never parsed.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ClusterUid(String);
-
-impl ClusterUid {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for ClusterUid {
-    fn from(s: String) -> Self {
-        Self(s)
-    }
-}
-
-impl From<&str> for ClusterUid {
-    fn from(s: &str) -> Self {
-        Self(s.to_owned())
-    }
-}
-
-impl From<ClusterUid> for String {
-    fn from(u: ClusterUid) -> Self {
-        u.0
-    }
-}
-
-impl fmt::Display for ClusterUid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::talos::ClusterUid;
 
 /// Timestamps are RFC 3339 text in the file, as the previous versions wrote them. A value that does
 /// not parse fails the whole load, naming the file, line and column: read as "absent" instead, a
@@ -148,7 +112,7 @@ mod tests {
             name("prod"),
             ClusterRecord {
                 spec_text: "x".into(),
-                cluster_uid: Some("u".into()),
+                cluster_uid: Some(ClusterUid::generate()),
                 missing_since: Some(t),
                 started_at: BTreeMap::from([(2, t)]),
                 ..Default::default()
@@ -165,7 +129,7 @@ mod tests {
       "spec_text": "name: production\n",
       "path": "clusters/production.yaml",
       "applied_revision": "abc",
-      "cluster_uid": "c0ffee",
+      "cluster_uid": "0b7c3a52-5d0e-4a8e-9f3b-2a1c4d5e6f70",
       "protected": false,
       "missing_since": "2026-12-01T10:00:00.123456789Z",
       "deep_checked_at": "2026-12-01T09:59:00Z",
@@ -192,7 +156,10 @@ mod tests {
         std::fs::write(dir.path().join(Records::FILE), PREVIOUS_VERSION).unwrap();
         let r = Records::load(dir.path()).unwrap();
         let prod = &r.clusters["production"];
-        assert_eq!(prod.cluster_uid.as_ref().unwrap().as_str(), "c0ffee");
+        assert_eq!(
+            prod.cluster_uid.as_ref().unwrap().as_str(),
+            "0b7c3a52-5d0e-4a8e-9f3b-2a1c4d5e6f70"
+        );
         assert_eq!(
             prod.missing_since.unwrap(),
             time::macros::datetime!(2026-12-01 10:00:00.123456789 UTC)
@@ -223,7 +190,10 @@ mod tests {
             new["clusters"]["production"]["missing_since"],
             "2026-12-01T10:00:00.123456789Z"
         );
-        assert_eq!(new["clusters"]["production"]["cluster_uid"], "c0ffee");
+        assert_eq!(
+            new["clusters"]["production"]["cluster_uid"],
+            "0b7c3a52-5d0e-4a8e-9f3b-2a1c4d5e6f70"
+        );
     }
 
     #[test]

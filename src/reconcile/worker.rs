@@ -19,7 +19,7 @@ use super::observe::{self, LoadedBundle};
 use super::ports::Ports;
 use super::records::ClusterRecord;
 use super::state_file::{now_rfc3339, rfc3339};
-use super::status::{ClusterStatus, NodeStatus, Phase};
+use super::status::{ClusterStatus, NodeStatus, Phase, VmState};
 use crate::config::{DriftPolicy, OnDecommission};
 use crate::kube::{KubeAccess, KubePort};
 use crate::plan::{
@@ -165,15 +165,6 @@ fn batch_class(a: &Action) -> Option<u8> {
         Action::ApplyConfig { .. } => Some(2),
         Action::DestroyVm { .. } => Some(3),
         _ => None,
-    }
-}
-
-fn vm_state(p: Option<Power>) -> &'static str {
-    match p {
-        Some(Power::Running) => "running",
-        Some(Power::Stopped) => "stopped",
-        Some(Power::Unknown) => "unknown",
-        None => "absent",
     }
 }
 
@@ -1085,7 +1076,7 @@ fn node_statuses(
                 vmid: n.vmid.get(),
                 ip: n.ip,
                 role: n.role.as_str().to_owned(),
-                vm_state: vm_state(vm.map(|v| v.power)).to_owned(),
+                vm_state: vm.map(|v| v.power).into(),
                 talos_stage: if vm.is_none() { "-".into() } else { stage },
             }
         })
@@ -1196,7 +1187,7 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         paths: SecretPaths::for_cluster(&ctx.settings.prefix, &cluster.name),
         revision: job.revision.clone(),
         bundle: None,
-        cluster_uid: record.cluster_uid.clone().map(String::from),
+        cluster_uid: record.cluster_uid.as_ref().map(ToString::to_string),
         stages: BTreeMap::new(),
         started: record.started_at.clone(),
         notes: Vec::new(),
@@ -1224,7 +1215,7 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         }
         record.deep_checked_at = Some(OffsetDateTime::now_utc());
         if let Some(b) = &turn.bundle {
-            record.cluster_uid = Some(b.cluster_uid.clone().into());
+            record.cluster_uid = b.cluster_uid.parse().ok();
         }
     }
 
@@ -1274,7 +1265,7 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     }
     let execution = turn.execute(&plan.steps).await;
     if let Some(b) = &turn.bundle {
-        record.cluster_uid = Some(b.cluster_uid.clone().into());
+        record.cluster_uid = b.cluster_uid.parse().ok();
     }
     // Whichever step waits on it, a node that stays silent past boot_timeout is named.
     for node in &cluster.nodes {
@@ -1314,7 +1305,7 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
             record.applied_revision = Some(job.revision.clone());
             record.spec_text = job.text.clone();
             record.path = job.path.clone();
-            status.phase = if plan.reports.iter().any(|r| r.starts_with("drift")) {
+            status.phase = if plan.reports.iter().any(|r| r.is_drift()) {
                 Phase::Degraded
             } else {
                 Phase::Ready
@@ -1331,8 +1322,8 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
             if !plan.steps.is_empty() {
                 // What the steps changed shows in the next listing; report it from there.
                 for n in &mut status.nodes {
-                    if n.vm_state == "absent" || n.vm_state == "stopped" {
-                        n.vm_state = "running".into();
+                    if matches!(n.vm_state, VmState::Absent | VmState::Stopped) {
+                        n.vm_state = VmState::Running;
                     }
                 }
                 for (number, stage) in &turn.stages {
@@ -1440,7 +1431,7 @@ async fn decommission_inner(ctx: &Ctx, job: &DecommissionJob) -> Outcome {
         paths: paths.clone(),
         revision: format!("decommission:{}", job.record.spec_text.len()),
         bundle: None,
-        cluster_uid: job.record.cluster_uid.clone().map(String::from),
+        cluster_uid: job.record.cluster_uid.as_ref().map(ToString::to_string),
         stages: BTreeMap::new(),
         started: BTreeMap::new(),
         notes: Vec::new(),
