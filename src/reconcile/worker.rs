@@ -903,7 +903,10 @@ impl<'a> Turn<'a> {
                     };
                 }
             }
-            let results = self.run_batch(batch).await;
+            // Adapters' own retries end with the step's budget; this executor's backoff is the
+            // one that waits longer (crate::retry).
+            let results =
+                crate::retry::with_budget(crate::retry::STEP_BUDGET, self.run_batch(batch)).await;
             let mut waiting = None;
             let mut failed = None;
             let mut blocked = None;
