@@ -18,12 +18,22 @@ pub use observed::{
     SecretsObserved,
 };
 
-use crate::config::DriftPolicy;
 #[cfg(test)]
 use crate::spec::Vmid;
 use crate::spec::{Cluster, ClusterName, Node, Role};
 
 /// Everything the planner reads for one cluster that has a valid intent file.
+/// What the planner does with drift (a VM stopped or resized outside kiln): repair it, or only
+/// report it (`reconcile.drift_policy` in `kiln.toml`, DESIGN §7). Defined here, where it is decided
+/// on, so the planner reads no configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftPolicy {
+    #[default]
+    Repair,
+    Report,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ConvergeInput<'a> {
     pub desired: &'a Cluster,

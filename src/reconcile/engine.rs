@@ -24,7 +24,7 @@ use super::state_file::now_rfc3339;
 use super::status::{ClusterStatus, Phase, StatusBook};
 use super::worker::{self, ConvergeJob, Ctx, DecommissionJob, Outcome, Progress, Settings};
 use crate::config::Config;
-use crate::git::{GitPort, PublishOutcome, Rendered, Snapshot};
+use crate::git::{GitSource, PublishOutcome, Rendered, Snapshot};
 use crate::render::RenderSettings;
 use crate::secrets::Prefix;
 use crate::spec::{Cluster, ClusterName};
@@ -51,19 +51,19 @@ pub struct CycleReport {
     pub pushed: Option<String>,
 }
 
-pub struct Engine<G: GitPort> {
+pub struct Engine {
     config: Arc<Config>,
-    git: G,
+    git: GitSource,
     ctx: Ctx,
     records: Records,
     status: StatusBook,
     render_settings: RenderSettings,
 }
 
-impl<G: GitPort> Engine<G> {
+impl Engine {
     pub fn new(
         config: Config,
-        git: G,
+        git: GitSource,
         ports: Ports,
         shutdown: watch::Receiver<bool>,
         progress: Option<mpsc::UnboundedSender<Progress>>,
