@@ -201,6 +201,12 @@ pub fn missing_clusters(
     missing
 }
 
+/// An emptied clusters folder (no valid file while kiln manages clusters) is taken for a mistake
+/// and destroys nothing, unless `allow_empty`. Shared by the daemon and `kiln plan --offline`.
+pub fn empty_folder_holds(any_valid: bool, allow_empty: bool) -> bool {
+    !any_valid && !allow_empty
+}
+
 /// The rule for one missing cluster. The empty-folder hold comes first: an emptied folder is taken
 /// for a mistake whatever each file said.
 pub fn missing_state(
@@ -210,7 +216,7 @@ pub fn missing_state(
     rules: Rules,
     now: OffsetDateTime,
 ) -> Missing {
-    if !any_valid && !rules.allow_empty {
+    if empty_folder_holds(any_valid, rules.allow_empty) {
         return Missing::HeldEmpty;
     }
     if protected {
