@@ -2,10 +2,9 @@
 //! changed → observe Proxmox (one listing) → converge each cluster (in parallel up to `concurrency`)
 //! → decommission what was removed (only after its removal commit is pushed) → status.
 //!
-//! Safety rules live here, before any destructive step: an invalid file is unknown, never deleted;
-//! nothing is decommissioned when Git cannot be read, or when the clusters folder yields no valid file
-//! while kiln manages clusters (unless `allow_empty`); a cluster leaves the records only once Proxmox
-//! confirms its VMs are gone.
+//! The safety rules before any destructive step are decided in `policy` (pure); this module gathers
+//! their inputs and does what they say, in their order: records on disk before any action, publish
+//! before destroy, and a cluster leaves the records only once Proxmox confirms its VMs are gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! The reconcile loop (DESIGN.md §7): fetch → load → observe → plan → render → commit → apply → status.
 //!
-//! `engine` runs cycles over every cluster; `worker` is one cluster's turn (observe, plan, execute);
+//! `policy` decides the cycle's safety rules (pure); `engine` runs cycles over every cluster; `worker` is one cluster's turn (observe, plan, execute);
 //! `observe` maps the ports' answers onto the planner's inputs; `records` is what kiln must remember
 //! across restarts; `ports` bundles the systems the engine drives.
 
