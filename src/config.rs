@@ -218,13 +218,8 @@ impl Default for SecretsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DriftPolicy {
-    #[default]
-    Repair,
-    Report,
-}
+/// `reconcile.drift_policy`: the planner's own parameter type, read from `kiln.toml` here.
+pub use crate::plan::DriftPolicy;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -761,6 +756,29 @@ fn check_no_credentials(key: &str, url: &str) -> Result<(), String> {
 
 /// Labels in `metadata.labels` are copied verbatim; kept here so config-driven defaults can add some.
 pub type Labels = BTreeMap<String, String>;
+
+// Here rather than in `render`, which reads no configuration: how `kiln.toml` maps onto the
+// settings that show in the generated files is the configuration's knowledge.
+impl crate::render::RenderSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            output_dir: config.git.output_dir.trim_end_matches('/').to_owned(),
+            clusters_dir: config.git.clusters_dir.trim_end_matches('/').to_owned(),
+            repo_url: config.argocd_repo_url().to_owned(),
+            target_revision: config.argocd.target_revision.clone(),
+            namespace: config.argocd.namespace.clone(),
+            project: config.argocd.project.clone(),
+            vault: crate::render::VaultSettings {
+                server: config.argocd_vault_server().to_owned(),
+                mount: config.argocd_vault_mount().to_owned(),
+                auth_path: config.argocd.vault.auth_path.clone(),
+                role: config.argocd.vault.role.clone(),
+                store_name: config.argocd.vault.store_name.clone(),
+            },
+            secrets_prefix: config.secrets.prefix.clone(),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

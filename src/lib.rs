@@ -21,6 +21,8 @@ pub mod proxmox;
 pub mod reconcile;
 /// Argo CD / External Secrets / Helm values manifests (pure).
 pub mod render;
+/// Capped exponential backoff with jitter inside a whole-step budget, for every adapter.
+pub mod retry;
 /// Vault/OpenBao KV v2 and the local file store.
 pub mod secrets;
 /// HTTP API, webhooks, metrics.

@@ -619,7 +619,7 @@ mod folder {
                     vmid: 411,
                     ip: "127.0.2.171".parse().unwrap(),
                     role: "controlplane".into(),
-                    vm_state: "running".into(),
+                    vm_state: kiln::reconcile::status::VmState::Running,
                     talos_stage: "running".into(),
                 }],
                 last_applied_revision: Some("abcdef0123456789".into()),

@@ -48,8 +48,9 @@ fn render(s: &Snapshot) -> Result<Rendered, std::convert::Infallible> {
 fn fast_retry() -> RetryPolicy {
     RetryPolicy {
         attempts: 4,
-        first_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(100),
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+        jitter: 0.1,
     }
 }
 

@@ -394,8 +394,9 @@ async fn five_percent_lossy_network_still_converges_without_duplicates() {
     pve.ctl(json!({"cmd": "flaky_network", "drop_rate": 0.05, "seed": 14}));
     let api = pve.api().with_retry(RetryPolicy {
         attempts: 12,
-        base: Duration::from_millis(10),
-        cap: Duration::from_millis(100),
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(100),
+        jitter: 0.0,
     });
     let px = PveAdapter::new(api, Duration::from_secs(60), Duration::from_secs(5), 0);
     for n in 1..=4 {

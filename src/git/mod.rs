@@ -15,7 +15,6 @@
 mod commit;
 mod error;
 mod local;
-mod port;
 mod remote;
 mod snapshot;
 mod source;
@@ -25,7 +24,6 @@ pub use commit::{Author, Generated, IntentEdit, message};
 pub use error::{CommitError, GitError, redact_url};
 pub use gix::ObjectId;
 pub use local::{read_revision, read_work_tree};
-pub use port::GitPort;
 pub use remote::{FetchReport, Remote};
 pub use snapshot::{ClusterFile, IntentRevision, Snapshot, TEMPLATES_DIR};
 pub use source::{GitSource, PollOutcome, PublishOutcome, Rendered, RetryPolicy};

@@ -59,32 +59,17 @@ pub enum PublishOutcome {
     Pushed { commit: ObjectId, parent: ObjectId },
 }
 
-/// Bounds for rebuilding after a rejected push.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub first_backoff: Duration,
-    pub max_backoff: Duration,
-}
+/// Bounds for rebuilding after a rejected push (`crate::retry`: capped, jittered, and cut short by
+/// the reconciler's step budget).
+pub type RetryPolicy = crate::retry::Policy;
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            attempts: 5,
-            first_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(8),
-        }
-    }
-}
-
-impl RetryPolicy {
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .first_backoff
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
-        super::trigger::jittered(exp.min(self.max_backoff))
-    }
-}
+/// Five tries: someone pushing five times within a few seconds is more than a race.
+pub const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    attempts: 5,
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(8),
+    jitter: 0.1,
+};
 
 struct State {
     /// The newest revision successfully fetched and handed out by `poll`: served (through
@@ -150,7 +135,7 @@ impl GitSource {
             clusters_dir: git.clusters_dir.trim_matches('/').into(),
             output_dir: git.output_dir.trim_matches('/').into(),
             author: Arc::new(author),
-            retry: RetryPolicy::default(),
+            retry: DEFAULT_RETRY,
             ops: Arc::new(tokio::sync::Mutex::new(())),
             state: Arc::new(Mutex::new(State {
                 last_good,
@@ -298,9 +283,10 @@ impl GitSource {
     where
         F: FnMut(&Snapshot) -> Result<Change, CommitError<E>> + Send,
     {
-        let attempts = self.retry.attempts.max(1);
         let to_tracked = branch == self.remote.branch;
-        for attempt in 1..=attempts {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
             let guard = self.ops.lock().await;
             let remote = self.remote.clone();
             let clusters_dir = self.clusters_dir.clone();
@@ -349,21 +335,22 @@ impl GitSource {
                     tracing::info!(%commit, %parent, attempt, "pushed");
                     return Ok(PublishOutcome::Pushed { commit, parent });
                 }
-                Some(Err(e)) if attempt < attempts => {
-                    let wait = self.retry.backoff(attempt);
-                    tracing::warn!(error = %e, attempt, ?wait, "push rejected; rebuilding on the new tip");
-                    tokio::time::sleep(wait).await;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, attempt, "push rejected; giving up for this cycle");
-                }
+                Some(Err(e)) => match self.retry.next_delay(attempt) {
+                    Some(wait) => {
+                        tracing::warn!(error = %e, attempt, ?wait, "push rejected; rebuilding on the new tip");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => {
+                        tracing::warn!(error = %e, attempt, "push rejected; giving up for this cycle");
+                        return Err(GitError::PushRetriesExhausted {
+                            url: self.remote.shown_url(),
+                            attempts: attempt,
+                        }
+                        .into());
+                    }
+                },
             }
         }
-        Err(GitError::PushRetriesExhausted {
-            url: self.remote.shown_url(),
-            attempts,
-        }
-        .into())
     }
 }
 

@@ -199,7 +199,65 @@ pub struct ClusterPlan {
     pub steps: Vec<Step>,
     pub blockers: Vec<Blocker>,
     /// Observations worth a person's attention that change nothing (drift under `report`, …).
-    pub reports: Vec<String>,
+    pub reports: Vec<Report>,
+}
+
+/// An observation the plan acts on later or not at all. Kinds, not text, so the reconciler decides
+/// (a drift left unrepaired makes the cluster `Degraded`) without reading messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// A VMID kiln does not want holds a kiln-tagged VM that is not consistent with this cluster.
+    Foreign {
+        vmid: Vmid,
+        reason: String,
+        /// Said during a decommission: the VM is left where it is.
+        left_untouched: bool,
+    },
+    /// Proxmox holds a lock on the VM: acted on in a later cycle.
+    Locked { vmid: Vmid, lock: String },
+    /// Drift under `drift_policy = "report"`: seen, not repaired.
+    Drift { reason: String },
+    /// Changes Proxmox applies only at the VM's next reboot.
+    PendingChanges { vmid: Vmid },
+}
+
+impl Report {
+    pub fn is_drift(&self) -> bool {
+        matches!(self, Report::Drift { .. })
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Report::Foreign {
+                vmid,
+                reason,
+                left_untouched,
+            } => {
+                write!(f, "VMID {vmid}: {reason}")?;
+                if *left_untouched {
+                    f.write_str(" (left untouched)")?;
+                }
+                Ok(())
+            }
+            Report::Locked { vmid, lock } => {
+                write!(f, "VM {vmid} is locked ({lock}); acting on it later")
+            }
+            Report::Drift { reason } => write!(f, "drift (reported, not repaired): {reason}"),
+            Report::PendingChanges { vmid } => write!(
+                f,
+                "VM {vmid} has pending changes that a Proxmox reboot would apply"
+            ),
+        }
+    }
+}
+
+/// `kiln plan --format json` shows reports as the sentences they always were.
+impl Serialize for Report {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 impl ClusterPlan {

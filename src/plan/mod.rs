@@ -12,18 +12,28 @@ mod renumber;
 
 use serde::Serialize;
 
-pub use action::{Action, Blocker, ClusterPlan, Effect, PlanKind, Step};
+pub use action::{Action, Blocker, ClusterPlan, Effect, PlanKind, Report, Step};
 pub use observed::{
     BundleState, Conflict, NodeState, ObservedCluster, ObservedVm, Ownership, Power,
     SecretsObserved,
 };
 
-use crate::config::DriftPolicy;
 #[cfg(test)]
 use crate::spec::Vmid;
 use crate::spec::{Cluster, ClusterName, Node, Role};
 
 /// Everything the planner reads for one cluster that has a valid intent file.
+/// What the planner does with drift (a VM stopped or resized outside kiln): repair it, or only
+/// report it (`reconcile.drift_policy` in `kiln.toml`, DESIGN §7). Defined here, where it is decided
+/// on, so the planner reads no configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftPolicy {
+    #[default]
+    Repair,
+    Report,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ConvergeInput<'a> {
     pub desired: &'a Cluster,
@@ -98,7 +108,11 @@ pub fn converge(input: ConvergeInput<'_>) -> ClusterPlan {
                 c.vmid, c.reason
             )));
         } else {
-            plan.reports.push(format!("VMID {}: {}", c.vmid, c.reason));
+            plan.reports.push(Report::Foreign {
+                vmid: c.vmid,
+                reason: c.reason.clone(),
+                left_untouched: false,
+            });
         }
     }
     let conflicted = |n: &Node| observed.conflicts.iter().any(|c| c.vmid == n.vmid);
@@ -247,17 +261,16 @@ fn plan_existing(
     intent_changed: bool,
 ) -> bool {
     if let Some(lock) = &vm.lock {
-        plan.reports.push(format!(
-            "VM {} is locked ({lock}); acting on it later",
-            vm.vmid
-        ));
+        plan.reports.push(Report::Locked {
+            vmid: vm.vmid,
+            lock: lock.clone(),
+        });
         return false;
     }
     let mut planned = false;
     let repair = |plan: &mut ClusterPlan, action: Action, reason: String, is_drift: bool| {
         if is_drift && drift_policy == DriftPolicy::Report {
-            plan.reports
-                .push(format!("drift (reported, not repaired): {reason}"));
+            plan.reports.push(Report::Drift { reason });
             false
         } else {
             plan.steps.push(Step { action, reason });
@@ -314,10 +327,7 @@ fn plan_existing(
             !intent_changed,
         );
     } else if vm.pending_changes && vm.power == Power::Running {
-        plan.reports.push(format!(
-            "VM {} has pending changes that a Proxmox reboot would apply",
-            vm.vmid
-        ));
+        plan.reports.push(Report::PendingChanges { vmid: vm.vmid });
     }
     planned
 }
@@ -349,8 +359,11 @@ pub fn decommission(input: DecommissionInput<'_>) -> ClusterPlan {
         return plan;
     }
     for c in &input.observed.conflicts {
-        plan.reports
-            .push(format!("VMID {}: {} (left untouched)", c.vmid, c.reason));
+        plan.reports.push(Report::Foreign {
+            vmid: c.vmid,
+            reason: c.reason.clone(),
+            left_untouched: true,
+        });
     }
     let mut vms: Vec<&ObservedVm> = input.observed.vms.values().collect();
     vms.sort_by_key(|vm| (vm.role == Role::ControlPlane, std::cmp::Reverse(vm.number)));

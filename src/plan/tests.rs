@@ -220,6 +220,7 @@ fn drift_is_repaired_or_reported_by_policy() {
     });
     assert!(report.is_noop(), "{report}");
     assert_eq!(report.reports.len(), 2, "{report}");
+    assert!(report.reports.iter().all(|r| r.is_drift()), "{report}");
     let repair = converge(ConvergeInput {
         desired: &c,
         previous: Some(&c),

@@ -314,9 +314,13 @@ impl PveAdapter {
             };
             match result {
                 Ok(outcome) => return Ok(Some(outcome)),
-                Err(e) if e.is_transient() && n + 1 < policy.attempts => {
+                Err(e) if e.is_transient() => {
+                    // Another try only within the tries and the step's budget (crate::retry).
+                    let Some(wait) = policy.next_delay(n + 1) else {
+                        return Err(e);
+                    };
                     tracing::warn!(%path, error = %e, "no result; looking again before repeating");
-                    tokio::time::sleep(policy.delay(n)).await;
+                    tokio::time::sleep(wait).await;
                     n += 1;
                 }
                 Err(e) => return Err(e),
@@ -402,7 +406,7 @@ impl PveAdapter {
                             seconds: self.task_timeout.as_secs(),
                         });
                     }
-                    tokio::time::sleep(policy.delay(3)).await;
+                    tokio::time::sleep(policy.base_delay(3)).await;
                     continue;
                 }
                 Slot::HalfMade | Slot::Owned => return Ok(None),
@@ -417,9 +421,13 @@ impl PveAdapter {
             };
             match result {
                 Ok(outcome) => return Ok(outcome),
-                Err(e) if e.is_transient() && n + 1 < policy.attempts => {
+                Err(e) if e.is_transient() => {
+                    // Another try only within the tries and the step's budget (crate::retry).
+                    let Some(wait) = policy.next_delay(n + 1) else {
+                        return Err(e);
+                    };
                     tracing::warn!(vmid = id.vmid.get(), error = %e, "clone failed or unanswered; observing before any repeat");
-                    tokio::time::sleep(policy.delay(n)).await;
+                    tokio::time::sleep(wait).await;
                     n += 1;
                 }
                 Err(e) => return Err(e),
@@ -485,7 +493,7 @@ impl PveAdapter {
                 Ok(_) => last_error = None,
                 Err(e) if e.is_transient() || matches!(e, ProxmoxError::Conflict(_)) => {
                     tracing::warn!(vmid, error = %e, "config write unconfirmed or raced; reading back");
-                    tokio::time::sleep(policy.delay(puts - 1)).await;
+                    tokio::time::sleep(policy.base_delay(puts - 1)).await;
                     last_error = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -755,12 +763,13 @@ impl ProxmoxPort for PveAdapter {
                 .await
             {
                 Ok(_) => break,
-                Err(e)
-                    if (e.is_transient() || matches!(e, ProxmoxError::Conflict(_)))
-                        && n + 1 < policy.attempts =>
-                {
+                Err(e) if e.is_transient() || matches!(e, ProxmoxError::Conflict(_)) => {
+                    // Another try only within the tries and the step's budget (crate::retry).
+                    let Some(wait) = policy.next_delay(n + 1) else {
+                        return Err(e);
+                    };
                     tracing::warn!(vmid, error = %e, "size write raced or unanswered; reading again");
-                    tokio::time::sleep(policy.delay(n)).await;
+                    tokio::time::sleep(wait).await;
                     n += 1;
                 }
                 Err(e) => return Err(e),

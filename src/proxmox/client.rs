@@ -15,55 +15,37 @@ use super::tls::{Trust, client_config, parse_fingerprint};
 use crate::config::ProxmoxConfig;
 use crate::redact::Secret;
 
-/// Capped exponential backoff with jitter for transient failures.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Tries in all, the first included.
-    pub attempts: u32,
-    pub base: Duration,
-    pub cap: Duration,
-}
+/// Proxmox's retry rule is kiln's one rule (`crate::retry`): capped exponential backoff with jitter,
+/// ending with the reconciler step's budget so it never nests a long wait inside the step's own backoff.
+pub type RetryPolicy = crate::retry::Policy;
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            attempts: 8,
-            base: Duration::from_millis(250),
-            cap: Duration::from_secs(15),
-        }
-    }
-}
+/// Eight tries from 250 ms up to 15 s: enough to ride out a storage lock held by another task.
+pub const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    attempts: 8,
+    initial: Duration::from_millis(250),
+    max: Duration::from_secs(15),
+    jitter: 0.5,
+};
 
-impl RetryPolicy {
-    /// The pause before try `n + 1`: `base · 2ⁿ`, capped, with full jitter on its upper half so
-    /// several kiln tasks hitting one locked storage spread out.
-    pub fn delay(&self, n: u32) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << n.min(16));
-        let d = exp.min(self.cap);
-        let half = d / 2;
-        let jitter = rand::random_range(0..=half.as_millis() as u64);
-        half + Duration::from_millis(jitter)
-    }
-}
-
-/// Runs `op` until it succeeds, fails permanently, or the policy's tries are spent.
+/// Runs `op` until it succeeds, fails permanently, or the policy's tries or the step's budget are spent.
 pub async fn retry<T, F, Fut>(policy: RetryPolicy, what: &str, mut op: F) -> Result<T, ProxmoxError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ProxmoxError>>,
 {
-    let mut n = 0;
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && n + 1 < policy.attempts => {
-                let pause = policy.delay(n);
-                tracing::warn!(%what, error = %e, attempt = n + 1, ?pause, "transient Proxmox failure; retrying");
-                tokio::time::sleep(pause).await;
-                n += 1;
-            }
-            other => return other,
-        }
-    }
+    let (result, _) = policy
+        .run(
+            |_| op(),
+            |e: &ProxmoxError| {
+                let transient = e.is_transient();
+                if transient {
+                    tracing::warn!(%what, error = %e, "transient Proxmox failure");
+                }
+                transient
+            },
+        )
+        .await;
+    result
 }
 
 /// One HTTP exchange with the PVE API, below everything that is kiln's own reading of it (the
@@ -254,7 +236,7 @@ impl Api {
     pub fn over(transport: Arc<dyn Transport>) -> Self {
         Self {
             transport,
-            retry: RetryPolicy::default(),
+            retry: DEFAULT_RETRY,
         }
     }
 

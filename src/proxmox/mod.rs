@@ -19,7 +19,7 @@ pub mod vmconfig;
 use async_trait::async_trait;
 
 pub use adapter::PveAdapter;
-pub use client::{Api, Reply, RetryPolicy, Transport, TransportError};
+pub use client::{Api, DEFAULT_RETRY, Reply, RetryPolicy, Transport, TransportError};
 pub use error::ProxmoxError;
 pub use inventory::{Inventory, KilnNodeRef, ObservedVm, Ownership, PowerState};
 pub use ownership::{Verdict, VmIdentity};

@@ -2,138 +2,31 @@
 //! changed → observe Proxmox (one listing) → converge each cluster (in parallel up to `concurrency`)
 //! → decommission what was removed (only after its removal commit is pushed) → status.
 //!
-//! Safety rules live here, before any destructive step: an invalid file is unknown, never deleted;
-//! nothing is decommissioned when Git cannot be read, or when the clusters folder yields no valid file
-//! while kiln manages clusters (unless `allow_empty`); a cluster leaves the records only once Proxmox
-//! confirms its VMs are gone.
+//! The safety rules before any destructive step are decided in `policy` (pure); this module gathers
+//! their inputs and does what they say, in their order: records on disk before any action, publish
+//! before destroy, and a cluster leaves the records only once Proxmox confirms its VMs are gone.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::backoff::{Backoff, BackoffPolicy};
+use super::policy::{self, Missing, MissingTurn, Rules, recorded_cluster};
+pub use super::policy::{Intent, ValidIntent};
 use super::ports::Ports;
 use super::records::{ClusterRecord, Records};
 use super::state_file::now_rfc3339;
 use super::status::{ClusterStatus, Phase, StatusBook};
 use super::worker::{self, ConvergeJob, Ctx, DecommissionJob, Next, Outcome, Progress, Settings};
 use crate::config::Config;
-use crate::git::{GitPort, PublishOutcome, Rendered, Snapshot};
+use crate::git::{GitSource, PublishOutcome, Rendered, Snapshot};
 use crate::render::RenderSettings;
 use crate::secrets::Prefix;
-use crate::spec::{self, Cluster, ClusterName};
-
-/// One cluster file that loads and validates.
-#[derive(Debug, Clone)]
-pub struct ValidIntent {
-    pub cluster: Cluster,
-    pub path: String,
-    pub text: String,
-    pub revision: String,
-}
-
-/// What the clusters folder says at one revision.
-#[derive(Debug, Clone, Default)]
-pub struct Intent {
-    pub valid: BTreeMap<String, ValidIntent>,
-    /// stem → (path, every error): unknown clusters, never deleted.
-    pub invalid: BTreeMap<String, (String, String)>,
-}
-
-impl Intent {
-    pub fn read(snapshot: &Snapshot) -> Self {
-        let outcome = spec::load(snapshot.texts().map(|(p, t)| (Path::new(p), t)));
-        let mut intent = Intent::default();
-        for w in &outcome.warnings {
-            tracing::debug!("{w}");
-        }
-        for c in outcome.clusters {
-            let name = c.name.as_str().to_owned();
-            let Some(file) = snapshot.files.iter().find(|f| f.name == name) else {
-                continue;
-            };
-            let Ok(text) = &file.text else { continue };
-            let revision = snapshot
-                .intent_revision(&name)
-                .map(|r| r.to_string())
-                .unwrap_or_default();
-            intent.valid.insert(
-                name,
-                ValidIntent {
-                    cluster: c,
-                    path: file.path.clone(),
-                    text: text.clone(),
-                    revision,
-                },
-            );
-        }
-        for bad in outcome.invalid {
-            let message = bad
-                .diagnostics
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n");
-            intent
-                .invalid
-                .insert(bad.stem, (bad.path.display().to_string(), message));
-        }
-        for f in &snapshot.files {
-            if let Err(why) = &f.text {
-                let (_, message) = intent
-                    .invalid
-                    .entry(f.name.clone())
-                    .or_insert_with(|| (f.path.clone(), String::new()));
-                if !message.is_empty() {
-                    message.push('\n');
-                }
-                message.push_str(&format!("{}: {why}", f.path));
-            }
-        }
-        // A valid `x.yaml` beside an invalid `x.yml` or a link: which one the person meant is
-        // unknown, so the cluster is unknown too (left alone, reported) rather than half-read.
-        intent
-            .valid
-            .retain(|name, _| !intent.invalid.contains_key(name));
-        intent
-    }
-
-    pub fn present(&self, name: &str) -> bool {
-        self.valid.contains_key(name) || self.invalid.contains_key(name)
-    }
-}
-
-/// A recorded spec text, loaded on its own (for rendering a cluster whose file is invalid or gone).
-fn recorded_cluster(record: &ClusterRecord) -> Option<Cluster> {
-    let path = if record.path.is_empty() {
-        "recorded.yaml".to_owned()
-    } else {
-        record.path.clone()
-    };
-    spec::load([(Path::new(&path), record.spec_text.as_str())])
-        .clusters
-        .into_iter()
-        .next()
-}
-
-/// What happens to a managed cluster whose file is gone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Missing {
-    /// Git gave nothing valid while kiln manages clusters (and `allow_empty` is off): held.
-    HeldEmpty,
-    Protected,
-    Grace {
-        until: OffsetDateTime,
-    },
-    /// Grace over: its files go in the next commit, then its VMs are destroyed.
-    Decommission,
-}
+use crate::spec::{Cluster, ClusterName};
 
 /// What a publish did, for the steps after it.
 struct Published {
@@ -157,19 +50,19 @@ pub struct CycleReport {
     pub pushed: Option<String>,
 }
 
-pub struct Engine<G: GitPort> {
+pub struct Engine {
     config: Arc<Config>,
-    git: G,
+    git: GitSource,
     ctx: Ctx,
     records: Records,
     status: StatusBook,
     render_settings: RenderSettings,
 }
 
-impl<G: GitPort> Engine<G> {
+impl Engine {
     pub fn new(
         config: Config,
-        git: G,
+        git: GitSource,
         ports: Ports,
         shutdown: watch::Receiver<bool>,
         progress: Option<mpsc::UnboundedSender<Progress>>,
@@ -242,27 +135,6 @@ impl<G: GitPort> Engine<G> {
         }
     }
 
-    fn missing_state(&self, name: &str, record: &ClusterRecord, intent: &Intent) -> Missing {
-        if intent.valid.is_empty() && !self.config.reconcile.allow_empty {
-            return Missing::HeldEmpty;
-        }
-        if record.protected {
-            return Missing::Protected;
-        }
-        let since = record
-            .missing_since
-            .as_deref()
-            .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
-            .unwrap_or_else(OffsetDateTime::now_utc);
-        let until = since + self.config.reconcile.decommission_grace;
-        let _ = name;
-        if OffsetDateTime::now_utc() < until {
-            Missing::Grace { until }
-        } else {
-            Missing::Decommission
-        }
-    }
-
     /// One pass of the loop. Never panics on a system being down: it reports and waits.
     pub async fn cycle(&mut self) -> CycleReport {
         let mut git_error = None;
@@ -286,47 +158,24 @@ impl<G: GitPort> Engine<G> {
 
         // Records: new valid clusters are recorded (kiln may make VMs for them from now on); a file
         // that came back cancels its decommission.
-        let now = now_rfc3339();
-        let known_before = self.records.clusters.len();
-        for (name, v) in &intent.valid {
-            let r = self.records.clusters.entry(name.clone()).or_default();
-            if r.applied_revision.is_none() {
-                r.spec_text = v.text.clone();
-                r.path = v.path.clone();
-            }
-            r.protected = v.cluster.spec.deletion_protection;
-            r.missing_since = None;
-        }
-        for name in intent.invalid.keys() {
-            if let Some(r) = self.records.clusters.get_mut(name) {
-                r.missing_since = None;
-            }
-        }
-        if self.records.clusters.len() != known_before {
+        if policy::record_intent(&mut self.records, &intent) {
             // On disk before any action: a crash while its first VMs are cloned must not forget that
             // kiln may have made VMs and a bundle for the cluster (its decommission needs the record).
             if let Err(e) = self.records.save(&self.config.state_dir) {
                 return self.cycle_failed(format!("cannot save records: {e}"));
             }
         }
-        let mut missing: BTreeMap<String, Missing> = BTreeMap::new();
-        if git_error.is_none() {
-            let names: Vec<String> = self
-                .records
-                .clusters
-                .keys()
-                .filter(|n| !intent.present(n))
-                .cloned()
-                .collect();
-            for name in names {
-                let r = self.records.clusters.get_mut(&name).expect("listed");
-                if r.missing_since.is_none() {
-                    r.missing_since = Some(now.clone());
-                }
-                let r = r.clone();
-                missing.insert(name.clone(), self.missing_state(&name, &r, &intent));
-            }
-        }
+        let rules = Rules {
+            allow_empty: self.config.reconcile.allow_empty,
+            decommission_grace: self.config.reconcile.decommission_grace,
+        };
+        let missing = policy::missing_clusters(
+            &mut self.records,
+            &intent,
+            git_error.is_none(),
+            rules,
+            OffsetDateTime::now_utc(),
+        );
 
         // Render and publish before applying (§7): not gated on health, once per intent.
         let Published {
@@ -355,11 +204,12 @@ impl<G: GitPort> Engine<G> {
                 .applied_revision
                 .as_ref()
                 .and_then(|_| recorded_cluster(&record));
-            let last_deep = record
-                .deep_checked_at
-                .as_deref()
-                .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok());
-            let deep = drift_check_due(name, last_deep, OffsetDateTime::now_utc(), drift);
+            let deep = drift_check_due(
+                name,
+                record.deep_checked_at,
+                OffsetDateTime::now_utc(),
+                drift,
+            );
             let job = ConvergeJob {
                 cluster: v.cluster.clone(),
                 path: v.path.clone(),
@@ -369,7 +219,7 @@ impl<G: GitPort> Engine<G> {
                 record,
                 inventory: inventory.clone(),
                 deep,
-                previous_status: self.status.clusters.get(name).cloned(),
+                previous_status: self.status.clusters.get(name.as_str()).cloned(),
             };
             let ctx = self.ctx.clone();
             let sem = semaphore.clone();
@@ -380,22 +230,16 @@ impl<G: GitPort> Engine<G> {
         }
         for (name, state) in &missing {
             let record = self.records.clusters.get(name).cloned().unwrap_or_default();
-            match state {
-                // A rejected push made the publish render a newer tip, where the file is back:
-                // that tip, not this cycle's snapshot, is what the remote now says (§7).
-                Missing::Decommission if publish_ok && present_at_tip.contains(name) => {
-                    outcomes.push(self.returned_outcome(name, &record));
-                }
-                Missing::Decommission if publish_ok => {
-                    let Ok(cluster_name) = name.parse::<ClusterName>() else {
-                        continue;
-                    };
+            let at_tip = present_at_tip.contains(name.as_str());
+            match policy::missing_turn(*state, publish_ok, at_tip) {
+                MissingTurn::Returned => outcomes.push(self.returned_outcome(name, &record)),
+                MissingTurn::Decommission => {
                     let job = DecommissionJob {
-                        name: cluster_name,
+                        name: name.clone(),
                         last: recorded_cluster(&record),
                         record,
                         inventory: inventory.clone(),
-                        previous_status: self.status.clusters.get(name).cloned(),
+                        previous_status: self.status.clusters.get(name.as_str()).cloned(),
                     };
                     let ctx = self.ctx.clone();
                     let sem = semaphore.clone();
@@ -404,7 +248,9 @@ impl<G: GitPort> Engine<G> {
                         worker::decommission(ctx, job).await
                     });
                 }
-                other => outcomes.push(self.held_outcome(name, &record, other, publish_ok)),
+                MissingTurn::Hold => {
+                    outcomes.push(self.held_outcome(name, &record, *state, publish_ok))
+                }
             }
         }
         for (name, (path, message)) in &intent.invalid {
@@ -434,12 +280,15 @@ impl<G: GitPort> Engine<G> {
             }
             let name = o.status.name.clone();
             if o.forget() {
-                self.records.clusters.remove(&name);
+                self.records.clusters.remove(name.as_str());
                 self.status.clusters.remove(&name);
                 continue;
             }
-            if let Some(r) = o.record {
-                self.records.clusters.insert(name.clone(), r);
+            // Only clusters with a valid name ever get a record (an invalid file's outcome has none).
+            if let Some(r) = o.record
+                && let Ok(key) = name.parse::<ClusterName>()
+            {
+                self.records.clusters.insert(key, r);
             }
             self.status.clusters.insert(name, o.status);
         }
@@ -447,7 +296,7 @@ impl<G: GitPort> Engine<G> {
         let records = &self.records;
         self.status
             .clusters
-            .retain(|name, _| intent.present(name) || records.clusters.contains_key(name));
+            .retain(|name, _| intent.present(name) || records.clusters.contains_key(name.as_str()));
         self.persist();
         report
     }
@@ -456,52 +305,19 @@ impl<G: GitPort> Engine<G> {
         &self,
         name: &str,
         record: &ClusterRecord,
-        state: &Missing,
+        state: Missing,
         publish_ok: bool,
     ) -> Outcome {
         let mut status = self.base_status(name);
-        let (phase, message, next) = match state {
-            Missing::HeldEmpty => (
-                Phase::Blocked,
-                "the clusters folder has no valid file while kiln manages clusters: taken for a mistake, nothing is destroyed (set reconcile.allow_empty = true to decommission the last cluster)".to_owned(),
-                Next::Stuck { recheck: None },
-            ),
-            Missing::Protected => (
-                Phase::Blocked,
-                format!(
-                    "{} was deleted but the cluster has deletionProtection: true; restore the file, or set deletionProtection: false before deleting it",
-                    record.path
-                ),
-                Next::Stuck { recheck: None },
-            ),
-            Missing::Grace { until } => (
-                Phase::Deleting,
-                format!(
-                    "file deleted; decommission starts at {} unless the file comes back",
-                    until.format(&Rfc3339).unwrap_or_default()
-                ),
-                Next::Requeue(
-                    Duration::try_from(*until - OffsetDateTime::now_utc())
-                        .unwrap_or(Duration::ZERO)
-                        .max(Duration::from_secs(1)),
-                ),
-            ),
-            Missing::Decommission if publish_ok => (
-                Phase::Deleting,
-                "waiting until the removal of its files is pushed".to_owned(),
-                Next::Requeue(Duration::from_secs(5)),
-            ),
-            Missing::Decommission => (
-                Phase::Deleting,
-                "waiting until the removal of its files is pushed".to_owned(),
-                Next::Stuck {
-                    recheck: Some(Duration::from_secs(5)),
-                },
-            ),
+        let verdict =
+            policy::held_verdict(state, &record.path, publish_ok, OffsetDateTime::now_utc());
+        status.phase = verdict.phase;
+        status.last_error = Some(verdict.message.clone());
+        status.set_condition("FilePresent", false, "Deleted", &verdict.message);
+        let next = match (verdict.settled, verdict.wake_in) {
+            (true, recheck) => Next::Stuck { recheck },
+            (false, wake) => Next::Requeue(wake.unwrap_or(Duration::from_secs(1))),
         };
-        status.phase = phase;
-        status.last_error = Some(message.clone());
-        status.set_condition("FilePresent", false, "Deleted", &message);
         Outcome {
             status,
             record: Some(record.clone()),
@@ -547,58 +363,6 @@ impl<G: GitPort> Engine<G> {
         ClusterStatus::continued(name, self.status.clusters.get(name))
     }
 
-    /// The clusters whose files belong in `output_dir` at `snapshot`: valid files, plus the last
-    /// applied spec of clusters that are unknown (invalid file) or still held (grace, protection,
-    /// an empty folder). A cluster past its grace is left out: that is its removal commit.
-    fn output_clusters(
-        snapshot_intent: &Intent,
-        records: &Records,
-        held: &BTreeSet<String>,
-    ) -> Vec<(Cluster, String)> {
-        let mut out: Vec<(Cluster, String)> = snapshot_intent
-            .valid
-            .values()
-            .map(|v| (v.cluster.clone(), v.text.clone()))
-            .collect();
-        for (name, r) in &records.clusters {
-            if snapshot_intent.valid.contains_key(name) {
-                continue;
-            }
-            let keep = snapshot_intent.invalid.contains_key(name) || held.contains(name);
-            if keep
-                && r.applied_revision.is_some()
-                && let Some(c) = recorded_cluster(r)
-            {
-                out.push((c, r.spec_text.clone()));
-            }
-        }
-        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        out
-    }
-
-    fn output_key(
-        settings: &RenderSettings,
-        clusters: &[(Cluster, String)],
-        templates: &BTreeMap<String, String>,
-    ) -> String {
-        let mut h = Sha256::new();
-        h.update(env!("CARGO_PKG_VERSION").as_bytes());
-        h.update(format!("{settings:?}").as_bytes());
-        for (path, text) in templates {
-            h.update(path.as_bytes());
-            h.update([0]);
-            h.update(text.as_bytes());
-            h.update([0]);
-        }
-        for (c, text) in clusters {
-            h.update(c.name.as_str().as_bytes());
-            h.update([0]);
-            h.update(text.as_bytes());
-            h.update([0]);
-        }
-        hex::encode(h.finalize())
-    }
-
     /// Commits the generated files when they changed. Says whether the output at the tip is now
     /// what this cycle wants (decommission may go on only then) and which clusters have a file at
     /// the tip that was rendered last, which is newer than `snapshot` after a rejected push.
@@ -606,15 +370,11 @@ impl<G: GitPort> Engine<G> {
         &mut self,
         snapshot: &Snapshot,
         intent: &Intent,
-        missing: &BTreeMap<String, Missing>,
+        missing: &BTreeMap<ClusterName, Missing>,
     ) -> Published {
-        let held: BTreeSet<String> = missing
-            .iter()
-            .filter(|(_, m)| !matches!(m, Missing::Decommission))
-            .map(|(n, _)| n.clone())
-            .collect();
-        let wanted = Self::output_clusters(intent, &self.records, &held);
-        let key = Self::output_key(&self.render_settings, &wanted, &snapshot.templates);
+        let held = policy::held(missing);
+        let wanted = policy::output_clusters(intent, &self.records, &held);
+        let key = policy::publish_key(&self.render_settings, &wanted, &snapshot.templates);
         if self.records.published_key.as_deref() == Some(key.as_str()) {
             return Published {
                 pushed: None,
@@ -624,39 +384,22 @@ impl<G: GitPort> Engine<G> {
         }
         let records = self.records.clone();
         let settings = self.render_settings.clone();
-        let changed: Vec<String> = intent
-            .valid
-            .iter()
-            .filter(|(n, v)| {
-                records
-                    .clusters
-                    .get(*n)
-                    .and_then(|r| r.applied_revision.as_deref())
-                    != Some(v.revision.as_str())
-            })
-            .map(|(n, _)| n.clone())
-            .chain(
-                missing
-                    .iter()
-                    .filter(|(_, m)| matches!(m, Missing::Decommission))
-                    .map(|(n, _)| n.clone()),
-            )
-            .collect();
+        let changed = policy::changed_clusters(intent, &records, missing);
         // What the last render saw: the clusters with a file at its tip, and the key of its output.
         let mut last_render: Option<(BTreeSet<String>, String)> = None;
         let render = |snap: &Snapshot| -> Result<Rendered, crate::render::RenderError> {
             // The tip may have moved since this cycle read it: decide again from what is there.
             let intent = Intent::read(snap);
-            let wanted = Self::output_clusters(&intent, &records, &held);
+            let wanted = policy::output_clusters(&intent, &records, &held);
             let present = intent
                 .valid
                 .keys()
-                .chain(intent.invalid.keys())
-                .cloned()
+                .map(ClusterName::to_string)
+                .chain(intent.invalid.keys().cloned())
                 .collect();
             last_render = Some((
                 present,
-                Self::output_key(&settings, &wanted, &snap.templates),
+                policy::publish_key(&settings, &wanted, &snap.templates),
             ));
             let clusters: Vec<Cluster> = wanted.into_iter().map(|(c, _)| c).collect();
             // Overrides are the repository's code: bounded, and off the runtime (DESIGN.md §8).
@@ -799,43 +542,6 @@ pub fn drift_check_due(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::git::{ClusterFile, ObjectId};
-
-    const PRODUCTION: &str = include_str!("../../examples/clusters/production.yaml");
-    const STAGING: &str = include_str!("../../examples/clusters/staging.yaml");
-
-    fn oid(byte: u8) -> ObjectId {
-        ObjectId::from_bytes_or_panic(&[byte; 20])
-    }
-
-    fn snapshot(files: &[(&str, Result<&str, &str>)]) -> Snapshot {
-        Snapshot {
-            rev: oid(1),
-            files: files
-                .iter()
-                .enumerate()
-                .map(|(i, (name, text))| ClusterFile {
-                    path: format!("clusters/{name}.yaml"),
-                    name: (*name).to_owned(),
-                    blob: oid(10 + i as u8),
-                    text: text.map(str::to_owned).map_err(str::to_owned),
-                })
-                .collect(),
-            templates: BTreeMap::new(),
-            templates_tree: None,
-            source_commit: oid(2),
-        }
-    }
-
-    fn applied(name: &str, text: &str) -> ClusterRecord {
-        ClusterRecord {
-            spec_text: text.to_owned(),
-            path: format!("clusters/{name}.yaml"),
-            applied_revision: Some("r".into()),
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn deep_checks_come_once_per_interval_at_each_clusters_own_moment() {
         let interval = Duration::from_secs(600);
@@ -867,99 +573,5 @@ mod tests {
             .map(|n| first_due(n))
             .collect();
         assert!(moments.len() > 3, "{moments:?}");
-    }
-
-    #[test]
-    fn invalid_and_undecodable_files_are_unknown_not_absent() {
-        let s = snapshot(&[
-            ("production", Ok(PRODUCTION)),
-            ("staging", Ok("spec: [unclosed")),
-            ("broken", Err("not UTF-8")),
-        ]);
-        let intent = Intent::read(&s);
-        assert_eq!(intent.valid.keys().collect::<Vec<_>>(), ["production"]);
-        assert!(intent.invalid.contains_key("staging"));
-        assert!(intent.invalid.contains_key("broken"));
-        assert!(intent.present("staging") && intent.present("broken"));
-        assert!(!intent.present("gone"));
-        let prod = &intent.valid["production"];
-        assert_eq!(prod.revision, oid(10).to_string());
-        assert!(
-            intent.invalid["staging"]
-                .1
-                .contains("clusters/staging.yaml")
-        );
-    }
-
-    #[test]
-    fn a_valid_file_beside_an_invalid_entry_of_the_same_name_is_unknown() {
-        let mut s = snapshot(&[("production", Ok(PRODUCTION)), ("staging", Ok(STAGING))]);
-        s.files.push(ClusterFile {
-            path: "clusters/production.yml".into(),
-            name: "production".into(),
-            blob: oid(30),
-            text: Err("ends in .yml".into()),
-        });
-        let intent = Intent::read(&s);
-        assert_eq!(intent.valid.keys().collect::<Vec<_>>(), ["staging"]);
-        let (path, message) = &intent.invalid["production"];
-        assert_eq!(path, "clusters/production.yml");
-        assert!(
-            message.contains("clusters/production.yml: ends in .yml"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn output_keeps_unknown_and_held_clusters_and_drops_the_decommissioned() {
-        let records = Records {
-            clusters: BTreeMap::from([
-                ("staging".to_owned(), applied("staging", STAGING)),
-                ("production".to_owned(), applied("production", PRODUCTION)),
-            ]),
-            published_key: None,
-        };
-        // staging's file turned invalid: its last applied spec is still rendered.
-        let s = snapshot(&[("production", Ok(PRODUCTION)), ("staging", Ok("{{"))]);
-        let out = Engine::<crate::git::GitSource>::output_clusters(
-            &Intent::read(&s),
-            &records,
-            &BTreeSet::new(),
-        );
-        let names: Vec<&str> = out.iter().map(|(c, _)| c.name.as_str()).collect();
-        assert_eq!(names, ["production", "staging"]);
-
-        // staging's file is gone: kept while held (grace, protection), dropped once decommissioned.
-        let s = snapshot(&[("production", Ok(PRODUCTION))]);
-        let intent = Intent::read(&s);
-        let held = BTreeSet::from(["staging".to_owned()]);
-        let out = Engine::<crate::git::GitSource>::output_clusters(&intent, &records, &held);
-        assert_eq!(out.len(), 2);
-        let out =
-            Engine::<crate::git::GitSource>::output_clusters(&intent, &records, &BTreeSet::new());
-        let names: Vec<&str> = out.iter().map(|(c, _)| c.name.as_str()).collect();
-        assert_eq!(names, ["production"]);
-    }
-
-    #[test]
-    fn a_never_applied_cluster_with_an_invalid_file_renders_nothing() {
-        let records = Records {
-            clusters: BTreeMap::from([(
-                "staging".to_owned(),
-                ClusterRecord {
-                    spec_text: STAGING.into(),
-                    path: "clusters/staging.yaml".into(),
-                    ..Default::default()
-                },
-            )]),
-            published_key: None,
-        };
-        let s = snapshot(&[("staging", Ok("{{"))]);
-        let out = Engine::<crate::git::GitSource>::output_clusters(
-            &Intent::read(&s),
-            &records,
-            &BTreeSet::new(),
-        );
-        assert!(out.is_empty());
     }
 }

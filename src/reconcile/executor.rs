@@ -185,7 +185,11 @@ impl Executor<'_> {
                 return held;
             }
             let actions: Vec<Action> = batch.iter().map(|s| s.action.clone()).collect();
-            let results = runner.run_batch(&actions).await;
+            // Adapters' own retries end with the step's budget; this executor's backoff is the one
+            // that waits longer (crate::retry).
+            let results =
+                crate::retry::with_budget(crate::retry::STEP_BUDGET, runner.run_batch(&actions))
+                    .await;
             if let Some(stop) = self.settle(batch, keys, results) {
                 return stop;
             }

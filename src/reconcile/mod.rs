@@ -1,10 +1,11 @@
 //! The reconcile loop (DESIGN.md §7): fetch → load → observe → plan → render → commit → apply → status.
 //!
-//! `engine` runs cycles over every cluster; `worker` drives one cluster's turn (observe, plan, execute,
-//! report): `turn` is its context, `steps` its handlers grouped by the system they drive, `executor`
-//! the order, batching and backoff, `error` the typed errors and the policy (Blocked vs retry);
-//! `observe` is the one observation path (worker and `kiln plan`); `records` is what kiln must
-//! remember across restarts; `ports` bundles the systems the engine drives.
+//! `policy` decides the cycle's safety rules (pure); `engine` runs cycles over every cluster and does
+//! the I/O policy decides; `worker` drives one cluster's turn (observe, plan, execute, report): `turn`
+//! is its context, `steps` its handlers grouped by the system they drive, `executor` the order,
+//! batching and backoff, `error` the typed errors and the policy (Blocked vs retry); `observe` is the
+//! one observation path (worker and `kiln plan`); `records` is what kiln must remember across
+//! restarts; `ports` bundles the systems the engine drives.
 
 pub mod backoff;
 pub mod engine;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod executor;
 pub mod observe;
 pub mod offline;
+pub mod policy;
 pub mod ports;
 pub mod preview;
 pub mod records;
@@ -22,6 +24,7 @@ mod steps;
 pub mod turn;
 pub mod worker;
 
-pub use engine::{CycleReport, Engine, Intent};
+pub use engine::{CycleReport, Engine};
+pub use policy::Intent;
 pub use ports::{KubeConnect, KubeRs, Ports};
 pub use worker::Progress;

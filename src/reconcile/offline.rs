@@ -7,10 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::config::DriftPolicy;
 use crate::plan::{
-    self, Blocker, BundleState, ClusterPlan, ConvergeInput, DecommissionInput, ObservedCluster,
-    ObservedVm, Ownership, Plan, Power, SecretsObserved,
+    self, Blocker, BundleState, ClusterPlan, ConvergeInput, DecommissionInput, DriftPolicy,
+    ObservedCluster, ObservedVm, Ownership, Plan, Power, SecretsObserved,
 };
 use crate::spec::{Cluster, Diagnostic, LoadOutcome};
 
@@ -122,7 +121,7 @@ pub fn plan_change(base: &LoadOutcome, head: &LoadOutcome, allow_empty: bool) ->
     }
 
     let head_names: BTreeSet<&str> = head.clusters.iter().map(|c| c.name.as_str()).collect();
-    let emptied = head.clusters.is_empty() && !allow_empty;
+    let emptied = super::policy::empty_folder_holds(!head.clusters.is_empty(), allow_empty);
     for (name, prev) in &base_valid {
         if head_names.contains(name) || head_invalid.contains(name) {
             continue;

@@ -9,7 +9,14 @@ use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
+use crate::spec::ClusterName;
+pub use crate::talos::ClusterUid;
+
+/// Timestamps are RFC 3339 text in the file, as the previous versions wrote them. A value that does
+/// not parse fails the whole load, naming the file, line and column: read as "absent" instead, a
+/// corrupt `missing_since` would restart a cluster's grace at every cycle and keep it forever.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRecord {
     /// The text of the intent file last applied successfully (or, before the first success, the
@@ -20,22 +27,55 @@ pub struct ClusterRecord {
     /// The intent revision whose apply last succeeded.
     pub applied_revision: Option<String>,
     /// kiln's identity of this cluster incarnation (the bundle's `cluster-uid`), once known.
-    pub cluster_uid: Option<String>,
+    pub cluster_uid: Option<ClusterUid>,
     /// `deletionProtection` of the last valid text.
     pub protected: bool,
-    /// RFC 3339 time the file was first seen missing; cleared when it comes back.
-    pub missing_since: Option<String>,
-    /// RFC 3339 time of the last full observation (secrets, Talos, Kubernetes).
-    pub deep_checked_at: Option<String>,
-    /// Node number → RFC 3339 time kiln started its VM, until the node first answers: what
+    /// When the file was first seen missing; cleared when it comes back.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub missing_since: Option<OffsetDateTime>,
+    /// When the last full observation (secrets, Talos, Kubernetes) ran.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub deep_checked_at: Option<OffsetDateTime>,
+    /// Node number → when kiln started its VM, until the node first answers: what
     /// `[talos] boot_timeout` is measured from (no listing says when a VM started).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub started_at: BTreeMap<u32, String>,
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "rfc3339_map"
+    )]
+    pub started_at: BTreeMap<u32, OffsetDateTime>,
+}
+
+/// `started_at`'s values in the same RFC 3339 text as the other timestamps.
+mod rfc3339_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use time::OffsetDateTime;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(transparent)]
+    struct Stamp(#[serde(with = "time::serde::rfc3339")] OffsetDateTime);
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<u32, OffsetDateTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let stamps: BTreeMap<u32, Stamp> = map.iter().map(|(k, v)| (*k, Stamp(*v))).collect();
+        stamps.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u32, OffsetDateTime>, D::Error> {
+        let stamps = BTreeMap::<u32, Stamp>::deserialize(d)?;
+        Ok(stamps.into_iter().map(|(k, v)| (k, v.0)).collect())
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Records {
-    pub clusters: BTreeMap<String, ClusterRecord>,
+    pub clusters: BTreeMap<ClusterName, ClusterRecord>,
     /// Hash of what was last published (intent texts, templates, kiln's version, render settings):
     /// equal means the generated files are already at the tip, so no fetch or commit is needed.
     pub published_key: Option<String>,
@@ -58,20 +98,121 @@ impl Records {
 mod tests {
     use super::*;
 
+    fn name(s: &str) -> ClusterName {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn round_trip() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Records::load(dir.path()).unwrap(), Records::default());
         let mut r = Records::default();
+        let t = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         r.clusters.insert(
-            "prod".into(),
+            name("prod"),
             ClusterRecord {
                 spec_text: "x".into(),
-                cluster_uid: Some("u".into()),
+                cluster_uid: Some(ClusterUid::generate()),
+                missing_since: Some(t),
+                started_at: BTreeMap::from([(2, t)]),
                 ..Default::default()
             },
         );
         r.save(dir.path()).unwrap();
         assert_eq!(Records::load(dir.path()).unwrap(), r);
+    }
+
+    /// What the previous version (timestamps as strings from `state_file::rfc3339`) wrote.
+    const PREVIOUS_VERSION: &str = r#"{
+  "clusters": {
+    "production": {
+      "spec_text": "name: production\n",
+      "path": "clusters/production.yaml",
+      "applied_revision": "abc",
+      "cluster_uid": "0b7c3a52-5d0e-4a8e-9f3b-2a1c4d5e6f70",
+      "protected": false,
+      "missing_since": "2026-12-01T10:00:00.123456789Z",
+      "deep_checked_at": "2026-12-01T09:59:00Z",
+      "started_at": {
+        "1": "2026-12-01T09:58:00.5+01:00"
+      }
+    },
+    "staging": {
+      "spec_text": "",
+      "path": "",
+      "applied_revision": null,
+      "cluster_uid": null,
+      "protected": true,
+      "missing_since": null,
+      "deep_checked_at": null
+    }
+  },
+  "published_key": "k"
+}"#;
+
+    #[test]
+    fn reads_what_the_previous_version_wrote_and_writes_the_same_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(Records::FILE), PREVIOUS_VERSION).unwrap();
+        let r = Records::load(dir.path()).unwrap();
+        let prod = &r.clusters["production"];
+        assert_eq!(
+            prod.cluster_uid.as_ref().unwrap().as_str(),
+            "0b7c3a52-5d0e-4a8e-9f3b-2a1c4d5e6f70"
+        );
+        assert_eq!(
+            prod.missing_since.unwrap(),
+            time::macros::datetime!(2026-12-01 10:00:00.123456789 UTC)
+        );
+        assert_eq!(
+            prod.started_at[&1],
+            time::macros::datetime!(2026-12-01 08:58:00.5 UTC)
+        );
+        assert!(r.clusters["staging"].missing_since.is_none());
+
+        // Written back: the same JSON shape (field names, RFC 3339 text, keys by name).
+        r.save(dir.path()).unwrap();
+        let old: serde_json::Value = serde_json::from_str(PREVIOUS_VERSION).unwrap();
+        let new: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(Records::FILE)).unwrap())
+                .unwrap();
+        let fields = |v: &serde_json::Value, c: &str| -> Vec<String> {
+            v["clusters"][c]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect()
+        };
+        assert_eq!(fields(&new, "production"), fields(&old, "production"));
+        assert_eq!(fields(&new, "staging"), fields(&old, "staging"));
+        assert_eq!(
+            new["clusters"]["production"]["missing_since"],
+            "2026-12-01T10:00:00.123456789Z"
+        );
+        assert_eq!(
+            new["clusters"]["production"]["cluster_uid"],
+            "0b7c3a52-5d0e-4a8e-9f3b-2a1c4d5e6f70"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_timestamp_is_a_load_error_naming_the_file_not_an_endless_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let corrupt = PREVIOUS_VERSION.replace("2026-12-01T10:00:00.123456789Z", "yesterday");
+        std::fs::write(dir.path().join(Records::FILE), corrupt).unwrap();
+        let e = Records::load(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let message = e.to_string();
+        assert!(message.contains(Records::FILE), "{message}");
+        assert!(message.contains("line"), "{message}");
+    }
+
+    #[test]
+    fn a_record_under_a_name_that_is_not_a_cluster_name_is_a_load_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let corrupt = PREVIOUS_VERSION.replace("\"staging\"", "\"Not A Name\"");
+        std::fs::write(dir.path().join(Records::FILE), corrupt).unwrap();
+        assert!(Records::load(dir.path()).is_err());
     }
 }

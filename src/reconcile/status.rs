@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::plan::Power;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     /// Known from Git, not reconciled yet.
@@ -47,14 +49,47 @@ pub struct Condition {
     pub message: String,
 }
 
+/// A node's VM as the last Proxmox listing showed it (status.json keeps the lower-case words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    Running,
+    Stopped,
+    /// Listed, but its power state is not known (a stale status dump, a node not reporting).
+    Unknown,
+    /// No VM for this node.
+    Absent,
+}
+
+impl From<Option<Power>> for VmState {
+    fn from(p: Option<Power>) -> Self {
+        match p {
+            Some(Power::Running) => VmState::Running,
+            Some(Power::Stopped) => VmState::Stopped,
+            Some(Power::Unknown) => VmState::Unknown,
+            None => VmState::Absent,
+        }
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+            VmState::Unknown => "unknown",
+            VmState::Absent => "absent",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub name: String,
     pub vmid: u32,
     pub ip: Ipv4Addr,
     pub role: String,
-    /// Proxmox power state as last seen (`running`, `stopped`, `unknown`, `absent`).
-    pub vm_state: String,
+    pub vm_state: VmState,
     /// Talos stage as last seen (`maintenance`, `running`, `unreachable`, …).
     pub talos_stage: String,
 }
@@ -136,7 +171,11 @@ impl StatusBook {
             "MESSAGE".to_owned(),
         ]];
         for s in self.clusters.values() {
-            let running = s.nodes.iter().filter(|n| n.vm_state == "running").count();
+            let running = s
+                .nodes
+                .iter()
+                .filter(|n| n.vm_state == VmState::Running)
+                .count();
             let message = s
                 .last_error
                 .clone()
@@ -195,7 +234,7 @@ mod tests {
                 vmid: 401,
                 ip: Ipv4Addr::new(192, 168, 2, 161),
                 role: "controlplane".into(),
-                vm_state: "running".into(),
+                vm_state: VmState::Running,
                 talos_stage: "running".into(),
             }],
             last_applied_revision: Some("0123456789abcdef".into()),
@@ -213,6 +252,25 @@ mod tests {
         book.clusters.insert("production".into(), sample());
         book.save(dir.path()).unwrap();
         assert_eq!(StatusBook::load(dir.path()).unwrap(), book);
+    }
+
+    #[test]
+    fn vm_states_keep_the_words_status_json_always_had() {
+        let words: Vec<String> = [
+            VmState::Running,
+            VmState::Stopped,
+            VmState::Unknown,
+            VmState::Absent,
+        ]
+        .iter()
+        .map(|v| {
+            let json = serde_json::to_string(v).unwrap();
+            assert_eq!(json, format!("\"{v}\""));
+            assert_eq!(serde_json::from_str::<VmState>(&json).unwrap(), *v);
+            v.to_string()
+        })
+        .collect();
+        assert_eq!(words, ["running", "stopped", "unknown", "absent"]);
     }
 
     #[test]

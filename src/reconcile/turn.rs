@@ -10,7 +10,6 @@ use time::OffsetDateTime;
 
 use super::error::{Missing, TurnError};
 use super::observe::{self, LoadedBundle};
-use super::state_file::now_rfc3339;
 use super::worker::{Ctx, Progress};
 use crate::kube::KubePort;
 use crate::proxmox::{Inventory, VmIdentity};
@@ -37,10 +36,10 @@ pub struct Turn<'a> {
     pub inventory: &'a Inventory,
     pub paths: SecretPaths,
     pub bundle: Option<LoadedBundle>,
-    pub cluster_uid: Option<String>,
+    pub cluster_uid: Option<crate::talos::ClusterUid>,
     pub stages: BTreeMap<u32, String>,
-    /// Node number → when its VM was started (RFC 3339), until its node first answers.
-    pub started: BTreeMap<u32, String>,
+    /// Node number → when its VM was started, until its node first answers.
+    pub started: BTreeMap<u32, OffsetDateTime>,
     pub notes: Vec<Note>,
 }
 
@@ -97,7 +96,7 @@ impl<'a> Turn<'a> {
             .bundle
             .as_ref()
             .map(|b| b.cluster_uid.clone())
-            .or_else(|| self.cluster_uid.clone())
+            .or_else(|| self.cluster_uid.as_ref().map(ToString::to_string))
             .ok_or(Missing::ClusterUid)?)
     }
 
@@ -163,16 +162,11 @@ impl<'a> Turn<'a> {
     /// likely wrong instead of waiting silently. The clock starts when kiln started the VM, or when a
     /// turn first found it running and silent.
     fn note_if_boot_timed_out(&mut self, node: &Node, stage: &str) {
-        let since = self
+        let started = *self
             .started
             .entry(node.number)
-            .or_insert_with(now_rfc3339)
-            .clone();
-        let Ok(started) =
-            OffsetDateTime::parse(&since, &time::format_description::well_known::Rfc3339)
-        else {
-            return;
-        };
+            .or_insert_with(OffsetDateTime::now_utc);
+        let since = super::state_file::rfc3339(started);
         let waited = OffsetDateTime::now_utc() - started;
         if waited < self.ctx.settings.boot_timeout {
             return;
@@ -230,14 +224,14 @@ impl<'a> Turn<'a> {
 
     /// Takes in what the forks of a batch found. Each fork began from `before`: what one added or
     /// removed in its boot clocks is its own node's news.
-    pub fn join(&mut self, before: &BTreeMap<u32, String>, forks: Vec<Turn<'a>>) {
+    pub fn join(&mut self, before: &BTreeMap<u32, OffsetDateTime>, forks: Vec<Turn<'a>>) {
         let mut started = self.started.clone();
         for turn in forks {
             self.stages.extend(turn.stages);
             self.notes.extend(turn.notes);
             for (n, t) in &turn.started {
                 if before.get(n) != Some(t) {
-                    started.insert(*n, t.clone());
+                    started.insert(*n, *t);
                 }
             }
             for n in before.keys() {

@@ -19,12 +19,12 @@ use super::executor::{Execution, Executor, action_key};
 use super::observe::{self, Depth};
 use super::ports::Ports;
 use super::records::ClusterRecord;
-use super::state_file::{now_rfc3339, rfc3339};
-use super::status::{ClusterStatus, NodeStatus, Phase};
+use super::state_file::rfc3339;
+use super::status::{ClusterStatus, NodeStatus, Phase, VmState};
 use super::turn::{BOOT_TIMEOUT, Turn};
 use crate::config::{DriftPolicy, OnDecommission};
 use crate::plan::{
-    self, Action, Blocker, ClusterPlan, ConvergeInput, DecommissionInput, ObservedCluster, Power,
+    self, Action, Blocker, ClusterPlan, ConvergeInput, DecommissionInput, ObservedCluster,
 };
 use crate::proxmox::Inventory;
 use crate::secrets::{MetadataPatch, Prefix, SecretPaths, meta_keys};
@@ -147,15 +147,6 @@ impl Outcome {
     }
 }
 
-fn vm_state(p: Option<Power>) -> &'static str {
-    match p {
-        Some(Power::Running) => "running",
-        Some(Power::Stopped) => "stopped",
-        Some(Power::Unknown) => "unknown",
-        None => "absent",
-    }
-}
-
 fn executor<'a>(ctx: &'a Ctx, cluster: &'a str, revision: &'a str) -> Executor<'a> {
     Executor {
         cluster,
@@ -247,9 +238,9 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         }
         turn.bundle = seen.bundle.take();
         turn.stages = std::mem::take(&mut seen.stages);
-        record.deep_checked_at = Some(now_rfc3339());
+        record.deep_checked_at = Some(OffsetDateTime::now_utc());
         if let Some(b) = &turn.bundle {
-            record.cluster_uid = Some(b.cluster_uid.clone());
+            record.cluster_uid = b.cluster_uid.parse().ok();
         }
     }
     let observed = seen.observed;
@@ -299,7 +290,7 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         .execute(&mut turn, &plan.steps)
         .await;
     if let Some(b) = &turn.bundle {
-        record.cluster_uid = Some(b.cluster_uid.clone());
+        record.cluster_uid = b.cluster_uid.parse().ok();
     }
     turn.note_silent_nodes(cluster);
     record.started_at = turn.started.clone();
@@ -334,7 +325,7 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     record.applied_revision = Some(job.revision.clone());
     record.spec_text = job.text.clone();
     record.path = job.path.clone();
-    status.phase = if plan.reports.iter().any(|r| r.starts_with("drift")) {
+    status.phase = if plan.reports.iter().any(|r| r.is_drift()) {
         Phase::Degraded
     } else {
         Phase::Ready
@@ -351,8 +342,8 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     if !plan.steps.is_empty() {
         // What the steps changed shows in the next listing; report it from there.
         for n in &mut status.nodes {
-            if n.vm_state == "absent" || n.vm_state == "stopped" {
-                n.vm_state = "running".into();
+            if matches!(n.vm_state, VmState::Absent | VmState::Stopped) {
+                n.vm_state = VmState::Running;
             }
         }
         for (number, stage) in &turn.stages {
@@ -408,8 +399,8 @@ async fn decommission_inner(ctx: &Ctx, job: &DecommissionJob) -> Outcome {
     turn.cluster_uid = job.record.cluster_uid.clone();
     let observed = match observe::leaving(&ctx.ports, &job.inventory, &paths, &name).await {
         Ok((observed, uid)) => {
-            if uid.is_some() {
-                turn.cluster_uid = uid;
+            if let Some(uid) = uid.and_then(|u| u.parse().ok()) {
+                turn.cluster_uid = Some(uid);
             }
             observed
         }
@@ -567,7 +558,7 @@ fn node_statuses(
                 vmid: n.vmid.get(),
                 ip: n.ip,
                 role: n.role.as_str().to_owned(),
-                vm_state: vm_state(vm.map(|v| v.power)).to_owned(),
+                vm_state: vm.map(|v| v.power).into(),
                 talos_stage: if vm.is_none() { "-".into() } else { stage },
             }
         })

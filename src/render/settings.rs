@@ -1,9 +1,8 @@
 //! The part of `kiln.toml` rendering depends on. Rendering is a pure function of intent, kiln's
 //! version and these settings (DESIGN §7), so the reconciler can tell when output must change.
+//! `render` reads no configuration: `config` builds these (`RenderSettings::from_config`).
 
 use serde::Serialize;
-
-use crate::config::Config;
 
 /// Everything from the daemon configuration that shows in the generated files. None of it is secret:
 /// the ClusterSecretStore names a Vault role, never a credential.
@@ -34,27 +33,6 @@ pub struct VaultSettings {
     pub auth_path: String,
     pub role: String,
     pub store_name: String,
-}
-
-impl RenderSettings {
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            output_dir: config.git.output_dir.trim_end_matches('/').to_owned(),
-            clusters_dir: config.git.clusters_dir.trim_end_matches('/').to_owned(),
-            repo_url: config.argocd_repo_url().to_owned(),
-            target_revision: config.argocd.target_revision.clone(),
-            namespace: config.argocd.namespace.clone(),
-            project: config.argocd.project.clone(),
-            vault: VaultSettings {
-                server: config.argocd_vault_server().to_owned(),
-                mount: config.argocd_vault_mount().to_owned(),
-                auth_path: config.argocd.vault.auth_path.clone(),
-                role: config.argocd.vault.role.clone(),
-                store_name: config.argocd.vault.store_name.clone(),
-            },
-            secrets_prefix: config.secrets.prefix.clone(),
-        }
-    }
 }
 
 /// The values of DESIGN §8's example `kiln.toml`, for `kiln render` without `--config`: a preview

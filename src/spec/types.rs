@@ -64,6 +64,28 @@ impl FromStr for ClusterName {
     }
 }
 
+// Read-only views of the validated text: a `ClusterName` is usable wherever a `&str` is read
+// (map lookups by `&str`, `observe`, paths) without handing out a way to change it.
+impl std::ops::Deref for ClusterName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for ClusterName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+// Consistent with `Ord`/`Eq`, which compare the inner string.
+impl std::borrow::Borrow<str> for ClusterName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for ClusterName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -375,6 +375,21 @@ impl fmt::Display for ClusterUid {
     }
 }
 
+// As text, and only a well-formed uid is read back (kiln's records keep it between restarts).
+impl Serialize for ClusterUid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterUid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for ClusterUid {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

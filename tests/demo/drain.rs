@@ -45,7 +45,7 @@ struct Site {
     repos: Repos,
     lab: Lab,
     api_up: Arc<AtomicBool>,
-    engine: Engine<GitSource>,
+    engine: Engine,
 }
 
 async fn site(c: &ClusterFixture) -> Site {

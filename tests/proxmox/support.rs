@@ -238,8 +238,9 @@ impl FakePve {
 pub fn fast_retry() -> RetryPolicy {
     RetryPolicy {
         attempts: 8,
-        base: Duration::from_millis(20),
-        cap: Duration::from_millis(300),
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(300),
+        jitter: 0.0,
     }
 }
 

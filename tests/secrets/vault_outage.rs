@@ -42,6 +42,7 @@ async fn sealed_is_a_clear_retryable_error_and_unsealing_recovers() {
         attempts: 30,
         initial: Duration::from_millis(100),
         max: Duration::from_millis(200),
+        jitter: 0.0,
     };
     let patient = VaultStore::new(patient).unwrap();
     let (read, ()) = tokio::join!(patient.read(&p), async {
@@ -67,6 +68,7 @@ async fn vault_down_is_retried_then_reported_and_recovers_when_back() {
             attempts: 3,
             initial: Duration::from_millis(20),
             max: Duration::from_millis(50),
+            jitter: 0.0,
         },
         timeout: Duration::from_secs(5),
     };
@@ -89,6 +91,7 @@ async fn vault_down_is_retried_then_reported_and_recovers_when_back() {
             attempts: 60,
             initial: Duration::from_millis(100),
             max: Duration::from_millis(250),
+            jitter: 0.0,
         },
         ..base
     })

@@ -23,6 +23,7 @@ pub fn settings(bao: &Bao, mount: &str, auth: VaultAuth) -> VaultSettings {
             attempts: 3,
             initial: Duration::from_millis(50),
             max: Duration::from_millis(200),
+            jitter: 0.0,
         },
         timeout: Duration::from_secs(10),
     }

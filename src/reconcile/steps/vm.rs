@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use crate::proxmox::{Ownership, ProxmoxError, VmSpec};
 use crate::reconcile::error::{Missing, TurnError};
 use crate::reconcile::executor::{Flow, StepResult};
-use crate::reconcile::state_file::now_rfc3339;
 use crate::reconcile::turn::Turn;
 use crate::spec::{Role, Vmid};
+use time::OffsetDateTime;
 
 impl Turn<'_> {
     pub(super) async fn create_vm(&mut self, number: u32) -> StepResult {
@@ -25,7 +25,7 @@ impl Turn<'_> {
         for w in &created.warnings {
             tracing::warn!(vm = %node.name, "Proxmox task ended with warnings: {w:?}");
         }
-        self.started.insert(number, now_rfc3339());
+        self.started.insert(number, OffsetDateTime::now_utc());
         self.say(format!(
             "VM {} {} {} and started",
             node.vmid,
@@ -48,7 +48,7 @@ impl Turn<'_> {
             .claim(&self.identity_of(node)?)
             .await?;
         self.ctx.ports.proxmox.start(&vm).await?;
-        self.started.insert(number, now_rfc3339());
+        self.started.insert(number, OffsetDateTime::now_utc());
         self.say(format!("started VM {} {}", node.vmid, node.name));
         Ok(Flow::Done)
     }

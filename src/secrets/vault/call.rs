@@ -134,27 +134,14 @@ pub(crate) async fn raw(
 }
 
 /// How often and how patiently a transient failure (sealed, down, 5xx) is retried inside one call
-/// before it is reported to the reconciler, which then backs off on its own schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub initial: Duration,
-    pub max: Duration,
-}
+/// before it is reported to the reconciler, which then backs off on its own schedule (and whose
+/// step budget cuts these retries short: `crate::retry`).
+pub type RetryPolicy = crate::retry::Policy;
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            attempts: 4,
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(2),
-        }
-    }
-}
-
-impl RetryPolicy {
-    pub(crate) fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.min(16);
-        self.initial.saturating_mul(factor).min(self.max)
-    }
-}
+/// Four tries over about a second: enough for a leader election or a brief restart.
+pub const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    attempts: 4,
+    initial: Duration::from_millis(250),
+    max: Duration::from_secs(2),
+    jitter: 0.1,
+};

@@ -278,8 +278,9 @@ impl VaultStore {
                     Err(AuthFailure::Call(_)) => {}
                 }
             }
-            if e.is_transient() && attempt + 1 < policy.attempts {
-                let delay = policy.delay(attempt);
+            if e.is_transient()
+                && let Some(delay) = policy.next_delay(attempt + 1)
+            {
                 attempt += 1;
                 tracing::warn!(path = %what, attempt, reason = %e.summary(), retry_in = ?delay, "Vault request failed; retrying");
                 tokio::time::sleep(delay).await;

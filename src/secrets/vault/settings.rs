@@ -52,7 +52,7 @@ impl VaultSettings {
             ca_file: cfg.ca_file.clone(),
             mount: cfg.mount.trim_matches('/').to_owned(),
             auth,
-            retry: RetryPolicy::default(),
+            retry: super::call::DEFAULT_RETRY,
             timeout: Duration::from_secs(30),
         })
     }

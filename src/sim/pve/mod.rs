@@ -392,7 +392,7 @@ impl Transport for SimPve {
 /// The real adapter over this simulator: what `proxmox.backend = "simulated"` and the lab hand the
 /// reconciler. Task and shutdown timeouts are PVE's defaults; the retry policy is the adapter's own.
 pub fn adapter(pve: Arc<SimPve>) -> crate::proxmox::PveAdapter {
-    adapter_with_retry(pve, crate::proxmox::RetryPolicy::default())
+    adapter_with_retry(pve, crate::proxmox::DEFAULT_RETRY)
 }
 
 /// As [`adapter`], with a retry policy of the test's (short pauses for injected faults).

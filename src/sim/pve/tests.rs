@@ -368,8 +368,9 @@ async fn the_preflight_reads_the_simulated_acl() {
 fn fast() -> crate::proxmox::RetryPolicy {
     crate::proxmox::RetryPolicy {
         attempts: 5,
-        base: std::time::Duration::from_millis(1),
-        cap: std::time::Duration::from_millis(4),
+        initial: std::time::Duration::from_millis(1),
+        max: std::time::Duration::from_millis(4),
+        jitter: 0.0,
     }
 }
 

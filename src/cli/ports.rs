@@ -1,0 +1,86 @@
+//! The systems `kiln.toml` asks for, opened for a command, and the daemon's process-level hooks.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use kiln::config::{Config, ProxmoxBackend};
+use kiln::proxmox::{ProxmoxPort, PveAdapter};
+use kiln::reconcile::{KubeRs, Ports, Progress};
+use kiln::secrets::OpenedStore;
+
+/// The open systems and what keeps them alive (the Vault token keeper, the simulated lab).
+pub struct Opened {
+    pub ports: Ports,
+    pub adapter: Option<Arc<PveAdapter>>,
+    _store: OpenedStore,
+    _lab: Option<Box<dyn std::any::Any + Send>>,
+}
+
+pub async fn open_ports(config: &Config) -> anyhow::Result<Opened> {
+    let store = kiln::secrets::open(&config.secrets, &config.state_dir)
+        .context("opening the secret store")?;
+    if let Err(e) = store.store.check().await {
+        tracing::warn!(store = %store.store.describe(), error = %e, "the secret store is not ready; kiln retries each cycle");
+    }
+    let (proxmox, adapter, lab): (
+        Arc<dyn ProxmoxPort>,
+        _,
+        Option<Box<dyn std::any::Any + Send>>,
+    ) = match config.proxmox.backend {
+        ProxmoxBackend::Api => {
+            let a = Arc::new(
+                PveAdapter::from_config(&config.proxmox).context("the Proxmox API client")?,
+            );
+            (a.clone(), Some(a), None)
+        }
+        ProxmoxBackend::Simulated => {
+            // VMs in process, driven by the real adapter over the simulated PVE API (so the
+            // permission preflight runs too); with talos.backend = "simulated" their machines boot
+            // on loopback (loading the config refuses simulated Talos behind a real Proxmox).
+            let lab = kiln::sim::lab::Lab::new(&[(
+                config.defaults.template.get(),
+                config.defaults.proxmox_node.as_str(),
+            )]);
+            (lab.proxmox(), Some(lab.adapter()), Some(Box::new(lab)))
+        }
+    };
+    Ok(Opened {
+        ports: Ports {
+            proxmox,
+            talos: Arc::new(kiln::talos::grpc::GrpcTalos::default()),
+            secrets: store.store.clone(),
+            kube: Arc::new(KubeRs),
+        },
+        adapter,
+        _store: store,
+        _lab: lab,
+    })
+}
+
+pub fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = term => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received: finishing the current step");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+pub fn progress_logger() -> tokio::sync::mpsc::UnboundedSender<Progress> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    tx
+}

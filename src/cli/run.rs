@@ -1,0 +1,100 @@
+//! `kiln run` and `kiln run --once`: the daemon.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use kiln::config::Config;
+use kiln::git::{GitSource, Trigger};
+use kiln::proxmox::{PreflightScope, PveAdapter};
+use kiln::reconcile::state_lock::{StateLock, this_command};
+use kiln::reconcile::{Engine, Intent};
+
+use super::ports::{open_ports, progress_logger, shutdown_signal};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, value_name = "FILE", default_value = kiln::config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Run cycles until every cluster converged or is stuck, print the status table and exit:
+    /// 0 when all converged, 1 otherwise.
+    #[arg(long)]
+    once: bool,
+    /// With --once: give up after this long (humantime, e.g. 10m).
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
+    run(&args.config, args.once, args.timeout)
+}
+
+/// The permission preflight of DESIGN.md §3, for the clusters the tip declares.
+async fn preflight(adapter: &PveAdapter, git: &GitSource) -> anyhow::Result<()> {
+    let clusters = match git.current().await {
+        Some(rev) => Intent::read(&git.snapshot(rev).await?)
+            .valid
+            .into_values()
+            .map(|v| v.cluster)
+            .collect(),
+        None => Vec::new(),
+    };
+    adapter
+        .preflight(&PreflightScope::for_clusters(&clusters))
+        .await
+        .context("Proxmox permission preflight")?;
+    Ok(())
+}
+
+pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    // Before anything opens the cache clone (which clears lock files it takes for stale) or
+    // reads the records: a second kiln on this folder stops here.
+    let _lock = StateLock::acquire(&config.state_dir, &this_command())?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("creating {}", config.state_dir.display()))?;
+        let opened = open_ports(&config).await?;
+        let git = GitSource::open(&config.git, &config.state_dir)
+            .await
+            .context("opening the Git cache clone")?;
+        if let Err(e) = git.poll().await {
+            tracing::warn!(error = %e, "first fetch failed; working from the last revision fetched, if any");
+        }
+        if let Some(adapter) = &opened.adapter {
+            preflight(adapter, &git).await?;
+        }
+        let shutdown = shutdown_signal();
+        let trigger = Trigger::new();
+        let _watcher = if once {
+            None
+        } else {
+            kiln::git::watch_if_local(&config.git.url, &trigger).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot watch the local repository; polling only");
+                None
+            })
+        };
+        let state_dir = config.state_dir.clone();
+        let mut engine = Engine::new(config, git, opened.ports.clone(), shutdown, Some(progress_logger()))
+            .context("loading kiln's state")?;
+        if once {
+            let report = engine.run_once(timeout).await;
+            print!("{}", engine.status().table());
+            if let Some(e) = &report.error {
+                eprintln!("kiln: {e}");
+            }
+            eprintln!("state: {}", state_dir.display());
+            Ok(if report.converged && report.error.is_none() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        } else {
+            engine.run(trigger).await;
+            Ok(ExitCode::SUCCESS)
+        }
+    })
+}

@@ -1,0 +1,80 @@
+//! `kiln status [NAME]`: what the daemon last reported.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use kiln::config::Config;
+
+use super::Format;
+
+#[derive(clap::Args)]
+pub struct Args {
+    name: Option<String>,
+    #[arg(long, value_name = "FILE", default_value = kiln::config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
+    status(
+        &args.config,
+        args.name.as_deref(),
+        matches!(args.format, Format::Json),
+    )
+}
+
+pub fn status(config_path: &Path, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let book = kiln::reconcile::status::StatusBook::load(&config.state_dir)
+        .with_context(|| format!("reading {}", config.state_dir.join("status.json").display()))?;
+    let Some(name) = name else {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&book)?);
+        } else {
+            print!("{}", book.table());
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(s) = book.clusters.get(name) else {
+        eprintln!(
+            "no status for cluster {name} (is it in the repository, and has kiln run since?)"
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("cluster:  {}", s.name);
+    println!("phase:    {}", s.phase);
+    println!(
+        "applied:  {}",
+        s.last_applied_revision.as_deref().unwrap_or("-")
+    );
+    if let Some(e) = &s.last_error {
+        println!("error:    {e}");
+    }
+    if let Some(r) = &s.retry_at {
+        println!("retry at: {r}");
+    }
+    for c in &s.conditions {
+        println!(
+            "condition {} = {} ({}): {}",
+            c.kind, c.status, c.reason, c.message
+        );
+    }
+    println!(
+        "{:<24} {:>9}  {:<15} {:<13} {:<9} TALOS",
+        "NODE", "VMID", "IP", "ROLE", "VM"
+    );
+    for n in &s.nodes {
+        println!(
+            "{:<24} {:>9}  {:<15} {:<13} {:<9} {}",
+            n.name, n.vmid, n.ip, n.role, n.vm_state, n.talos_stage
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
