@@ -6,10 +6,10 @@
 // The end-to-end suite's cluster fixtures (each on a free 127.0.<block>.0/24 of its own, from
 // 127.0.120.x up) and Git remotes, reused by the in-process engine tests below.
 #[allow(dead_code)]
-#[path = "reconcile/fixture.rs"]
+#[path = "../e2e/fixture.rs"]
 mod fixture;
 #[allow(dead_code)]
-#[path = "git/support.rs"]
+#[path = "../adapters/git/support.rs"]
 mod gitrepo;
 
 #[path = "demo/drain.rs"]
