@@ -15,3 +15,15 @@ mod spec;
 mod spec_load;
 #[path = "engine/talos_config.rs"]
 mod talos_config;
+
+#[path = "engine/scenarios.rs"]
+mod scenarios;
+
+// Shared by the demo's engine tests and the scenarios: one instance, so one counter hands out the
+// loopback blocks and no two tests of this binary get the same one.
+#[allow(dead_code)]
+#[path = "e2e/fixture.rs"]
+mod fixture;
+#[allow(dead_code)]
+#[path = "adapters/git/support.rs"]
+mod gitrepo;
