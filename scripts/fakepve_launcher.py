@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Start the pinned fakepve for kiln's Proxmox tests, with what fakepve 0.5.0 does not model.
 
-Usage (the Rust tests do this; see tests/proxmox/support.rs):
+Usage (the Rust tests do this; see tests/adapters/proxmox/support.rs):
 
     .venv/bin/python scripts/fakepve_launcher.py --cert C --key K --token 'kiln@pve!ci=SECRET'
 

@@ -170,8 +170,12 @@ mod tests {
 
     #[test]
     fn a_render_past_its_deadline_is_reported_and_yields_nothing() {
-        // Fuel bounds every step a template takes, so only a zero deadline is sure to pass first.
-        match render_with(&BTreeMap::new(), Duration::ZERO) {
+        // A zero deadline alone races a fast render (kiln's own templates can finish before the wait
+        // begins), so the render is also made slow within its fuel: each step copies 2 MiB, about a
+        // second in all, far beyond any scheduling delay of the waiting thread.
+        let slow =
+            "{% set s = 'x' * 1048576 %}{% for i in range(2000) %}{% set t = s ~ s %}{% endfor %}";
+        match render_with(&overriding("cluster-facts.yaml.j2", slow), Duration::ZERO) {
             e @ RenderError::Deadline { .. } => {
                 assert!(e.to_string().contains("nothing is committed"), "{e}")
             }

@@ -4,7 +4,7 @@
 //! the COSI `resource.proto`/`state.proto`, as restated in TALOS-FACTS.md §1. No `.proto` file is vendored:
 //! no `protoc` exists where kiln builds, and only the messages kiln sends or reads are needed. Fields that
 //! kiln never reads are still declared where the simulator has to send them, so both sides stay honest.
-//! `tests/talos_grpc.rs` decodes these messages with an independent raw-protobuf reader to pin the numbers.
+//! `tests/adapters/talos_grpc.rs` decodes these messages with an independent raw-protobuf reader to pin the numbers.
 
 pub mod common;
 pub mod cosi;

@@ -184,7 +184,7 @@ impl Drop for Daemon {
     }
 }
 
-/// `git http-backend` behind HTTP Basic auth (tests/git/smart_http.py), killed on drop.
+/// `git http-backend` behind HTTP Basic auth (tests/adapters/git/smart_http.py), killed on drop.
 pub struct SmartHttp {
     child: Child,
     pub port: u16,
@@ -194,7 +194,7 @@ pub struct SmartHttp {
 impl SmartHttp {
     pub fn start(repos: &Repos, password: &str) -> Self {
         let port_file = repos.tmp.path().join("http.port");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/git/smart_http.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/adapters/git/smart_http.py");
         let child = Command::new("python3")
             .arg(script)
             .arg(repos.tmp.path())

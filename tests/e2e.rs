@@ -1,53 +1,53 @@
 //! End-to-end acceptance of the reconciler (issue 19; DESIGN.md §3, §4, §5, §7) through the real `kiln`
 //! binary against real parts: fakepve (the PVE 9 API), an OpenBao dev server, Git repositories on disk
 //! and `kiln sim talos` answering over gRPC at each node's own loopback IP. Each test builds its own
-//! world (`reconcile/support.rs`); docs/testing.md says how, and how to run one test.
+//! world (`e2e/support.rs`); docs/testing.md says how, and how to run one test.
 
 // The other suites' harnesses, reused as they are; each suite uses only part of them.
 #[allow(dead_code)]
-#[path = "secrets/bao.rs"]
+#[path = "adapters/secrets/bao.rs"]
 mod bao;
 #[allow(dead_code)]
-#[path = "git/support.rs"]
+#[path = "adapters/git/support.rs"]
 mod gitrepo;
 #[allow(dead_code)]
-#[path = "proxmox/support.rs"]
+#[path = "adapters/proxmox/support.rs"]
 mod pve;
 
 #[allow(dead_code)]
-#[path = "spec/measure.rs"]
+#[path = "engine/spec/measure.rs"]
 mod measure;
 
-#[path = "reconcile/checks.rs"]
+#[path = "e2e/checks.rs"]
 mod checks;
-#[path = "reconcile/credentials.rs"]
+#[path = "e2e/credentials.rs"]
 mod credentials;
-#[path = "reconcile/fixture.rs"]
+#[path = "e2e/fixture.rs"]
 mod fixture;
-#[path = "reconcile/support.rs"]
+#[path = "e2e/support.rs"]
 mod support;
-#[path = "reconcile/talos_sim.rs"]
+#[path = "e2e/talos_sim.rs"]
 mod talos_sim;
 
-#[path = "reconcile/crash.rs"]
+#[path = "e2e/crash.rs"]
 mod crash;
-#[path = "reconcile/decommission.rs"]
+#[path = "e2e/decommission.rs"]
 mod decommission;
-#[path = "reconcile/faults.rs"]
+#[path = "e2e/faults.rs"]
 mod faults;
-#[path = "reconcile/git_safety.rs"]
+#[path = "e2e/git_safety.rs"]
 mod git_safety;
-#[path = "reconcile/harness.rs"]
+#[path = "e2e/harness.rs"]
 mod harness;
-#[path = "reconcile/hostile_input.rs"]
+#[path = "e2e/hostile_input.rs"]
 mod hostile_input;
-#[path = "reconcile/invalid.rs"]
+#[path = "e2e/invalid.rs"]
 mod invalid;
-#[path = "reconcile/least_privilege.rs"]
+#[path = "e2e/least_privilege.rs"]
 mod least_privilege;
-#[path = "reconcile/plan.rs"]
+#[path = "e2e/plan.rs"]
 mod plan;
-#[path = "reconcile/provision.rs"]
+#[path = "e2e/provision.rs"]
 mod provision;
-#[path = "reconcile/talos_real.rs"]
+#[path = "e2e/talos_real.rs"]
 mod talos_real;

@@ -6,8 +6,8 @@ use kiln::proxmox::ProxmoxPort;
 use kiln::spec::Role;
 use serde_json::json;
 
-use crate::spec;
-use crate::support::{FakePve, Options, least_privilege};
+use super::spec;
+use super::support::{FakePve, Options, least_privilege};
 
 fn storage(pve: &FakePve, name: &str, options: serde_json::Value) {
     pve.ctl(json!({"cmd": "storage", "storage": name, "options": options}));

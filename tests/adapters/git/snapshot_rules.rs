@@ -7,7 +7,7 @@ use std::os::unix::fs::symlink;
 use kiln::git::{GitError, GitSource, PollOutcome, Snapshot, read_revision, read_work_tree};
 use kiln::reconcile::Intent;
 
-use crate::support::{Repos, git};
+use super::support::{Repos, git};
 
 /// A secret the links below point at: it must never reach an error or a snapshot.
 const SECRET: &str = "token: s3cret-value-never-shown\n";

@@ -8,8 +8,8 @@ use kiln::proxmox::{ProxmoxError, ProxmoxPort};
 use kiln::spec::Role;
 use serde_json::json;
 
-use crate::support::{FakePve, fast_retry};
-use crate::{count, spec};
+use super::support::{FakePve, fast_retry};
+use super::{count, spec};
 
 /// A test that would otherwise loop for ever fails at this deadline instead.
 const DEADLINE: Duration = Duration::from_secs(60);

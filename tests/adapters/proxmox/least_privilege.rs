@@ -6,8 +6,8 @@ use kiln::proxmox::{PreflightScope, ProxmoxError, ProxmoxPort, VmSpec};
 use kiln::spec::Role;
 use serde_json::json;
 
-use crate::spec;
-use crate::support::{FakePve, least_privilege};
+use super::spec;
+use super::support::{FakePve, least_privilege};
 
 /// VM 401 on `vmbr1` VLAN 20, cloned from template 9000, whose own NIC is on `vmbr0`: two SDN paths
 /// that do not contain each other, so each grant of the list is needed on its own.

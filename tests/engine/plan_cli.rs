@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-const PRODUCTION: &str = include_str!("../examples/clusters/production.yaml");
-const STAGING: &str = include_str!("../examples/clusters/staging.yaml");
+const PRODUCTION: &str = include_str!("../../examples/clusters/production.yaml");
+const STAGING: &str = include_str!("../../examples/clusters/staging.yaml");
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")

@@ -5,12 +5,7 @@
 
 // The end-to-end suite's cluster fixtures (each on a free 127.0.<block>.0/24 of its own, from
 // 127.0.120.x up) and Git remotes, reused by the in-process engine tests below.
-#[allow(dead_code)]
-#[path = "reconcile/fixture.rs"]
-mod fixture;
-#[allow(dead_code)]
-#[path = "git/support.rs"]
-mod gitrepo;
+use crate::{fixture, gitrepo};
 
 #[path = "demo/drain.rs"]
 mod drain;

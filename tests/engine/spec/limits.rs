@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::measure::{alias_bomb, measured_command, read_measured};
+use super::measure::{alias_bomb, measured_command, read_measured};
 
 const MIB: u64 = 1024;
 
@@ -59,7 +59,7 @@ fn a_file_over_256_kib_is_refused_naming_file_and_limit() {
         text.push_str("# a comment line that makes the file larger than kiln reads\n");
     }
     std::fs::write(&file, &text).unwrap();
-    let out = crate::kiln(&[file.as_path()]);
+    let out = super::kiln(&[file.as_path()]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
@@ -84,7 +84,7 @@ fn a_cluster_file_that_is_a_symlink_is_refused_without_reading_its_target() {
     std::fs::create_dir(&clusters).unwrap();
     std::os::unix::fs::symlink(&secret, clusters.join("x.yaml")).unwrap();
     for arg in [clusters.clone(), clusters.join("x.yaml")] {
-        let out = crate::kiln(&[arg.as_path()]);
+        let out = super::kiln(&[arg.as_path()]);
         let said = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{said}");
         assert!(
@@ -132,7 +132,7 @@ fn no_error_echoes_more_than_80_characters_of_a_value() {
         ),
     ];
     for file in &files {
-        let out = crate::kiln(&[file.as_path()]);
+        let out = super::kiln(&[file.as_path()]);
         let said = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{said}");
         assert!(
