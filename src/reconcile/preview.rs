@@ -77,9 +77,11 @@ pub async fn preview(
             intent_changed: applied != Some(v.revision.as_str()),
         }));
     }
-    let any_valid = !intent.valid.is_empty();
+    // The daemon's own rule: an emptied folder is a mistake, so nothing is shown as decommissioned.
+    let emptied =
+        super::policy::empty_folder_holds(!intent.valid.is_empty(), config.reconcile.allow_empty);
     for (name, record) in &records.clusters {
-        if intent.present(name) || (!any_valid && !config.reconcile.allow_empty) {
+        if intent.present(name) || emptied {
             continue;
         }
         let Ok(cluster_name) = name.parse::<ClusterName>() else {
