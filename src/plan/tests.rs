@@ -231,7 +231,8 @@ fn drift_is_repaired_or_reported_by_policy() {
     let a = actions(&repair);
     assert!(a.contains(&&Action::StartVm {
         number: 5,
-        vmid: Vmid::new(405).unwrap()
+        vmid: Vmid::new(405).unwrap(),
+        name: "production-wk-5".into(),
     }));
     assert!(a.iter().any(|x| matches!(
         x,
