@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::disruption::{Disruption, DisruptionSummary, Shown};
 use crate::spec::{ClusterName, Role, Vmid};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -22,32 +23,27 @@ pub enum Action {
         template: Vmid,
     },
     /// Finish a VM a crash left between clone and tagging.
-    FinishVm {
-        number: u32,
-        vmid: Vmid,
-    },
+    FinishVm { number: u32, vmid: Vmid },
     StartVm {
         number: u32,
         vmid: Vmid,
+        name: String,
     },
     /// Cores/memory need a Proxmox power cycle (rolling, drained, health-gated); disks only grow.
     ResizeVm {
         number: u32,
         vmid: Vmid,
+        /// Name and role say what the step disrupts (`Action::disruption`).
+        name: String,
+        role: Role,
         cores: Option<(u32, u32)>,
         memory_mib: Option<(u64, u64)>,
         disk_gib: Option<(u64, u64)>,
     },
     /// Apply the machine config to a node in maintenance (after the SMBIOS uuid check).
-    ApplyConfig {
-        number: u32,
-        name: String,
-    },
+    ApplyConfig { number: u32, name: String },
     /// Bootstrap etcd on this control plane, guarded by the member list and the marker.
-    Bootstrap {
-        number: u32,
-        name: String,
-    },
+    Bootstrap { number: u32, name: String },
     /// Store the admin kubeconfig and talosconfig (once; rotation is separate).
     StoreCredentials,
     /// Wait until every expected node is Ready by name.
@@ -67,9 +63,7 @@ pub enum Action {
         name: String,
     },
     /// Decommission: mark the secrets retained (`kiln-decommissioned-at`) or destroy them.
-    RetireSecrets {
-        destroy: bool,
-    },
+    RetireSecrets { destroy: bool },
 }
 
 /// How a step counts in the summary (like Terraform's add/change/destroy).
@@ -115,9 +109,10 @@ impl fmt::Display for Action {
                 "create VM {vmid} {name} on {pve_node} (full clone of {template})"
             ),
             Action::FinishVm { vmid, .. } => write!(f, "finish half-made VM {vmid}"),
-            Action::StartVm { vmid, .. } => write!(f, "start VM {vmid}"),
+            Action::StartVm { vmid, name, .. } => write!(f, "start VM {vmid} {name}"),
             Action::ResizeVm {
                 vmid,
+                name,
                 cores,
                 memory_mib,
                 disk_gib,
@@ -131,7 +126,7 @@ impl fmt::Display for Action {
                 .into_iter()
                 .flatten()
                 .collect();
-                write!(f, "resize VM {vmid}: {}", parts.join(", "))
+                write!(f, "resize VM {vmid} {name}: {}", parts.join(", "))
             }
             Action::ApplyConfig { name, .. } => write!(f, "apply the machine config to {name}"),
             Action::Bootstrap { name, .. } => write!(f, "bootstrap etcd on {name}"),
@@ -158,11 +153,24 @@ impl fmt::Display for Action {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     pub action: Action,
     /// Why the step exists, from the observation that made it necessary.
     pub reason: String,
+}
+
+/// JSON: the action and reason as before, and the disruption (its kind and its sentence) added.
+impl Serialize for Step {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let disruption = self.action.disruption();
+        let mut st = s.serialize_struct("Step", 3)?;
+        st.serialize_field("action", &self.action)?;
+        st.serialize_field("reason", &self.reason)?;
+        st.serialize_field("disruption", &Shown::of(&disruption))?;
+        st.end()
+    }
 }
 
 /// Why nothing (or only part) can be done.
@@ -192,7 +200,7 @@ pub enum PlanKind {
     Decommission,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterPlan {
     pub cluster: ClusterName,
     pub kind: PlanKind,
@@ -260,9 +268,30 @@ impl Serialize for Report {
     }
 }
 
+/// JSON: the fields as they always were, and the cluster's disruption summary added.
+impl Serialize for ClusterPlan {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let summary = self.disruption();
+        let mut st = s.serialize_struct("ClusterPlan", 6)?;
+        st.serialize_field("cluster", &self.cluster)?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("steps", &self.steps)?;
+        st.serialize_field("blockers", &self.blockers)?;
+        st.serialize_field("reports", &self.reports)?;
+        st.serialize_field("disruption", &Shown::of(&summary))?;
+        st.end()
+    }
+}
+
 impl ClusterPlan {
     pub fn is_noop(&self) -> bool {
         self.steps.is_empty()
+    }
+    /// What the steps disrupt, counted for the summary line.
+    pub fn disruption(&self) -> DisruptionSummary {
+        let each: Vec<Disruption> = self.steps.iter().map(|s| s.action.disruption()).collect();
+        DisruptionSummary::of(&each)
     }
     pub fn count(&self, effect: Effect) -> usize {
         self.steps
@@ -286,6 +315,9 @@ impl fmt::Display for ClusterPlan {
             self.count(Effect::Change),
             self.count(Effect::Destroy)
         )?;
+        if !self.steps.is_empty() {
+            writeln!(f, "  disruption: {}", self.disruption())?;
+        }
         for b in &self.blockers {
             writeln!(f, "  ! {b}")?;
         }
@@ -296,6 +328,7 @@ impl fmt::Display for ClusterPlan {
                 Effect::Destroy => '-',
             };
             writeln!(f, "  {mark} {}  ({})", s.action, s.reason)?;
+            writeln!(f, "      → {}", s.action.disruption())?;
         }
         for r in &self.reports {
             writeln!(f, "  ? {r}")?;

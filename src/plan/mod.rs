@@ -7,12 +7,14 @@
 
 pub mod action;
 pub mod bootstrap;
+pub mod disruption;
 pub mod observed;
 mod renumber;
 
 use serde::Serialize;
 
 pub use action::{Action, Blocker, ClusterPlan, Effect, PlanKind, Report, Step};
+pub use disruption::{Disruption, DisruptionSummary, OnlineChange};
 pub use observed::{
     BundleState, Conflict, NodeState, ObservedCluster, ObservedVm, Ownership, Power,
     SecretsObserved,
@@ -283,6 +285,7 @@ fn plan_existing(
             Action::StartVm {
                 number: node.number,
                 vmid: vm.vmid,
+                name: node.name.clone(),
             },
             format!("VM {} is stopped", vm.vmid),
             true,
@@ -315,6 +318,8 @@ fn plan_existing(
             Action::ResizeVm {
                 number: node.number,
                 vmid: vm.vmid,
+                name: node.name.clone(),
+                role: node.role,
                 cores,
                 memory_mib,
                 disk_gib,

@@ -231,7 +231,8 @@ fn drift_is_repaired_or_reported_by_policy() {
     let a = actions(&repair);
     assert!(a.contains(&&Action::StartVm {
         number: 5,
-        vmid: Vmid::new(405).unwrap()
+        vmid: Vmid::new(405).unwrap(),
+        name: "production-wk-5".into(),
     }));
     assert!(a.iter().any(|x| matches!(
         x,
@@ -366,4 +367,147 @@ fn decommission_destroys_kilns_vms_only_and_respects_protection() {
         Some(&&Action::RetireSecrets { destroy: false })
     );
     assert_eq!(plan.reports.len(), 1);
+}
+
+fn disruptions(plan: &ClusterPlan) -> Vec<String> {
+    plan.steps
+        .iter()
+        .map(|s| s.action.disruption().to_string())
+        .collect()
+}
+
+#[test]
+fn a_worker_resize_reboots_each_worker_one_at_a_time_and_leaves_control_planes_alone() {
+    let before = production();
+    let text = production_text().replace(
+        "resources: {cores: 4, memoryGiB: 16, diskGiB: 200}",
+        "resources: {cores: 8, memoryGiB: 16, diskGiB: 200}",
+    );
+    let plan = run(&cluster_from(&text), Some(&before), &converged(&before));
+    let said = disruptions(&plan);
+    let reboots: Vec<&String> = said.iter().filter(|d| d.starts_with("reboots")).collect();
+    assert_eq!(reboots.len(), 2, "{plan}");
+    assert!(reboots[0].starts_with("reboots production-wk-4 "), "{plan}");
+    assert!(reboots[1].starts_with("reboots production-wk-5 "), "{plan}");
+    assert!(!said.iter().any(|d| d.contains("-cp-")), "{plan}");
+    assert_eq!(plan.disruption().to_string(), "2 reboots, one at a time");
+    let shown = plan.to_string();
+    assert!(
+        shown.contains("  disruption: 2 reboots, one at a time\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(
+            "  ~ resize VM 404 production-wk-4: cores 4 → 8  (the file asks for other resources)\n      → reboots production-wk-4 through Proxmox"
+        ),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_bigger_disk_alone_is_an_online_change() {
+    let before = production();
+    let text = production_text().replace(
+        "resources: {cores: 4, memoryGiB: 16, diskGiB: 200}",
+        "resources: {cores: 4, memoryGiB: 16, diskGiB: 300}",
+    );
+    let plan = run(&cluster_from(&text), Some(&before), &converged(&before));
+    assert!(
+        disruptions(&plan).contains(
+            &"grows the disk of production-wk-4 from 200 to 300 GiB online, no reboot".to_owned()
+        ),
+        "{plan}"
+    );
+    assert_eq!(plan.disruption().to_string(), "2 disks grown online");
+}
+
+#[test]
+fn scaling_control_planes_down_says_which_member_leaves_etcd() {
+    let pinned = production_text()
+        .replace("{ip: 192.168.2.162}", "{ip: 192.168.2.162, number: 2}")
+        .replace(
+            "      - {ip: 192.168.2.163}\n",
+            "      - {ip: 192.168.2.163, number: 3}\n",
+        )
+        .replace("{ip: 192.168.2.164}", "{ip: 192.168.2.164, number: 4}");
+    let before = cluster_from(&pinned);
+    let after = cluster_from(&pinned.replace("      - {ip: 192.168.2.163, number: 3}\n", ""));
+    let plan = run(&after, Some(&before), &converged(&before));
+    assert!(plan.blockers.is_empty(), "{plan}");
+    assert!(
+        disruptions(&plan)
+            .iter()
+            .any(|d| d.starts_with("removes production-cp-3 from etcd")),
+        "{plan}"
+    );
+    assert_eq!(plan.disruption().to_string(), "1 etcd member removed");
+}
+
+#[test]
+fn a_new_cluster_disrupts_nothing_and_a_decommission_says_no_drain() {
+    let c = production();
+    let observed = ObservedCluster {
+        secrets: Some(SecretsObserved {
+            bundle: BundleState::Absent,
+            bootstrapped: false,
+            kubeconfig_stored: false,
+            talosconfig_stored: false,
+            decommissioned: false,
+        }),
+        ..Default::default()
+    };
+    let plan = run(&c, None, &observed);
+    assert!(
+        disruptions(&plan).iter().all(|d| d == "no disruption"),
+        "{plan}"
+    );
+    assert!(plan.to_string().contains("  disruption: no disruption\n"));
+
+    let gone = decommission(DecommissionInput {
+        name: &c.name,
+        protected: false,
+        observed: &converged(&c),
+        destroy_secrets: false,
+    });
+    assert_eq!(
+        gone.disruption().to_string(),
+        "5 VMs destroyed without a drain"
+    );
+}
+
+#[test]
+fn json_keeps_every_field_and_adds_the_disruption() {
+    let before = production();
+    let text = production_text().replace(
+        "resources: {cores: 4, memoryGiB: 16, diskGiB: 200}",
+        "resources: {cores: 4, memoryGiB: 32, diskGiB: 200}",
+    );
+    let plan = run(&cluster_from(&text), Some(&before), &converged(&before));
+    let v = serde_json::to_value(&plan).unwrap();
+    for key in [
+        "cluster",
+        "kind",
+        "steps",
+        "blockers",
+        "reports",
+        "disruption",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing: {v}");
+    }
+    assert_eq!(v["disruption"]["reboots"], 2, "{v}");
+    assert_eq!(v["disruption"]["text"], "2 reboots, one at a time", "{v}");
+    let first = &v["steps"][0];
+    assert_eq!(first["action"]["action"], "resize-vm", "{v}");
+    assert_eq!(first["action"]["vmid"], 404, "{v}");
+    assert_eq!(first["reason"], "the file asks for other resources", "{v}");
+    assert_eq!(first["disruption"]["kind"], "reboot", "{v}");
+    assert_eq!(first["disruption"]["node"], "production-wk-4", "{v}");
+    assert_eq!(first["disruption"]["role"], "worker", "{v}");
+    assert!(
+        first["disruption"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("reboots production-wk-4"),
+        "{v}"
+    );
 }

@@ -120,3 +120,99 @@ fn nothing_to_do_exits_0_and_an_invalid_file_exits_1_without_destroying() {
     assert!(stderr.contains("clusters/staging.yaml:2:1: "), "{stderr}");
     assert!(stdout.contains("0 to destroy."), "{stdout}");
 }
+
+/// Issue 27: a pull request that resizes the workers and scales them down shows, per step, what it
+/// disrupts, and a summary per cluster, in text and in JSON.
+#[test]
+fn a_resize_and_a_scale_down_say_what_they_disrupt() {
+    let dir = repo();
+    let d = dir.path();
+    git(d, &["checkout", "-qb", "resize", "main"]);
+    let edited = PRODUCTION
+        .replace(
+            "resources: {cores: 4, memoryGiB: 16, diskGiB: 200}",
+            "resources: {cores: 8, memoryGiB: 16, diskGiB: 250}",
+        )
+        .replace("      - {ip: 192.168.2.165, number: 5}\n", "");
+    assert_ne!(edited, PRODUCTION, "the example changed: fix the edit");
+    std::fs::write(d.join("clusters/production.yaml"), edited).unwrap();
+    git(d, &["commit", "-qam", "bigger workers, one fewer"]);
+
+    let args = [
+        "plan",
+        "--offline",
+        "--repo",
+        ".",
+        "--rev",
+        "resize",
+        "--base",
+        "main",
+    ];
+    let out = kiln(d, &args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let after = |step: &str| -> &str {
+        let i = lines
+            .iter()
+            .position(|l| l.contains(step))
+            .unwrap_or_else(|| panic!("no step {step:?}:\n{stdout}"));
+        lines.get(i + 1).copied().unwrap_or_default()
+    };
+    assert_eq!(
+        after("resize VM 404 production-wk-4: cores 4 → 8, disk GiB 200 → 250").trim(),
+        "→ reboots production-wk-4 through Proxmox to apply cores/memory (cordoned and drained \
+         first); its disk grows to 250 GiB before the reboot",
+        "{stdout}"
+    );
+    assert_eq!(
+        after("remove worker production-wk-5").trim(),
+        "→ drains production-wk-5, deletes its Node, destroys VM 405 production-wk-5",
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  disruption: 1 reboot; 1 worker drained and removed\n"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("reboots production-cp"),
+        "a worker resize reboots a control plane:\n{stdout}"
+    );
+
+    let mut json_args = args.to_vec();
+    json_args.extend(["--format", "json"]);
+    let out = kiln(d, &json_args);
+    assert_eq!(out.status.code(), Some(2));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
+    let production = &json["plan"]["clusters"][0];
+    assert_eq!(production["cluster"], "production", "{json}");
+    assert_eq!(
+        production["disruption"]["text"], "1 reboot; 1 worker drained and removed",
+        "{json}"
+    );
+    let kinds: Vec<(&str, &str)> = production["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["action"]["action"].as_str().unwrap(),
+                s["disruption"]["kind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("resize-vm", "reboot"),
+            ("remove-node", "node-leaves"),
+            ("wait-healthy", "none")
+        ],
+        "{json}"
+    );
+}

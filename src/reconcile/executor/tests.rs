@@ -141,6 +141,8 @@ fn resize(n: u32) -> Action {
     Action::ResizeVm {
         number: n,
         vmid: vmid(400 + u64::from(n)),
+        name: format!("a-cp-{n}"),
+        role: Role::ControlPlane,
         cores: Some((2, 4)),
         memory_mib: None,
         disk_gib: None,
