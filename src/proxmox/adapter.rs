@@ -518,14 +518,14 @@ impl PveAdapter {
         let policy = self.api.retry;
         let path = format!("{}/resize", Self::vm_path(node, vmid));
         // Whether the disk was smaller when first read: a try whose answer was lost may have grown it.
-        let mut was_smaller = None;
+        let mut smaller_at_first = None;
         let mut failures = 0;
         loop {
             let (_owned, cfg) = self.reverify(id, node).await?;
             let drive = text(cfg.get(BOOT_DISK))
                 .ok_or_else(|| ProxmoxError::Protocol(format!("VM {vmid} has no {BOOT_DISK}")))?;
             let have = drive_size_bytes(&drive).unwrap_or(0);
-            let was_smaller = *was_smaller.get_or_insert(have < want);
+            let was_smaller = *smaller_at_first.get_or_insert(have < want);
             if have > want {
                 return Err(ProxmoxError::ShrinkRefused {
                     vmid,
