@@ -11,8 +11,9 @@ line on stdout: `{"ok": RESULT}` or `{"error": MESSAGE}`. Closing stdin stops th
 that dies takes its fake with it.
 
 Added to fakepve:
-- `PUT /nodes/{node}/qemu/{vmid}/resize` (DESIGN.md §9): grows the drive's `size=` in a task and
-  refuses a shrink with PVE's "shrinking disks is not supported".
+- `PUT /nodes/{node}/qemu/{vmid}/resize` (DESIGN.md §9): grows the drive's `size=` in a task. As in
+  qemu-server's `resize_vm`, its checks (digest, lock, disk, "shrinking disks is not supported") run
+  inside the task, which fails with the message; the PUT answers a UPID.
 - Lost replies (`lost_reply`): the matched request runs to completion, then the connection is closed
   without an answer: what a real PVE does to a client whose network fails at the wrong moment. Only a
   request that succeeded (2xx) uses up the rule, so it combines with `fail` on the same path: the
@@ -29,9 +30,9 @@ Added to fakepve:
 - `acl`: replaces one user's (or token's) ACL, so a test can take a single privilege away.
 - Someone else's edit (`meddle`): right after the matched read (`GET …/config`) or write (`PUT …/config`)
   of a VM succeeds, config keys are set as another user would, moving the digest (`{n}` in a value
-  counts the edits). qemu-server then refuses a write carrying the old digest; fakepve's own check
-  answers with qemu-server's wording ("checksum mismatch (file change by other user?)",
-  src/PVE/API2/Qemu.pm update_vm_api and resize_vm, qemu-server 9.2.6).
+  counts the edits). qemu-server then refuses a write carrying the old digest with "checksum mismatch
+  (file change by other user?)": a config write over HTTP (fakepve's own check, update_vm_api), a
+  resize in its task (resize_vm; src/PVE/API2/Qemu.pm, qemu-server 9.2.6).
 """
 
 import argparse
@@ -90,31 +91,33 @@ class KilnPve(FakePve):
         vm = self.find(v['node'], v['vmid'])
         self.need_quorum()
         self.require(user, '/vms/{0}'.format(vm.vmid), 'VM.Config.Disk')
-        if v.get('digest') and v['digest'] != vm.digest():
-            raise PveError(500, 'checksum mismatch (file change by other user?)')
         disk = v['disk']
-        drive = vm.config.get(disk)
-        if drive is None:
-            raise PveError(500, 'disk \'{0}\' does not exist'.format(disk))
-        m = re.search(r'size=(\d+(?:\.\d+)?[KMGT]?)', drive)
-        current = parse_size(m.group(1), 'G') if m else 0
         size = str(v['size'])
-        if size.startswith('+'):
-            new = current + parse_size(size[1:], None)
-        else:
-            new = parse_size(size, None)
-        if new < current:
-            raise PveError(500, 'shrinking disks is not supported')
 
+        # qemu-server src/PVE/API2/Qemu.pm resize_vm (9.2.6): every check is in $updatefn, which the
+        # worker runs under lock_config, so a stale digest, a lock, a missing disk and a shrink fail
+        # the task (TASK ERROR: <message>) while the PUT answers its UPID.
         async def body():
+            if v.get('digest') and v['digest'] != vm.digest():
+                raise TaskError('checksum mismatch (file change by other user?)')
             if vm.lock:
                 raise TaskError('VM is locked ({0})'.format(vm.lock))
-            text = vm.config[disk]
-            if m:
-                text = text.replace('size=' + m.group(1), 'size=' + format_size(new))
+            drive = vm.config.get(disk)
+            if drive is None:
+                raise TaskError('disk \'{0}\' does not exist'.format(disk))
+            m = re.search(r'size=(\d+(?:\.\d+)?[KMGT]?)', drive)
+            current = parse_size(m.group(1), 'G') if m else 0
+            if size.startswith('+'):
+                new = current + parse_size(size[1:], None)
             else:
-                text = text + ',size=' + format_size(new)
-            vm.config[disk] = text
+                new = parse_size(size, None)
+            if new < current:
+                raise TaskError('shrinking disks is not supported')
+            if m:
+                drive = drive.replace('size=' + m.group(1), 'size=' + format_size(new))
+            else:
+                drive = drive + ',size=' + format_size(new)
+            vm.config[disk] = drive
             return 'Image resized.'
         return await self.task(vm.node, 'resize', vm.vmid, user, body, vm=vm)
 

@@ -501,6 +501,12 @@ impl PveAdapter {
         }
     }
 
+    /// Grows the boot disk to `want_gib`, never shrinking it. qemu-server's `resize_vm` checks the
+    /// digest, the `lock` and the size inside its worker, under the config lock it takes
+    /// (`lock_config`, 10 s), so a change made between kiln's read and the resize — or a config lock
+    /// held that long by someone else — fails the *task*, not the HTTP call. Either way the VM is read
+    /// again and the size judged afresh before the next try: a resize that ran although its answer
+    /// was lost is seen done and never sent twice, and the digest always comes from the latest read.
     async fn grow_disk(
         &self,
         id: &VmIdentity,
@@ -509,11 +515,17 @@ impl PveAdapter {
     ) -> Result<bool, ProxmoxError> {
         let vmid = id.vmid.get();
         let want = u64::from(want_gib) << 30;
-        let grown = retry(self.api.retry, "disk resize", || async {
+        let policy = self.api.retry;
+        let path = format!("{}/resize", Self::vm_path(node, vmid));
+        // Whether the disk was smaller when first read: a try whose answer was lost may have grown it.
+        let mut smaller_at_first = None;
+        let mut failures = 0;
+        loop {
             let (_owned, cfg) = self.reverify(id, node).await?;
             let drive = text(cfg.get(BOOT_DISK))
                 .ok_or_else(|| ProxmoxError::Protocol(format!("VM {vmid} has no {BOOT_DISK}")))?;
             let have = drive_size_bytes(&drive).unwrap_or(0);
+            let was_smaller = *smaller_at_first.get_or_insert(have < want);
             if have > want {
                 return Err(ProxmoxError::ShrinkRefused {
                     vmid,
@@ -523,32 +535,33 @@ impl PveAdapter {
                 });
             }
             if have == want {
-                return Ok(false);
+                return Ok(was_smaller);
             }
             let params = [
                 ("disk", BOOT_DISK.to_owned()),
                 ("size", format!("{want_gib}G")),
                 ("digest", text(cfg.get("digest")).unwrap_or_default()),
             ];
-            let data = self
-                .api
-                .call(
-                    Method::PUT,
-                    &format!("{}/resize", Self::vm_path(node, vmid)),
-                    &params,
-                    Some(vmid),
-                )
-                .await
-                .map_err(|e| match e {
-                    // Absolute size: repeating is harmless, so a lost reply is just transient.
-                    ProxmoxError::Conflict(m) => ProxmoxError::Transport(m),
-                    other => other,
-                })?;
-            self.wait(data).await?;
-            Ok(true)
-        })
-        .await?;
-        Ok(grown)
+            let result = match self.api.call(Method::PUT, &path, &params, Some(vmid)).await {
+                Ok(data) => self.wait(data).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(_) => return Ok(true),
+                // A stale digest (over HTTP or as the task's exit status, `task::judge_exit` types
+                // both), a held config lock, a lost answer: read again, within the tries and the
+                // step's budget (crate::retry). Anything else is PVE's verdict, returned typed.
+                Err(e) if e.is_transient() || matches!(e, ProxmoxError::Conflict(_)) => {
+                    failures += 1;
+                    let Some(wait) = policy.next_delay(failures) else {
+                        return Err(e);
+                    };
+                    tracing::warn!(vmid, error = %e, "disk resize raced or unanswered; reading again");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn power(

@@ -6,7 +6,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::client::Api;
-use super::error::ProxmoxError;
+use super::error::{ProxmoxError, classify};
 
 /// How a successful task ended: `OK`, or `WARNINGS: n` (kept for the status report).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,11 +43,39 @@ pub fn judge_exit(
     if let Some(Ok(count)) = exit.strip_prefix("WARNINGS: ").map(|n| n.trim().parse()) {
         return Ok(TaskOutcome::Warnings { count, log_tail });
     }
-    Err(ProxmoxError::TaskFailed {
-        upid: upid.to_owned(),
-        status: exit.to_owned(),
-        log_tail,
-    })
+    Err(task_error(upid, exit, log_tail))
+}
+
+/// A failed task's exit status is the worker's `die` message (pve-common `src/PVE/RESTEnvironment.pm`
+/// `fork_worker`: "TASK ERROR: $err", read back by `src/PVE/UPID.pm` `read_status`): the same text an
+/// HTTP 500 carries when the same check runs before the fork. Where qemu-server checks is its choice
+/// (`resize_vm` checks the digest, the lock and the storage privilege inside the worker), so a refusal
+/// kiln knows by name is typed the same either way: a stale digest is a `Conflict`, a `lock` a
+/// `Locked`, a privilege a `Permission`, a missing config `NotFound`. Anything else stays
+/// `TaskFailed`, with the log's tail.
+fn task_error(upid: &str, exit: &str, log_tail: Vec<String>) -> ProxmoxError {
+    // A privilege checked inside a worker dies with the 403's text ("Permission check failed (…)").
+    let status = if exit.starts_with("Permission check failed") {
+        403
+    } else {
+        500
+    };
+    match classify(status, exit.to_owned(), upid_vmid(upid)) {
+        ProxmoxError::Conflict(m) => ProxmoxError::Conflict(format!("task {upid}: {m}")),
+        typed @ (ProxmoxError::Locked { .. }
+        | ProxmoxError::Permission { .. }
+        | ProxmoxError::NotFound(_)) => typed,
+        _ => ProxmoxError::TaskFailed {
+            upid: upid.to_owned(),
+            status: exit.to_owned(),
+            log_tail,
+        },
+    }
+}
+
+/// The id field of a UPID (`UPID:node:pid:pstart:starttime:type:id:user:`), when it is a VMID.
+fn upid_vmid(upid: &str) -> Option<u32> {
+    upid.split(':').nth(6)?.parse().ok()
 }
 
 const LOG_TAIL: usize = 10;
@@ -126,5 +154,35 @@ mod tests {
         ));
         assert_eq!(upid_node("UPID:pve2:0000:").unwrap(), "pve2");
         assert!(upid_node("nope").is_err());
+    }
+
+    /// qemu-server `resize_vm` runs its checks in the worker, so its refusals arrive as exit statuses.
+    #[test]
+    fn refusals_inside_a_task_are_typed_as_over_http() {
+        let upid = "UPID:pve1:0000AB12:00ABCDEF:6750A1B2:resize:401:kiln@pve!ci:";
+        assert!(matches!(
+            judge_exit(upid, "checksum mismatch (file change by other user?)", vec![]),
+            Err(ProxmoxError::Conflict(m)) if m.contains(upid)
+        ));
+        assert!(matches!(
+            judge_exit(upid, "VM is locked (backup)", vec![]),
+            Err(ProxmoxError::Locked { vmid: 401, ref lock }) if lock == "backup"
+        ));
+        assert!(matches!(
+            judge_exit(upid, "Permission check failed (/storage/local-lvm, Datastore.AllocateSpace)", vec![]),
+            Err(ProxmoxError::Permission { ref path, ref privilege, .. })
+                if path == "/storage/local-lvm" && privilege == "Datastore.AllocateSpace"
+        ));
+        // The config lock's timeout stays a task failure, and a transient one.
+        let lock = judge_exit(
+            upid,
+            "can't lock file '/var/lock/qemu-server/lock-401.conf' - got timeout",
+            vec![],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(lock, ProxmoxError::TaskFailed { .. }) && lock.is_transient(),
+            "{lock:?}"
+        );
     }
 }

@@ -17,6 +17,8 @@
 mod clone;
 mod cluster;
 mod qemu;
+#[cfg(test)]
+mod resize_tests;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -72,6 +74,11 @@ pub enum FaultKind {
     LoseReply,
     /// No connection: the request never reaches PVE.
     NotSent,
+    /// PVE accepts the request and answers its UPID, and the worker dies with this message before
+    /// doing any work: what a check inside the worker does (pve-common `src/PVE/RESTEnvironment.pm`
+    /// `fork_worker`), e.g. qemu-server's `lock_config` timing out on a config lock held by another
+    /// task ("can't lock file '/var/lock/qemu-server/lock-701.conf' - got timeout").
+    FailTask(String),
 }
 
 /// A fault for the next `times` requests whose method matches and whose path ends with `path_suffix`.
@@ -357,6 +364,17 @@ impl Transport for SimPve {
                     errors: BTreeMap::new(),
                 })
             }
+            Some(FaultKind::FailTask(message)) => {
+                let mut st = self.lock();
+                st.record(method.as_str(), path, params);
+                if method != Method::GET {
+                    st.writes += 1;
+                }
+                let (node, kind, id) = task_of(method, path);
+                let message = message.clone();
+                let upid = st.task(&node, &kind, &id, |_| Err(message));
+                Ok((Value::String(upid), Vec::new()))
+            }
             Some(FaultKind::LoseReply) | None => self.serve(method, path, params),
         };
         let (status, reason, body) = match served {
@@ -387,6 +405,28 @@ impl Transport for SimPve {
     fn describe(&self) -> String {
         "simulated PVE (in memory)".into()
     }
+}
+
+/// Node, task type and id of the task a request's worker would run (`/nodes/{node}/qemu/{vmid}/…`),
+/// named as qemu-server names them (`qmclone`, `qmstart`, `resize`, …).
+fn task_of(method: &Method, path: &str) -> (String, String, String) {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let node = match parts.as_slice() {
+        ["nodes", node, ..] => (*node).to_owned(),
+        _ => "pve1".to_owned(),
+    };
+    let id = match parts.as_slice() {
+        ["nodes", _, "qemu", vmid, ..] => (*vmid).to_owned(),
+        _ => String::new(),
+    };
+    let kind = match (method.as_str(), parts.last().copied().unwrap_or("")) {
+        ("DELETE", _) => "qmdestroy".to_owned(),
+        (_, "clone") => "qmclone".to_owned(),
+        (_, action @ ("start" | "stop" | "shutdown" | "reboot")) => format!("qm{action}"),
+        (_, "config") => "qmconfig".to_owned(),
+        (_, other) => other.to_owned(),
+    };
+    (node, kind, id)
 }
 
 /// The real adapter over this simulator: what `proxmox.backend = "simulated"` and the lab hand the

@@ -318,11 +318,13 @@ pub(super) fn check_lock(vm: &SimVm) -> Result<(), Refusal> {
     }
 }
 
-/// `resize_vm`: every check runs inside the worker, so a stale digest, a lock or a shrink fails
-/// the task ("shrinking disks is not supported").
+/// qemu-server `src/PVE/API2/Qemu.pm` `resize_vm` (9.2.6): only the schema (`disk`, `size`), the
+/// permission clause (`VM.Config.Disk`) and `skiplock` are checked before `fork_worker`; `$updatefn`
+/// runs in the worker under `lock_config`, so loading the config (a missing VM), a stale digest
+/// ("checksum mismatch (file change by other user?)"), a lock, the disk, the storage privilege and a
+/// shrink all fail the *task*, whose exit status is the message, while the PUT itself answers a UPID.
 fn resize(st: &mut State, node: &str, vmid: u32, params: &Params) -> Result<Answer, Refusal> {
     st.check(&format!("/vms/{vmid}"), "VM.Config.Disk")?;
-    st.vm_on(node, vmid)?;
     let disk = params
         .get("disk")
         .cloned()

@@ -111,3 +111,74 @@ async fn a_resize_raced_on_every_read_gives_up_after_a_bounded_number_of_writes(
         fast_retry().attempts as usize
     );
 }
+
+/// Exit statuses of VM 401's resize tasks, oldest first, from the node's task list (which shows
+/// a stopped task's exit status as `status`).
+async fn resize_exits(pve: &FakePve) -> Vec<String> {
+    let tasks = pve
+        .api()
+        .get(
+            "/nodes/pve1/tasks",
+            &[("vmid", "401".to_owned()), ("limit", "500".to_owned())],
+        )
+        .await
+        .unwrap();
+    let mut resizes: Vec<(u64, String)> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["type"] == "resize")
+        .map(|t| {
+            (
+                t["pid"].as_u64().unwrap(),
+                t["status"].as_str().unwrap_or("running").to_owned(),
+            )
+        })
+        .collect();
+    resizes.sort();
+    resizes.into_iter().map(|(_, s)| s).collect()
+}
+
+/// qemu-server's `resize_vm` compares the digest inside its worker: an edit between kiln's read and
+/// its resize fails the resize *task* (the PUT itself answers a UPID). The adapter reads again and
+/// grows the disk with the new digest, once, keeping the other user's edit.
+#[tokio::test]
+async fn a_disk_resize_whose_task_fails_on_another_edit_is_read_again_and_grown_once() {
+    let pve = FakePve::start();
+    let px = pve.adapter();
+    let s = spec(1, Role::ControlPlane);
+    let vm = px.create(&s, "pve1").await.unwrap().vm;
+    let before = count(&pve, "PUT", "/qemu/401/resize");
+    let exits_before = resize_exits(&pve).await.len();
+    // `resize` reads the config twice before it sends the resize: to compare cores and memory (the
+    // first edit, harmless: nothing is written with that digest), then right before the resize (the
+    // second, which the resize's digest then misses).
+    pve.ctl(
+        json!({"cmd": "meddle", "vmid": 401, "after": "read", "times": 2,
+                   "set": {"startup": "order={n}"}}),
+    );
+    let mut bigger = s.clone();
+    bigger.resources.disk_gib = 30;
+    let r = tokio::time::timeout(DEADLINE, px.resize(&vm, &bigger))
+        .await
+        .expect("the resize ended")
+        .expect("the raced resize is read again and sent again");
+    assert!(r.disk_grown);
+    assert_eq!(
+        pve.ctl(json!({"cmd": "meddling"})),
+        json!([]),
+        "both edits happened"
+    );
+    assert_eq!(count(&pve, "PUT", "/qemu/401/resize") - before, 2);
+    assert_eq!(
+        resize_exits(&pve).await[exits_before..],
+        [
+            "checksum mismatch (file change by other user?)".to_owned(),
+            "OK".to_owned()
+        ],
+        "the first resize failed in its task, the second ran"
+    );
+    let cfg = &pve.vm(401)["config"];
+    assert!(cfg["scsi0"].as_str().unwrap().contains("size=30G"), "{cfg}");
+    assert_eq!(cfg["startup"], "order=2", "the other user's edit survives");
+}
