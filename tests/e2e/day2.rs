@@ -3,9 +3,11 @@
 //! Proxmox saw kiln's calls — rather than from kiln's report. Each world is one control plane and the
 //! workers the rule needs, converged by a first `kiln run --once`, then changed in Git or by hand.
 
+use kiln::talos::grpc::{ClientOptions, TalosClient};
 use serde_json::{Value, json};
 
 use crate::checks::{assert_converged, assert_exact_vms, status_of};
+use crate::credentials::{stored, talos_identity};
 use crate::fixture::{CP_RESOURCES, ClusterFixture, Role, WK_RESOURCES};
 use crate::support::World;
 
@@ -257,9 +259,12 @@ async fn disks_grow_with_a_resize_task_on_each_vm_and_a_shrink_is_refused_withou
     );
     let record = status_record(&world, &c.name);
     assert_eq!(record["phase"], "Blocked", "{record}");
+    // The planner names the node and `diskGiB`; the adapter's own guard names the VMID and drive.
     let text = record.to_string();
     assert!(
-        text.contains(&worker.name) && text.contains("diskGiB"),
+        (text.contains(&worker.name) || text.contains(&worker.vmid.to_string()))
+            && text.contains("disk")
+            && text.contains("grow"),
         "the status does not name the refused disk of {}: {record}",
         worker.name
     );
@@ -392,4 +397,96 @@ async fn a_vm_whose_tags_were_replaced_by_hand_is_left_alone_and_reported() {
         worker.name
     );
     assert_ne!(record["phase"], "Ready", "{record}");
+}
+
+#[tokio::test]
+async fn control_planes_scale_down_highest_number_first_one_at_a_time_with_the_worker_pinned() {
+    let c = ClusterFixture::new("d2cps", 3, 1);
+    let world = converged(&c).await;
+    let all = c.wanted();
+    let (kept_cp, leaving, worker) = (&all[0], &all[1..3], &all[3]);
+    // One control plane left; the worker keeps number 4 by pinning it (DESIGN.md §2: numbers are
+    // identities, so a smaller control-plane count must not renumber it).
+    let node = |n: u8| format!("      - {{ip: {}}}\n", c.ip(n));
+    let yaml = c
+        .yaml()
+        .replace(&format!("{}{}", node(2), node(3)), "")
+        .replace(
+            &node(4),
+            &format!("      - {{ip: {}, number: 4}}\n", c.ip(4)),
+        );
+    assert!(
+        !yaml.contains(&node(2)) && !yaml.contains(&node(3)) && yaml.contains("number: 4"),
+        "the fixture edit did not take:\n{yaml}"
+    );
+    world.push_file(
+        &c.path(),
+        &yaml,
+        "control planes 3 -> 1, worker pinned at 4",
+    );
+    world.validate_work_tree();
+
+    let mark = world.request_mark();
+    let run = world.run_once();
+    assert!(run.success(), "the control-plane scale-down run:\n{run}");
+    let log = world.requests_since(mark);
+    let have: Vec<u32> = world.vms().keys().copied().collect();
+    assert_eq!(
+        have,
+        vec![kept_cp.vmid, worker.vmid, 9000],
+        "the VMs left in Proxmox"
+    );
+    for w in [kept_cp, worker] {
+        assert_eq!(
+            writes_of(&log, w.vmid),
+            vec![],
+            "{} was written to by a control-plane scale-down:\n{}",
+            w.name,
+            show(&log)
+        );
+    }
+    let mut spans: Vec<(usize, usize, u32)> = leaving
+        .iter()
+        .map(|w| {
+            let writes = writes_of(&log, w.vmid);
+            let delete = writes
+                .iter()
+                .find(|(_, m, p)| *m == "DELETE" && p.ends_with(&format!("/qemu/{}", w.vmid)))
+                .unwrap_or_else(|| panic!("{}: never deleted:\n{}", w.name, show(&log)))
+                .0;
+            (writes[0].0, delete, w.number)
+        })
+        .collect();
+    spans.sort();
+    assert_eq!(
+        spans.iter().map(|s| s.2).collect::<Vec<_>>(),
+        vec![3, 2],
+        "destroy order:\n{}",
+        show(&log)
+    );
+    assert!(
+        spans[0].1 < spans[1].0,
+        "control plane 2 was touched before control plane 3 was deleted:\n{}",
+        show(&log)
+    );
+
+    // The leavers left etcd: the kept control plane, asked with the stored talosconfig as a person
+    // would, lists itself alone.
+    let talosconfig = stored(&world, &c.name, "talos", "talosconfig").await;
+    let (identity, _) = talos_identity(&talosconfig, &c);
+    let client = TalosClient::connect_mtls(
+        (kept_cp.ip, 50000).into(),
+        &identity,
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}: the stored talosconfig is refused: {e}", kept_cp.name));
+    let members: Vec<String> = client
+        .etcd_member_list()
+        .await
+        .unwrap_or_else(|e| panic!("{}: etcd member list: {e}", kept_cp.name))
+        .into_iter()
+        .map(|m| m.hostname)
+        .collect();
+    assert_eq!(members, vec![kept_cp.name.clone()], "etcd members");
 }
