@@ -72,6 +72,69 @@ fn status_record(world: &World, name: &str) -> Value {
         .clone()
 }
 
+/// What the simulated Kubernetes API saw, in its order (`kiln sim talos`'s log, one line per cordon,
+/// uncordon and Node deletion): how kiln's drains are seen from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KubeEvent {
+    Cordon(String),
+    Uncordon(String),
+    Deleted(String),
+}
+
+/// A log line without its colour codes (`ESC [ … m`), which the simulator writes even to a file.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn kube_events(world: &World) -> Vec<KubeEvent> {
+    let field = |line: &str, key: &str| -> Option<String> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .map(|v| v.trim_matches('"').to_owned())
+    };
+    world
+        .sim
+        .log_text()
+        .lines()
+        .map(plain)
+        .filter_map(|l| {
+            let l = l.as_str();
+            let node = field(l, "node=")?;
+            if l.contains("node cordon set") {
+                Some(match field(l, "unschedulable=").as_deref() {
+                    Some("true") => KubeEvent::Cordon(node),
+                    _ => KubeEvent::Uncordon(node),
+                })
+            } else if l.contains("node deleted") {
+                Some(KubeEvent::Deleted(node))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Position of the first event equal to `e`.
+fn at(events: &[KubeEvent], e: &KubeEvent) -> usize {
+    events
+        .iter()
+        .position(|x| x == e)
+        .unwrap_or_else(|| panic!("no {e:?} in the simulated API's log: {events:?}"))
+}
+
 #[tokio::test]
 async fn a_worker_resize_reboots_one_worker_at_a_time_through_proxmox_and_leaves_control_planes_alone()
  {
@@ -156,6 +219,39 @@ async fn a_worker_resize_reboots_one_worker_at_a_time_through_proxmox_and_leaves
             "{b} was touched (request {start}) before {a} was seen back after its reboot \
              (request {end}): two workers down at once\n{}",
             show(&log)
+        );
+    }
+
+    // Kubernetes saw the same: each worker cordoned (drained) and uncordoned before the next one
+    // was cordoned; no control plane cordoned.
+    let events = kube_events(&world);
+    let mut drains: Vec<(usize, usize, &str)> = workers
+        .iter()
+        .map(|w| {
+            let on = at(&events, &KubeEvent::Cordon(w.name.clone()));
+            let off = at(&events, &KubeEvent::Uncordon(w.name.clone()));
+            assert!(
+                on < off,
+                "{}: uncordoned before cordoned: {events:?}",
+                w.name
+            );
+            (on, off, w.name.as_str())
+        })
+        .collect();
+    drains.sort();
+    for pair in drains.windows(2) {
+        assert!(
+            pair[0].1 < pair[1].0,
+            "{} was cordoned while {} still was: {events:?}",
+            pair[1].2,
+            pair[0].2
+        );
+    }
+    for cp in wanted.iter().filter(|w| w.role == Role::ControlPlane) {
+        assert!(
+            !events.contains(&KubeEvent::Cordon(cp.name.clone())),
+            "{} was cordoned by a worker resize: {events:?}",
+            cp.name
         );
     }
 
@@ -325,6 +421,34 @@ async fn workers_scale_down_highest_number_first_one_at_a_time() {
             show(&log)
         );
     }
+    // Kubernetes: each leaving worker cordoned (its drain) before its Node was deleted, and the next
+    // one cordoned only after that; the kept nodes never cordoned.
+    let events = kube_events(&world);
+    let mut last_deleted = None;
+    for w in gone.iter().rev() {
+        let cordon = at(&events, &KubeEvent::Cordon(w.name.clone()));
+        let deleted = at(&events, &KubeEvent::Deleted(w.name.clone()));
+        assert!(
+            cordon < deleted,
+            "{}: deleted before its drain: {events:?}",
+            w.name
+        );
+        if let Some(prev) = last_deleted {
+            assert!(
+                prev < cordon,
+                "{} was cordoned before the previous worker's Node was deleted: {events:?}",
+                w.name
+            );
+        }
+        last_deleted = Some(deleted);
+    }
+    for w in [cp, kept] {
+        assert!(
+            !events.contains(&KubeEvent::Cordon(w.name.clone())),
+            "{} was cordoned by a scale-down: {events:?}",
+            w.name
+        );
+    }
 }
 
 #[tokio::test]
@@ -468,6 +592,14 @@ async fn control_planes_scale_down_highest_number_first_one_at_a_time_with_the_w
         spans[0].1 < spans[1].0,
         "control plane 2 was touched before control plane 3 was deleted:\n{}",
         show(&log)
+    );
+
+    // Their Node objects went too, highest first (a leaving control plane is not drained: §4).
+    let events = kube_events(&world);
+    assert!(
+        at(&events, &KubeEvent::Deleted(leaving[1].name.clone()))
+            < at(&events, &KubeEvent::Deleted(leaving[0].name.clone())),
+        "Node deletions not highest first: {events:?}"
     );
 
     // The leavers left etcd: the kept control plane, asked with the stored talosconfig as a person
