@@ -31,6 +31,8 @@ mod talos_sim;
 
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/day2.rs"]
+mod day2;
 #[path = "e2e/decommission.rs"]
 mod decommission;
 #[path = "e2e/faults.rs"]

@@ -181,8 +181,12 @@ fn classify(vmid: u32, e: Entry) -> ObservedVm {
         tagged(vmid, &name, &tags)
     } else {
         match parse_vm_name(&name) {
+            // Only a VM with no tags at all can be kiln's clone whose tags were never written
+            // (DESIGN.md §3); other tags were put there by a person, and that VM is theirs now.
             Some((cluster, role, number))
-                if status == PowerState::Stopped && vmid_matches_number(vmid, number) =>
+                if status == PowerState::Stopped
+                    && tags.is_empty()
+                    && vmid_matches_number(vmid, number) =>
             {
                 Ownership::HalfMade(KilnNodeRef {
                     cluster: cluster.to_owned(),
@@ -193,6 +197,11 @@ fn classify(vmid: u32, e: Entry) -> ObservedVm {
             Some(_) if status == PowerState::Running => Ownership::Foreign {
                 reason: format!(
                     "`{name}` is running without kiln's tags: changed by a person, not adopted"
+                ),
+            },
+            Some(_) if !tags.is_empty() => Ownership::Foreign {
+                reason: format!(
+                    "`{name}` carries tags {tags:?} but not kiln's: changed by a person, not adopted"
                 ),
             },
             _ => Ownership::Foreign {
@@ -264,6 +273,8 @@ mod tests {
            "tags":"kiln;kiln-cluster-prod;kiln-role-controlplane","maxcpu":4,"maxmem":8589934592,"maxdisk":1},
           {"type":"qemu","vmid":402,"node":"pve1","name":"prod-cp-2","status":"stopped","template":0},
           {"type":"qemu","vmid":403,"node":"pve1","name":"prod-cp-3","status":"running","template":0},
+          {"type":"qemu","vmid":406,"node":"pve1","name":"prod-wk-6","status":"stopped","template":0,
+           "tags":"hand-made;mine"},
           {"type":"qemu","vmid":404,"node":"pve2","name":"prod-wk-4","status":"unknown","template":0,
            "tags":"kiln;kiln-cluster-other;kiln-role-worker"},
           {"type":"qemu","vmid":9000,"node":"pve1","name":"talos","status":"stopped","template":1},
@@ -272,7 +283,7 @@ mod tests {
            "tags":"kiln;kiln-cluster-prod;kiln-role-worker"}
         ]}"#;
         let inv = Inventory::from_listing_json(body).unwrap();
-        assert_eq!(inv.len(), 6, "the container is not kiln's business");
+        assert_eq!(inv.len(), 7, "the container is not kiln's business");
         assert!(matches!(inv.get(401).unwrap().ownership, Ownership::Kiln(ref r) if r.number == 1));
         assert_eq!(inv.get(401).unwrap().size.cores, Some(4));
         assert!(matches!(
@@ -283,6 +294,10 @@ mod tests {
             inv.get(403).unwrap().ownership,
             Ownership::Foreign { .. }
         ));
+        assert!(
+            matches!(inv.get(406).unwrap().ownership, Ownership::Foreign { .. }),
+            "a stopped VM whose tags a person replaced is not a half-made clone"
+        );
         assert!(matches!(
             inv.get(404).unwrap().ownership,
             Ownership::Mismatched { .. }

@@ -167,7 +167,12 @@ pub fn judge(id: &VmIdentity, config: &serde_json::Map<String, serde_json::Value
     }
     match (problems.is_empty(), kiln_tagged) {
         (true, true) => Verdict::Owned,
-        (true, false) => Verdict::HalfMade,
+        // Tags that are not kiln's were put there by a person: only a VM with none is a clone
+        // whose tag write never happened (DESIGN.md §3).
+        (true, false) if tags.is_empty() => Verdict::HalfMade,
+        (true, false) => Verdict::Mismatched(format!(
+            "its tags {tags:?} are not kiln's: replaced by a person"
+        )),
         (false, _) => Verdict::Mismatched(problems.join("; ")),
     }
 }
@@ -227,6 +232,12 @@ mod tests {
         assert_eq!(judge(&id(), &cfg(good)), Verdict::Owned);
         let half = json!({"name": "prod-cp-1", "description": "kiln-owner: prod/1/u1"});
         assert_eq!(judge(&id(), &cfg(half)), Verdict::HalfMade);
+        let retagged = json!({"name": "prod-cp-1", "description": "kiln-owner: prod/1/u1",
+                              "tags": "hand-made;mine"});
+        assert!(matches!(
+            judge(&id(), &cfg(retagged)),
+            Verdict::Mismatched(_)
+        ));
         let foreign = json!({"name": "db"});
         assert!(matches!(judge(&id(), &cfg(foreign)), Verdict::Foreign(_)));
         let other_cluster = json!({"name": "prod-cp-1", "description": "kiln-owner: other/1/u9",

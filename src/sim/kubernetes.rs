@@ -248,6 +248,8 @@ async fn patch_node(
     };
     if let Some(u) = patch.pointer("/spec/unschedulable") {
         node.unschedulable = u.as_bool().unwrap_or(false);
+        // The e2e tests read drains from `kiln sim talos`'s log: it is all they can see of them.
+        tracing::info!(node = %name, unschedulable = node.unschedulable, "node cordon set");
     }
     axum::Json(node_json(&name, node)).into_response()
 }
@@ -255,11 +257,14 @@ async fn patch_node(
 async fn delete_node(State(state): State<SharedKubeSim>, Path(name): Path<String>) -> Response {
     let mut s = lock(&state);
     match s.nodes.remove(&name) {
-        Some(_) => axum::Json(json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-            "details": { "name": name, "kind": "nodes" },
-        }))
-        .into_response(),
+        Some(_) => {
+            tracing::info!(node = %name, "node deleted");
+            axum::Json(json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": { "name": name, "kind": "nodes" },
+            }))
+            .into_response()
+        }
         None => not_found("nodes", &name),
     }
 }
@@ -311,6 +316,7 @@ async fn evict_pod(
         ),
         Some(_) => {
             s.pods.remove(&key);
+            tracing::info!(pod = %format!("{ns}/{name}"), "pod evicted");
             s.evictions.push(format!("{ns}/{name}"));
             (
                 StatusCode::CREATED,

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::fixture::{ClusterFixture, Role};
 use crate::support::{VAULT_MOUNT, World};
 
-async fn stored(world: &World, cluster: &str, leaf: &str, key: &str) -> Secret {
+pub async fn stored(world: &World, cluster: &str, leaf: &str, key: &str) -> Secret {
     let body = world
         .bao
         .api(
@@ -38,7 +38,10 @@ fn unbase64(text: &str, what: &str) -> String {
 }
 
 /// The talosconfig's current context, as talosctl reads it.
-fn talos_identity(talosconfig: &Secret, cluster: &ClusterFixture) -> (ClientIdentity, Vec<String>) {
+pub fn talos_identity(
+    talosconfig: &Secret,
+    cluster: &ClusterFixture,
+) -> (ClientIdentity, Vec<String>) {
     let doc: serde_yaml::Value =
         serde_yaml::from_str(talosconfig.expose()).expect("the stored talosconfig is YAML");
     let name = doc["context"].as_str().expect("talosconfig: context");
