@@ -18,7 +18,8 @@ fn production() -> Cluster {
     cluster_from(&production_text())
 }
 
-fn owned(node: &Node) -> ObservedVm {
+/// A VM of kiln's, running, exactly as `node` asks (also used by `reconcile::observe`'s tests).
+pub(crate) fn owned(node: &Node) -> ObservedVm {
     ObservedVm {
         number: node.number,
         role: node.role,

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::checks::{assert_converged, assert_exact_vms, status_of};
 use crate::credentials::{stored, talos_identity};
-use crate::fixture::{CP_RESOURCES, ClusterFixture, Role, WK_RESOURCES};
+use crate::fixture::{CP_RESOURCES, ClusterFixture, Role, WK_RESOURCES, WantedVm};
 use crate::support::World;
 
 /// Whether a request path acts on this VMID (`…/qemu/<id>` or below it).
@@ -36,6 +36,27 @@ fn show(log: &[(String, String)]) -> String {
 }
 
 /// The file with one section's `resources:` line replaced (`controlPlane` or `workers`).
+/// Per leaving VM, from the log: (its first write, its DELETE, its node number), in the order the
+/// removals began. A VM never deleted fails the test.
+fn removal_spans<'a>(
+    log: &[(String, String)],
+    leaving: impl Iterator<Item = &'a WantedVm>,
+) -> Vec<(usize, usize, u32)> {
+    let mut spans: Vec<(usize, usize, u32)> = leaving
+        .map(|w| {
+            let writes = writes_of(log, w.vmid);
+            let delete = writes
+                .iter()
+                .find(|(_, m, p)| *m == "DELETE" && p.ends_with(&format!("/qemu/{}", w.vmid)))
+                .unwrap_or_else(|| panic!("{}: never deleted:\n{}", w.name, show(log)))
+                .0;
+            (writes[0].0, delete, w.number)
+        })
+        .collect();
+    spans.sort();
+    spans
+}
+
 fn with_resources(yaml: &str, role: Role, (cores, mem, disk): (u32, u64, u64)) -> String {
     let (section, (oc, om, od)) = match role {
         Role::ControlPlane => ("controlPlane", CP_RESOURCES),
@@ -395,19 +416,7 @@ async fn workers_scale_down_highest_number_first_one_at_a_time() {
     }
     // Per leaving worker: its first write and its DELETE. Highest number first, and the next one's
     // first write only after the previous one is deleted.
-    let mut spans: Vec<(usize, usize, u32)> = gone
-        .iter()
-        .map(|w| {
-            let writes = writes_of(&log, w.vmid);
-            let delete = writes
-                .iter()
-                .find(|(_, m, p)| *m == "DELETE" && p.ends_with(&format!("/qemu/{}", w.vmid)))
-                .unwrap_or_else(|| panic!("{}: never deleted:\n{}", w.name, show(&log)))
-                .0;
-            (writes[0].0, delete, w.number)
-        })
-        .collect();
-    spans.sort();
+    let spans = removal_spans(&log, gone.iter());
     let order: Vec<u32> = spans.iter().map(|s| s.2).collect();
     let mut highest_first: Vec<u32> = gone.iter().map(|w| w.number).collect();
     highest_first.sort_by(|a, b| b.cmp(a));
@@ -569,19 +578,7 @@ async fn control_planes_scale_down_highest_number_first_one_at_a_time_with_the_w
             show(&log)
         );
     }
-    let mut spans: Vec<(usize, usize, u32)> = leaving
-        .iter()
-        .map(|w| {
-            let writes = writes_of(&log, w.vmid);
-            let delete = writes
-                .iter()
-                .find(|(_, m, p)| *m == "DELETE" && p.ends_with(&format!("/qemu/{}", w.vmid)))
-                .unwrap_or_else(|| panic!("{}: never deleted:\n{}", w.name, show(&log)))
-                .0;
-            (writes[0].0, delete, w.number)
-        })
-        .collect();
-    spans.sort();
+    let spans = removal_spans(&log, leaving.iter());
     assert_eq!(
         spans.iter().map(|s| s.2).collect::<Vec<_>>(),
         vec![3, 2],

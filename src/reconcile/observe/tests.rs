@@ -2,6 +2,7 @@
 //! may contact.
 
 use super::*;
+use crate::plan::tests::owned;
 use crate::spec::ClusterDocument;
 
 fn production() -> Cluster {
@@ -12,23 +13,6 @@ fn production() -> Cluster {
     .expect("example file");
     let doc: ClusterDocument = serde_yaml::from_str(&text).expect("valid example");
     Cluster::expand(&doc).expect("expands")
-}
-
-fn owned(node: &Node) -> ObservedVm {
-    ObservedVm {
-        number: node.number,
-        role: node.role,
-        vmid: node.vmid,
-        name: node.name.clone(),
-        pve_node: node.pve_node.clone(),
-        power: Power::Running,
-        ownership: Ownership::Owned,
-        cores: Some(node.resources.cores),
-        memory_mib: Some(u64::from(node.resources.memory_gib) * 1024),
-        disk_gib: Some(u64::from(node.resources.disk_gib)),
-        pending_changes: false,
-        lock: None,
-    }
 }
 
 fn as_asked(c: &Cluster) -> ObservedCluster {
