@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod disruption;
 pub mod observed;
 mod renumber;
+pub mod version_path;
 
 use serde::Serialize;
 
