@@ -8,6 +8,7 @@
 pub mod action;
 pub mod bootstrap;
 pub mod disruption;
+pub mod k8s_rollout;
 pub mod observed;
 mod renumber;
 pub mod version_path;

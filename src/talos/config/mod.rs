@@ -13,7 +13,7 @@ use std::fmt;
 use crate::spec::Version;
 
 pub use decode::{ConfigFieldError, DecodeError, DecodedConfig, decode};
-pub use render::{RenderError, render, render_documents};
+pub use render::{KubernetesImages, RenderError, render, render_documents, render_documents_with};
 
 /// A machine-config contract: what a Talos minor emits and accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

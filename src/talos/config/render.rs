@@ -131,6 +131,45 @@ pub fn render_documents(
     bundle: &SecretsBundle,
     talos_version: Version,
 ) -> Result<MachineConfigDocs, RenderError> {
+    let images = KubernetesImages::uniform(cluster.spec.kubernetes.version);
+    render_documents_with(cluster, node, bundle, talos_version, &images)
+}
+
+/// The Kubernetes version of each component a machine config names. The same everywhere except
+/// during a Kubernetes upgrade, which moves them one component at a time as `talosctl upgrade-k8s`
+/// does (v1.13.9 `pkg/cluster/kubernetes/talos_managed.go`: the API server on every control plane,
+/// then the controller manager, the scheduler, kube-proxy, then each kubelet); see
+/// docs/upgrade-kubernetes.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KubernetesImages {
+    pub apiserver: Version,
+    pub controller_manager: Version,
+    pub scheduler: Version,
+    pub proxy: Version,
+    pub kubelet: Version,
+}
+
+impl KubernetesImages {
+    pub fn uniform(version: Version) -> Self {
+        Self {
+            apiserver: version,
+            controller_manager: version,
+            scheduler: version,
+            proxy: version,
+            kubelet: version,
+        }
+    }
+}
+
+/// [`render_documents`] with each Kubernetes component's version given (a Kubernetes upgrade's
+/// intermediate configs).
+pub fn render_documents_with(
+    cluster: &Cluster,
+    node: &Node,
+    bundle: &SecretsBundle,
+    talos_version: Version,
+    images: &KubernetesImages,
+) -> Result<MachineConfigDocs, RenderError> {
     let contract = Contract::for_version(talos_version)?;
     if !cluster.nodes.iter().any(|n| n == node) {
         return Err(RenderError::UnknownNode {
@@ -141,7 +180,6 @@ pub fn render_documents(
     let spec = &cluster.spec;
     let net = &spec.network;
     let cp = node.role == Role::ControlPlane;
-    let k8s = spec.kubernetes.version;
     let vip = net.vip.to_string();
     let ip = node.ip.to_string();
     let mac = node.mac.to_string().to_lowercase();
@@ -234,7 +272,7 @@ pub fn render_documents(
         },
         cert_sans: sans.clone(),
         kubelet: Some(KubeletConfig {
-            image: Some(format!("ghcr.io/siderolabs/kubelet:{k8s}")),
+            image: Some(format!("ghcr.io/siderolabs/kubelet:{}", images.kubelet)),
             default_runtime_seccomp_profile_enabled: Some(true),
             disable_manifests_directory: Some(true),
             extra_mounts,
@@ -274,7 +312,7 @@ pub fn render_documents(
         EncryptionSecret::Secretbox(s) => (Some(s.expose().to_owned()), None),
         EncryptionSecret::Aescbc(s) => (None, Some(s.expose().to_owned())),
     };
-    let image = |name: &str| Some(format!("registry.k8s.io/{name}:{k8s}"));
+    let image = |name: &str, v: Version| Some(format!("registry.k8s.io/{name}:{v}"));
     let cluster_cfg = ClusterConfig {
         id: Some(bundle.cluster_id.clone()),
         secret: Some(bundle.cluster_secret.expose().to_owned()),
@@ -307,7 +345,7 @@ pub fn render_documents(
             key: b64(bundle.service_account_key.expose()),
         }),
         api_server: cp.then(|| ApiServerConfig {
-            image: image("kube-apiserver"),
+            image: image("kube-apiserver", images.apiserver),
             cert_sans: sans.clone(),
             disable_pod_security_policy: legacy.then_some(true),
             admission_control: vec![AdmissionPlugin {
@@ -317,13 +355,13 @@ pub fn render_documents(
             audit_policy: Some(audit_policy()),
         }),
         controller_manager: cp.then(|| ImageOnly {
-            image: image("kube-controller-manager"),
+            image: image("kube-controller-manager", images.controller_manager),
         }),
         proxy: cp.then(|| ImageOnly {
-            image: image("kube-proxy"),
+            image: image("kube-proxy", images.proxy),
         }),
         scheduler: cp.then(|| ImageOnly {
-            image: image("kube-scheduler"),
+            image: image("kube-scheduler", images.scheduler),
         }),
         discovery: Some(DiscoveryConfig {
             enabled: Some(true),
@@ -450,5 +488,40 @@ mod tests {
         assert!(!url_has_path("https://mirror.gcr.io"));
         assert!(!url_has_path("https://mirror.gcr.io/"));
         assert!(url_has_path("http://10.0.0.1:5000/proxy/"));
+    }
+}
+
+#[cfg(test)]
+mod images_tests {
+    use super::{KubernetesImages, render_documents_with};
+
+    #[test]
+    fn each_component_names_its_own_version() {
+        let text = include_str!("../../../examples/clusters/production.yaml");
+        let outcome = crate::spec::load([(std::path::Path::new("production.yaml"), text)]);
+        let cluster = &outcome.clusters[0];
+        let bundle = crate::talos::secrets::SecretsBundle::generate().unwrap();
+        let old: crate::spec::Version = "v1.34.1".parse().unwrap();
+        let new: crate::spec::Version = "v1.35.4".parse().unwrap();
+        let images = KubernetesImages {
+            apiserver: new,
+            ..KubernetesImages::uniform(old)
+        };
+        let cp = cluster.control_planes().next().unwrap();
+        let yaml = render_documents_with(cluster, cp, &bundle, cluster.spec.talos.version, &images)
+            .unwrap()
+            .to_yaml();
+        assert!(
+            yaml.contains("registry.k8s.io/kube-apiserver:v1.35.4"),
+            "{yaml}"
+        );
+        for old in [
+            "registry.k8s.io/kube-controller-manager:v1.34.1",
+            "registry.k8s.io/kube-scheduler:v1.34.1",
+            "registry.k8s.io/kube-proxy:v1.34.1",
+            "ghcr.io/siderolabs/kubelet:v1.34.1",
+        ] {
+            assert!(yaml.contains(old), "{old} missing");
+        }
     }
 }
