@@ -496,7 +496,7 @@ pub fn etcd_member_list(
             hostname: m.hostname.clone(),
             peer_urls: vec![format!("https://{}:2380", m.addr.ip())],
             client_urls: vec![format!("https://{}:2379", m.addr.ip())],
-            is_learner: false,
+            is_learner: m.learner_until.is_some(),
         })
         .collect();
     Ok(MemberListAnswer::Members(machine::EtcdMemberListResponse {
