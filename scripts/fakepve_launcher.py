@@ -40,6 +40,7 @@ import asyncio
 import json
 import re
 import sys
+import time
 
 from aiohttp import web
 
@@ -77,6 +78,14 @@ class KilnPve(FakePve):
         self.datacenter = {}
         # (vmid, 'read' | 'write') -> {'times': n, 'set': {key: value}}
         self.meddling = {}
+        # Wall-clock arrival time of each entry of self.requests, so a test can order a request
+        # against another process's timestamped log (the Talos simulator's).
+        self.request_times = []
+
+    def _record(self, request, body):
+        super()._record(request, body)
+        self.request_times.append(time.time())
+        del self.request_times[:len(self.request_times) - len(self.requests)]
 
     def _routes_kiln_options(self):
         return [('GET', '/cluster/options', self._kiln_options)]
@@ -203,8 +212,11 @@ async def command(pve, c):
     name = c['cmd']
     if name == 'requests':
         return [[m, p, b.decode('utf-8', 'replace')] for m, p, b in pve.requests]
+    if name == 'request_times':
+        return pve.request_times
     if name == 'clear_requests':
         pve.requests.clear()
+        pve.request_times.clear()
         return True
     if name == 'vm':
         return vm_view(pve, c['vmid'])
