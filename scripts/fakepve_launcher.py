@@ -27,6 +27,8 @@ Added to fakepve:
   `PVE/API2/Cluster.pm` `get_options` returns datacenter.cfg as parsed (`user-tag-access` a hash,
   `registered-tags` a list: pve-guest-common `src/PVE/GuestHelpers.pm` `get_allowed_tags` reads them
   so). fakepve's schema check still answers 403 without `Sys.Audit` on `/` (DESIGN.md §9).
+- `request_times`: the wall-clock arrival time of each entry of `requests`, so a test can order a
+  request against another process's timestamped log (the Talos simulator's).
 - `acl`: replaces one user's (or token's) ACL, so a test can take a single privilege away.
 - Someone else's edit (`meddle`): right after the matched read (`GET …/config`) or write (`PUT …/config`)
   of a VM succeeds, config keys are set as another user would, moving the digest (`{n}` in a value
