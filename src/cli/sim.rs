@@ -29,6 +29,10 @@ pub enum Command {
         /// FailedPrecondition; repeat for more.
         #[arg(long, value_name = "METHOD=ADDR", value_parser = parse_refusal)]
         refuse: Vec<(String, std::net::SocketAddr)>,
+        /// ADDR: a graceful Reset of this control plane is accepted, but its etcd leave then fails
+        /// (the member stays listed, the node keeps running); repeat for more.
+        #[arg(long, value_name = "ADDR")]
+        fail_leave: Vec<std::net::SocketAddr>,
     },
 }
 
@@ -40,7 +44,15 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
             reboot_delay,
             learner_delay,
             refuse,
-        } => sim_talos(listen, dump_dir, reboot_delay, learner_delay, &refuse),
+            fail_leave,
+        } => sim_talos(
+            listen,
+            dump_dir,
+            reboot_delay,
+            learner_delay,
+            &refuse,
+            &fail_leave,
+        ),
     }
 }
 
@@ -63,6 +75,7 @@ fn sim_talos(
     reboot_delay: std::time::Duration,
     learner_delay: std::time::Duration,
     refuse: &[(String, std::net::SocketAddr)],
+    fail_leave: &[std::net::SocketAddr],
 ) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -85,6 +98,9 @@ fn sim_talos(
         sim.set_learner_delay(learner_delay);
         for (method, addr) in refuse {
             sim.refuse(*addr, method);
+        }
+        for addr in fail_leave {
+            sim.fail_leave(*addr);
         }
         for addr in sim.addrs() {
             println!("talos node (maintenance) listening on {addr}");

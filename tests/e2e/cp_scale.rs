@@ -267,11 +267,16 @@ async fn control_planes_scale_1_to_3_to_5_joining_one_at_a_time() {
     );
 }
 
-#[tokio::test]
-async fn a_control_plane_whose_leave_fails_keeps_its_vm_and_the_status_says_why() {
-    let c = ClusterFixture::new("cpleave", 3, 0);
+/// Control planes 3 → 2 while cp-3's leave fails as `sim_arg` makes it fail: the run does not
+/// converge within `limit`, cp-3's VM is still in fakepve with no write to it, and etcd still lists
+/// it. Returns the cluster's status record.
+async fn a_failed_leave(name: &str, sim_arg: &str, limit: std::time::Duration) -> (String, Value) {
+    let c = ClusterFixture::new(name, 3, 0);
     let leaving = c.wanted()[2].clone();
-    let sim_args = ["--refuse".to_owned(), format!("Reset={}:50000", leaving.ip)];
+    let sim_args = [
+        sim_arg.to_owned(),
+        sim_arg_value(sim_arg, &format!("{}:50000", leaving.ip)),
+    ];
     let world =
         World::start_with_sim_args(vec![c.clone()], |ip| format!("{ip}:50000"), &sim_args).await;
     let run = world.run_once();
@@ -284,10 +289,9 @@ async fn a_control_plane_whose_leave_fails_keeps_its_vm_and_the_status_says_why(
     );
     world.validate_work_tree();
     let mark = world.request_mark();
-    let run = world.run_once_for(std::time::Duration::from_secs(60));
-    assert!(!run.success(), "a refused leave cannot converge:\n{run}");
+    let run = world.run_once_for(limit);
+    assert!(!run.success(), "a failed leave cannot converge:\n{run}");
 
-    // The VM is still there, and nothing destroyed or stopped it.
     assert!(
         world.vms().contains_key(&leaving.vmid),
         "{} was destroyed although it never left etcd",
@@ -299,21 +303,56 @@ async fn a_control_plane_whose_leave_fails_keeps_its_vm_and_the_status_says_why(
         .filter(|(_, p)| p.contains(&format!("/qemu/{}", leaving.vmid)))
         .collect();
     assert_eq!(writes, vec![], "writes to the VM that failed to leave");
-    // etcd still lists it, as the first control plane says.
     let listed = members(&world, &c, &c.wanted()[0]).await;
     assert!(
         listed.iter().any(|(h, _)| *h == leaving.name),
         "{} is no longer an etcd member: {listed:?}",
         leaving.name
     );
-    // The status names the node, says its VM stays, and gives Talos's answer.
-    let status = status_record(&world, &c.name);
+    (leaving.name, status_record(&world, &c.name))
+}
+
+/// `--refuse` names the method too.
+fn sim_arg_value(arg: &str, addr: &str) -> String {
+    match arg {
+        "--refuse" => format!("Reset={addr}"),
+        _ => addr.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_control_plane_whose_reset_is_refused_keeps_its_vm_and_the_status_says_why() {
+    let (leaving, status) =
+        a_failed_leave("cprefuse", "--refuse", std::time::Duration::from_secs(60)).await;
+    // Failed after its retries, naming the node, the kept VM and Talos's answer.
     let error = status["last_error"].as_str().unwrap_or_default();
     assert!(
-        error.contains(&format!(
-            "{} did not leave etcd, so its VM stays",
-            leaving.name
-        )) && error.contains("Reset refused"),
+        error.contains(&format!("{leaving} did not leave etcd, so its VM stays"))
+            && error.contains("Reset refused"),
+        "status: {status}"
+    );
+}
+
+#[tokio::test]
+async fn a_control_plane_still_listed_after_its_reset_keeps_its_vm_and_the_status_says_why() {
+    // Talos answered the Reset, then its leave failed: the member is still listed by cp-1.
+    let (leaving, status) = a_failed_leave(
+        "cpstays",
+        "--fail-leave",
+        std::time::Duration::from_secs(15),
+    )
+    .await;
+    let waiting = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap_or_else(|| panic!("no Progressing condition: {status}"));
+    let message = waiting["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "{leaving} is still an etcd member; its VM stays until the leave is confirmed"
+        )),
         "status: {status}"
     );
 }

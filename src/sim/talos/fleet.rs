@@ -128,6 +128,8 @@ pub struct Fleet {
     pub reboots: Vec<(SocketAddr, std::time::Duration)>,
     /// How long a joining control plane stays an etcd learner before it is promoted (`join`).
     pub learner_delay: std::time::Duration,
+    /// Control planes whose graceful Reset is accepted but whose etcd leave then fails (`join`).
+    pub leave_fails: std::collections::HashSet<SocketAddr>,
 }
 
 impl Fleet {

@@ -384,6 +384,9 @@ pub fn reset(
     let c = configured(fleet, addr)?;
     let key = c.cfg.cluster_key.clone();
     let is_member = c.etcd_data && c.cfg.machine_type == MachineType::ControlPlane;
+    if req.graceful && is_member && fleet.leave_fails.contains(&addr) {
+        return Ok(super::join::failed_leave(addr));
+    }
     if req.graceful && is_member {
         let cluster = fleet.cluster(&key);
         let own: Vec<u64> = cluster

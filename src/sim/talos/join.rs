@@ -17,6 +17,22 @@ use std::time::Instant;
 
 use super::fleet::Fleet;
 
+/// A graceful Reset whose leave fails after the answer. Talos answers `Reset` once its checks pass
+/// and runs the reset sequence afterwards (v1.13 `v1alpha1_server.go` `Reset` starts the sequence in
+/// the background); when that sequence's `LeaveEtcd` task fails
+/// (`internal/app/machined/pkg/runtime/v1alpha1/v1alpha1_sequencer_tasks.go`), the sequence stops:
+/// the caller got OK, the member stays listed and the node keeps running.
+pub fn failed_leave(addr: SocketAddr) -> crate::talos::grpc::proto::machine::ResetResponse {
+    use crate::talos::grpc::proto::machine;
+    tracing::info!(node = %addr, "graceful Reset accepted; its etcd leave fails (kiln sim talos --fail-leave)");
+    machine::ResetResponse {
+        messages: vec![machine::ActorReply {
+            metadata: None,
+            actor_id: format!("{:016x}", rand::random::<u64>()),
+        }],
+    }
+}
+
 impl Fleet {
     /// `addMember`: adds the control plane at `addr` to `key`'s etcd as a learner. False when etcd
     /// already holds a learner (the add is refused; the node tries again later).

@@ -370,6 +370,17 @@ impl SimTalos {
         self.shared.fleet.lock().expect("fleet lock").learner_delay = delay;
     }
 
+    /// A graceful Reset of the control plane at `addr` is accepted, but its etcd leave then fails: the
+    /// member stays listed and the node keeps running (`join::failed_leave`).
+    pub fn fail_leave(&self, addr: SocketAddr) {
+        self.shared
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .leave_fails
+            .insert(addr);
+    }
+
     /// Every call of `method` on `addr` fails with `FailedPrecondition` from now on (a test's node
     /// that refuses, e.g., a graceful `Reset`).
     pub fn refuse(&self, addr: SocketAddr, method: &str) {
