@@ -136,6 +136,16 @@ async fn members(world: &World, c: &ClusterFixture, kept: &WantedVm) -> Vec<(Str
     list
 }
 
+/// `kiln plan` (online) of the work tree as it is.
+fn kiln_plan(world: &World) -> crate::support::Outcome {
+    let mut cmd = crate::support::kiln();
+    cmd.args(["plan", "--config"])
+        .arg(&world.config)
+        .arg("--repo")
+        .arg(&world.repos.work);
+    world.run_command(cmd)
+}
+
 fn status_record(world: &World, name: &str) -> Value {
     let (out, json) = world.status_json(Some(name));
     let json = json.unwrap_or_else(|| panic!("kiln status printed no JSON:\n{out}"));
@@ -234,12 +244,7 @@ async fn control_planes_scale_1_to_3_to_5_joining_one_at_a_time() {
     // The plan says how they join before anything happens.
     world.pull();
     world.repos.write(&c.path(), &with_control_planes(&c, 3));
-    let mut cmd = crate::support::kiln();
-    cmd.args(["plan", "--config"])
-        .arg(&world.config)
-        .arg("--repo")
-        .arg(&world.repos.work);
-    let plan = world.run_command(cmd);
+    let plan = kiln_plan(&world);
     world.repos.write(&c.path(), &with_control_planes(&c, 1));
     let name = |n: u32| format!("{}-cp-{n}", c.name);
     for line in [
@@ -288,6 +293,12 @@ async fn a_failed_leave(name: &str, sim_arg: &str, limit: std::time::Duration) -
         "control planes 3 -> 2",
     );
     world.validate_work_tree();
+    let plan = kiln_plan(&world);
+    let line = format!("removes {} from etcd", leaving.name);
+    assert!(
+        plan.stdout.contains(&line),
+        "kiln plan does not say {line:?}:\n{plan}"
+    );
     let mark = world.request_mark();
     let run = world.run_once_for(limit);
     assert!(!run.success(), "a failed leave cannot converge:\n{run}");
