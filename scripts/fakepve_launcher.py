@@ -27,6 +27,8 @@ Added to fakepve:
   `PVE/API2/Cluster.pm` `get_options` returns datacenter.cfg as parsed (`user-tag-access` a hash,
   `registered-tags` a list: pve-guest-common `src/PVE/GuestHelpers.pm` `get_allowed_tags` reads them
   so). fakepve's schema check still answers 403 without `Sys.Audit` on `/` (DESIGN.md §9).
+- `request_times`: the wall-clock arrival time of each entry of `requests`, so a test can order a
+  request against another process's timestamped log (the Talos simulator's).
 - `acl`: replaces one user's (or token's) ACL, so a test can take a single privilege away.
 - Someone else's edit (`meddle`): right after the matched read (`GET …/config`) or write (`PUT …/config`)
   of a VM succeeds, config keys are set as another user would, moving the digest (`{n}` in a value
@@ -40,6 +42,7 @@ import asyncio
 import json
 import re
 import sys
+import time
 
 from aiohttp import web
 
@@ -77,6 +80,14 @@ class KilnPve(FakePve):
         self.datacenter = {}
         # (vmid, 'read' | 'write') -> {'times': n, 'set': {key: value}}
         self.meddling = {}
+        # Wall-clock arrival time of each entry of self.requests, so a test can order a request
+        # against another process's timestamped log (the Talos simulator's).
+        self.request_times = []
+
+    def _record(self, request, body):
+        super()._record(request, body)
+        self.request_times.append(time.time())
+        del self.request_times[:len(self.request_times) - len(self.requests)]
 
     def _routes_kiln_options(self):
         return [('GET', '/cluster/options', self._kiln_options)]
@@ -203,8 +214,11 @@ async def command(pve, c):
     name = c['cmd']
     if name == 'requests':
         return [[m, p, b.decode('utf-8', 'replace')] for m, p, b in pve.requests]
+    if name == 'request_times':
+        return pve.request_times
     if name == 'clear_requests':
         pve.requests.clear()
+        pve.request_times.clear()
         return True
     if name == 'vm':
         return vm_view(pve, c['vmid'])

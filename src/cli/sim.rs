@@ -21,6 +21,18 @@ pub enum Command {
         /// How long an upgraded node answers nothing while it reboots into the new image.
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
         reboot_delay: std::time::Duration,
+        /// How long a control plane joining a running etcd stays a learner before it is promoted
+        /// (0: promoted as it joins). etcd holds one learner at a time, so joins queue behind it.
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+        learner_delay: std::time::Duration,
+        /// METHOD=ADDR: every call of METHOD (e.g. Reset) on the node at ADDR fails with
+        /// FailedPrecondition; repeat for more.
+        #[arg(long, value_name = "METHOD=ADDR", value_parser = parse_refusal)]
+        refuse: Vec<(String, std::net::SocketAddr)>,
+        /// ADDR: a graceful Reset of this control plane is accepted, but its etcd leave then fails
+        /// (the member stays listed, the node keeps running); repeat for more.
+        #[arg(long, value_name = "ADDR")]
+        fail_leave: Vec<std::net::SocketAddr>,
     },
 }
 
@@ -30,14 +42,40 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             dump_dir,
             reboot_delay,
-        } => sim_talos(listen, dump_dir, reboot_delay),
+            learner_delay,
+            refuse,
+            fail_leave,
+        } => sim_talos(
+            listen,
+            dump_dir,
+            reboot_delay,
+            learner_delay,
+            &refuse,
+            &fail_leave,
+        ),
     }
+}
+
+fn parse_refusal(s: &str) -> Result<(String, std::net::SocketAddr), String> {
+    let (method, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected METHOD=ADDR"))?;
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!("{method:?}: not a Talos method name"));
+    }
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("{addr:?}: not an IP:port address: {e}"))?;
+    Ok((method.to_owned(), addr))
 }
 
 fn sim_talos(
     listen: Vec<kiln::sim::talos::NodeSpec>,
     dump_dir: Option<std::path::PathBuf>,
     reboot_delay: std::time::Duration,
+    learner_delay: std::time::Duration,
+    refuse: &[(String, std::net::SocketAddr)],
+    fail_leave: &[std::net::SocketAddr],
 ) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -57,6 +95,13 @@ fn sim_talos(
             reboot_delay: Some(reboot_delay),
         };
         let sim = kiln::sim::talos::SimTalos::start(&listen, options).await?;
+        sim.set_learner_delay(learner_delay);
+        for (method, addr) in refuse {
+            sim.refuse(*addr, method);
+        }
+        for addr in fail_leave {
+            sim.fail_leave(*addr);
+        }
         for addr in sim.addrs() {
             println!("talos node (maintenance) listening on {addr}");
         }

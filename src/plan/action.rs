@@ -44,6 +44,14 @@ pub enum Action {
     ApplyConfig { number: u32, name: String },
     /// Bootstrap etcd on this control plane, guarded by the member list and the marker.
     Bootstrap { number: u32, name: String },
+    /// A control plane joining a running etcd: wait until it is Ready by name and a voting member in
+    /// another member's list, before the next one is created (`plan::join`).
+    JoinControlPlane {
+        number: u32,
+        name: String,
+        /// The control plane that joined just before it (shown in the plan).
+        after: Option<String>,
+    },
     /// Store the admin kubeconfig and talosconfig (once; rotation is separate).
     StoreCredentials,
     /// Wait until every expected node is Ready by name.
@@ -130,6 +138,9 @@ impl fmt::Display for Action {
             }
             Action::ApplyConfig { name, .. } => write!(f, "apply the machine config to {name}"),
             Action::Bootstrap { name, .. } => write!(f, "bootstrap etcd on {name}"),
+            Action::JoinControlPlane { name, .. } => {
+                write!(f, "wait until {name} is Ready and a voting etcd member")
+            }
             Action::StoreCredentials => write!(f, "store the kubeconfig and talosconfig"),
             Action::WaitHealthy => write!(f, "wait until every node is Ready"),
             Action::RemoveNode {

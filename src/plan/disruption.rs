@@ -8,7 +8,9 @@
 //! - a leaving control plane leaves etcd through Talos's graceful `Reset` (which cordons and drains
 //!   it: `talosctl reset --graceful`), a leaving worker is drained by kiln, then the Node is deleted
 //!   and the VM destroyed;
-//! - a decommission destroys VMs without a drain or an etcd leave: the whole cluster goes.
+//! - a decommission destroys VMs without a drain or an etcd leave: the whole cluster goes;
+//! - a control plane added to a running etcd joins as a learner and is promoted by Talos; the next
+//!   one is created only once it is Ready and a voting member (`plan::join`).
 
 use std::fmt;
 
@@ -48,6 +50,8 @@ pub enum Disruption {
     },
     /// Decommission: the VM is destroyed without a drain, its cluster going as a whole.
     VmDestroyed { node: String, vmid: Vmid },
+    /// Scale-up: a control plane becomes a member of the running etcd (once `after` is Ready).
+    JoinsEtcd { node: String, after: Option<String> },
 }
 
 impl Action {
@@ -99,6 +103,10 @@ impl Action {
             Action::DestroyVm { vmid, name, .. } => Disruption::VmDestroyed {
                 node: name.clone(),
                 vmid: *vmid,
+            },
+            Action::JoinControlPlane { name, after, .. } => Disruption::JoinsEtcd {
+                node: name.clone(),
+                after: after.clone(),
             },
         }
     }
@@ -156,8 +164,20 @@ impl fmt::Display for Disruption {
                 f,
                 "destroys VM {vmid} {node} without a drain (the whole cluster goes)"
             ),
+            Disruption::JoinsEtcd { node, after } => {
+                write!(f, "adds control plane {node} to etcd")?;
+                if let Some(after) = after {
+                    write!(f, " (joins after {} is Ready)", short_name(after))?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// `production-cp-1` → `cp-1`: the plan names the cluster once, the node it waits for briefly.
+fn short_name(node: &str) -> &str {
+    node.rfind("-cp-").map_or(node, |i| &node[i + 1..])
 }
 
 /// `--format json` carries the sentence next to the kind, so a CI bot can post it as it is.
@@ -184,6 +204,8 @@ pub struct DisruptionSummary {
     /// Disks grown without a reboot (a resize that also reboots counts as a reboot).
     pub online_disk_growths: usize,
     pub etcd_members_removed: usize,
+    /// Control planes joining etcd, one at a time.
+    pub etcd_members_added: usize,
     pub workers_removed: usize,
     pub vms_destroyed: usize,
 }
@@ -204,6 +226,7 @@ impl DisruptionSummary {
                     role: Role::Worker, ..
                 } => s.workers_removed += 1,
                 Disruption::VmDestroyed { .. } => s.vms_destroyed += 1,
+                Disruption::JoinsEtcd { .. } => s.etcd_members_added += 1,
             }
         }
         s
@@ -245,6 +268,16 @@ impl fmt::Display for DisruptionSummary {
                 counted(self.etcd_members_removed, "etcd member", "etcd members")
             );
             if self.etcd_members_removed > 1 {
+                p.push_str(", one at a time");
+            }
+            parts.push(p);
+        }
+        if self.etcd_members_added > 0 {
+            let mut p = format!(
+                "{} added",
+                counted(self.etcd_members_added, "etcd member", "etcd members")
+            );
+            if self.etcd_members_added > 1 {
                 p.push_str(", one at a time");
             }
             parts.push(p);
@@ -465,6 +498,7 @@ mod tests {
                 reboots: 2,
                 online_disk_growths: 1,
                 etcd_members_removed: 1,
+                etcd_members_added: 0,
                 workers_removed: 1,
                 vms_destroyed: 0
             }

@@ -8,6 +8,7 @@
 pub mod action;
 pub mod bootstrap;
 pub mod disruption;
+mod join;
 pub mod k8s_rollout;
 pub mod observed;
 mod renumber;
@@ -187,6 +188,7 @@ pub fn converge(input: ConvergeInput<'_>) -> ClusterPlan {
             },
         ));
     }
+    join::one_at_a_time(&mut plan.steps, desired, observed);
 
     let bootstrapped = observed.secrets.as_ref().map(|s| s.bootstrapped);
     let never_bootstrapped = bootstrapped == Some(false) || (bootstrapped.is_none() && new_cluster);

@@ -42,6 +42,13 @@ pub enum TurnError {
     Bootstrap(String),
     #[error("the address of {name} is unknown (no applied spec names it); remove it by hand")]
     LeavingAddressUnknown { name: String },
+    /// A leaving control plane's graceful Reset failed: its VM stays (DESIGN §4).
+    #[error("{name} did not leave etcd, so its VM stays")]
+    LeaveFailed {
+        name: String,
+        #[source]
+        source: Box<TurnError>,
+    },
     /// What a step needs but this turn has not got (its inputs change with the next observation).
     #[error("{0}")]
     Missing(Missing),
@@ -169,6 +176,7 @@ impl TurnError {
             TurnError::ConfigRefused(_) => Some(Refusal::ConfigRefused),
             TurnError::BundleGone | TurnError::BundleUnreadable(_) => Some(Refusal::Bundle),
             TurnError::LeavingAddressUnknown { .. } => Some(Refusal::NeedsAPerson),
+            TurnError::LeaveFailed { source, .. } => source.refusal(),
             TurnError::Kube(_)
             | TurnError::Credentials(_)
             | TurnError::Bundle(_)
@@ -236,6 +244,36 @@ mod tests {
 
     fn talos_status(kind: &str, message: &str) -> TalosError {
         TalosError::test_reply(kind, message)
+    }
+
+    /// DESIGN §4: a leave that failed names the node and why, says the VM stays, and is tried again
+    /// (etcd may be unhealthy for a while), unless what failed is itself a refusal.
+    #[test]
+    fn a_failed_leave_names_the_node_and_the_kept_vm_and_is_retried() {
+        let e = TurnError::LeaveFailed {
+            name: "p-cp-3".into(),
+            source: Box::new(TurnError::Talos(talos_status(
+                "FailedPrecondition",
+                "etcd is not healthy",
+            ))),
+        };
+        let report = e.report();
+        assert!(
+            report.starts_with("p-cp-3 did not leave etcd, so its VM stays: talos:"),
+            "{report}"
+        );
+        assert!(report.contains("etcd is not healthy"), "{report}");
+        assert_eq!(verdict(&e, 1, 8), Verdict::Retry);
+        let refused = TurnError::LeaveFailed {
+            name: "p-cp-3".into(),
+            source: Box::new(TurnError::LeavingAddressUnknown {
+                name: "p-cp-3".into(),
+            }),
+        };
+        assert_eq!(
+            verdict(&refused, 1, 8),
+            Verdict::Blocked(Refusal::NeedsAPerson)
+        );
     }
 
     /// DESIGN §7: each of these is `Blocked` on its first failure, naming the cause.

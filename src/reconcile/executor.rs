@@ -38,6 +38,7 @@ pub fn action_key(a: &Action) -> String {
         Action::ResizeVm { vmid, .. } => format!("resize-vm {vmid}"),
         Action::ApplyConfig { name, .. } => format!("apply-config {name}"),
         Action::Bootstrap { name, .. } => format!("bootstrap {name}"),
+        Action::JoinControlPlane { name, .. } => format!("join-control-plane {name}"),
         Action::StoreCredentials => "store-credentials".into(),
         Action::WaitHealthy => "wait-healthy".into(),
         Action::RemoveNode { vmid, .. } => format!("remove-node {vmid}"),

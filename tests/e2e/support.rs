@@ -181,6 +181,15 @@ impl World {
         clusters: Vec<ClusterFixture>,
         listen: impl Fn(std::net::Ipv4Addr) -> String,
     ) -> Self {
+        Self::start_with_sim_args(clusters, listen, &[]).await
+    }
+
+    /// As [`World::start_with_nodes`], `kiln sim talos` started with `sim_args` too.
+    pub async fn start_with_sim_args(
+        clusters: Vec<ClusterFixture>,
+        listen: impl Fn(std::net::Ipv4Addr) -> String,
+        sim_args: &[String],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pve = FakePve::start_with(Options {
             nodes: vec![],
@@ -196,7 +205,7 @@ impl World {
             .flat_map(|c| c.wanted().into_iter().map(|v| v.ip))
             .collect();
         let listen: Vec<String> = ips.iter().map(|ip| listen(*ip)).collect();
-        let sim = TalosSim::start_listening(&listen, dir.path());
+        let sim = TalosSim::start_with_args(&listen, dir.path(), sim_args);
         let repos = Repos::empty();
         let world = Self {
             config: dir.path().join("kiln.toml"),

@@ -33,8 +33,8 @@ pub struct TalosSim {
 
 impl TalosSim {
     /// Serves every `--listen` spec (`IP:50000[,version=…][,platform=…]`, one per node) and waits until
-    /// each one listens.
-    pub fn start_listening(listen: &[String], dir: &Path) -> Self {
+    /// each one listens; `args` are more `kiln sim talos` options (`--learner-delay`, `--refuse`).
+    pub fn start_with_args(listen: &[String], dir: &Path, args: &[String]) -> Self {
         let ips = listen;
         let dump_dir = dir.join("talos-dump");
         let log = dir.join("talos-sim.log");
@@ -48,6 +48,7 @@ impl TalosSim {
         }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(["sim", "talos", "--dump-dir"]).arg(&dump_dir);
+        cmd.args(args);
         cmd.arg("--listen");
         for spec in listen {
             cmd.arg(spec);

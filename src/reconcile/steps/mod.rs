@@ -3,6 +3,7 @@
 //! re-checks the system before it acts, so a step that is already true is skipped and a crash
 //! anywhere resumes from observation (DESIGN.md §7 "Crash safety").
 
+mod join;
 mod kube;
 mod secrets;
 mod talos;
@@ -27,6 +28,7 @@ impl Turn<'_> {
                 Action::ResizeVm { number, .. } => self.resize_vm(*number).await,
                 Action::ApplyConfig { number, .. } => self.apply_config(*number).await,
                 Action::Bootstrap { number, .. } => self.bootstrap(*number).await,
+                Action::JoinControlPlane { number, .. } => self.join_control_plane(*number).await,
                 Action::StoreCredentials => self.store_credentials().await,
                 Action::WaitHealthy => self.wait_healthy().await,
                 Action::RemoveNode {

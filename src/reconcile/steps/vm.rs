@@ -128,7 +128,14 @@ impl Turn<'_> {
             };
             if listed(&witness.etcd_members().await?) {
                 self.say(format!("{name} leaves etcd"));
-                self.talos_node(ip).await?.reset_graceful(false).await?;
+                let leave = async {
+                    self.talos_node(ip).await?.reset_graceful(false).await?;
+                    Ok::<_, TurnError>(())
+                };
+                leave.await.map_err(|e| TurnError::LeaveFailed {
+                    name: name.to_owned(),
+                    source: Box::new(e),
+                })?;
                 if listed(&witness.etcd_members().await?) {
                     return Ok(Flow::Wait(format!(
                         "{name} is still an etcd member; its VM stays until the leave is confirmed"

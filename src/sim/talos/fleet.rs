@@ -97,6 +97,8 @@ pub struct Member {
     pub id: u64,
     pub hostname: String,
     pub addr: SocketAddr,
+    /// A learner until then (it is catching up with the leader); `None`: a voting member.
+    pub learner_until: Option<std::time::Instant>,
 }
 
 #[derive(Default)]
@@ -124,6 +126,10 @@ pub struct Fleet {
     pub reboot_delay: std::time::Duration,
     /// Machines that reboot once the current call has answered: (address, how long they are down).
     pub reboots: Vec<(SocketAddr, std::time::Duration)>,
+    /// How long a joining control plane stays an etcd learner before it is promoted (`join`).
+    pub learner_delay: std::time::Duration,
+    /// Control planes whose graceful Reset is accepted but whose etcd leave then fails (`join`).
+    pub leave_fails: std::collections::HashSet<SocketAddr>,
 }
 
 impl Fleet {
@@ -260,12 +266,21 @@ impl Fleet {
         })) << 24)
             ^ (cluster.next_member << 8)
             ^ 0x5a5a_0000_0000_0001;
-        cluster.members.insert(id, Member { id, hostname, addr });
+        cluster.members.insert(
+            id,
+            Member {
+                id,
+                hostname,
+                addr,
+                learner_until: None,
+            },
+        );
     }
 
-    /// Control planes of a bootstrapped cluster join etcd once they run their config.
+    /// Control planes of a bootstrapped cluster join etcd once they run their config: as learners,
+    /// one at a time (`join`).
     pub fn join_waiting_control_planes(&mut self, key: &str) {
-        let waiting: Vec<SocketAddr> = self
+        let mut waiting: Vec<SocketAddr> = self
             .nodes
             .values()
             .filter_map(|n| match &n.phase {
@@ -278,6 +293,7 @@ impl Fleet {
                 _ => None,
             })
             .collect();
+        waiting.sort();
         for addr in waiting {
             if self.join_held.contains(&addr) {
                 continue;
@@ -291,8 +307,9 @@ impl Fleet {
                 .get(&addr)
                 .and_then(Node::configured)
                 .is_some_and(|c| c.etcd_data);
-            if !joined && !has_data {
-                self.add_member(key, addr);
+            if !joined && !has_data && !self.add_learner(key, addr) {
+                // etcd holds one learner at a time: the others retry after its promotion.
+                break;
             }
         }
     }

@@ -384,6 +384,9 @@ pub fn reset(
     let c = configured(fleet, addr)?;
     let key = c.cfg.cluster_key.clone();
     let is_member = c.etcd_data && c.cfg.machine_type == MachineType::ControlPlane;
+    if req.graceful && is_member && fleet.leave_fails.contains(&addr) {
+        return Ok(super::join::failed_leave(addr));
+    }
     if req.graceful && is_member {
         let cluster = fleet.cluster(&key);
         let own: Vec<u64> = cluster
@@ -496,7 +499,7 @@ pub fn etcd_member_list(
             hostname: m.hostname.clone(),
             peer_urls: vec![format!("https://{}:2380", m.addr.ip())],
             client_urls: vec![format!("https://{}:2379", m.addr.ip())],
-            is_learner: false,
+            is_learner: m.learner_until.is_some(),
         })
         .collect();
     Ok(MemberListAnswer::Members(machine::EtcdMemberListResponse {

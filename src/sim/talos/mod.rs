@@ -8,6 +8,7 @@
 pub mod config;
 pub mod fleet;
 pub mod handlers;
+mod join;
 pub mod kube;
 pub mod pki;
 pub mod runtime;
@@ -95,6 +96,8 @@ struct Faults {
     delays: HashMap<String, Duration>,
     /// (node, method) → failures answered before the method runs, oldest first.
     failures: HashMap<(SocketAddr, String), Vec<InjectedFailure>>,
+    /// (node, method) answered with a failure every time.
+    refused: std::collections::HashSet<(SocketAddr, String)>,
 }
 
 pub struct Shared {
@@ -137,6 +140,17 @@ impl Shared {
                     } else {
                         Some(q.remove(0))
                     }
+                })
+                .or_else(|| {
+                    faults
+                        .refused
+                        .contains(&(addr, method.to_owned()))
+                        .then(|| InjectedFailure {
+                            code: tonic::Code::FailedPrecondition,
+                            message: format!(
+                                "{method} refused on {addr} (kiln sim talos --refuse)"
+                            ),
+                        })
                 });
             (delay, failure)
         };
@@ -348,6 +362,34 @@ impl SimTalos {
 
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// How long a control plane joining a running etcd stays a learner before Talos promotes it
+    /// (`join`; zero unless told: promoted at the next call).
+    pub fn set_learner_delay(&self, delay: Duration) {
+        self.shared.fleet.lock().expect("fleet lock").learner_delay = delay;
+    }
+
+    /// A graceful Reset of the control plane at `addr` is accepted, but its etcd leave then fails: the
+    /// member stays listed and the node keeps running (`join::failed_leave`).
+    pub fn fail_leave(&self, addr: SocketAddr) {
+        self.shared
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .leave_fails
+            .insert(addr);
+    }
+
+    /// Every call of `method` on `addr` fails with `FailedPrecondition` from now on (a test's node
+    /// that refuses, e.g., a graceful `Reset`).
+    pub fn refuse(&self, addr: SocketAddr, method: &str) {
+        self.shared
+            .faults
+            .lock()
+            .expect("faults lock")
+            .refused
+            .insert((addr, method.to_owned()));
     }
 
     /// Every answer of `method` (e.g. `"Bootstrap"`) waits this long first.

@@ -95,6 +95,7 @@ impl NodeService {
         let _span = tracing::debug_span!("sim_talos", node = %self.addr, method).entered();
         let (result, to_start) = {
             let mut fleet = self.shared.fleet.lock().expect("fleet lock");
+            fleet.settle_learners();
             let result = f(&mut fleet, req.get_ref(), &peer);
             if let (Err(status), "ApplyConfiguration") = (&result, method) {
                 // One line per refusal: tests count them to prove kiln does not retry a refused config.
