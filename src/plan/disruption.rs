@@ -48,6 +48,13 @@ pub enum Disruption {
     },
     /// Decommission: the VM is destroyed without a drain, its cluster going as a whole.
     VmDestroyed { node: String, vmid: Vmid },
+    /// A node's machine config is re-applied: live when Talos allows it, else with a reboot after a
+    /// cordon and drain (`reconcile::steps::live_config`); `reboot: None` when the dry run did not say.
+    ConfigApply {
+        node: String,
+        role: Role,
+        reboot: Option<bool>,
+    },
 }
 
 impl Action {
@@ -99,6 +106,13 @@ impl Action {
             Action::DestroyVm { vmid, name, .. } => Disruption::VmDestroyed {
                 node: name.clone(),
                 vmid: *vmid,
+            },
+            Action::UpdateConfig {
+                name, role, reboot, ..
+            } => Disruption::ConfigApply {
+                node: name.clone(),
+                role: *role,
+                reboot: *reboot,
             },
         }
     }
@@ -156,6 +170,23 @@ impl fmt::Display for Disruption {
                 f,
                 "destroys VM {vmid} {node} without a drain (the whole cluster goes)"
             ),
+            Disruption::ConfigApply { node, role, reboot } => match reboot {
+                Some(false) => write!(f, "re-applies the config of {node} without a reboot"),
+                Some(true) => {
+                    write!(
+                        f,
+                        "reboots {node} to apply its config (cordoned and drained first)"
+                    )?;
+                    if *role == Role::ControlPlane {
+                        f.write_str("; its etcd member is down until it is back")?;
+                    }
+                    Ok(())
+                }
+                None => write!(
+                    f,
+                    "re-applies the config of {node}; its dry run decides whether it reboots (then drained first)"
+                ),
+            },
         }
     }
 }
@@ -186,6 +217,8 @@ pub struct DisruptionSummary {
     pub etcd_members_removed: usize,
     pub workers_removed: usize,
     pub vms_destroyed: usize,
+    /// Machine configs re-applied without a reboot (or whose dry run did not say).
+    pub live_config_applies: usize,
 }
 
 impl DisruptionSummary {
@@ -204,6 +237,10 @@ impl DisruptionSummary {
                     role: Role::Worker, ..
                 } => s.workers_removed += 1,
                 Disruption::VmDestroyed { .. } => s.vms_destroyed += 1,
+                Disruption::ConfigApply {
+                    reboot: Some(true), ..
+                } => s.reboots += 1,
+                Disruption::ConfigApply { .. } => s.live_config_applies += 1,
             }
         }
         s
@@ -237,6 +274,12 @@ impl fmt::Display for DisruptionSummary {
             parts.push(format!(
                 "{} online",
                 counted(self.online_disk_growths, "disk grown", "disks grown")
+            ));
+        }
+        if self.live_config_applies > 0 {
+            parts.push(format!(
+                "{} re-applied live",
+                counted(self.live_config_applies, "config", "configs")
             ));
         }
         if self.etcd_members_removed > 0 {
@@ -466,7 +509,8 @@ mod tests {
                 online_disk_growths: 1,
                 etcd_members_removed: 1,
                 workers_removed: 1,
-                vms_destroyed: 0
+                vms_destroyed: 0,
+                live_config_applies: 0,
             }
         );
         assert_eq!(

@@ -8,6 +8,7 @@
 pub mod action;
 pub mod bootstrap;
 pub mod disruption;
+pub mod live_config;
 pub mod observed;
 mod renumber;
 
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 pub use action::{Action, Blocker, ClusterPlan, Effect, PlanKind, Report, Step};
 pub use disruption::{Disruption, DisruptionSummary, OnlineChange};
+pub use live_config::{RunningConfig, RunningConfigs};
 pub use observed::{
     BundleState, Conflict, NodeState, ObservedCluster, ObservedVm, Ownership, Power,
     SecretsObserved,
@@ -205,6 +207,8 @@ pub fn converge(input: ConvergeInput<'_>) -> ClusterPlan {
             "the secret store lacks the kubeconfig or talosconfig",
         ));
     }
+
+    live_config::plan_updates(&mut plan, desired, observed, drift_policy, intent_changed);
 
     // Scale-down: kiln's VMs whose number the file no longer lists, workers first, highest first.
     let mut leaving: Vec<&ObservedVm> = observed

@@ -4,6 +4,7 @@
 //! anywhere resumes from observation (DESIGN.md §7 "Crash safety").
 
 mod kube;
+pub(super) mod live_config;
 mod secrets;
 mod talos;
 mod vm;
@@ -26,6 +27,7 @@ impl Turn<'_> {
                 Action::StartVm { number, .. } => self.start_vm(*number).await,
                 Action::ResizeVm { number, .. } => self.resize_vm(*number).await,
                 Action::ApplyConfig { number, .. } => self.apply_config(*number).await,
+                Action::UpdateConfig { number, .. } => self.update_config(*number).await,
                 Action::Bootstrap { number, .. } => self.bootstrap(*number).await,
                 Action::StoreCredentials => self.store_credentials().await,
                 Action::WaitHealthy => self.wait_healthy().await,
