@@ -124,6 +124,8 @@ pub struct Fleet {
     pub reboot_delay: std::time::Duration,
     /// Machines that reboot once the current call has answered: (address, how long they are down).
     pub reboots: Vec<(SocketAddr, std::time::Duration)>,
+    /// Every ApplyConfiguration answered, in order (`sim::talos::live`).
+    pub applies: Vec<super::live::ApplyRecord>,
 }
 
 impl Fleet {
