@@ -153,6 +153,13 @@ fn reconcile_settings(world: &World, lines: &str) {
         .unwrap_or_else(|e| panic!("the test's kiln.toml does not load: {e}"));
 }
 
+/// A new intent revision that means the same (a comment added), so the next run looks deep at
+/// every node instead of trusting the listing.
+fn touch_file(world: &World, c: &ClusterFixture, yaml: &str) {
+    let text = format!("{yaml}# touched\n");
+    world.push_file(&c.path(), &text, "a comment only");
+}
+
 /// A world with `c` converged by one run.
 async fn converged(c: &ClusterFixture, settings: &str) -> World {
     let world = World::start(vec![c.clone()]).await;
@@ -302,7 +309,9 @@ async fn a_registry_mirror_change_reaches_every_node_without_a_reboot_and_a_seco
     }
     assert_converged(&world, &c).await;
 
-    // Converged: the next run applies nothing, not even a dry run.
+    // Converged: the next run applies nothing, not even a dry run — though it looks at every node,
+    // the file having changed (a comment only).
+    touch_file(&world, &c, &yaml);
     let mark = events(&world).len();
     let again = world.run_once();
     assert!(again.success(), "{again}");
@@ -373,7 +382,8 @@ async fn a_config_changed_by_hand_that_needs_a_reboot_is_put_back_one_node_at_a_
     }
     assert_converged(&world, &c).await;
 
-    // Put back: the next run (deep again, the interval being 1 s) re-applies nothing.
+    // Put back: the next run, looking at every node again, re-applies nothing.
+    touch_file(&world, &c, &c.yaml());
     let mark = events(&world).len();
     let again = world.run_once();
     assert!(again.success(), "{again}");
