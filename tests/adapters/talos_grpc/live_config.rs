@@ -38,11 +38,10 @@ async fn a_configured_node_applies_live_what_talos_applies_live_and_reboots_for_
     let reader = TalosClient::connect_mtls(at, &identity(TalosRole::Reader), options())
         .await
         .unwrap();
-    // `.err()`: a failure must not print the config, which holds the cluster's keys.
-    let refused = running_config(&reader)
-        .await
-        .err()
-        .expect("an os:reader read the MachineConfig");
+    // Not `unwrap_err`: a failure must not print the config, which holds the cluster's keys.
+    let Err(refused) = running_config(&reader).await else {
+        panic!("an os:reader read the MachineConfig");
+    };
     assert_eq!(
         refused.code(),
         Some(tonic::Code::PermissionDenied),
