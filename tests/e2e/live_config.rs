@@ -144,11 +144,13 @@ fn assert_dry_run_first(events: &[Event], c: &ClusterFixture, mode: &str) -> Vec
     real
 }
 
-/// kiln.toml with `lines` added to its `[reconcile]` table (the last one in the file).
+/// kiln.toml with `lines` added at the top of its `[reconcile]` table; kiln's loader reads it back.
 fn reconcile_settings(world: &World, lines: &str) {
     let text = std::fs::read_to_string(&world.config).unwrap();
-    assert!(text.trim_end().ends_with("retry_max = \"2s\""), "{text}");
-    std::fs::write(&world.config, format!("{text}{lines}\n")).unwrap();
+    let header = "\n[reconcile]\n";
+    assert!(text.contains(header), "no [reconcile] table in:\n{text}");
+    let text = text.replacen(header, &format!("{header}{lines}\n"), 1);
+    std::fs::write(&world.config, text).unwrap();
     kiln::config::Config::load(&world.config)
         .unwrap_or_else(|e| panic!("the test's kiln.toml does not load: {e}"));
 }
@@ -158,6 +160,16 @@ fn reconcile_settings(world: &World, lines: &str) {
 fn touch_file(world: &World, c: &ClusterFixture, yaml: &str) {
     let text = format!("{yaml}# touched\n");
     world.push_file(&c.path(), &text, "a comment only");
+}
+
+/// `kiln plan` against the live world, the work clone as the pull request.
+fn plan(world: &World) -> crate::support::Outcome {
+    let mut cmd = crate::support::kiln();
+    cmd.args(["plan", "--config"])
+        .arg(&world.config)
+        .arg("--repo")
+        .arg(&world.repos.work);
+    world.run_command(cmd)
 }
 
 /// A world with `c` converged by one run.
@@ -271,12 +283,7 @@ async fn a_registry_mirror_change_reaches_every_node_without_a_reboot_and_a_seco
     world.push_file(&c.path(), &yaml, "mirror docker.io");
 
     // `kiln plan` names each node's re-apply and says it needs no reboot, before anything happens.
-    let mut plan = crate::support::kiln();
-    plan.args(["plan", "--config"])
-        .arg(&world.config)
-        .arg("--repo")
-        .arg(&world.repos.work);
-    let planned = world.run_command(plan);
+    let planned = plan(&world);
     for w in c.wanted() {
         let sentence = format!("re-applies the config of {} without a reboot", w.name);
         assert!(planned.stdout.contains(&sentence), "{sentence}:\n{planned}");
@@ -332,6 +339,12 @@ async fn a_config_changed_by_hand_that_needs_a_reboot_is_put_back_one_node_at_a_
     let world = converged(&c, "drift_interval = \"1s\"").await;
     for w in c.wanted() {
         edit_by_hand(&world, &c, w.ip).await;
+    }
+    // `kiln plan` sees the drift and says what putting it back costs.
+    let planned = plan(&world);
+    for w in c.wanted() {
+        let sentence = format!("reboots {} to apply its config", w.name);
+        assert!(planned.stdout.contains(&sentence), "{sentence}:\n{planned}");
     }
     let before = events(&world).len();
 
@@ -401,6 +414,12 @@ async fn a_config_changed_by_hand_that_needs_a_reboot_is_put_back_one_node_at_a_
 async fn a_config_changed_by_hand_is_only_reported_under_report() {
     let c = ClusterFixture::new("handreport", 1, 1);
     let world = converged(&c, "drift_interval = \"1s\"\ndrift_policy = \"report\"").await;
+    let loaded = kiln::config::Config::load(&world.config).unwrap();
+    assert_eq!(
+        loaded.reconcile.drift_policy,
+        kiln::plan::DriftPolicy::Report
+    );
+    assert_eq!(loaded.reconcile.drift_interval, Duration::from_secs(1));
     let worker = c.wanted().pop().unwrap();
     edit_by_hand(&world, &c, worker.ip).await;
     let before = events(&world).len();
