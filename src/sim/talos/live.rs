@@ -20,7 +20,8 @@ use crate::talos::grpc::proto::{cosi, machine};
 /// MachineNetwork, MachineSysfs, MachineSysctls, MachineLogging, MachineControlPlane, MachineKubelet,
 /// MachineKernel, MachineRegistries, MachinePods, MachineSeccompProfiles, MachineNodeAnnotations,
 /// MachineNodeLabels, MachineNodeTaints; yaml tags from `pkg/machinery/config/types/v1alpha1/
-/// v1alpha1_types.go`).
+/// v1alpha1_types.go`). v1.11.6 and v1.12.9 copy the same fields, so one rule serves every minor the
+/// simulator runs.
 const LIVE_MACHINE_FIELDS: &[&str] = &[
     "ca",
     "acceptedCAs",
