@@ -49,6 +49,8 @@ mod hostile_input;
 mod invalid;
 #[path = "e2e/least_privilege.rs"]
 mod least_privilege;
+#[path = "e2e/live_config.rs"]
+mod live_config;
 #[path = "e2e/plan.rs"]
 mod plan;
 #[path = "e2e/provision.rs"]

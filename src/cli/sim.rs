@@ -18,7 +18,7 @@ pub enum Command {
         /// Write every accepted machine config to DIR/<node-ip>.yaml.
         #[arg(long, value_name = "DIR")]
         dump_dir: Option<std::path::PathBuf>,
-        /// How long an upgraded node answers nothing while it reboots into the new image.
+        /// How long a rebooting node answers nothing (an upgrade, or a config applied with a reboot).
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
         reboot_delay: std::time::Duration,
         /// How long a control plane joining a running etcd stays a learner before it is promoted

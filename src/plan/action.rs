@@ -42,6 +42,15 @@ pub enum Action {
     },
     /// Apply the machine config to a node in maintenance (after the SMBIOS uuid check).
     ApplyConfig { number: u32, name: String },
+    /// Re-apply the machine config of a configured node whose running config differs (`dry_run`
+    /// first; without a reboot when Talos allows it, else drained and rebooted, one node at a time).
+    UpdateConfig {
+        number: u32,
+        name: String,
+        role: Role,
+        /// What the observation's dry run said (`None`: unknown until the step's own dry run).
+        reboot: Option<bool>,
+    },
     /// Bootstrap etcd on this control plane, guarded by the member list and the marker.
     Bootstrap { number: u32, name: String },
     /// A control plane joining a running etcd: wait until it is Ready by name and a voting member in
@@ -137,6 +146,9 @@ impl fmt::Display for Action {
                 write!(f, "resize VM {vmid} {name}: {}", parts.join(", "))
             }
             Action::ApplyConfig { name, .. } => write!(f, "apply the machine config to {name}"),
+            Action::UpdateConfig { name, .. } => {
+                write!(f, "re-apply the machine config of {name}")
+            }
             Action::Bootstrap { name, .. } => write!(f, "bootstrap etcd on {name}"),
             Action::JoinControlPlane { name, .. } => {
                 write!(f, "wait until {name} is Ready and a voting etcd member")

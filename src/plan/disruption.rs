@@ -52,6 +52,13 @@ pub enum Disruption {
     VmDestroyed { node: String, vmid: Vmid },
     /// Scale-up: a control plane becomes a member of the running etcd (once `after` is Ready).
     JoinsEtcd { node: String, after: Option<String> },
+    /// A node's machine config is re-applied: live when Talos allows it, else with a reboot after a
+    /// cordon and drain (`reconcile::steps::live_config`); `reboot: None` when the dry run did not say.
+    ConfigApply {
+        node: String,
+        role: Role,
+        reboot: Option<bool>,
+    },
 }
 
 impl Action {
@@ -107,6 +114,13 @@ impl Action {
             Action::JoinControlPlane { name, after, .. } => Disruption::JoinsEtcd {
                 node: name.clone(),
                 after: after.clone(),
+            },
+            Action::UpdateConfig {
+                name, role, reboot, ..
+            } => Disruption::ConfigApply {
+                node: name.clone(),
+                role: *role,
+                reboot: *reboot,
             },
         }
     }
@@ -171,6 +185,23 @@ impl fmt::Display for Disruption {
                 }
                 Ok(())
             }
+            Disruption::ConfigApply { node, role, reboot } => match reboot {
+                Some(false) => write!(f, "re-applies the config of {node} without a reboot"),
+                Some(true) => {
+                    write!(
+                        f,
+                        "reboots {node} to apply its config (cordoned and drained first)"
+                    )?;
+                    if *role == Role::ControlPlane {
+                        f.write_str("; its etcd member is down until it is back")?;
+                    }
+                    Ok(())
+                }
+                None => write!(
+                    f,
+                    "re-applies the config of {node}; its dry run decides whether it reboots (then drained first)"
+                ),
+            },
         }
     }
 }
@@ -208,6 +239,8 @@ pub struct DisruptionSummary {
     pub etcd_members_added: usize,
     pub workers_removed: usize,
     pub vms_destroyed: usize,
+    /// Machine configs re-applied without a reboot (or whose dry run did not say).
+    pub live_config_applies: usize,
 }
 
 impl DisruptionSummary {
@@ -227,6 +260,10 @@ impl DisruptionSummary {
                 } => s.workers_removed += 1,
                 Disruption::VmDestroyed { .. } => s.vms_destroyed += 1,
                 Disruption::JoinsEtcd { .. } => s.etcd_members_added += 1,
+                Disruption::ConfigApply {
+                    reboot: Some(true), ..
+                } => s.reboots += 1,
+                Disruption::ConfigApply { .. } => s.live_config_applies += 1,
             }
         }
         s
@@ -260,6 +297,12 @@ impl fmt::Display for DisruptionSummary {
             parts.push(format!(
                 "{} online",
                 counted(self.online_disk_growths, "disk grown", "disks grown")
+            ));
+        }
+        if self.live_config_applies > 0 {
+            parts.push(format!(
+                "{} re-applied live",
+                counted(self.live_config_applies, "config", "configs")
             ));
         }
         if self.etcd_members_removed > 0 {
@@ -500,7 +543,8 @@ mod tests {
                 etcd_members_removed: 1,
                 etcd_members_added: 0,
                 workers_removed: 1,
-                vms_destroyed: 0
+                vms_destroyed: 0,
+                live_config_applies: 0,
             }
         );
         assert_eq!(

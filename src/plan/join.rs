@@ -159,8 +159,7 @@ mod tests {
                 talosconfig_stored: true,
                 decommissioned: false,
             }),
-            nodes: None,
-            healthy: None,
+            ..ObservedCluster::default()
         }
     }
 

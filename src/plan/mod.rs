@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod disruption;
 mod join;
 pub mod k8s_rollout;
+pub mod live_config;
 pub mod observed;
 mod renumber;
 pub mod version_path;
@@ -18,6 +19,7 @@ use serde::Serialize;
 
 pub use action::{Action, Blocker, ClusterPlan, Effect, PlanKind, Report, Step};
 pub use disruption::{Disruption, DisruptionSummary, OnlineChange};
+pub use live_config::{RunningConfig, RunningConfigs};
 pub use observed::{
     BundleState, Conflict, NodeState, ObservedCluster, ObservedVm, Ownership, Power,
     SecretsObserved,
@@ -209,6 +211,8 @@ pub fn converge(input: ConvergeInput<'_>) -> ClusterPlan {
             "the secret store lacks the kubeconfig or talosconfig",
         ));
     }
+
+    live_config::plan_updates(&mut plan, desired, observed, drift_policy, intent_changed);
 
     // Scale-down: kiln's VMs whose number the file no longer lists, workers first, highest first.
     let mut leaving: Vec<&ObservedVm> = observed

@@ -100,4 +100,6 @@ pub struct ObservedCluster {
     pub nodes: Option<BTreeMap<u32, NodeState>>,
     /// Every expected node is Ready by name.
     pub healthy: Option<bool>,
+    /// The config each configured node runs, compared with the rendered one (deep looks only).
+    pub running_configs: Option<super::RunningConfigs>,
 }

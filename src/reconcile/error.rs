@@ -27,6 +27,8 @@ pub enum TurnError {
     Bundle(#[from] BundleError),
     #[error("machine config: {0}")]
     MachineConfig(#[from] crate::talos::config::render::RenderError),
+    #[error("machine config: {0}")]
+    LiveConfig(#[from] super::steps::live_config::LiveConfigError),
     #[error("a blocking task died: {0}")]
     Task(#[from] tokio::task::JoinError),
     /// A node in maintenance refused the config (boxed: it carries the node's whole answer).
@@ -177,6 +179,8 @@ impl TurnError {
             TurnError::BundleGone | TurnError::BundleUnreadable(_) => Some(Refusal::Bundle),
             TurnError::LeavingAddressUnknown { .. } => Some(Refusal::NeedsAPerson),
             TurnError::LeaveFailed { source, .. } => source.refusal(),
+            // A node that did not come back from its reboot: no other node reboots after it.
+            TurnError::LiveConfig(e) => e.is_not_back().then_some(Refusal::NeedsAPerson),
             TurnError::Kube(_)
             | TurnError::Credentials(_)
             | TurnError::Bundle(_)

@@ -37,6 +37,7 @@ pub fn action_key(a: &Action) -> String {
         Action::StartVm { vmid, .. } => format!("start-vm {vmid}"),
         Action::ResizeVm { vmid, .. } => format!("resize-vm {vmid}"),
         Action::ApplyConfig { name, .. } => format!("apply-config {name}"),
+        Action::UpdateConfig { name, .. } => format!("update-config {name}"),
         Action::Bootstrap { name, .. } => format!("bootstrap {name}"),
         Action::JoinControlPlane { name, .. } => format!("join-control-plane {name}"),
         Action::StoreCredentials => "store-credentials".into(),

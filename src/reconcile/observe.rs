@@ -16,6 +16,8 @@ use crate::spec::{Cluster, Node, Vmid};
 use crate::talos::grpc::{ClientIdentity, TalosPort};
 use crate::talos::{SecretsBundle, credentials};
 
+pub mod live_config;
+
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
 
@@ -292,6 +294,16 @@ pub async fn cluster(
     let running = talos_candidates(&out.observed, cluster);
     let states = talos_states(ports.talos.as_ref(), &identity, &running).await;
     out.observed.nodes = Some(states.iter().map(|(n, (s, _))| (*n, *s)).collect());
+    if let Some(nodes) = &out.observed.nodes {
+        let configs = live_config::running_configs(
+            ports.talos.as_ref(),
+            &identity,
+            cluster,
+            &loaded.bundle,
+            nodes,
+        );
+        out.observed.running_configs = Some(configs.await);
+    }
     out.stages = states.into_iter().map(|(n, (_, st))| (n, st)).collect();
     if bootstrapped {
         let expected: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();

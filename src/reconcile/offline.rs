@@ -72,6 +72,8 @@ pub fn converged_observation(c: &Cluster) -> ObservedCluster {
         }),
         nodes: None,
         healthy: Some(true),
+        // Offline nothing reads a node's config: taken as the rendered one.
+        running_configs: None,
     }
 }
 

@@ -330,6 +330,17 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     } else {
         Phase::Ready
     };
+    // Drift left unrepaired (`report`) is named on the status, not only in the log.
+    let drift: Vec<String> = plan
+        .reports
+        .iter()
+        .filter(|r| r.is_drift())
+        .map(|r| r.to_string())
+        .collect();
+    status.conditions.retain(|c| c.kind != "Drift");
+    if !drift.is_empty() {
+        status.set_condition("Drift", true, "Reported", &drift.join("; "));
+    }
     status.last_applied_revision = Some(job.revision.clone());
     status.last_error = None;
     status.retry_at = None;

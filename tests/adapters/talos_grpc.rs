@@ -5,6 +5,8 @@
 //! reader written here, against the field numbers of Talos's own protos (TALOS-FACTS §1), so wire
 //! compatibility does not rest on the client and the simulator agreeing with each other.
 
+#[path = "talos_grpc/live_config.rs"]
+mod live_config;
 #[path = "talos_grpc/real.rs"]
 mod real;
 #[path = "talos_grpc/wire.rs"]

@@ -5,6 +5,7 @@
 
 mod join;
 mod kube;
+pub(super) mod live_config;
 mod secrets;
 mod talos;
 mod vm;
@@ -27,6 +28,7 @@ impl Turn<'_> {
                 Action::StartVm { number, .. } => self.start_vm(*number).await,
                 Action::ResizeVm { number, .. } => self.resize_vm(*number).await,
                 Action::ApplyConfig { number, .. } => self.apply_config(*number).await,
+                Action::UpdateConfig { number, .. } => self.update_config(*number).await,
                 Action::Bootstrap { number, .. } => self.bootstrap(*number).await,
                 Action::JoinControlPlane { number, .. } => self.join_control_plane(*number).await,
                 Action::StoreCredentials => self.store_credentials().await,

@@ -130,6 +130,8 @@ pub struct Fleet {
     pub learner_delay: std::time::Duration,
     /// Control planes whose graceful Reset is accepted but whose etcd leave then fails (`join`).
     pub leave_fails: std::collections::HashSet<SocketAddr>,
+    /// Every ApplyConfiguration answered, in order (`sim::talos::live`).
+    pub applies: Vec<super::live::ApplyRecord>,
 }
 
 impl Fleet {

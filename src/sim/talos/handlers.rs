@@ -51,7 +51,20 @@ fn running_version(node: &Node, cfg: &NodeConfig) -> String {
         .unwrap_or_else(|| node.version.clone())
 }
 
+/// Every ApplyConfiguration is recorded and logged (one line each), whatever it answered.
 pub fn apply_configuration(
+    fleet: &mut Fleet,
+    validator: &dyn ConfigValidator,
+    addr: SocketAddr,
+    peer: &Peer,
+    req: &machine::ApplyConfigurationRequest,
+) -> Result<machine::ApplyConfigurationResponse, Status> {
+    let result = apply_configuration_inner(fleet, validator, addr, peer, req);
+    super::live::record(fleet, addr, req, &result);
+    result
+}
+
+fn apply_configuration_inner(
     fleet: &mut Fleet,
     validator: &dyn ConfigValidator,
     addr: SocketAddr,
@@ -128,36 +141,57 @@ pub fn apply_configuration(
         });
     }
 
+    // siderolabs/talos v1.13.9 `internal/app/machined/internal/server/v1alpha1/v1alpha1_server.go`
+    // `ApplyConfiguration` on a configured node: NO_REBOOT and TRY refuse what cannot apply live
+    // (InvalidArgument), AUTO picks REBOOT for it, REBOOT persists the config and reboots.
     let current = configured(fleet, addr)?;
-    let needs_reboot =
-        current.cfg.machine_type != cfg.machine_type || current.cfg.os_ca_pem != cfg.os_ca_pem;
+    let current_docs = config::documents(&current.raw).map_err(Status::internal)?;
+    let immediate = super::live::can_apply_immediate(&current_docs, &docs);
     let (chosen, details) = match mode {
-        machine::ApplyMode::Staged => (mode, "Staged configuration to be applied after a reboot"),
-        machine::ApplyMode::NoReboot if needs_reboot => {
-            return Err(Status::failed_precondition(
-                "configuration change can't be applied without a reboot (machine type or OS CA changed)",
-            ));
-        }
-        machine::ApplyMode::Auto if needs_reboot => (
-            machine::ApplyMode::Reboot,
-            "Applied configuration with a reboot",
+        machine::ApplyMode::Staged => (
+            mode,
+            "Staged configuration to be applied after the next reboot".to_owned(),
         ),
-        machine::ApplyMode::Auto | machine::ApplyMode::NoReboot | machine::ApplyMode::Try => (
-            machine::ApplyMode::NoReboot,
-            "Applied configuration without a reboot",
-        ),
-        machine::ApplyMode::Reboot => (mode, "Applied configuration with a reboot"),
+        machine::ApplyMode::NoReboot | machine::ApplyMode::Try => match &immediate {
+            Err(e) => return Err(Status::invalid_argument(e.clone())),
+            Ok(()) => (mode, "Applied configuration without a reboot".to_owned()),
+        },
+        machine::ApplyMode::Auto => match &immediate {
+            Err(e) => (
+                machine::ApplyMode::Reboot,
+                format!("Applied configuration with a reboot: {e}"),
+            ),
+            Ok(()) => (
+                machine::ApplyMode::NoReboot,
+                "Applied configuration without a reboot".to_owned(),
+            ),
+        },
+        machine::ApplyMode::Reboot => (mode, "Applied configuration with a reboot".to_owned()),
     };
     if req.dry_run {
+        let summary = details.split(':').next().unwrap_or_default();
         return Ok(reply(
             chosen as i32,
-            &format!("Dry run summary:\n{details}"),
+            &format!(
+                "Dry run summary:\n{summary} (skipped in dry-run).\n{}",
+                super::live::diff_summary(&current.raw, &req.data)
+            ),
         ));
     }
-    if chosen != machine::ApplyMode::Staged {
-        accept(fleet, addr, req.data.clone(), cfg)?;
+    match chosen {
+        machine::ApplyMode::Staged => {}
+        machine::ApplyMode::Reboot => {
+            accept(fleet, addr, req.data.clone(), cfg)?;
+            // The node reboots into the config it persisted: nothing answers meanwhile.
+            let delay = fleet.reboot_delay;
+            let node = fleet.node(addr)?;
+            node.down_until = Some(std::time::Instant::now() + delay);
+            tracing::info!(node = %addr, ?delay, "rebooting to apply the machine config");
+            fleet.reboots.push((addr, delay));
+        }
+        _ => accept(fleet, addr, req.data.clone(), cfg)?,
     }
-    Ok(reply(chosen as i32, details))
+    Ok(reply(chosen as i32, &details))
 }
 
 fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
@@ -211,11 +245,12 @@ fn accept(
         node.version = tag.to_owned();
         node.version_pinned = false;
     }
-    let (etcd_data, recover_snapshot) = match &node.phase {
+    // A running node given a new config keeps its Kubernetes Node (and its cordon), as on Talos.
+    let (etcd_data, recover_snapshot, applied_at) = match &node.phase {
         Phase::Configured(c) if c.cfg.cluster_key == key => {
-            (c.etcd_data, c.recover_snapshot.clone())
+            (c.etcd_data, c.recover_snapshot.clone(), c.applied_at)
         }
-        _ => (false, None),
+        _ => (false, None, std::time::Instant::now()),
     };
     node.phase = Phase::Configured(Box::new(Configured {
         raw,
@@ -223,7 +258,7 @@ fn accept(
         tls: None,
         etcd_data,
         recover_snapshot,
-        applied_at: std::time::Instant::now(),
+        applied_at,
     }));
     if is_cp && fleet.cluster_bootstrapped(&key) {
         fleet.join_waiting_control_planes(&key);
@@ -571,6 +606,9 @@ pub fn etcd_recover(
 
 /// Stage and readiness as `MachineStatuses.runtime.talos.dev/machine` reports them.
 pub fn stage(fleet: &Fleet, node: &Node) -> (&'static str, bool) {
+    if node.is_down() {
+        return ("rebooting", false);
+    }
     match &node.phase {
         Phase::Off { .. } => ("shutting down", false),
         Phase::Maintenance { .. } => ("maintenance", false),
@@ -638,7 +676,7 @@ pub fn service_list(
     })
 }
 
-fn resource(namespace: &str, r#type: &str, id: &str, yaml: String) -> cosi::Resource {
+pub(super) fn resource(namespace: &str, r#type: &str, id: &str, yaml: String) -> cosi::Resource {
     cosi::Resource {
         metadata: Some(cosi::Metadata {
             namespace: namespace.into(),
@@ -674,7 +712,7 @@ fn resources(fleet: &Fleet, node: &Node) -> Vec<cosi::Resource> {
                 node.addr.ip().to_string().replace(['.', ':'], "-")
             )
         });
-    vec![
+    let mut out = vec![
         resource(
             "runtime",
             "MachineStatuses.runtime.talos.dev",
@@ -712,7 +750,9 @@ fn resources(fleet: &Fleet, node: &Node) -> Vec<cosi::Resource> {
             "hostname",
             format!("hostname: {hostname}\ndomainname: \"\"\n"),
         ),
-    ]
+    ];
+    out.extend(super::live::machine_config_resource(node));
+    out
 }
 
 pub fn cosi_get(
@@ -721,7 +761,7 @@ pub fn cosi_get(
     peer: &Peer,
     req: &cosi::GetRequest,
 ) -> Result<cosi::GetResponse, Status> {
-    fleet.authorize(addr, peer, "Get", READ_ROLES)?;
+    fleet.authorize(addr, peer, "Get", super::live::read_roles(&req.r#type))?;
     let node = &fleet.nodes[&addr];
     resources(fleet, node)
         .into_iter()
@@ -744,7 +784,7 @@ pub fn cosi_list(
     peer: &Peer,
     req: &cosi::ListRequest,
 ) -> Result<Vec<cosi::ListResponse>, Status> {
-    fleet.authorize(addr, peer, "List", READ_ROLES)?;
+    fleet.authorize(addr, peer, "List", super::live::read_roles(&req.r#type))?;
     let node = &fleet.nodes[&addr];
     Ok(resources(fleet, node)
         .into_iter()

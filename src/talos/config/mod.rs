@@ -3,6 +3,7 @@
 //! decoder (`decode`) that refuses what the official schema of the contract refuses, without
 //! needing the schema file at run time.
 
+pub mod compare;
 pub mod decode;
 pub mod documents;
 pub mod render;

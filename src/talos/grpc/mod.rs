@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod error;
+pub mod machine_config;
 pub mod port;
 pub mod proto;
 pub mod state;

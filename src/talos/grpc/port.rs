@@ -53,6 +53,15 @@ pub trait TalosNode: Send + Sync {
     async fn services(&self) -> Result<Vec<ServiceInfo>, TalosError>;
     /// Graceful: a control plane leaves etcd before it wipes itself.
     async fn reset_graceful(&self, reboot: bool) -> Result<(), TalosError>;
+    /// The config the node runs (COSI `MachineConfigs`, `os:admin` only).
+    async fn running_config(&self) -> Result<String, TalosError>;
+    /// ApplyConfiguration over mTLS; with `dry_run` the reply's mode says what Talos would do.
+    async fn apply(
+        &self,
+        config: &[u8],
+        mode: ApplyMode,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, TalosError>;
 }
 
 #[async_trait]
@@ -75,6 +84,19 @@ impl TalosNode for TalosClient {
 
     async fn reset_graceful(&self, reboot: bool) -> Result<(), TalosError> {
         self.reset(true, reboot).await.map(drop)
+    }
+
+    async fn running_config(&self) -> Result<String, TalosError> {
+        super::machine_config::running_config(self).await
+    }
+
+    async fn apply(
+        &self,
+        config: &[u8],
+        mode: ApplyMode,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, TalosError> {
+        self.apply_configuration(config, mode, dry_run).await
     }
 }
 

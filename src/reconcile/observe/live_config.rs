@@ -1,0 +1,105 @@
+//! The deep look at each configured node's machine config (DESIGN §7 drift, §4 "Apply"): read what the
+//! node runs over mTLS (COSI `MachineConfigs`, `talos::grpc::machine_config`), compare it with what
+//! kiln renders for the node as documents (`talos::config::compare`), and for a node that differs ask
+//! Talos with a dry run whether applying the rendered one would reboot it, so the plan can say so. A
+//! dry run changes nothing on the node. A node that cannot be read is left out: unknown is never
+//! "differs", so nothing is re-applied on a guess.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::plan::{NodeState, RunningConfig, RunningConfigs};
+use crate::spec::{Cluster, Node, Version};
+use crate::talos::SecretsBundle;
+use crate::talos::config::compare::differing_documents;
+use crate::talos::config::render::{RenderError, render};
+use crate::talos::grpc::proto::machine::ApplyMode;
+use crate::talos::grpc::{ClientIdentity, TalosPort};
+
+/// The config kiln wants `node` to run, for the config contract of `talos_version`. Callers pass
+/// `cluster.spec.talos.version` until nodes report the version they run; an upgrade passes the
+/// running minor, so a config moves to a new contract only once the node runs it (DESIGN §4).
+pub fn rendered(
+    cluster: &Cluster,
+    node: &Node,
+    bundle: &SecretsBundle,
+    talos_version: Version,
+) -> Result<String, RenderError> {
+    render(cluster, node, bundle, talos_version)
+}
+
+/// The version whose contract a configured node's config is rendered for (see [`rendered`]).
+pub fn contract_version(cluster: &Cluster, _node: &Node) -> Version {
+    cluster.spec.talos.version
+}
+
+/// Compares each configured node's running config with the rendered one, side by side.
+pub async fn running_configs(
+    talos: &dyn TalosPort,
+    identity: &ClientIdentity,
+    cluster: &Cluster,
+    bundle: &SecretsBundle,
+    states: &BTreeMap<u32, NodeState>,
+) -> RunningConfigs {
+    let configured = cluster
+        .nodes
+        .iter()
+        .filter(|n| states.get(&n.number) == Some(&NodeState::Configured));
+    let looks = configured.map(|node| async move {
+        let seen = look(talos, identity, cluster, node, bundle).await;
+        (node.number, seen)
+    });
+    futures::future::join_all(looks)
+        .await
+        .into_iter()
+        .filter_map(|(number, seen)| seen.map(|s| (number, s)))
+        .collect()
+}
+
+async fn look(
+    talos: &dyn TalosPort,
+    identity: &ClientIdentity,
+    cluster: &Cluster,
+    node: &Node,
+    bundle: &SecretsBundle,
+) -> Option<RunningConfig> {
+    let wanted = match rendered(cluster, node, bundle, contract_version(cluster, node)) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(node = %node.name, error = %e, "cannot render the machine config to compare");
+            return None;
+        }
+    };
+    let client = match talos.connect(IpAddr::V4(node.ip), identity).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(node = %node.name, error = %e, "running config not read");
+            return None;
+        }
+    };
+    let running = match client.running_config().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(node = %node.name, error = %e, "cannot read the running machine config");
+            return None;
+        }
+    };
+    let documents = match differing_documents(&running, &wanted) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(node = %node.name, error = %e, "cannot compare the running machine config");
+            return None;
+        }
+    };
+    if documents.is_empty() {
+        return Some(RunningConfig::Matches);
+    }
+    let reboot = match client.apply(wanted.as_bytes(), ApplyMode::Auto, true).await {
+        Ok(outcome) => Some(outcome.mode == ApplyMode::Reboot),
+        Err(e) => {
+            tracing::warn!(node = %node.name, error = %e, "dry run of the rendered machine config failed");
+            None
+        }
+    };
+    Some(RunningConfig::Differs { documents, reboot })
+}
