@@ -149,6 +149,10 @@ pub struct TalosConfig {
     /// likely causes (template image not nocloud, boot order, no route to the IP).
     #[serde(default = "d_boot_timeout", deserialize_with = "duration")]
     pub boot_timeout: Duration,
+    /// Life of the talosconfig and admin-kubeconfig certificates kiln mints and stores; they are
+    /// renewed once a third of it remains (DESIGN §5). Short values are for tests.
+    #[serde(default = "d_credential_lifetime", deserialize_with = "duration")]
+    pub credential_lifetime: Duration,
 }
 
 impl Default for TalosConfig {
@@ -156,12 +160,18 @@ impl Default for TalosConfig {
         Self {
             backend: TalosBackend::default(),
             boot_timeout: d_boot_timeout(),
+            credential_lifetime: d_credential_lifetime(),
         }
     }
 }
 
 fn d_boot_timeout() -> Duration {
     Duration::from_secs(600)
+}
+
+/// What Talos gives the credentials it mints: 8760 h.
+fn d_credential_lifetime() -> Duration {
+    Duration::from_secs(8760 * 3600)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -570,6 +580,13 @@ impl Config {
         }
         if self.reconcile.concurrency == 0 {
             return Err("reconcile.concurrency must be at least 1".into());
+        }
+        // Below this a credential would be due again before kiln's cycles could store and use it.
+        if self.talos.credential_lifetime < Duration::from_secs(30) {
+            return Err(format!(
+                "talos.credential_lifetime = {} is too short: at least 30s (default 8760h)",
+                humantime::format_duration(self.talos.credential_lifetime)
+            ));
         }
         check_output_dir(&self.git.output_dir, &self.git.clusters_dir)?;
         check_no_credentials("git.url", &self.git.url)?;

@@ -7,6 +7,7 @@
 
 pub mod action;
 pub mod bootstrap;
+pub mod credentials;
 pub mod disruption;
 pub mod observed;
 mod renumber;
@@ -14,6 +15,7 @@ mod renumber;
 use serde::Serialize;
 
 pub use action::{Action, Blocker, ClusterPlan, Effect, PlanKind, Report, Step};
+pub use credentials::{Expiry, StoredCredentials};
 pub use disruption::{Disruption, DisruptionSummary, OnlineChange};
 pub use observed::{
     BundleState, Conflict, NodeState, ObservedCluster, ObservedVm, Ownership, Power,
@@ -236,6 +238,9 @@ pub fn converge(input: ConvergeInput<'_>) -> ClusterPlan {
             },
         ));
     }
+    // Last, and not an action WaitHealthy must follow: it touches no node.
+    plan.steps
+        .extend(observed.secrets.as_ref().and_then(credentials::renewal));
     plan
 }
 

@@ -3,6 +3,7 @@
 //! re-checks the system before it acts, so a step that is already true is skipped and a crash
 //! anywhere resumes from observation (DESIGN.md §7 "Crash safety").
 
+mod credentials;
 mod kube;
 mod secrets;
 mod talos;
@@ -29,6 +30,10 @@ impl Turn<'_> {
                 Action::Bootstrap { number, .. } => self.bootstrap(*number).await,
                 Action::StoreCredentials => self.store_credentials().await,
                 Action::WaitHealthy => self.wait_healthy().await,
+                Action::RenewCredentials {
+                    kubeconfig,
+                    talosconfig,
+                } => self.renew_credentials(*kubeconfig, *talosconfig).await,
                 Action::RemoveNode {
                     number,
                     role,
