@@ -51,5 +51,7 @@ mod least_privilege;
 mod plan;
 #[path = "e2e/provision.rs"]
 mod provision;
+#[path = "e2e/renewal.rs"]
+mod renewal;
 #[path = "e2e/talos_real.rs"]
 mod talos_real;

@@ -147,17 +147,17 @@ pub fn mint(
             (data, tc.client)
         }
     };
-    // `issued-at` is the minting time, not the certificate's back-dated notBefore: `kiln rotate`
-    // compares it with the time of its request, and a back-dated stamp would make a renewal made
-    // just after a request look older than the request.
+    // `issued-at` is the certificate's notBefore (the kubeconfig's is back-dated 10 s, as Talos
+    // does), so `expires-at` − `issued-at` is exactly the lifetime it was issued with.
+    let issued_at = client.not_after - lifetime;
     let metadata = CustomMetadata::from([
-        (meta_keys::ISSUED_AT.to_owned(), rfc3339(now)),
+        (meta_keys::ISSUED_AT.to_owned(), rfc3339(issued_at)),
         (meta_keys::EXPIRES_AT.to_owned(), rfc3339(client.not_after)),
     ]);
     Ok(Minted {
         data,
         metadata,
-        issued_at: now,
+        issued_at,
         expires_at: client.not_after,
     })
 }
@@ -228,7 +228,9 @@ pub enum Condition {
     /// The planner's rule: a third of its life or less remains (`plan::credentials`).
     Due,
     /// `kiln rotate` asked at this time: renew what was issued before it. A request that is served
-    /// twice (a daemon killed before it answered) still renews once.
+    /// twice (a daemon killed before it answered) still renews once — unless the first serve came
+    /// within the kubeconfig's 10 s back-dating of the request, when the second renews it again:
+    /// one extra version, never a lost one.
     IssuedBefore(OffsetDateTime),
 }
 
