@@ -828,6 +828,22 @@ token_file = "/run/credentials/kiln.service/vault-token"
     }
 
     #[test]
+    fn credential_lifetime_defaults_to_a_year_and_refuses_a_uselessly_short_one() {
+        let c = Config::parse(Path::new("kiln.toml"), MINIMAL).unwrap();
+        assert_eq!(
+            c.talos.credential_lifetime,
+            Duration::from_secs(8760 * 3600)
+        );
+        let with = |v: &str| format!("{MINIMAL}[talos]\ncredential_lifetime = \"{v}\"\n");
+        let c = Config::parse(Path::new("kiln.toml"), &with("90s")).unwrap();
+        assert_eq!(c.talos.credential_lifetime, Duration::from_secs(90));
+        let e = Config::parse(Path::new("kiln.toml"), &with("10s"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("credential_lifetime"), "{e}");
+    }
+
+    #[test]
     fn argocd_table_without_vault_table_keeps_vault_defaults() {
         let text = format!("{MINIMAL}\n[argocd]\nproject = \"kiln\"\n");
         let c = Config::parse(Path::new("kiln.toml"), &text).unwrap();

@@ -343,9 +343,174 @@ impl Renewer<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
     use time::macros::datetime;
 
     use super::*;
+    use crate::secrets::{CreateOutcome, FileStore, Prefix, secret_data};
+    use crate::spec::ClusterDocument;
+
+    fn production() -> Cluster {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/clusters/production.yaml"
+        ))
+        .expect("example file");
+        let doc: ClusterDocument = serde_yaml::from_str(&text).expect("valid example");
+        Cluster::expand(&doc).expect("expands")
+    }
+
+    /// A store where another writer replaces the value between kiln's read and its write, once.
+    struct Racing {
+        inner: FileStore,
+        raced: AtomicBool,
+    }
+
+    #[async_trait]
+    impl SecretStore for Racing {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        async fn check(&self) -> Result<(), SecretsError> {
+            self.inner.check().await
+        }
+        async fn read(&self, path: &SecretPath) -> Result<ReadOutcome, SecretsError> {
+            self.inner.read(path).await
+        }
+        async fn create(
+            &self,
+            path: &SecretPath,
+            data: &SecretData,
+            meta: &CustomMetadata,
+        ) -> Result<CreateOutcome, SecretsError> {
+            self.inner.create(path, data, meta).await
+        }
+        async fn overwrite(
+            &self,
+            path: &SecretPath,
+            expected: Version,
+            data: &SecretData,
+        ) -> Result<Version, SecretsError> {
+            if !self.raced.swap(true, Ordering::SeqCst) {
+                let theirs = secret_data([("kubeconfig", "the other writer's")]);
+                self.inner.overwrite(path, expected, &theirs).await?;
+            }
+            self.inner.overwrite(path, expected, data).await
+        }
+        async fn patch_metadata(
+            &self,
+            path: &SecretPath,
+            patch: &MetadataPatch,
+        ) -> Result<(), SecretsError> {
+            self.inner.patch_metadata(path, patch).await
+        }
+        async fn delete(&self, path: &SecretPath) -> Result<(), SecretsError> {
+            self.inner.delete(path).await
+        }
+        async fn destroy(&self, path: &SecretPath) -> Result<(), SecretsError> {
+            self.inner.destroy(path).await
+        }
+        async fn list(&self, dir: &SecretPath) -> Result<Vec<SecretPath>, SecretsError> {
+            self.inner.list(dir).await
+        }
+    }
+
+    fn current(read: ReadOutcome) -> crate::secrets::Stored {
+        match read {
+            ReadOutcome::Present(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn renewal_is_check_and_set_on_the_version_read_and_a_lost_race_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Racing {
+            inner: FileStore::open(dir.path()).unwrap(),
+            raced: AtomicBool::new(true),
+        };
+        let cluster = production();
+        let bundle = SecretsBundle::generate().unwrap();
+        let paths = SecretPaths::for_cluster(&Prefix::parse("kubernetes").unwrap(), &cluster.name);
+        let lifetime = Duration::from_secs(90);
+        // Stored 70 s ago for 90 s: 20 s left, inside the last third.
+        let old = OffsetDateTime::now_utc() - time::Duration::seconds(70);
+        let minted = mint(Credential::Kubeconfig, &cluster, &bundle, old, lifetime).unwrap();
+        store
+            .create(&paths.kubeconfig, &minted.data, &minted.metadata)
+            .await
+            .unwrap();
+        let renewer = Renewer {
+            store: &store,
+            paths: &paths,
+            cluster: &cluster,
+            bundle: &bundle,
+            lifetime,
+        };
+
+        let renewed = renewer
+            .renew(Credential::Kubeconfig, Condition::Due)
+            .await
+            .unwrap();
+        assert!(
+            matches!(renewed, Renewal::Renewed { from: 1, to: 2, .. }),
+            "{renewed:?}"
+        );
+        let now = current(store.read(&paths.kubeconfig).await.unwrap());
+        assert_eq!(now.version, 2);
+        assert!(!expiry(&now.custom_metadata, OffsetDateTime::now_utc()).due());
+        // Fresh: not due, nothing written.
+        assert_eq!(
+            renewer
+                .renew(Credential::Kubeconfig, Condition::Due)
+                .await
+                .unwrap(),
+            Renewal::NotNeeded { version: 2 }
+        );
+        // Issued after the request: a rotate request served again renews nothing.
+        let before = OffsetDateTime::now_utc() - time::Duration::seconds(60);
+        assert_eq!(
+            renewer
+                .renew(Credential::Kubeconfig, Condition::IssuedBefore(before))
+                .await
+                .unwrap(),
+            Renewal::NotNeeded { version: 2 }
+        );
+
+        // Another writer replaces version 2 after kiln read it: kiln's write is refused and it
+        // does not try again.
+        store.raced.store(false, Ordering::SeqCst);
+        let later = OffsetDateTime::now_utc() + time::Duration::seconds(1);
+        let lost = renewer
+            .renew(Credential::Kubeconfig, Condition::IssuedBefore(later))
+            .await
+            .unwrap();
+        assert_eq!(
+            lost,
+            Renewal::LostRace {
+                expected: 2,
+                current: Some(3)
+            }
+        );
+        let after = current(store.read(&paths.kubeconfig).await.unwrap());
+        assert_eq!(after.version, 3, "only the other writer's version");
+        assert_eq!(
+            after.data["kubeconfig"].expose(),
+            "the other writer's",
+            "kiln wrote nothing over it"
+        );
+
+        // Nothing stored: not kiln's to renew.
+        assert_eq!(
+            renewer
+                .renew(Credential::Talosconfig, Condition::Due)
+                .await
+                .unwrap(),
+            Renewal::NotStored
+        );
+    }
 
     fn meta(pairs: &[(&str, &str)]) -> CustomMetadata {
         pairs

@@ -361,6 +361,40 @@ mod tests {
     }
 
     #[test]
+    fn credentials_show_their_time_to_expiry_as_of_printing() {
+        let mut book = StatusBook::default();
+        let mut s = sample();
+        s.credentials.insert(
+            crate::reconcile::renewal::Credential::Kubeconfig,
+            CredentialStatus {
+                expires_at: "2026-12-01T01:00:00Z".into(),
+                issued_at: Some("2025-12-01T01:00:00Z".into()),
+                version: Some(2),
+                expires_in_seconds: None,
+            },
+        );
+        book.clusters.insert("production".into(), s);
+        // Stored without the time left: it would be stale when read.
+        let dir = tempfile::tempdir().unwrap();
+        book.save(dir.path()).unwrap();
+        let saved = std::fs::read_to_string(dir.path().join(StatusBook::FILE)).unwrap();
+        assert!(!saved.contains("expires_in_seconds"), "{saved}");
+        let now = time::macros::datetime!(2026-12-01 00:00 UTC);
+        let shown = book.clone().with_time_left(now);
+        let json = serde_json::to_value(&shown).unwrap();
+        assert_eq!(
+            json["clusters"]["production"]["credentials"]["kubeconfig"]["expires_in_seconds"],
+            3600
+        );
+        assert_eq!(
+            book.credentials_table(now),
+            "production: kubeconfig expires in 1h (2026-12-01T01:00:00Z)\n"
+        );
+        let later = time::macros::datetime!(2026-12-01 03:00 UTC);
+        assert!(book.credentials_table(later).contains("EXPIRED 2h ago"));
+    }
+
+    #[test]
     fn table_lists_each_cluster() {
         let mut book = StatusBook::default();
         book.clusters.insert("production".into(), sample());
