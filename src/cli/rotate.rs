@@ -14,6 +14,7 @@ use kiln::config::Config;
 use kiln::reconcile::records::Records;
 use kiln::reconcile::requests::{self, RotateReply, RotateRequest, Server};
 use kiln::reconcile::state_lock::{LockError, StateLock, this_command};
+use kiln::reconcile::status::StatusBook;
 use kiln::secrets::Prefix;
 use kiln::spec::ClusterName;
 
@@ -120,8 +121,16 @@ fn serve_here(config: &Config, _lock: StateLock) -> anyhow::Result<()> {
         };
         anyhow::Ok(server.serve_pending().await)
     })?;
+    // This process holds the lock: the status is its to update, as the daemon's would be.
+    let mut book = StatusBook::load(&config.state_dir).context("reading kiln's status")?;
+    let mut changed = false;
     for r in &replies {
         tracing::info!("{}", requests::summary(r));
+        changed |= requests::record_in(&mut book, r);
+    }
+    if changed {
+        book.save(&config.state_dir)
+            .context("saving kiln's status")?;
     }
     Ok(())
 }

@@ -304,7 +304,7 @@ impl Engine {
         report
     }
 
-    async fn serve_requests(&self) {
+    async fn serve_requests(&mut self) {
         let server = super::requests::Server {
             state_dir: &self.config.state_dir,
             store: self.ctx.ports.secrets.as_ref(),
@@ -312,13 +312,19 @@ impl Engine {
             records: &self.records,
             lifetime: self.config.talos.credential_lifetime,
         };
-        for reply in server.serve_pending().await {
+        let replies = server.serve_pending().await;
+        let mut changed = false;
+        for reply in &replies {
+            changed |= super::requests::record_in(&mut self.status, reply);
             if let Some(tx) = &self.ctx.progress {
                 let _ = tx.send(Progress {
                     cluster: reply.cluster.clone(),
-                    message: super::requests::summary(&reply),
+                    message: super::requests::summary(reply),
                 });
             }
+        }
+        if changed {
+            self.persist();
         }
     }
 

@@ -22,6 +22,7 @@ use super::policy::recorded_cluster;
 use super::records::Records;
 use super::renewal::{Condition, Credential, Renewal, RenewalError, Renewer};
 use super::state_file::rfc3339;
+use super::status::{CredentialStatus, StatusBook};
 use crate::secrets::{Prefix, SecretPaths, SecretStore};
 use crate::spec::ClusterName;
 
@@ -51,6 +52,8 @@ pub struct CredentialReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
 }
 
@@ -72,6 +75,30 @@ impl RotateReply {
     pub fn ok(&self) -> bool {
         self.error.is_none()
     }
+}
+
+/// Puts what a reply renewed into the cluster's status, so `kiln status` shows the new expiry before
+/// the next deep look.
+pub fn record_in(book: &mut StatusBook, reply: &RotateReply) -> bool {
+    let Some(status) = book.clusters.get_mut(&reply.cluster) else {
+        return false;
+    };
+    let mut changed = false;
+    for c in reply.credentials.iter().filter(|c| c.renewed) {
+        if let Some(expires_at) = &c.expires_at {
+            status.credentials.insert(
+                c.credential,
+                CredentialStatus {
+                    expires_at: expires_at.clone(),
+                    issued_at: c.issued_at.clone(),
+                    version: c.version,
+                    expires_in_seconds: None,
+                },
+            );
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// One line for a log or a terminal.
@@ -313,18 +340,27 @@ impl Server<'_> {
                 .await
                 .map_err(|e: RenewalError| format!("{which}: {e}"))?;
             tracing::info!(cluster = %name, "kiln rotate: {which}: {outcome}");
-            let (renewed, version, expires_at) = match &outcome {
-                Renewal::Renewed { to, expires_at, .. } => {
-                    (true, Some(*to), Some(expires_at.clone()))
-                }
-                Renewal::NotNeeded { version } => (false, Some(*version), None),
-                Renewal::NotStored | Renewal::LostRace { .. } => (false, None, None),
+            let (renewed, version, issued_at, expires_at) = match &outcome {
+                Renewal::Renewed {
+                    to,
+                    issued_at,
+                    expires_at,
+                    ..
+                } => (
+                    true,
+                    Some(*to),
+                    Some(issued_at.clone()),
+                    Some(expires_at.clone()),
+                ),
+                Renewal::NotNeeded { version } => (false, Some(*version), None, None),
+                Renewal::NotStored | Renewal::LostRace { .. } => (false, None, None, None),
             };
             reply.credentials.push(CredentialReply {
                 credential: which,
                 result: outcome.to_string(),
                 renewed,
                 version,
+                issued_at,
                 expires_at,
             });
         }

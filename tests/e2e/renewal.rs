@@ -211,6 +211,12 @@ async fn kiln_rotate_renews_both_now_once_without_and_with_a_daemon() {
         "each renewed once:\n{out}"
     );
     assert!(kc2.issued_at > kc.issued_at && tc2.issued_at > tc.issued_at);
+    // The status shows the new credentials at once, before any run looks again.
+    let (_, json) = world.status_json(Some(&c.name));
+    let json = json.expect("kiln status --format json");
+    for which in ["kubeconfig", "talosconfig"] {
+        assert_eq!(json["credentials"][which]["version"], 2, "{which}: {json}");
+    }
     // A fresh credential is not due: a run that looks deep leaves it.
     deep_run(&world, &c.name, "the run after kiln rotate");
     assert_eq!(stamps(&world, &c.name).await, (kc2.clone(), tc2.clone()));
