@@ -325,6 +325,7 @@ impl Renewer<'_> {
             }) => return Ok(Renewal::LostRace { expected, current }),
             Err(e) => return Err(e.into()),
         };
+        crate::testhook::reached("credential-renewed");
         let patch: MetadataPatch = minted
             .metadata
             .clone()

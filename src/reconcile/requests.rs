@@ -324,6 +324,11 @@ impl Server<'_> {
         let view = observe::secrets(self.store, &paths)
             .await
             .map_err(|e| format!("secret store: {e}"))?;
+        if view.observed.decommissioned {
+            return Err(format!(
+                "{name}'s secrets are retained from a decommission: they are not renewed"
+            ));
+        }
         let bundle = view.bundle.ok_or_else(|| {
             format!("the secrets bundle of {name} is not readable: nothing to mint from")
         })?;

@@ -280,3 +280,79 @@ async fn kiln_rotate_renews_both_now_once_without_and_with_a_daemon() {
         "a year left: {rec}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_killed_between_the_value_and_its_dates_is_finished_by_the_next_lock_holder() {
+    let (world, c) = converged("rotcrash", "8760h").await;
+    let (kc, tc) = stamps(&world, &c.name).await;
+
+    // kiln rotate (no daemon: it serves in process) stops right after the kubeconfig's new value,
+    // before its metadata; kill -9 there.
+    let stderr = world.dir.path().join("rotate-paused.stderr");
+    let mut child = kiln()
+        .args(["rotate", &c.name, "--config"])
+        .arg(&world.config)
+        .env("KILN_TEST_PAUSE_AT", "credential-renewed")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.trim() == "KILN PAUSED AT credential-renewed")
+        {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "kiln rotate exited before the pause:\n{text}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "kiln rotate did not pause:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let half = stamp(&world, &c.name, "kubeconfig").await;
+    assert_eq!(half.version, 2, "the new value was written");
+    assert_eq!(
+        (half.issued_at, half.expires_at),
+        (kc.issued_at, kc.expires_at),
+        "under the old dates"
+    );
+    assert_eq!(stamp(&world, &c.name, "talos").await, tc, "not reached");
+    assert!(
+        world
+            .state_dir
+            .join(format!("requests/rotate-{}.json", c.name))
+            .exists(),
+        "the request is still queued"
+    );
+
+    // The next process to hold the lock serves the queued request: the kubeconfig is renewed once
+    // more (its dates said "issued before the request"), the talosconfig once.
+    deep_run(&world, &c.name, "the run after the crash");
+    let (kc2, tc2) = stamps(&world, &c.name).await;
+    assert_eq!(
+        (kc2.version, tc2.version),
+        (3, 2),
+        "finished, nothing twice more"
+    );
+    assert!(kc2.issued_at > kc.issued_at && tc2.issued_at > tc.issued_at);
+    assert!(
+        !world
+            .state_dir
+            .join(format!("requests/rotate-{}.json", c.name))
+            .exists(),
+        "the request is answered"
+    );
+    deep_run(&world, &c.name, "a run after that");
+    assert_eq!(stamps(&world, &c.name).await, (kc2, tc2), "nothing more");
+    assert_credentials_work(&world, &c).await;
+}
