@@ -279,6 +279,17 @@ async fn kiln_rotate_renews_both_now_once_without_and_with_a_daemon() {
             .is_some_and(|s| s > 364 * 24 * 3600),
         "a year left: {rec}"
     );
+    let mut cmd = kiln();
+    cmd.args(["status", "--config"]).arg(&world.config);
+    let text = world.run_command(cmd);
+    assert!(text.success(), "{text}");
+    let line = format!("{}: kubeconfig expires in 11months", c.name);
+    assert!(
+        text.stdout.contains("credentials:\n")
+            && text.stdout.contains(&line)
+            && text.stdout.contains("; talosconfig expires in 11months"),
+        "kiln status (text) shows the time to expiry:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
