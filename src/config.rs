@@ -149,6 +149,10 @@ pub struct TalosConfig {
     /// likely causes (template image not nocloud, boot order, no route to the IP).
     #[serde(default = "d_boot_timeout", deserialize_with = "duration")]
     pub boot_timeout: Duration,
+    /// Life of the talosconfig and admin-kubeconfig certificates kiln mints and stores; they are
+    /// renewed once a third of it remains (DESIGN §5). Short values are for tests.
+    #[serde(default = "d_credential_lifetime", deserialize_with = "duration")]
+    pub credential_lifetime: Duration,
 }
 
 impl Default for TalosConfig {
@@ -156,12 +160,18 @@ impl Default for TalosConfig {
         Self {
             backend: TalosBackend::default(),
             boot_timeout: d_boot_timeout(),
+            credential_lifetime: d_credential_lifetime(),
         }
     }
 }
 
 fn d_boot_timeout() -> Duration {
     Duration::from_secs(600)
+}
+
+/// What Talos gives the credentials it mints: 8760 h.
+fn d_credential_lifetime() -> Duration {
+    Duration::from_secs(8760 * 3600)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -571,6 +581,13 @@ impl Config {
         if self.reconcile.concurrency == 0 {
             return Err("reconcile.concurrency must be at least 1".into());
         }
+        // Below this a credential would be due again before kiln's cycles could store and use it.
+        if self.talos.credential_lifetime < Duration::from_secs(30) {
+            return Err(format!(
+                "talos.credential_lifetime = {} is too short: at least 30s (default 8760h)",
+                humantime::format_duration(self.talos.credential_lifetime)
+            ));
+        }
         check_output_dir(&self.git.output_dir, &self.git.clusters_dir)?;
         check_no_credentials("git.url", &self.git.url)?;
         if let Some(url) = &self.argocd.repo_url {
@@ -808,6 +825,22 @@ token_file = "/run/credentials/kiln.service/vault-token"
         assert_eq!(c.argocd_vault_server(), "https://vault.lan:8200");
         assert_eq!(c.argocd_vault_mount(), "admin");
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn credential_lifetime_defaults_to_a_year_and_refuses_a_uselessly_short_one() {
+        let c = Config::parse(Path::new("kiln.toml"), MINIMAL).unwrap();
+        assert_eq!(
+            c.talos.credential_lifetime,
+            Duration::from_secs(8760 * 3600)
+        );
+        let with = |v: &str| format!("{MINIMAL}[talos]\ncredential_lifetime = \"{v}\"\n");
+        let c = Config::parse(Path::new("kiln.toml"), &with("90s")).unwrap();
+        assert_eq!(c.talos.credential_lifetime, Duration::from_secs(90));
+        let e = Config::parse(Path::new("kiln.toml"), &with("10s"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("credential_lifetime"), "{e}");
     }
 
     #[test]

@@ -41,6 +41,9 @@ enum Command {
     /// `--offline` decides from Git alone (the base revision stands for what is applied), as a pull
     /// request's CI check runs it. Writes nothing. Exit 0: no changes; 2: changes; 1: errors.
     Plan(cli::plan::Args),
+    /// Renew the stored kubeconfig and talosconfig of a cluster now (through the running daemon
+    /// when one holds the state folder). Exit 0 when served, 1 otherwise.
+    Rotate(cli::rotate::Args),
     /// Run a simulator of an external system.
     #[command(subcommand)]
     Sim(cli::sim::Command),
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Schema => cli::schema::exec(),
         Command::Render(args) => cli::render::exec(&args),
         Command::Plan(args) => cli::plan::exec(&args),
+        Command::Rotate(args) => cli::rotate::exec(&args),
         Command::Sim(command) => cli::sim::exec(command),
     }
 }

@@ -55,5 +55,7 @@ mod live_config;
 mod plan;
 #[path = "e2e/provision.rs"]
 mod provision;
+#[path = "e2e/renewal.rs"]
+mod renewal;
 #[path = "e2e/talos_real.rs"]
 mod talos_real;

@@ -7,6 +7,7 @@ pub mod logging;
 pub mod plan;
 pub mod ports;
 pub mod render;
+pub mod rotate;
 pub mod run;
 pub mod schema;
 pub mod sim;

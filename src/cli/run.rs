@@ -77,6 +77,14 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
                 None
             })
         };
+        // `kiln rotate` queues a request here; the watcher wakes the daemon to serve it at once.
+        let _requests = if once {
+            None
+        } else {
+            kiln::reconcile::requests::watch(&config.state_dir, trigger.clone())
+                .map_err(|e| tracing::warn!(error = %e, "cannot watch the request folder; serving requests at each poll"))
+                .ok()
+        };
         let state_dir = config.state_dir.clone();
         let mut engine = Engine::new(config, git, opened.ports.clone(), shutdown, Some(progress_logger()))
             .context("loading kiln's state")?;

@@ -28,13 +28,20 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
 
 pub fn status(config_path: &Path, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
+    let now = time::OffsetDateTime::now_utc();
+    // Time to expiry is worked out now: the daemon's last word may be hours old.
     let book = kiln::reconcile::status::StatusBook::load(&config.state_dir)
-        .with_context(|| format!("reading {}", config.state_dir.join("status.json").display()))?;
+        .with_context(|| format!("reading {}", config.state_dir.join("status.json").display()))?
+        .with_time_left(now);
     let Some(name) = name else {
         if json {
             println!("{}", serde_json::to_string_pretty(&book)?);
         } else {
             print!("{}", book.table());
+            let credentials = book.credentials_table(now);
+            if !credentials.is_empty() {
+                print!("\ncredentials:\n{credentials}");
+            }
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -59,6 +66,9 @@ pub fn status(config_path: &Path, name: Option<&str>, json: bool) -> anyhow::Res
     }
     if let Some(r) = &s.retry_at {
         println!("retry at: {r}");
+    }
+    for (which, c) in &s.credentials {
+        println!("{which:<12}{}", c.describe(now));
     }
     for c in &s.conditions {
         println!(

@@ -65,6 +65,8 @@ pub enum Action {
     StoreCredentials,
     /// Wait until every expected node is Ready by name.
     WaitHealthy,
+    /// Replace stored credentials in their last third of life (check-and-set on the version read).
+    RenewCredentials { kubeconfig: bool, talosconfig: bool },
     /// Scale-down: cordon and drain, leave etcd (control plane, confirmed by another member), delete
     /// the Kubernetes Node, then shut down and destroy the VM.
     RemoveNode {
@@ -155,6 +157,14 @@ impl fmt::Display for Action {
             }
             Action::StoreCredentials => write!(f, "store the kubeconfig and talosconfig"),
             Action::WaitHealthy => write!(f, "wait until every node is Ready"),
+            Action::RenewCredentials {
+                kubeconfig,
+                talosconfig,
+            } => match (kubeconfig, talosconfig) {
+                (true, true) => write!(f, "renew the stored kubeconfig and talosconfig"),
+                (true, false) => write!(f, "renew the stored kubeconfig"),
+                _ => write!(f, "renew the stored talosconfig"),
+            },
             Action::RemoveNode {
                 vmid, name, role, ..
             } => match role {

@@ -72,6 +72,7 @@ impl Action {
             | Action::ApplyConfig { .. }
             | Action::Bootstrap { .. }
             | Action::StoreCredentials
+            | Action::RenewCredentials { .. }
             | Action::WaitHealthy
             | Action::RetireSecrets { .. } => Disruption::None,
             Action::ResizeVm {

@@ -158,6 +158,7 @@ mod tests {
                 kubeconfig_stored: true,
                 talosconfig_stored: true,
                 decommissioned: false,
+                credentials: Default::default(),
             }),
             ..ObservedCluster::default()
         }

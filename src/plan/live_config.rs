@@ -104,6 +104,7 @@ mod tests {
                 kubeconfig_stored: true,
                 talosconfig_stored: true,
                 decommissioned: false,
+                credentials: Default::default(),
             }),
             nodes: Some(
                 c.nodes

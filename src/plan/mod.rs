@@ -7,6 +7,7 @@
 
 pub mod action;
 pub mod bootstrap;
+pub mod credentials;
 pub mod disruption;
 mod join;
 pub mod k8s_rollout;
@@ -18,6 +19,7 @@ pub mod version_path;
 use serde::Serialize;
 
 pub use action::{Action, Blocker, ClusterPlan, Effect, PlanKind, Report, Step};
+pub use credentials::{Expiry, StoredCredentials};
 pub use disruption::{Disruption, DisruptionSummary, OnlineChange};
 pub use live_config::{RunningConfig, RunningConfigs};
 pub use observed::{
@@ -244,6 +246,9 @@ pub fn converge(input: ConvergeInput<'_>) -> ClusterPlan {
             },
         ));
     }
+    // Last, and not an action WaitHealthy must follow: it touches no node.
+    plan.steps
+        .extend(observed.secrets.as_ref().and_then(credentials::renewal));
     plan
 }
 

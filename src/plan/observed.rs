@@ -75,6 +75,8 @@ pub struct SecretsObserved {
     pub talosconfig_stored: bool,
     /// `kiln-decommissioned-at`: a retired cluster of the same name; an operator must clear it.
     pub decommissioned: bool,
+    /// What is left of the stored credentials' lives (renewal: `plan::credentials`).
+    pub credentials: super::credentials::StoredCredentials,
 }
 
 /// A Talos node as seen on its own IP.

@@ -43,6 +43,7 @@ fn all_stored() -> SecretsObserved {
         kubeconfig_stored: true,
         talosconfig_stored: true,
         decommissioned: false,
+        credentials: Default::default(),
     }
 }
 
@@ -81,6 +82,7 @@ fn new_cluster_plans_the_whole_chain_in_order() {
             kubeconfig_stored: false,
             talosconfig_stored: false,
             decommissioned: false,
+            credentials: Default::default(),
         }),
         ..Default::default()
     };
@@ -455,6 +457,7 @@ fn a_new_cluster_disrupts_nothing_and_a_decommission_says_no_drain() {
             kubeconfig_stored: false,
             talosconfig_stored: false,
             decommissioned: false,
+            credentials: Default::default(),
         }),
         ..Default::default()
     };

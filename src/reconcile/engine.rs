@@ -78,6 +78,7 @@ impl Engine {
             drain_timeout: Duration::from_secs(300),
             wait_interval: Duration::from_secs(2),
             boot_timeout: config.talos.boot_timeout,
+            credential_lifetime: config.talos.credential_lifetime,
         };
         let backoff = Backoff::new(BackoffPolicy {
             initial: config.reconcile.retry_initial,
@@ -137,6 +138,8 @@ impl Engine {
 
     /// One pass of the loop. Never panics on a system being down: it reports and waits.
     pub async fn cycle(&mut self) -> CycleReport {
+        // `kiln rotate` asks the lock holder (DESIGN §7); served first, whatever Git says.
+        self.serve_requests().await;
         let mut git_error = None;
         if let Err(e) = self.git.poll().await {
             git_error = Some(format!("git: {e}"));
@@ -299,6 +302,30 @@ impl Engine {
             .retain(|name, _| intent.present(name) || records.clusters.contains_key(name.as_str()));
         self.persist();
         report
+    }
+
+    async fn serve_requests(&mut self) {
+        let server = super::requests::Server {
+            state_dir: &self.config.state_dir,
+            store: self.ctx.ports.secrets.as_ref(),
+            prefix: &self.ctx.settings.prefix,
+            records: &self.records,
+            lifetime: self.config.talos.credential_lifetime,
+        };
+        let replies = server.serve_pending().await;
+        let mut changed = false;
+        for reply in &replies {
+            changed |= super::requests::record_in(&mut self.status, reply);
+            if let Some(tx) = &self.ctx.progress {
+                let _ = tx.send(Progress {
+                    cluster: reply.cluster.clone(),
+                    message: super::requests::summary(reply),
+                });
+            }
+        }
+        if changed {
+            self.persist();
+        }
     }
 
     fn held_outcome(

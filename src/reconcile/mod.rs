@@ -17,6 +17,8 @@ pub mod policy;
 pub mod ports;
 pub mod preview;
 pub mod records;
+pub mod renewal;
+pub mod requests;
 pub mod state_file;
 pub mod state_lock;
 pub mod status;

@@ -132,6 +132,8 @@ pub struct SecretsView {
     /// The bundle is there but its custom metadata lacks the cluster-uid mirror: the writer died
     /// between the value and its metadata (two requests in KV v2). The caller repairs it.
     pub uid_mirror_missing: bool,
+    /// The stored credentials' dates, for the status.
+    pub credentials: super::renewal::CredentialTimes,
 }
 
 /// Reads the three paths (values and metadata). A read error is an error of the cycle (the store is
@@ -160,18 +162,22 @@ pub async fn secrets(
             Err(why) => (plan::BundleState::Unreadable(why), None),
         },
     };
+    let (stored_credentials, credentials) =
+        super::renewal::observe(&kubeconfig, &talos, time::OffsetDateTime::now_utc());
     let uid_mirror_missing = bundle.is_some()
         && bundle_read
             .custom_metadata()
             .is_none_or(|m| !m.contains_key(meta_keys::CLUSTER_UID));
     Ok(SecretsView {
         uid_mirror_missing,
+        credentials,
         observed: plan::SecretsObserved {
             bundle: state,
             bootstrapped,
             kubeconfig_stored: !kubeconfig.is_absent(),
             talosconfig_stored: !talos.is_absent(),
             decommissioned,
+            credentials: stored_credentials,
         },
         bundle,
     })
@@ -241,6 +247,8 @@ pub struct Observation {
     pub stages: BTreeMap<u32, String>,
     /// See `SecretsView::uid_mirror_missing`: a writer (the worker) repairs it; a preview does not.
     pub uid_mirror_missing: bool,
+    /// The stored credentials' dates when the look went deep (empty otherwise).
+    pub credentials: super::renewal::CredentialTimes,
 }
 
 /// The nodes whose Talos API a deep look asks: only kiln's own running VMs. A VM that is not kiln's
@@ -265,6 +273,7 @@ pub fn listing(inventory: &Inventory, cluster: &Cluster) -> Observation {
         bundle: None,
         stages: BTreeMap::new(),
         uid_mirror_missing: false,
+        credentials: Default::default(),
     }
 }
 
@@ -286,6 +295,7 @@ pub async fn cluster(
     let bootstrapped = view.observed.bootstrapped;
     out.observed.secrets = Some(view.observed);
     out.uid_mirror_missing = view.uid_mirror_missing;
+    out.credentials = view.credentials;
     out.bundle = view.bundle;
     let Some(loaded) = &out.bundle else {
         return Ok(out);

@@ -69,6 +69,7 @@ pub fn converged_observation(c: &Cluster) -> ObservedCluster {
             kubeconfig_stored: true,
             talosconfig_stored: true,
             decommissioned: false,
+            credentials: Default::default(),
         }),
         nodes: None,
         healthy: Some(true),
@@ -85,6 +86,7 @@ fn new_cluster_observation() -> ObservedCluster {
             kubeconfig_stored: false,
             talosconfig_stored: false,
             decommissioned: false,
+            credentials: Default::default(),
         }),
         ..Default::default()
     }

@@ -109,6 +109,53 @@ pub struct ClusterStatus {
     pub retry_at: Option<String>,
     /// RFC 3339 time of the last change of this record.
     pub updated_at: String,
+    /// The stored kubeconfig and talosconfig, as the last look at the store (or renewal) saw them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credentials: BTreeMap<super::renewal::Credential, CredentialStatus>,
+}
+
+/// One stored credential's dates (its custom metadata) for `kiln status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialStatus {
+    pub expires_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<String>,
+    /// The store's version of the path when seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Time to expiry when the status was printed (`kiln status` fills it in; never stored, it
+    /// would be stale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<i64>,
+}
+
+impl CredentialStatus {
+    /// Seconds until `expires_at` (negative once expired); `None` when it does not parse.
+    pub fn seconds_left(&self, now: time::OffsetDateTime) -> Option<i64> {
+        time::OffsetDateTime::parse(
+            &self.expires_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+        .map(|t| (t - now).whole_seconds())
+    }
+
+    /// `expires in 89days 23h (2027-…)` or `expired 2h ago (…)`.
+    pub fn describe(&self, now: time::OffsetDateTime) -> String {
+        match self.seconds_left(now) {
+            Some(s) if s >= 0 => format!(
+                "expires in {} ({})",
+                humantime::format_duration(std::time::Duration::from_secs(s as u64)),
+                self.expires_at
+            ),
+            Some(s) => format!(
+                "EXPIRED {} ago ({})",
+                humantime::format_duration(std::time::Duration::from_secs(s.unsigned_abs())),
+                self.expires_at
+            ),
+            None => format!("expires-at `{}` unreadable", self.expires_at),
+        }
+    }
 }
 
 impl ClusterStatus {
@@ -124,9 +171,17 @@ impl ClusterStatus {
             last_error: None,
             retry_at: None,
             updated_at: String::new(),
+            credentials: BTreeMap::new(),
         });
         s.updated_at = super::state_file::now_rfc3339();
         s
+    }
+
+    /// See [`StatusBook::with_time_left`].
+    pub fn fill_time_left(&mut self, now: time::OffsetDateTime) {
+        for c in self.credentials.values_mut() {
+            c.expires_in_seconds = c.seconds_left(now);
+        }
     }
 
     pub fn set_condition(&mut self, kind: &str, status: bool, reason: &str, message: &str) {
@@ -159,6 +214,28 @@ impl StatusBook {
     /// Written to a temporary file and renamed, so a reader never sees half a file.
     pub fn save(&self, state_dir: &Path) -> io::Result<()> {
         super::state_file::save(state_dir, Self::FILE, self)
+    }
+
+    /// Fills in each credential's `expires_in_seconds` as of `now`, for printing.
+    pub fn with_time_left(mut self, now: time::OffsetDateTime) -> Self {
+        for s in self.clusters.values_mut() {
+            s.fill_time_left(now);
+        }
+        self
+    }
+
+    /// One line per cluster with stored credentials: their time to expiry (`kiln status`).
+    pub fn credentials_table(&self, now: time::OffsetDateTime) -> String {
+        let mut out = String::new();
+        for s in self.clusters.values().filter(|s| !s.credentials.is_empty()) {
+            let parts: Vec<String> = s
+                .credentials
+                .iter()
+                .map(|(which, c)| format!("{which} {}", c.describe(now)))
+                .collect();
+            out.push_str(&format!("{}: {}\n", s.name, parts.join("; ")));
+        }
+        out
     }
 
     /// The table `kiln status` and `run --once` print.
@@ -241,6 +318,7 @@ mod tests {
             last_error: None,
             retry_at: None,
             updated_at: "2026-11-25T00:00:00Z".into(),
+            credentials: BTreeMap::new(),
         }
     }
 
@@ -280,6 +358,40 @@ mod tests {
         s.set_condition("Healthy", true, "AllReady", "5 of 5 Ready");
         assert_eq!(s.conditions.len(), 1);
         assert!(s.conditions[0].status);
+    }
+
+    #[test]
+    fn credentials_show_their_time_to_expiry_as_of_printing() {
+        let mut book = StatusBook::default();
+        let mut s = sample();
+        s.credentials.insert(
+            crate::reconcile::renewal::Credential::Kubeconfig,
+            CredentialStatus {
+                expires_at: "2026-12-01T01:00:00Z".into(),
+                issued_at: Some("2025-12-01T01:00:00Z".into()),
+                version: Some(2),
+                expires_in_seconds: None,
+            },
+        );
+        book.clusters.insert("production".into(), s);
+        // Stored without the time left: it would be stale when read.
+        let dir = tempfile::tempdir().unwrap();
+        book.save(dir.path()).unwrap();
+        let saved = std::fs::read_to_string(dir.path().join(StatusBook::FILE)).unwrap();
+        assert!(!saved.contains("expires_in_seconds"), "{saved}");
+        let now = time::macros::datetime!(2026-12-01 00:00 UTC);
+        let shown = book.clone().with_time_left(now);
+        let json = serde_json::to_value(&shown).unwrap();
+        assert_eq!(
+            json["clusters"]["production"]["credentials"]["kubeconfig"]["expires_in_seconds"],
+            3600
+        );
+        assert_eq!(
+            book.credentials_table(now),
+            "production: kubeconfig expires in 1h (2026-12-01T01:00:00Z)\n"
+        );
+        let later = time::macros::datetime!(2026-12-01 03:00 UTC);
+        assert!(book.credentials_table(later).contains("EXPIRED 2h ago"));
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Turn<'a> {
     /// Node number → when its VM was started, until its node first answers.
     pub started: BTreeMap<u32, OffsetDateTime>,
     pub notes: Vec<Note>,
+    /// Credentials a step renewed this turn, for the status.
+    pub credentials: super::renewal::CredentialTimes,
 }
 
 impl<'a> Turn<'a> {
@@ -64,6 +66,7 @@ impl<'a> Turn<'a> {
             stages: BTreeMap::new(),
             started: BTreeMap::new(),
             notes: Vec::new(),
+            credentials: Default::default(),
         }
     }
 
@@ -219,6 +222,7 @@ impl<'a> Turn<'a> {
             stages: BTreeMap::new(),
             started: self.started.clone(),
             notes: Vec::new(),
+            credentials: Default::default(),
         }
     }
 
@@ -229,6 +233,7 @@ impl<'a> Turn<'a> {
         for turn in forks {
             self.stages.extend(turn.stages);
             self.notes.extend(turn.notes);
+            self.credentials.extend(turn.credentials);
             for (n, t) in &turn.started {
                 if before.get(n) != Some(t) {
                     started.insert(*n, *t);

@@ -43,6 +43,8 @@ pub struct Settings {
     pub wait_interval: Duration,
     /// `[talos] boot_timeout`: a started VM whose node never answered by then gets a condition.
     pub boot_timeout: Duration,
+    /// `[talos] credential_lifetime`: the life of the kubeconfig and talosconfig kiln stores.
+    pub credential_lifetime: Duration,
 }
 
 /// A line of progress for people watching (`kiln demo`, `run --once` logs).
@@ -236,6 +238,7 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
             }
             turn.say("repaired the bundle's cluster-uid metadata (a write was cut short)");
         }
+        status.credentials = std::mem::take(&mut seen.credentials);
         turn.bundle = seen.bundle.take();
         turn.stages = std::mem::take(&mut seen.stages);
         record.deep_checked_at = Some(OffsetDateTime::now_utc());
@@ -294,6 +297,7 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     }
     turn.note_silent_nodes(cluster);
     record.started_at = turn.started.clone();
+    status.credentials.append(&mut turn.credentials);
     status.conditions.retain(|c| c.kind != BOOT_TIMEOUT);
     for note in &turn.notes {
         status.set_condition(note.kind, true, note.reason, &note.message);

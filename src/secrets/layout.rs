@@ -33,6 +33,9 @@ pub mod bundle_keys {
 pub mod meta_keys {
     /// On the kubeconfig and talosconfig paths: RFC 3339 time the stored client certificate expires.
     pub const EXPIRES_AT: &str = "expires-at";
+    /// On the kubeconfig and talosconfig paths: RFC 3339 time kiln minted the stored certificate;
+    /// with `expires-at` it gives the lifetime the certificate was issued with (renewal at a third).
+    pub const ISSUED_AT: &str = "issued-at";
     /// On the secrets path: RFC 3339 time etcd was bootstrapped; its presence forbids a second bootstrap.
     pub const BOOTSTRAPPED_AT: &str = "bootstrapped-at";
     /// On every path of a decommissioned cluster kept under `on_decommission = "retain"`; a cluster of

@@ -11,7 +11,6 @@ mod error;
 mod file;
 mod layout;
 mod port;
-mod rotation;
 mod types;
 mod vault;
 
@@ -22,7 +21,6 @@ pub use layout::{
     Prefix, SecretPath, SecretPaths, bundle_keys, kubeconfig_keys, meta_keys, talos_keys,
 };
 pub use port::{MetadataPatch, SecretStore};
-pub use rotation::{BadExpiry, CREDENTIAL_LIFETIME, Rotation, expires_at, rotation};
 pub use types::{
     CreateOutcome, CustomMetadata, Gone, ReadOutcome, SecretData, Stored, Version, secret_data,
 };

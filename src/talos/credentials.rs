@@ -190,7 +190,18 @@ pub fn talosconfig(
     bundle: &SecretsBundle,
     now: OffsetDateTime,
 ) -> Result<CredentialFile, PkiError> {
-    let client = mint_talos_client_cert(&bundle.os_ca, TalosRole::Admin, now, HUMAN_CERT_TTL)?;
+    talosconfig_for(cluster_name, control_plane_ips, bundle, now, HUMAN_CERT_TTL)
+}
+
+/// [`talosconfig`] with a certificate of `lifetime` (`[talos] credential_lifetime`).
+pub fn talosconfig_for(
+    cluster_name: &str,
+    control_plane_ips: &[IpAddr],
+    bundle: &SecretsBundle,
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<CredentialFile, PkiError> {
+    let client = mint_talos_client_cert(&bundle.os_ca, TalosRole::Admin, now, lifetime)?;
     let mut contexts = std::collections::BTreeMap::new();
     contexts.insert(
         cluster_name,
@@ -271,12 +282,23 @@ pub fn admin_kubeconfig(
     bundle: &SecretsBundle,
     now: OffsetDateTime,
 ) -> Result<CredentialFile, PkiError> {
+    admin_kubeconfig_for(cluster_name, endpoint, bundle, now, HUMAN_CERT_TTL)
+}
+
+/// [`admin_kubeconfig`] with a certificate of `lifetime` (`[talos] credential_lifetime`).
+pub fn admin_kubeconfig_for(
+    cluster_name: &str,
+    endpoint: &str,
+    bundle: &SecretsBundle,
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<CredentialFile, PkiError> {
     let client = mint_kubernetes_client_cert(
         &bundle.k8s_ca,
         "admin",
         "system:masters",
         now - KUBECONFIG_BACKDATE,
-        HUMAN_CERT_TTL,
+        lifetime,
     )?;
     let user = format!("admin@{cluster_name}");
     let doc = KubeconfigYaml {

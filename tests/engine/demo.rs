@@ -621,6 +621,7 @@ mod folder {
                 last_error: None,
                 retry_at: None,
                 updated_at: "2026-11-25T00:00:00Z".into(),
+                credentials: Default::default(),
             },
         );
         let report = demo.report(&book);

@@ -4,6 +4,7 @@
 //! anywhere resumes from observation (DESIGN.md §7 "Crash safety").
 
 mod join;
+mod credentials;
 mod kube;
 pub(super) mod live_config;
 mod secrets;
@@ -33,6 +34,10 @@ impl Turn<'_> {
                 Action::JoinControlPlane { number, .. } => self.join_control_plane(*number).await,
                 Action::StoreCredentials => self.store_credentials().await,
                 Action::WaitHealthy => self.wait_healthy().await,
+                Action::RenewCredentials {
+                    kubeconfig,
+                    talosconfig,
+                } => self.renew_credentials(*kubeconfig, *talosconfig).await,
                 Action::RemoveNode {
                     number,
                     role,

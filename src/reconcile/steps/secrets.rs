@@ -1,23 +1,16 @@
 //! Steps that drive the secret store: the bundle (check-and-set, never a second one), the stored
 //! credentials for people, and retiring a decommissioned cluster's paths.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-
 use time::OffsetDateTime;
 
 use crate::config::OnDecommission;
 use crate::reconcile::error::TurnError;
 use crate::reconcile::executor::{Flow, StepResult};
 use crate::reconcile::observe::{self, LoadedBundle};
-use crate::reconcile::state_file::rfc3339;
+use crate::reconcile::renewal::{self, Credential};
 use crate::reconcile::turn::Turn;
-use crate::redact::Secret;
-use crate::secrets::{
-    CreateOutcome, CustomMetadata, ReadOutcome, bundle_keys, bundle_record, kubeconfig_keys,
-    meta_keys, secret_data, talos_keys,
-};
-use crate::talos::{ClusterUid, SecretsBundle, credentials};
+use crate::secrets::{CreateOutcome, ReadOutcome, bundle_keys, bundle_record, secret_data};
+use crate::talos::{ClusterUid, SecretsBundle};
 
 impl Turn<'_> {
     pub(super) async fn generate_secrets(&mut self) -> StepResult {
@@ -65,52 +58,23 @@ impl Turn<'_> {
         let bundle = self.bundle()?.bundle.clone();
         let store = self.ctx.ports.secrets.clone();
         let now = OffsetDateTime::now_utc();
-        if store.read(&self.paths.kubeconfig).await?.is_absent() {
-            let endpoint = cluster.endpoint();
-            let kc = credentials::admin_kubeconfig(cluster.name.as_str(), &endpoint, &bundle, now)?;
-            let data = BTreeMap::from([
-                (
-                    kubeconfig_keys::KUBECONFIG.to_owned(),
-                    Secret::new(kc.yaml.expose()),
-                ),
-                (kubeconfig_keys::SERVER.to_owned(), Secret::new(&endpoint)),
-                (
-                    kubeconfig_keys::CA_CRT.to_owned(),
-                    Secret::new(bundle.k8s_ca.cert_pem()),
-                ),
-                (
-                    kubeconfig_keys::CLIENT_CRT.to_owned(),
-                    Secret::new(&kc.client.cert.cert_pem),
-                ),
-                (
-                    kubeconfig_keys::CLIENT_KEY.to_owned(),
-                    Secret::new(kc.client.cert.key_pem.expose()),
-                ),
-            ]);
-            let meta = CustomMetadata::from([(
-                meta_keys::EXPIRES_AT.to_owned(),
-                rfc3339(kc.client.not_after),
-            )]);
-            store.create(&self.paths.kubeconfig, &data, &meta).await?;
-            self.say(format!(
-                "stored the kubeconfig at {}",
-                self.paths.kubeconfig
-            ));
-            crate::testhook::reached("kubeconfig-stored");
-        }
-        if store.read(&self.paths.talos).await?.is_absent() {
-            let ips: Vec<IpAddr> = cluster.control_planes().map(|n| IpAddr::V4(n.ip)).collect();
-            let tc = credentials::talosconfig(cluster.name.as_str(), &ips, &bundle, now)?;
-            let data = BTreeMap::from([(
-                talos_keys::TALOSCONFIG.to_owned(),
-                Secret::new(tc.yaml.expose()),
-            )]);
-            let meta = CustomMetadata::from([(
-                meta_keys::EXPIRES_AT.to_owned(),
-                rfc3339(tc.client.not_after),
-            )]);
-            store.create(&self.paths.talos, &data, &meta).await?;
-            self.say(format!("stored the talosconfig at {}", self.paths.talos));
+        let lifetime = self.ctx.settings.credential_lifetime;
+        for which in Credential::BOTH {
+            let path = which.path(&self.paths).clone();
+            if !store.read(&path).await?.is_absent() {
+                continue;
+            }
+            let minted = renewal::mint(which, cluster, &bundle, now, lifetime)?;
+            // Created only if still absent: a concurrent writer's credential is kept as it is.
+            if let CreateOutcome::Created { version } =
+                store.create(&path, &minted.data, &minted.metadata).await?
+            {
+                self.credentials.insert(which, minted.status(version));
+            }
+            self.say(format!("stored the {which} at {path}"));
+            if which == Credential::Kubeconfig {
+                crate::testhook::reached("kubeconfig-stored");
+            }
         }
         Ok(Flow::Done)
     }
