@@ -53,6 +53,15 @@ pub trait TalosNode: Send + Sync {
     async fn services(&self) -> Result<Vec<ServiceInfo>, TalosError>;
     /// Graceful: a control plane leaves etcd before it wipes itself.
     async fn reset_graceful(&self, reboot: bool) -> Result<(), TalosError>;
+    /// The Talos tag the node runs (`Version` over mTLS).
+    async fn running_version(&self) -> Result<String, TalosError>;
+    /// The new upgrade flow (Talos ≥ v1.13): pull the installer, then install it (no reboot); the
+    /// deadline bounds each of the two streams.
+    async fn pull_and_install(&self, image: &str, deadline: Duration) -> Result<(), TalosError>;
+    /// The legacy `MachineService.Upgrade` with `preserve: true` (the EPHEMERAL partition, where
+    /// Longhorn keeps its data, stays); the node reboots by itself.
+    async fn legacy_upgrade(&self, image: &str) -> Result<(), TalosError>;
+    async fn reboot(&self) -> Result<(), TalosError>;
 }
 
 #[async_trait]
@@ -75,6 +84,23 @@ impl TalosNode for TalosClient {
 
     async fn reset_graceful(&self, reboot: bool) -> Result<(), TalosError> {
         self.reset(true, reboot).await.map(drop)
+    }
+
+    async fn running_version(&self) -> Result<String, TalosError> {
+        Ok(self.version().await?.tag)
+    }
+
+    async fn pull_and_install(&self, image: &str, deadline: Duration) -> Result<(), TalosError> {
+        let name = self.image_pull(image, deadline).await?;
+        self.lifecycle_upgrade(&name, deadline).await.map(drop)
+    }
+
+    async fn legacy_upgrade(&self, image: &str) -> Result<(), TalosError> {
+        self.upgrade(image, true).await.map(drop)
+    }
+
+    async fn reboot(&self) -> Result<(), TalosError> {
+        TalosClient::reboot(self).await.map(drop)
     }
 }
 
