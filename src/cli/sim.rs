@@ -10,11 +10,12 @@ pub enum Command {
     /// Each node starts in maintenance mode. Validates configs against the official schemas when
     /// KILN_REFERENCE_SCHEMAS names the schemas folder, else with kiln's built-in check.
     Talos {
-        /// ADDR[,uuid=UUID][,version=vX.Y.Z][,platform=NAME]; repeat for more nodes. `version=` is the
-        /// Talos the machine boots (its template's; default: the tag of the install image its first
-        /// config names), `platform=` what its image was built for (default nocloud; e.g. metal).
+        /// ADDR[,uuid=UUID][,version=vX.Y.Z][,platform=NAME][,fail-upgrade]; repeat for more nodes.
+        /// `version=` is the Talos the machine boots (its template's; default: the tag of the install
+        /// image its first config names), `platform=` what its image was built for (default nocloud;
+        /// e.g. metal), `fail-upgrade` makes it never come back from a reboot into another version.
         #[arg(long, required = true, num_args = 1..)]
-        listen: Vec<kiln::sim::talos::NodeSpec>,
+        listen: Vec<kiln::sim::talos::Listen>,
         /// Write every accepted machine config to DIR/<node-ip>.yaml.
         #[arg(long, value_name = "DIR")]
         dump_dir: Option<std::path::PathBuf>,
@@ -35,7 +36,7 @@ pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn sim_talos(
-    listen: Vec<kiln::sim::talos::NodeSpec>,
+    listen: Vec<kiln::sim::talos::Listen>,
     dump_dir: Option<std::path::PathBuf>,
     reboot_delay: std::time::Duration,
 ) -> anyhow::Result<ExitCode> {
@@ -56,7 +57,12 @@ fn sim_talos(
             validator: None,
             reboot_delay: Some(reboot_delay),
         };
-        let sim = kiln::sim::talos::SimTalos::start(&listen, options).await?;
+        let nodes: Vec<kiln::sim::talos::NodeSpec> =
+            listen.iter().map(|l| l.node.clone()).collect();
+        let sim = kiln::sim::talos::SimTalos::start(&nodes, options).await?;
+        for l in listen.iter().filter(|l| l.fail_upgrade) {
+            sim.fail_upgrades(l.node.addr);
+        }
         for addr in sim.addrs() {
             println!("talos node (maintenance) listening on {addr}");
         }

@@ -12,6 +12,7 @@ pub mod kube;
 pub mod pki;
 pub mod runtime;
 pub mod server;
+pub mod upgrade;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -79,6 +80,34 @@ impl std::str::FromStr for NodeSpec {
             }
         }
         Ok(spec)
+    }
+}
+
+/// One `kiln sim talos --listen` value: a machine, and whether it fails its upgrades
+/// (`ADDR[,…],fail-upgrade`: after a reboot into another version it never answers again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub node: NodeSpec,
+    pub fail_upgrade: bool,
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut fail_upgrade = false;
+        let rest: Vec<&str> = s
+            .split(',')
+            .filter(|p| {
+                let flag = *p == "fail-upgrade";
+                fail_upgrade |= flag;
+                !flag
+            })
+            .collect();
+        Ok(Listen {
+            node: rest.join(",").parse()?,
+            fail_upgrade,
+        })
     }
 }
 
@@ -234,6 +263,16 @@ pub(crate) fn reboot(shared: &Arc<Shared>, addr: SocketAddr, delay: Duration) {
         if shared.closed.load(std::sync::atomic::Ordering::SeqCst) || shared.listening(addr) {
             return;
         }
+        let broken = {
+            let mut fleet = shared.fleet.lock().expect("fleet lock");
+            let broken = fleet.nodes.get(&addr).is_some_and(|n| n.broken);
+            // Its Kubernetes Node follows the machine back (Ready again), or stays NotReady.
+            kube::sync(&mut fleet);
+            broken
+        };
+        if broken {
+            return;
+        }
         if let Err(e) = listen(&shared, addr) {
             tracing::error!(node = %addr, error = %e, "simulated Talos node did not come back from its reboot");
         }
@@ -327,6 +366,10 @@ impl SimTalos {
                     .unwrap_or_else(|| DEFAULT_PLATFORM.to_owned()),
                 down_until: None,
                 phase: Phase::Maintenance { tls },
+                pulled: Vec::new(),
+                staged: None,
+                fail_upgrade: false,
+                broken: false,
             },
         );
         self.addrs.push(addr);
@@ -389,6 +432,20 @@ impl SimTalos {
     pub fn applied_config(&self, addr: SocketAddr) -> Option<Vec<u8>> {
         let fleet = self.shared.fleet.lock().expect("fleet lock");
         fleet.nodes.get(&addr)?.configured().map(|c| c.raw.clone())
+    }
+
+    /// From now on a reboot of this node into another Talos version never comes back.
+    pub fn fail_upgrades(&self, addr: SocketAddr) {
+        if let Some(node) = self
+            .shared
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .nodes
+            .get_mut(&addr)
+        {
+            node.fail_upgrade = true;
+        }
     }
 
     /// The Talos version a node runs.
