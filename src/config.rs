@@ -149,6 +149,10 @@ pub struct TalosConfig {
     /// likely causes (template image not nocloud, boot order, no route to the IP).
     #[serde(default = "d_boot_timeout", deserialize_with = "duration")]
     pub boot_timeout: Duration,
+    /// How long a node gets to come back healthy (answering over mTLS with the new version, its
+    /// Kubernetes Node Ready) after a Talos upgrade; past it the rollout stops at that node.
+    #[serde(default = "d_upgrade_timeout", deserialize_with = "duration")]
+    pub upgrade_timeout: Duration,
 }
 
 impl Default for TalosConfig {
@@ -156,12 +160,17 @@ impl Default for TalosConfig {
         Self {
             backend: TalosBackend::default(),
             boot_timeout: d_boot_timeout(),
+            upgrade_timeout: d_upgrade_timeout(),
         }
     }
 }
 
 fn d_boot_timeout() -> Duration {
     Duration::from_secs(600)
+}
+
+fn d_upgrade_timeout() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -48,6 +48,12 @@ pub enum Disruption {
     },
     /// Decommission: the VM is destroyed without a drain, its cluster going as a whole.
     VmDestroyed { node: String, vmid: Vmid },
+    /// A Talos upgrade: the node is drained and reboots into the new version (`plan::upgrade`).
+    Upgrade {
+        node: String,
+        from: crate::spec::Version,
+        to: crate::spec::Version,
+    },
 }
 
 impl Action {
@@ -99,6 +105,11 @@ impl Action {
             Action::DestroyVm { vmid, name, .. } => Disruption::VmDestroyed {
                 node: name.clone(),
                 vmid: *vmid,
+            },
+            Action::UpgradeTalos { name, from, to, .. } => Disruption::Upgrade {
+                node: name.clone(),
+                from: *from,
+                to: *to,
             },
         }
     }
@@ -156,6 +167,9 @@ impl fmt::Display for Disruption {
                 f,
                 "destroys VM {vmid} {node} without a drain (the whole cluster goes)"
             ),
+            Disruption::Upgrade { node, from, to } => {
+                write!(f, "upgrades {node} {from} → {to} (reboot)")
+            }
         }
     }
 }
@@ -195,7 +209,7 @@ impl DisruptionSummary {
             match d {
                 Disruption::None => {}
                 Disruption::Online { .. } => s.online_disk_growths += 1,
-                Disruption::Reboot { .. } => s.reboots += 1,
+                Disruption::Reboot { .. } | Disruption::Upgrade { .. } => s.reboots += 1,
                 Disruption::NodeLeaves {
                     role: Role::ControlPlane,
                     ..

@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod disruption;
 pub mod observed;
 mod renumber;
+pub mod upgrade;
 
 use serde::Serialize;
 
@@ -223,6 +224,13 @@ pub fn converge(input: ConvergeInput<'_>) -> ClusterPlan {
             },
             format!("node {} is no longer in the file", vm.number),
         ));
+    }
+
+    if let Some(versions) = &observed.versions {
+        upgrade::plan_upgrades(&mut plan, desired, versions);
+        if !plan.blockers.is_empty() {
+            return plan;
+        }
     }
 
     let acted = !plan.steps.is_empty() || changed_anything;

@@ -100,4 +100,6 @@ pub struct ObservedCluster {
     pub nodes: Option<BTreeMap<u32, NodeState>>,
     /// Every expected node is Ready by name.
     pub healthy: Option<bool>,
+    /// The Talos versions the nodes run (deep observation), for upgrades.
+    pub versions: Option<super::upgrade::VersionsObserved>,
 }

@@ -53,6 +53,7 @@ fn converged(c: &Cluster) -> ObservedCluster {
         secrets: Some(all_stored()),
         nodes: None,
         healthy: None,
+        versions: None,
     }
 }
 

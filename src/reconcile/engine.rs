@@ -78,6 +78,7 @@ impl Engine {
             drain_timeout: Duration::from_secs(300),
             wait_interval: Duration::from_secs(2),
             boot_timeout: config.talos.boot_timeout,
+            upgrade_timeout: config.talos.upgrade_timeout,
         };
         let backoff = Backoff::new(BackoffPolicy {
             initial: config.reconcile.retry_initial,

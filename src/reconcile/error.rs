@@ -42,6 +42,22 @@ pub enum TurnError {
     Bootstrap(String),
     #[error("the address of {name} is unknown (no applied spec names it); remove it by hand")]
     LeavingAddressUnknown { name: String },
+    /// An upgraded node did not come back healthy in time: the rollout stops there (DESIGN §4).
+    #[error(
+        "{node} did not come back healthy within {waited} after upgrading to Talos {to} (last: {last}); \
+         the rollout stops here and kiln does not upgrade it again by itself: fix the node (its Talos \
+         API must answer running {to} and its Kubernetes Node be Ready) and kiln resumes, or change \
+         spec.talos.version"
+    )]
+    UpgradeUnhealthy {
+        node: String,
+        to: String,
+        waited: String,
+        last: String,
+    },
+    /// A node reported a Talos version kiln cannot read.
+    #[error("{0}")]
+    UnknownVersion(String),
     /// What a step needs but this turn has not got (its inputs change with the next observation).
     #[error("{0}")]
     Missing(Missing),
@@ -168,13 +184,16 @@ impl TurnError {
             },
             TurnError::ConfigRefused(_) => Some(Refusal::ConfigRefused),
             TurnError::BundleGone | TurnError::BundleUnreadable(_) => Some(Refusal::Bundle),
-            TurnError::LeavingAddressUnknown { .. } => Some(Refusal::NeedsAPerson),
+            TurnError::LeavingAddressUnknown { .. } | TurnError::UpgradeUnhealthy { .. } => {
+                Some(Refusal::NeedsAPerson)
+            }
             TurnError::Kube(_)
             | TurnError::Credentials(_)
             | TurnError::Bundle(_)
             | TurnError::MachineConfig(_)
             | TurnError::Task(_)
             | TurnError::Bootstrap(_)
+            | TurnError::UnknownVersion(_)
             | TurnError::Missing(_) => None,
         }
     }

@@ -72,6 +72,18 @@ pub fn converged_observation(c: &Cluster) -> ObservedCluster {
         }),
         nodes: None,
         healthy: Some(true),
+        // Offline, every node is taken to run the base revision's version: a changed
+        // spec.talos.version lists its hops from there.
+        versions: Some(plan::upgrade::VersionsObserved {
+            running: c
+                .nodes
+                .iter()
+                .map(|n| (n.number, c.spec.talos.version))
+                .collect(),
+            etcd_members: Some(c.control_planes().count()),
+            failed: None,
+            nodes_ready: Some(true),
+        }),
     }
 }
 

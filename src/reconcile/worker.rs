@@ -43,6 +43,8 @@ pub struct Settings {
     pub wait_interval: Duration,
     /// `[talos] boot_timeout`: a started VM whose node never answered by then gets a condition.
     pub boot_timeout: Duration,
+    /// `[talos] upgrade_timeout`: how long an upgraded node gets to come back healthy.
+    pub upgrade_timeout: Duration,
 }
 
 /// A line of progress for people watching (`kiln demo`, `run --once` logs).
@@ -243,7 +245,8 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
             record.cluster_uid = b.cluster_uid.parse().ok();
         }
     }
-    let observed = seen.observed;
+    let mut observed = seen.observed;
+    super::upgrade_record::attach(&mut record, &mut observed, &job.revision);
 
     let plan = plan::converge(ConvergeInput {
         desired: cluster,
@@ -267,6 +270,11 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
             &turn.stages,
             job.previous_status.as_ref(),
         );
+        super::upgrade_record::show_versions(
+            &mut status.nodes,
+            cluster,
+            &super::upgrade_record::versions_of(&observed),
+        );
         return Outcome {
             status,
             record: Some(record),
@@ -289,6 +297,8 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     let execution = executor(ctx, &name, &job.revision)
         .execute(&mut turn, &plan.steps)
         .await;
+    super::upgrade_record::after(&mut record, &execution, &job.revision);
+    let mut versions = super::upgrade_record::versions_of(&observed);
     if let Some(b) = &turn.bundle {
         record.cluster_uid = b.cluster_uid.parse().ok();
     }
@@ -305,6 +315,19 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         // The steps moved the machines on: report the stages they ended at.
         let all: Vec<&Node> = cluster.nodes.iter().collect();
         let states = observe::talos_states(ctx.ports.talos.as_ref(), &identity, &all).await;
+        if plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.action, Action::UpgradeTalos { .. }))
+        {
+            versions = super::upgrade_record::running_now(
+                ctx.ports.talos.as_ref(),
+                &identity,
+                &all,
+                &states,
+            )
+            .await;
+        }
         turn.stages = states.into_iter().map(|(n, (_, st))| (n, st)).collect();
     }
     status.nodes = node_statuses(
@@ -313,6 +336,7 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         &turn.stages,
         job.previous_status.as_ref(),
     );
+    super::upgrade_record::show_versions(&mut status.nodes, cluster, &versions);
     if !matches!(execution, Execution::Complete) {
         return unfinished_outcome(
             ctx.settings.wait_interval,
@@ -517,6 +541,8 @@ fn retry_at(until: Instant) -> String {
 
 fn phase_of(action: &Action, first_apply: bool, intent_changed: bool) -> Phase {
     match action {
+        // A rollout is an update even when it finishes a first apply or follows drift.
+        Action::UpgradeTalos { .. } => Phase::Updating,
         Action::DestroyVm { .. } | Action::RetireSecrets { .. } => Phase::Deleting,
         Action::GenerateSecrets
         | Action::CreateVm { .. }
@@ -560,6 +586,9 @@ fn node_statuses(
                 role: n.role.as_str().to_owned(),
                 vm_state: vm.map(|v| v.power).into(),
                 talos_stage: if vm.is_none() { "-".into() } else { stage },
+                talos_version: previous
+                    .and_then(|p| p.nodes.iter().find(|s| s.name == n.name))
+                    .and_then(|s| s.talos_version.clone()),
             }
         })
         .collect()

@@ -6,6 +6,7 @@
 mod kube;
 mod secrets;
 mod talos;
+mod upgrade;
 mod vm;
 
 use tracing::Instrument;
@@ -39,6 +40,7 @@ impl Turn<'_> {
                     self.destroy_vm(*number, *vmid, name).await
                 }
                 Action::RetireSecrets { destroy } => self.retire_secrets(*destroy).await,
+                Action::UpgradeTalos { number, to, .. } => self.upgrade_talos(*number, *to).await,
             }
         }
         .instrument(span)
