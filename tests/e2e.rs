@@ -53,3 +53,5 @@ mod plan;
 mod provision;
 #[path = "e2e/talos_real.rs"]
 mod talos_real;
+#[path = "e2e/upgrade.rs"]
+mod upgrade;
