@@ -7,6 +7,8 @@
 
 #[path = "talos_grpc/real.rs"]
 mod real;
+#[path = "talos_grpc/upgrade.rs"]
+mod upgrade;
 #[path = "talos_grpc/wire.rs"]
 mod wire;
 
