@@ -34,6 +34,10 @@ fn at_version(c: &ClusterFixture, version: &str) -> String {
 /// A world whose machines boot `OLD` (their template's Talos), converged at `OLD`; `fail` names
 /// the node whose upgrade never comes back.
 async fn converged_at_old(c: &ClusterFixture, fail: Option<u32>) -> World {
+    converged_at(c, OLD, fail).await
+}
+
+async fn converged_at(c: &ClusterFixture, old: &'static str, fail: Option<u32>) -> World {
     let failing = fail.map(|n| c.ip(n as u8));
     let world = World::start_with_nodes(vec![c.clone()], move |ip| {
         let flag = if Some(ip) == failing {
@@ -41,7 +45,7 @@ async fn converged_at_old(c: &ClusterFixture, fail: Option<u32>) -> World {
         } else {
             ""
         };
-        format!("{ip}:50000,version={OLD}{flag}")
+        format!("{ip}:50000,version={old}{flag}")
     })
     .await;
     let text = std::fs::read_to_string(&world.config).unwrap();
@@ -51,9 +55,9 @@ async fn converged_at_old(c: &ClusterFixture, fail: Option<u32>) -> World {
     );
     assert!(text.contains("upgrade_timeout"));
     std::fs::write(&world.config, text).unwrap();
-    world.push_file(&c.path(), &at_version(c, OLD), "Talos v1.12.11");
+    world.push_file(&c.path(), &at_version(c, old), "the template's Talos");
     let run = world.run_once();
-    assert!(run.success(), "provisioning {} at {OLD}:\n{run}", c.name);
+    assert!(run.success(), "provisioning {} at {old}:\n{run}", c.name);
     assert_converged(&world, c).await;
     world
 }
@@ -354,6 +358,15 @@ async fn a_node_that_does_not_come_back_stops_the_rollout_there() {
         "{record}"
     );
 
+    // `kiln plan` says the same before anything would move (exit 1: a blocker).
+    let plan = plan_text(&world);
+    assert_eq!(plan.code, Some(1), "{plan}");
+    assert!(
+        plan.stdout
+            .contains(&format!("{cp2} did not come back healthy")),
+        "{plan}"
+    );
+
     // The next run does not try it again: still Blocked, naming it, no new upgrade.
     let again = world.run_once_for(Duration::from_secs(30));
     assert!(!again.success(), "{again}");
@@ -363,5 +376,71 @@ async fn a_node_that_does_not_come_back_stops_the_rollout_there() {
         versions(&identity, &ips[2..]).await,
         vec![Some(OLD.to_owned()); 2],
         "the nodes after it are untouched"
+    );
+}
+
+/// A patch hop on nodes that serve the new API (v1.13.0 → v1.13.9): pull, install, kiln's own cordon,
+/// Reboot, uncordon, one node at a time; the legacy Upgrade is never used.
+#[tokio::test]
+async fn a_node_on_v1_13_is_upgraded_through_the_lifecycle_api_with_kiln_s_own_drain() {
+    let c = ClusterFixture::new("upgnew", 1, 1);
+    let world = converged_at(&c, "v1.13.0", None).await;
+    world.push_file(&c.path(), &c.yaml(), "Talos v1.13.9");
+    let run = world.run_once();
+    assert!(run.success(), "the upgrade run:\n{run}");
+
+    let log: Vec<String> = world.sim.log_text().lines().map(strip_colours).collect();
+    let of = |ip: Ipv4Addr| format!("node={ip}:50000");
+    assert!(
+        !log.iter().any(|l| l.contains("legacy upgrade")),
+        "the legacy API was used on v1.13.0 nodes:\n{}",
+        log.join("\n")
+    );
+    let mut previous_end = 0;
+    for w in c.wanted() {
+        let at = |what: &str| {
+            log.iter()
+                .position(|l| l.contains(what) && l.contains(&of(w.ip)))
+                .unwrap_or_else(|| panic!("{}: no {what:?} in\n{}", w.name, log.join("\n")))
+        };
+        let pulled = at("image pulled");
+        let installed = at("upgrade installed");
+        let rebooted = at("reboot: upgrading");
+        // The simulated Kubernetes API logs `node=<name>` for a cordon.
+        let cordon = log
+            .iter()
+            .position(|l| {
+                l.contains("node cordon set")
+                    && l.contains(&format!("node={}", w.name))
+                    && l.contains("unschedulable=true")
+            })
+            .unwrap_or_else(|| panic!("{} never cordoned:\n{}", w.name, log.join("\n")));
+        let uncordon = log
+            .iter()
+            .rposition(|l| {
+                l.contains("node cordon set")
+                    && l.contains(&format!("node={}", w.name))
+                    && l.contains("unschedulable=false")
+            })
+            .unwrap_or_else(|| panic!("{} never uncordoned:\n{}", w.name, log.join("\n")));
+        assert!(
+            previous_end < pulled
+                && pulled < installed
+                && installed < cordon
+                && cordon < rebooted
+                && rebooted < uncordon,
+            "{}: pull {pulled}, install {installed}, cordon {cordon}, reboot {rebooted}, uncordon {uncordon} \
+             (previous node done at {previous_end}):\n{}",
+            w.name,
+            log.join("\n")
+        );
+        previous_end = uncordon;
+    }
+    let talosconfig = stored(&world, &c.name, "talos", "talosconfig").await;
+    let (identity, _) = talos_identity(&talosconfig, &c);
+    let ips: Vec<Ipv4Addr> = c.wanted().iter().map(|w| w.ip).collect();
+    assert_eq!(
+        versions(&identity, &ips).await,
+        vec![Some(NEW.to_owned()); ips.len()]
     );
 }
