@@ -64,7 +64,8 @@ fn sim_talos(
             sim.fail_upgrades(l.node.addr);
         }
         for addr in sim.addrs() {
-            println!("talos node (maintenance) listening on {addr}");
+            let version = sim.version(*addr).unwrap_or_default();
+            println!("talos node (maintenance, {version}) listening on {addr}");
         }
         tokio::select! {
             _ = sim.wait() => {}
