@@ -80,22 +80,37 @@ async fn versions(identity: &ClientIdentity, ips: &[Ipv4Addr]) -> Vec<Option<Str
     futures::future::join_all(asks).await
 }
 
-/// Runs `kiln run --once` in the background and samples every node's version until it exits.
+/// The cluster's phase in kiln's status file, as the running kiln last saved it.
+fn phase_now(world: &World, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(world.state_dir.join("status.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    status_of(&json, name)?["phase"].as_str().map(str::to_owned)
+}
+
+/// Runs `kiln run --once` in the background and samples every node's version (and the cluster's
+/// phase in the status kiln saves) until it exits.
 async fn run_while_polling(
     world: &Arc<World>,
     identity: &ClientIdentity,
     ips: &[Ipv4Addr],
-) -> (Outcome, Vec<Vec<Option<String>>>) {
+) -> (Outcome, Vec<Vec<Option<String>>>, Vec<String>) {
     let w = world.clone();
     let run = tokio::task::spawn_blocking(move || w.run_once_for(Duration::from_secs(90)));
+    let name = world.clusters[0].name.clone();
     let mut samples = Vec::new();
+    let mut phases: Vec<String> = Vec::new();
     while !run.is_finished() {
         samples.push(versions(identity, ips).await);
+        if let Some(p) = phase_now(world, &name)
+            && phases.last() != Some(&p)
+        {
+            phases.push(p);
+        }
         // Sampling, not synchronisation: a reboot keeps a node silent for a second.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     samples.push(versions(identity, ips).await);
-    (run.await.unwrap(), samples)
+    (run.await.unwrap(), samples, phases)
 }
 
 /// The simulator's upgrade reboots in order, as (node IP, to) from its log lines
@@ -215,8 +230,13 @@ async fn talos_v1_12_to_v1_13_rolls_control_planes_first_one_node_at_a_time() {
         "control planes first, then the worker:\n{plan}"
     );
 
-    let (run, samples) = run_while_polling(&world, &identity, &ips).await;
+    let (run, samples, phases) = run_while_polling(&world, &identity, &ips).await;
     assert!(run.success(), "the upgrade run:\n{run}");
+    // While nodes were behind, the status kiln saved said Updating.
+    assert!(
+        phases.iter().any(|p| p == "Updating"),
+        "the status never said Updating during the rollout: {phases:?}"
+    );
 
     // Never two nodes silent at once.
     for s in &samples {
@@ -309,7 +329,7 @@ async fn a_node_that_does_not_come_back_stops_the_rollout_there() {
     let (identity, _) = talos_identity(&talosconfig, &c);
     world.push_file(&c.path(), &c.yaml(), "Talos v1.13.9");
 
-    let (run, samples) = run_while_polling(&world, &identity, &ips).await;
+    let (run, samples, _) = run_while_polling(&world, &identity, &ips).await;
     assert!(
         !run.success(),
         "a rollout stopped by a failed node exits non-zero:\n{run}"

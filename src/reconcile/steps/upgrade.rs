@@ -14,6 +14,8 @@
 //!    cycle does not upgrade it again blindly (`plan::upgrade::FailedUpgrade`).
 //!
 //! A re-run after a crash finds the node already at the hop's version and only finishes (uncordon).
+//! A node done ends the turn (`Flow::Wait`): the status shows the rollout (`Updating`, the versions)
+//! after every node, and the next node is planned from a fresh observation.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -91,7 +93,12 @@ impl Turn<'_> {
         self.wait_back(node, to, deadline).await?;
         kube.set_unschedulable(&node.name, false).await?;
         self.say(format!("{} runs Talos {to} and is Ready", node.name));
-        Ok(Flow::Done)
+        // One node per turn: the status is published (phase Updating, each node's version) and the
+        // rest of the rollout is planned again from a fresh look, not from the one made before it.
+        Ok(Flow::Wait(format!(
+            "{} runs Talos {to}; the rollout goes on from the next look",
+            node.name
+        )))
     }
 
     async fn drain_for_upgrade(
