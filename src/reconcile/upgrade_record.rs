@@ -66,11 +66,12 @@ pub fn versions_of(observed: &ObservedCluster) -> BTreeMap<u32, Version> {
 pub async fn running_now(
     talos: &dyn TalosPort,
     identity: &ClientIdentity,
-    nodes: &[&Node],
-    states: &BTreeMap<u32, (NodeState, String)>,
+    cluster: &Cluster,
 ) -> BTreeMap<u32, Version> {
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    let states = observe::talos_states(talos, identity, &nodes).await;
     let planned: BTreeMap<u32, NodeState> = states.iter().map(|(n, (s, _))| (*n, *s)).collect();
-    observe::versions::running(talos, identity, nodes, &planned).await
+    observe::versions::running(talos, identity, &nodes, &planned).await
 }
 
 /// Each node's row shows the version it was last seen running.

@@ -315,20 +315,17 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         // The steps moved the machines on: report the stages they ended at.
         let all: Vec<&Node> = cluster.nodes.iter().collect();
         let states = observe::talos_states(ctx.ports.talos.as_ref(), &identity, &all).await;
-        if plan
-            .steps
-            .iter()
-            .any(|s| matches!(s.action, Action::UpgradeTalos { .. }))
-        {
-            versions = super::upgrade_record::running_now(
-                ctx.ports.talos.as_ref(),
-                &identity,
-                &all,
-                &states,
-            )
-            .await;
-        }
         turn.stages = states.into_iter().map(|(n, (_, st))| (n, st)).collect();
+    }
+    if plan
+        .steps
+        .iter()
+        .any(|s| matches!(s.action, Action::UpgradeTalos { .. }))
+        && let Ok(identity) = turn.talos_identity()
+    {
+        // An upgrade ran (a rollout ends the turn after each node): show the versions it left.
+        versions =
+            super::upgrade_record::running_now(ctx.ports.talos.as_ref(), &identity, cluster).await;
     }
     status.nodes = node_statuses(
         cluster,

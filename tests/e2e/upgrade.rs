@@ -80,15 +80,26 @@ async fn versions(identity: &ClientIdentity, ips: &[Ipv4Addr]) -> Vec<Option<Str
     futures::future::join_all(asks).await
 }
 
-/// The cluster's phase in kiln's status file, as the running kiln last saved it.
-fn phase_now(world: &World, name: &str) -> Option<String> {
+/// The cluster's phase and its nodes' versions in kiln's status file, as the running kiln last
+/// saved it.
+fn status_now(world: &World, name: &str) -> Option<String> {
     let text = std::fs::read_to_string(world.state_dir.join("status.json")).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    status_of(&json, name)?["phase"].as_str().map(str::to_owned)
+    let record = status_of(&json, name)?;
+    let versions: Vec<&str> = record["nodes"]
+        .as_array()?
+        .iter()
+        .map(|n| n["talos_version"].as_str().unwrap_or("-"))
+        .collect();
+    Some(format!(
+        "{} {}",
+        record["phase"].as_str()?,
+        versions.join(" ")
+    ))
 }
 
 /// Runs `kiln run --once` in the background and samples every node's version (and the cluster's
-/// phase in the status kiln saves) until it exits.
+/// status as kiln saves it: `status_now`) until it exits.
 async fn run_while_polling(
     world: &Arc<World>,
     identity: &ClientIdentity,
@@ -101,7 +112,7 @@ async fn run_while_polling(
     let mut phases: Vec<String> = Vec::new();
     while !run.is_finished() {
         samples.push(versions(identity, ips).await);
-        if let Some(p) = phase_now(world, &name)
+        if let Some(p) = status_now(world, &name)
             && phases.last() != Some(&p)
         {
             phases.push(p);
@@ -232,10 +243,12 @@ async fn talos_v1_12_to_v1_13_rolls_control_planes_first_one_node_at_a_time() {
 
     let (run, samples, phases) = run_while_polling(&world, &identity, &ips).await;
     assert!(run.success(), "the upgrade run:\n{run}");
-    // While nodes were behind, the status kiln saved said Updating.
+    // While nodes were behind, the status kiln saved said Updating, and showed the rollout node by
+    // node: the first control plane on the new version while the others were not yet.
+    let midway = format!("Updating {NEW} {OLD} {OLD} {OLD}");
     assert!(
-        phases.iter().any(|p| p == "Updating"),
-        "the status never said Updating during the rollout: {phases:?}"
+        phases.contains(&midway),
+        "the status never said {midway:?} during the rollout: {phases:?}"
     );
 
     // Never two nodes silent at once.
