@@ -240,6 +240,40 @@ fn parse_version(tag: &str) -> Result<Version, TurnError> {
 mod tests {
     use super::*;
 
+    fn cluster(install_image: Option<&str>) -> Cluster {
+        let image = install_image
+            .map(|i| format!("    installImage: {i}\n"))
+            .unwrap_or_default();
+        let yaml = format!(
+            "apiVersion: kiln.dev/v1alpha1\nkind: Cluster\nmetadata:\n  name: c\nspec:\n  proxmox:\n    \
+             node: pve1\n    template: 9000\n    storage: local-lvm\n    bridge: vmbr0\n    vmidPrefix: 40\n  \
+             talos:\n    version: v1.13.9\n{image}  kubernetes:\n    version: v1.34.1\n  network:\n    \
+             vip: 10.0.0.10\n    gateway: 10.0.0.1\n    prefixLength: 24\n    nameservers: [10.0.0.1]\n  \
+             controlPlane:\n    resources: {{cores: 2, memoryGiB: 4, diskGiB: 20}}\n    nodes:\n      - {{ip: 10.0.0.11}}\n"
+        );
+        let doc: crate::spec::ClusterDocument = serde_yaml::from_str(&yaml).unwrap();
+        Cluster::expand(&doc).unwrap()
+    }
+
+    /// A hop through an older minor installs that minor's installer of the same schematic.
+    #[test]
+    fn the_installer_carries_the_hop_s_version() {
+        let hop: Version = "v1.12.11".parse().unwrap();
+        assert_eq!(
+            installer_image(&cluster(None), hop),
+            "factory.talos.dev/nocloud-installer/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba:v1.12.11"
+        );
+        assert_eq!(
+            installer_image(
+                &cluster(Some(
+                    "registry.lan:5000/factory/nocloud-installer/abc:v1.13.9"
+                )),
+                hop
+            ),
+            "registry.lan:5000/factory/nocloud-installer/abc:v1.12.11"
+        );
+    }
+
     #[test]
     fn the_api_follows_the_running_version() {
         assert!(!uses_new_api("v1.12.11".parse().unwrap()));
