@@ -10,10 +10,12 @@ pub enum Command {
     /// Each node starts in maintenance mode. Validates configs against the official schemas when
     /// KILN_REFERENCE_SCHEMAS names the schemas folder, else with kiln's built-in check.
     Talos {
-        /// ADDR[,uuid=UUID][,version=vX.Y.Z][,platform=NAME][,fail-upgrade]; repeat for more nodes.
-        /// `version=` is the Talos the machine boots (its template's; default: the tag of the install
-        /// image its first config names), `platform=` what its image was built for (default nocloud;
-        /// e.g. metal), `fail-upgrade` makes it never come back from a reboot into another version.
+        /// ADDR[,uuid=UUID][,version=vX.Y.Z][,platform=NAME][,installed][,fail-upgrade]; repeat for
+        /// more nodes. `version=` is the Talos the machine boots (its template's; default: the tag of
+        /// the install image its first config names), `platform=` what its image was built for
+        /// (default nocloud; e.g. metal), `installed` that its disk already holds Talos (a disk-image
+        /// template: the first config keeps the booted version), `fail-upgrade` that it never comes
+        /// back from a reboot into another version.
         #[arg(long, required = true, num_args = 1..)]
         listen: Vec<kiln::sim::talos::Listen>,
         /// Write every accepted machine config to DIR/<node-ip>.yaml.
@@ -60,8 +62,13 @@ fn sim_talos(
         let nodes: Vec<kiln::sim::talos::NodeSpec> =
             listen.iter().map(|l| l.node.clone()).collect();
         let sim = kiln::sim::talos::SimTalos::start(&nodes, options).await?;
-        for l in listen.iter().filter(|l| l.fail_upgrade) {
-            sim.fail_upgrades(l.node.addr);
+        for l in &listen {
+            if l.fail_upgrade {
+                sim.fail_upgrades(l.node.addr);
+            }
+            if l.installed {
+                sim.boot_installed(l.node.addr);
+            }
         }
         for addr in sim.addrs() {
             let version = sim.version(*addr).unwrap_or_default();

@@ -317,13 +317,11 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         let states = observe::talos_states(ctx.ports.talos.as_ref(), &identity, &all).await;
         turn.stages = states.into_iter().map(|(n, (_, st))| (n, st)).collect();
     }
-    if plan
-        .steps
-        .iter()
-        .any(|s| matches!(s.action, Action::UpgradeTalos { .. }))
+    if !plan.steps.is_empty()
         && let Ok(identity) = turn.talos_identity()
     {
-        // An upgrade ran (a rollout ends the turn after each node): show the versions it left.
+        // The steps moved the machines on (a rollout ends the turn after each node, a new node runs
+        // its template's version): show the versions they left.
         versions =
             super::upgrade_record::running_now(ctx.ports.talos.as_ref(), &identity, cluster).await;
     }

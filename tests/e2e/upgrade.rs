@@ -477,3 +477,55 @@ async fn a_node_on_v1_13_is_upgraded_through_the_lifecycle_api_with_kiln_s_own_d
         vec![Some(NEW.to_owned()); ips.len()]
     );
 }
+
+/// DESIGN §4: a node whose template is older than the spec (a disk image with Talos installed keeps
+/// the version it booted through its first config) is upgraded before the cluster counts as Ready.
+#[tokio::test]
+async fn nodes_booting_an_older_template_are_upgraded_before_the_cluster_is_ready() {
+    let c = ClusterFixture::new("upgboot", 1, 1);
+    let world = Arc::new(
+        World::start_with_nodes(vec![c.clone()], |ip| {
+            format!("{ip}:50000,version={OLD},installed")
+        })
+        .await,
+    );
+    let ips: Vec<Ipv4Addr> = c.wanted().iter().map(|w| w.ip).collect();
+    let w = world.clone();
+    let run = tokio::task::spawn_blocking(move || w.run_once_for(Duration::from_secs(90)));
+    let mut seen: Vec<String> = Vec::new();
+    while !run.is_finished() {
+        if let Some(s) = status_now(&world, &c.name)
+            && seen.last() != Some(&s)
+        {
+            seen.push(s);
+        }
+        // Sampling the status file kiln saves after each cycle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = run.await.unwrap();
+    assert!(run.success(), "provisioning from an older template:\n{run}");
+    assert!(
+        seen.iter()
+            .all(|s| !(s.starts_with("Ready") && s.contains(OLD))),
+        "Ready while a node ran {OLD}: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.contains(OLD)),
+        "the nodes were never seen on the template's {OLD}: {seen:?}"
+    );
+    let reboots = upgrade_reboots(&world);
+    let expected: Vec<(String, String)> = ips
+        .iter()
+        .map(|ip| (ip.to_string(), NEW.to_owned()))
+        .collect();
+    assert_eq!(reboots, expected, "{}", world.sim.log_text());
+    let talosconfig = stored(&world, &c.name, "talos", "talosconfig").await;
+    let (identity, _) = talos_identity(&talosconfig, &c);
+    assert_eq!(
+        versions(&identity, &ips).await,
+        vec![Some(NEW.to_owned()); ips.len()]
+    );
+    let (out, json) = world.status_json(Some(&c.name));
+    let json = json.unwrap_or_else(|| panic!("no JSON from kiln status:\n{out}"));
+    assert_eq!(status_of(&json, &c.name).unwrap()["phase"], "Ready");
+}

@@ -71,6 +71,9 @@ pub struct Node {
     pub fail_upgrade: bool,
     /// It did not come back (fail-upgrade): nothing answers, its Kubernetes Node stays NotReady.
     pub broken: bool,
+    /// Booted from a disk with Talos installed (a disk-image template): a first config runs no
+    /// installer, so the version stays the booted one.
+    pub installed: bool,
 }
 
 impl Node {

@@ -202,6 +202,7 @@ fn accept(
     }
     let node = fleet.node(addr)?;
     if matches!(node.phase, Phase::Maintenance { .. })
+        && !node.installed
         && let Some(tag) = cfg
             .install_image
             .as_deref()

@@ -83,30 +83,43 @@ impl std::str::FromStr for NodeSpec {
     }
 }
 
-/// One `kiln sim talos --listen` value: a machine, and whether it fails its upgrades
-/// (`ADDR[,…],fail-upgrade`: after a reboot into another version it never answers again).
+/// One `kiln sim talos --listen` value: a machine and two flags of its own.
+/// `fail-upgrade`: after a reboot into another version it never answers again. `installed`: its boot
+/// disk already holds Talos, as a nocloud disk image made into a template does, so its first config
+/// runs no installer and it keeps the version it booted (Talos v1.13.9
+/// `internal/app/machined/pkg/runtime/v1alpha1/v1alpha1_sequencer.go` `Install`: the install phases
+/// run only `if !r.State().Machine().Installed()`). Without it, a first config installs the image it
+/// names, as from an ISO.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listen {
     pub node: NodeSpec,
     pub fail_upgrade: bool,
+    pub installed: bool,
 }
 
 impl std::str::FromStr for Listen {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let mut fail_upgrade = false;
+        let (mut fail_upgrade, mut installed) = (false, false);
         let rest: Vec<&str> = s
             .split(',')
-            .filter(|p| {
-                let flag = *p == "fail-upgrade";
-                fail_upgrade |= flag;
-                !flag
+            .filter(|p| match *p {
+                "fail-upgrade" => {
+                    fail_upgrade = true;
+                    false
+                }
+                "installed" => {
+                    installed = true;
+                    false
+                }
+                _ => true,
             })
             .collect();
         Ok(Listen {
             node: rest.join(",").parse()?,
             fail_upgrade,
+            installed,
         })
     }
 }
@@ -370,6 +383,7 @@ impl SimTalos {
                 staged: None,
                 fail_upgrade: false,
                 broken: false,
+                installed: false,
             },
         );
         self.addrs.push(addr);
@@ -445,6 +459,21 @@ impl SimTalos {
             .get_mut(&addr)
         {
             node.fail_upgrade = true;
+        }
+    }
+
+    /// The machine's disk already holds Talos (`Listen::installed`): its first config keeps the
+    /// version it booted.
+    pub fn boot_installed(&self, addr: SocketAddr) {
+        if let Some(node) = self
+            .shared
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .nodes
+            .get_mut(&addr)
+        {
+            node.installed = true;
         }
     }
 
