@@ -91,8 +91,10 @@ impl TalosNode for TalosClient {
     }
 
     async fn pull_and_install(&self, image: &str, deadline: Duration) -> Result<(), TalosError> {
-        let name = self.image_pull(image, deadline).await?;
-        self.lifecycle_upgrade(&name, deadline).await.map(drop)
+        // The install names the reference as given, as talosctl v1.13.9 `upgradeViaLifecycleService`
+        // does (it passes `--image` to both calls, not the name Pull answers).
+        self.image_pull(image, deadline).await?;
+        self.lifecycle_upgrade(image, deadline).await.map(drop)
     }
 
     async fn legacy_upgrade(&self, image: &str) -> Result<(), TalosError> {
