@@ -153,6 +153,10 @@ pub struct TalosConfig {
     /// renewed once a third of it remains (DESIGN §5). Short values are for tests.
     #[serde(default = "d_credential_lifetime", deserialize_with = "duration")]
     pub credential_lifetime: Duration,
+    /// How long a node gets to come back healthy (answering over mTLS with the new version, its
+    /// Kubernetes Node Ready) after a Talos upgrade; past it the rollout stops at that node.
+    #[serde(default = "d_upgrade_timeout", deserialize_with = "duration")]
+    pub upgrade_timeout: Duration,
 }
 
 impl Default for TalosConfig {
@@ -161,6 +165,7 @@ impl Default for TalosConfig {
             backend: TalosBackend::default(),
             boot_timeout: d_boot_timeout(),
             credential_lifetime: d_credential_lifetime(),
+            upgrade_timeout: d_upgrade_timeout(),
         }
     }
 }
@@ -172,6 +177,10 @@ fn d_boot_timeout() -> Duration {
 /// What Talos gives the credentials it mints: 8760 h.
 fn d_credential_lifetime() -> Duration {
     Duration::from_secs(8760 * 3600)
+}
+
+fn d_upgrade_timeout() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -59,3 +59,5 @@ mod provision;
 mod renewal;
 #[path = "e2e/talos_real.rs"]
 mod talos_real;
+#[path = "e2e/upgrade.rs"]
+mod upgrade;

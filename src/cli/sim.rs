@@ -10,11 +10,14 @@ pub enum Command {
     /// Each node starts in maintenance mode. Validates configs against the official schemas when
     /// KILN_REFERENCE_SCHEMAS names the schemas folder, else with kiln's built-in check.
     Talos {
-        /// ADDR[,uuid=UUID][,version=vX.Y.Z][,platform=NAME]; repeat for more nodes. `version=` is the
-        /// Talos the machine boots (its template's; default: the tag of the install image its first
-        /// config names), `platform=` what its image was built for (default nocloud; e.g. metal).
+        /// ADDR[,uuid=UUID][,version=vX.Y.Z][,platform=NAME][,installed][,fail-upgrade]; repeat for
+        /// more nodes. `version=` is the Talos the machine boots (its template's; default: the tag of
+        /// the install image its first config names), `platform=` what its image was built for
+        /// (default nocloud; e.g. metal), `installed` that its disk already holds Talos (a disk-image
+        /// template: the first config keeps the booted version), `fail-upgrade` that it never comes
+        /// back from a reboot into another version.
         #[arg(long, required = true, num_args = 1..)]
-        listen: Vec<kiln::sim::talos::NodeSpec>,
+        listen: Vec<kiln::sim::talos::Listen>,
         /// Write every accepted machine config to DIR/<node-ip>.yaml.
         #[arg(long, value_name = "DIR")]
         dump_dir: Option<std::path::PathBuf>,
@@ -70,7 +73,7 @@ fn parse_refusal(s: &str) -> Result<(String, std::net::SocketAddr), String> {
 }
 
 fn sim_talos(
-    listen: Vec<kiln::sim::talos::NodeSpec>,
+    listen: Vec<kiln::sim::talos::Listen>,
     dump_dir: Option<std::path::PathBuf>,
     reboot_delay: std::time::Duration,
     learner_delay: std::time::Duration,
@@ -94,7 +97,9 @@ fn sim_talos(
             validator: None,
             reboot_delay: Some(reboot_delay),
         };
-        let sim = kiln::sim::talos::SimTalos::start(&listen, options).await?;
+        let nodes: Vec<kiln::sim::talos::NodeSpec> =
+            listen.iter().map(|l| l.node.clone()).collect();
+        let sim = kiln::sim::talos::SimTalos::start(&nodes, options).await?;
         sim.set_learner_delay(learner_delay);
         for (method, addr) in refuse {
             sim.refuse(*addr, method);
@@ -102,8 +107,17 @@ fn sim_talos(
         for addr in fail_leave {
             sim.fail_leave(*addr);
         }
+        for l in &listen {
+            if l.fail_upgrade {
+                sim.fail_upgrades(l.node.addr);
+            }
+            if l.installed {
+                sim.boot_installed(l.node.addr);
+            }
+        }
         for addr in sim.addrs() {
-            println!("talos node (maintenance) listening on {addr}");
+            let version = sim.version(*addr).unwrap_or_default();
+            println!("talos node (maintenance, {version}) listening on {addr}");
         }
         tokio::select! {
             _ = sim.wait() => {}

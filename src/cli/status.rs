@@ -77,13 +77,19 @@ pub fn status(config_path: &Path, name: Option<&str>, json: bool) -> anyhow::Res
         );
     }
     println!(
-        "{:<24} {:>9}  {:<15} {:<13} {:<9} TALOS",
-        "NODE", "VMID", "IP", "ROLE", "VM"
+        "{:<24} {:>9}  {:<15} {:<13} {:<9} {:<13} VERSION",
+        "NODE", "VMID", "IP", "ROLE", "VM", "TALOS"
     );
     for n in &s.nodes {
         println!(
-            "{:<24} {:>9}  {:<15} {:<13} {:<9} {}",
-            n.name, n.vmid, n.ip, n.role, n.vm_state, n.talos_stage
+            "{:<24} {:>9}  {:<15} {:<13} {:<9} {:<13} {}",
+            n.name,
+            n.vmid,
+            n.ip,
+            n.role,
+            n.vm_state,
+            n.talos_stage,
+            n.talos_version.as_deref().unwrap_or("-")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -81,6 +81,14 @@ pub enum Action {
         vmid: Vmid,
         name: String,
     },
+    /// Upgrade one node's Talos by one hop (DESIGN §4): drained, rebooted into `to`, back healthy
+    /// before the next step.
+    UpgradeTalos {
+        number: u32,
+        name: String,
+        from: crate::spec::Version,
+        to: crate::spec::Version,
+    },
     /// Decommission: mark the secrets retained (`kiln-decommissioned-at`) or destroy them.
     RetireSecrets { destroy: bool },
 }
@@ -178,6 +186,9 @@ impl fmt::Display for Action {
                 ),
             },
             Action::DestroyVm { vmid, name, .. } => write!(f, "stop and destroy VM {vmid} {name}"),
+            Action::UpgradeTalos { name, from, to, .. } => {
+                write!(f, "upgrade Talos on {name}: {from} → {to}")
+            }
             Action::RetireSecrets { destroy: false } => {
                 write!(f, "mark the cluster's secrets as decommissioned (retained)")
             }

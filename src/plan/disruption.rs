@@ -59,6 +59,12 @@ pub enum Disruption {
         role: Role,
         reboot: Option<bool>,
     },
+    /// A Talos upgrade: the node is drained and reboots into the new version (`plan::upgrade`).
+    Upgrade {
+        node: String,
+        from: crate::spec::Version,
+        to: crate::spec::Version,
+    },
 }
 
 impl Action {
@@ -122,6 +128,11 @@ impl Action {
                 node: name.clone(),
                 role: *role,
                 reboot: *reboot,
+            },
+            Action::UpgradeTalos { name, from, to, .. } => Disruption::Upgrade {
+                node: name.clone(),
+                from: *from,
+                to: *to,
             },
         }
     }
@@ -203,6 +214,9 @@ impl fmt::Display for Disruption {
                     "re-applies the config of {node}; its dry run decides whether it reboots (then drained first)"
                 ),
             },
+            Disruption::Upgrade { node, from, to } => {
+                write!(f, "upgrades {node} {from} → {to} (reboot)")
+            }
         }
     }
 }
@@ -251,7 +265,7 @@ impl DisruptionSummary {
             match d {
                 Disruption::None => {}
                 Disruption::Online { .. } => s.online_disk_growths += 1,
-                Disruption::Reboot { .. } => s.reboots += 1,
+                Disruption::Reboot { .. } | Disruption::Upgrade { .. } => s.reboots += 1,
                 Disruption::NodeLeaves {
                     role: Role::ControlPlane,
                     ..

@@ -114,6 +114,7 @@ mod tests {
             ),
             healthy: Some(true),
             running_configs: Some(configs),
+            versions: None,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod live_config;
 pub mod observed;
 mod renumber;
 pub mod version_path;
+pub mod upgrade;
 
 use serde::Serialize;
 
@@ -233,6 +234,13 @@ pub fn converge(input: ConvergeInput<'_>) -> ClusterPlan {
             },
             format!("node {} is no longer in the file", vm.number),
         ));
+    }
+
+    if let Some(versions) = &observed.versions {
+        upgrade::plan_upgrades(&mut plan, desired, versions);
+        if !plan.blockers.is_empty() {
+            return plan;
+        }
     }
 
     let acted = !plan.steps.is_empty() || changed_anything;

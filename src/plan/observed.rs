@@ -104,4 +104,6 @@ pub struct ObservedCluster {
     pub healthy: Option<bool>,
     /// The config each configured node runs, compared with the rendered one (deep looks only).
     pub running_configs: Option<super::RunningConfigs>,
+    /// The Talos versions the nodes run (deep observation), for upgrades.
+    pub versions: Option<super::upgrade::VersionsObserved>,
 }

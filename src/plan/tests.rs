@@ -55,6 +55,7 @@ fn converged(c: &Cluster) -> ObservedCluster {
         nodes: None,
         healthy: None,
         running_configs: None,
+        versions: None,
     }
 }
 

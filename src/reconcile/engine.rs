@@ -79,6 +79,7 @@ impl Engine {
             wait_interval: Duration::from_secs(2),
             boot_timeout: config.talos.boot_timeout,
             credential_lifetime: config.talos.credential_lifetime,
+            upgrade_timeout: config.talos.upgrade_timeout,
         };
         let backoff = Backoff::new(BackoffPolicy {
             initial: config.reconcile.retry_initial,

@@ -51,6 +51,22 @@ pub enum TurnError {
         #[source]
         source: Box<TurnError>,
     },
+    /// An upgraded node did not come back healthy in time: the rollout stops there (DESIGN §4).
+    #[error(
+        "{node} did not come back healthy within {waited} after upgrading to Talos {to} (last: {last}); \
+         the rollout stops here and kiln does not upgrade it again by itself: fix the node (its Talos \
+         API must answer running {to} and its Kubernetes Node be Ready; it is left cordoned: uncordon \
+         it once it is sound) and kiln resumes, or change spec.talos.version"
+    )]
+    UpgradeUnhealthy {
+        node: String,
+        to: String,
+        waited: String,
+        last: String,
+    },
+    /// A node reported a Talos version kiln cannot read.
+    #[error("{0}")]
+    UnknownVersion(String),
     /// What a step needs but this turn has not got (its inputs change with the next observation).
     #[error("{0}")]
     Missing(Missing),
@@ -177,7 +193,9 @@ impl TurnError {
             },
             TurnError::ConfigRefused(_) => Some(Refusal::ConfigRefused),
             TurnError::BundleGone | TurnError::BundleUnreadable(_) => Some(Refusal::Bundle),
-            TurnError::LeavingAddressUnknown { .. } => Some(Refusal::NeedsAPerson),
+            TurnError::LeavingAddressUnknown { .. } | TurnError::UpgradeUnhealthy { .. } => {
+                Some(Refusal::NeedsAPerson)
+            }
             TurnError::LeaveFailed { source, .. } => source.refusal(),
             // A node that did not come back from its reboot: no other node reboots after it.
             TurnError::LiveConfig(e) => e.is_not_back().then_some(Refusal::NeedsAPerson),
@@ -187,6 +205,7 @@ impl TurnError {
             | TurnError::MachineConfig(_)
             | TurnError::Task(_)
             | TurnError::Bootstrap(_)
+            | TurnError::UnknownVersion(_)
             | TurnError::Missing(_) => None,
         }
     }

@@ -46,6 +46,7 @@ pub fn action_key(a: &Action) -> String {
         Action::RemoveNode { vmid, .. } => format!("remove-node {vmid}"),
         Action::DestroyVm { vmid, .. } => format!("destroy-vm {vmid}"),
         Action::RetireSecrets { .. } => "retire-secrets".into(),
+        Action::UpgradeTalos { name, to, .. } => format!("upgrade-talos {name} {to}"),
     }
 }
 

@@ -24,6 +24,7 @@ pub mod state_lock;
 pub mod status;
 mod steps;
 pub mod turn;
+mod upgrade_record;
 pub mod worker;
 
 pub use engine::{CycleReport, Engine};

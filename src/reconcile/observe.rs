@@ -303,29 +303,48 @@ pub async fn cluster(
     let identity = talos_identity(&loaded.bundle)?;
     let running = talos_candidates(&out.observed, cluster);
     let states = talos_states(ports.talos.as_ref(), &identity, &running).await;
-    out.observed.nodes = Some(states.iter().map(|(n, (s, _))| (*n, *s)).collect());
-    if let Some(nodes) = &out.observed.nodes {
-        let configs = live_config::running_configs(
-            ports.talos.as_ref(),
-            &identity,
-            cluster,
-            &loaded.bundle,
-            nodes,
-        );
-        out.observed.running_configs = Some(configs.await);
-    }
+    let planned: BTreeMap<u32, NodeState> = states.iter().map(|(n, (s, _))| (*n, *s)).collect();
+    let mut seen = plan::upgrade::VersionsObserved {
+        running: versions::running(ports.talos.as_ref(), &identity, &running, &planned).await,
+        ..Default::default()
+    };
+    // Configs are compared in the contract every node understands: the spec's once every node
+    // runs its minor, the lowest running version's meanwhile (DESIGN §4).
+    let version = live_config::contract_version(cluster, &seen.running);
+    let configs = live_config::running_configs(
+        ports.talos.as_ref(),
+        &identity,
+        cluster,
+        &loaded.bundle,
+        &planned,
+        version,
+    );
+    out.observed.running_configs = Some(configs.await);
+    out.observed.nodes = Some(planned);
     out.stages = states.into_iter().map(|(n, (_, st))| (n, st)).collect();
     if bootstrapped {
         let expected: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
-        let healthy = match kube_api(ports, cluster, &loaded.bundle).await {
+        let ready = match kube_api(ports, cluster, &loaded.bundle).await {
             Some(k) => k
                 .node_readiness(&expected)
                 .await
                 .is_ok_and(|r| r.all_ready()),
             None => false,
         };
-        out.observed.healthy = Some(healthy);
+        let cps: Vec<&Node> = running
+            .iter()
+            .copied()
+            .filter(|n| n.role == crate::spec::Role::ControlPlane)
+            .collect();
+        let states = out.observed.nodes.as_ref().expect("set above");
+        seen.etcd_members =
+            versions::etcd_members(ports.talos.as_ref(), &identity, &cps, states).await;
+        seen.nodes_ready = Some(ready);
+        // A node on another Talos than the spec's is never Ready (DESIGN §4).
+        let target = cluster.spec.talos.version;
+        out.observed.healthy = Some(ready && seen.running.values().all(|v| *v == target));
     }
+    out.observed.versions = Some(seen);
     Ok(out)
 }
 
@@ -384,6 +403,8 @@ pub async fn kube_api(
     }
     None
 }
+
+pub mod versions;
 
 #[cfg(test)]
 mod tests;

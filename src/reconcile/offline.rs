@@ -75,6 +75,18 @@ pub fn converged_observation(c: &Cluster) -> ObservedCluster {
         healthy: Some(true),
         // Offline nothing reads a node's config: taken as the rendered one.
         running_configs: None,
+        // Offline, every node is taken to run the base revision's version: a changed
+        // spec.talos.version lists its hops from there.
+        versions: Some(plan::upgrade::VersionsObserved {
+            running: c
+                .nodes
+                .iter()
+                .map(|n| (n.number, c.spec.talos.version))
+                .collect(),
+            etcd_members: Some(c.control_planes().count()),
+            failed: None,
+            nodes_ready: Some(true),
+        }),
     }
 }
 
@@ -201,6 +213,41 @@ mod tests {
             .find(|c| c.cluster.as_str() == "production")
             .unwrap();
         assert!(production.is_noop(), "{production}");
+    }
+
+    /// Offline, no node's version can be seen: the hops are listed from the base revision's version.
+    #[test]
+    fn a_talos_bump_lists_each_node_of_each_hop_from_the_base_version() {
+        let older = PRODUCTION.replace("v1.13.9", "v1.11.6");
+        let base = load(&[("clusters/production.yaml", older.as_str())]);
+        let head = load(&[("clusters/production.yaml", PRODUCTION)]);
+        let p = plan_change(&base, &head, false);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(p.exit_code(), 2);
+        let production = &p.plan.clusters[0];
+        let lines: Vec<String> = production
+            .steps
+            .iter()
+            .filter(|s| matches!(s.action, Action::UpgradeTalos { .. }))
+            .map(|s| s.action.disruption().to_string())
+            .collect();
+        let names = ["cp-1", "cp-2", "cp-3", "wk-4", "wk-5"];
+        let mut expected: Vec<String> = names
+            .iter()
+            .map(|n| format!("upgrades production-{n} v1.11.6 → v1.12.11 (reboot)"))
+            .collect();
+        expected.extend(
+            names
+                .iter()
+                .map(|n| format!("upgrades production-{n} v1.12.11 → v1.13.9 (reboot)")),
+        );
+        assert_eq!(lines, expected);
+        assert!(
+            production
+                .to_string()
+                .contains("upgrades production-cp-1 v1.12.11 → v1.13.9 (reboot)"),
+            "{production}"
+        );
     }
 
     #[test]

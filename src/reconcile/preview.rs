@@ -60,10 +60,14 @@ pub async fn preview(
         let cluster = &v.cluster;
         let paths = SecretPaths::for_cluster(&prefix, &cluster.name);
         // The worker's own deep look: secrets, Talos on kiln's running VMs only, Kubernetes health.
-        let observed = observe::cluster(ports, &inventory, &paths, cluster, Depth::Deep)
+        let mut observed = observe::cluster(ports, &inventory, &paths, cluster, Depth::Deep)
             .await
             .map_err(|e| e.report())?
             .observed;
+        // A node that failed its upgrade blocks the plan as it blocks the daemon (read only here).
+        if let Some(r) = records.clusters.get(name) {
+            super::upgrade_record::attach(&mut r.clone(), &mut observed, &v.revision);
+        }
         let previous = previous_of(records, name);
         let applied = records
             .clusters

@@ -44,6 +44,11 @@ pub struct ClusterRecord {
         with = "rfc3339_map"
     )]
     pub started_at: BTreeMap<u32, OffsetDateTime>,
+    /// A node that did not come back healthy from a Talos upgrade: the rollout stays stopped (the
+    /// plan is `Blocked` naming it) until the node is seen healthy on that version or the intent
+    /// changes, so a restart does not upgrade it again blindly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_upgrade: Option<crate::plan::upgrade::FailedUpgrade>,
 }
 
 /// `started_at`'s values in the same RFC 3339 text as the other timestamps.

@@ -92,6 +92,9 @@ pub struct NodeStatus {
     pub vm_state: VmState,
     /// Talos stage as last seen (`maintenance`, `running`, `unreachable`, …).
     pub talos_stage: String,
+    /// The Talos version the node runs, as last seen over mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub talos_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,6 +316,7 @@ mod tests {
                 role: "controlplane".into(),
                 vm_state: VmState::Running,
                 talos_stage: "running".into(),
+                talos_version: Some("v1.13.9".into()),
             }],
             last_applied_revision: Some("0123456789abcdef".into()),
             last_error: None,

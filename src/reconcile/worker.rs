@@ -45,6 +45,8 @@ pub struct Settings {
     pub boot_timeout: Duration,
     /// `[talos] credential_lifetime`: the life of the kubeconfig and talosconfig kiln stores.
     pub credential_lifetime: Duration,
+    /// `[talos] upgrade_timeout`: how long an upgraded node gets to come back healthy.
+    pub upgrade_timeout: Duration,
 }
 
 /// A line of progress for people watching (`kiln demo`, `run --once` logs).
@@ -246,7 +248,8 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
             record.cluster_uid = b.cluster_uid.parse().ok();
         }
     }
-    let observed = seen.observed;
+    let mut observed = seen.observed;
+    super::upgrade_record::attach(&mut record, &mut observed, &job.revision);
 
     let plan = plan::converge(ConvergeInput {
         desired: cluster,
@@ -270,6 +273,11 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
             &turn.stages,
             job.previous_status.as_ref(),
         );
+        super::upgrade_record::show_versions(
+            &mut status.nodes,
+            cluster,
+            &super::upgrade_record::versions_of(&observed),
+        );
         return Outcome {
             status,
             record: Some(record),
@@ -292,6 +300,8 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
     let execution = executor(ctx, &name, &job.revision)
         .execute(&mut turn, &plan.steps)
         .await;
+    super::upgrade_record::after(&mut record, &execution, &job.revision);
+    let mut versions = super::upgrade_record::versions_of(&observed);
     if let Some(b) = &turn.bundle {
         record.cluster_uid = b.cluster_uid.parse().ok();
     }
@@ -311,12 +321,21 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         let states = observe::talos_states(ctx.ports.talos.as_ref(), &identity, &all).await;
         turn.stages = states.into_iter().map(|(n, (_, st))| (n, st)).collect();
     }
+    if !plan.steps.is_empty()
+        && let Ok(identity) = turn.talos_identity()
+    {
+        // The steps moved the machines on (a rollout ends the turn after each node, a new node runs
+        // its template's version): show the versions they left.
+        versions =
+            super::upgrade_record::running_now(ctx.ports.talos.as_ref(), &identity, cluster).await;
+    }
     status.nodes = node_statuses(
         cluster,
         &observed,
         &turn.stages,
         job.previous_status.as_ref(),
     );
+    super::upgrade_record::show_versions(&mut status.nodes, cluster, &versions);
     if !matches!(execution, Execution::Complete) {
         return unfinished_outcome(
             ctx.settings.wait_interval,
@@ -532,6 +551,8 @@ fn retry_at(until: Instant) -> String {
 
 fn phase_of(action: &Action, first_apply: bool, intent_changed: bool) -> Phase {
     match action {
+        // A rollout is an update even when it finishes a first apply or follows drift.
+        Action::UpgradeTalos { .. } => Phase::Updating,
         Action::DestroyVm { .. } | Action::RetireSecrets { .. } => Phase::Deleting,
         Action::GenerateSecrets
         | Action::CreateVm { .. }
@@ -575,6 +596,9 @@ fn node_statuses(
                 role: n.role.as_str().to_owned(),
                 vm_state: vm.map(|v| v.power).into(),
                 talos_stage: if vm.is_none() { "-".into() } else { stage },
+                talos_version: previous
+                    .and_then(|p| p.nodes.iter().find(|s| s.name == n.name))
+                    .and_then(|s| s.talos_version.clone()),
             }
         })
         .collect()

@@ -11,6 +11,7 @@ pub mod position;
 mod pve_names;
 pub mod rules;
 pub mod schema;
+pub mod talos_releases;
 pub mod types;
 pub mod yaml_json;
 

@@ -616,6 +616,7 @@ mod folder {
                     role: "controlplane".into(),
                     vm_state: kiln::reconcile::status::VmState::Running,
                     talos_stage: "running".into(),
+                    talos_version: None,
                 }],
                 last_applied_revision: Some("abcdef0123456789".into()),
                 last_error: None,

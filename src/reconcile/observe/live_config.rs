@@ -28,9 +28,11 @@ pub fn rendered(
     render(cluster, node, bundle, talos_version)
 }
 
-/// The version whose contract a configured node's config is rendered for (see [`rendered`]).
-pub fn contract_version(cluster: &Cluster, _node: &Node) -> Version {
-    cluster.spec.talos.version
+/// The version whose contract the configured nodes' configs are rendered for (see [`rendered`]):
+/// during a Talos rollout the lowest running one, until every node runs the spec's minor
+/// (`plan::upgrade::config_version`). `running` holds the versions of the nodes that answered.
+pub fn contract_version(cluster: &Cluster, running: &BTreeMap<u32, Version>) -> Version {
+    crate::plan::upgrade::config_version(cluster.spec.talos.version, running)
 }
 
 /// Compares each configured node's running config with the rendered one, side by side.
@@ -40,13 +42,14 @@ pub async fn running_configs(
     cluster: &Cluster,
     bundle: &SecretsBundle,
     states: &BTreeMap<u32, NodeState>,
+    version: Version,
 ) -> RunningConfigs {
     let configured = cluster
         .nodes
         .iter()
         .filter(|n| states.get(&n.number) == Some(&NodeState::Configured));
     let looks = configured.map(|node| async move {
-        let seen = look(talos, identity, cluster, node, bundle).await;
+        let seen = look(talos, identity, cluster, node, bundle, version).await;
         (node.number, seen)
     });
     futures::future::join_all(looks)
@@ -62,8 +65,9 @@ async fn look(
     cluster: &Cluster,
     node: &Node,
     bundle: &SecretsBundle,
+    version: Version,
 ) -> Option<RunningConfig> {
-    let wanted = match rendered(cluster, node, bundle, contract_version(cluster, node)) {
+    let wanted = match rendered(cluster, node, bundle, version) {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(node = %node.name, error = %e, "cannot render the machine config to compare");

@@ -14,6 +14,10 @@ impl Turn<'_> {
         let expected: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
         let r = kube.node_readiness(&expected).await?;
         if r.all_ready() {
+            // A node on another Talos than the spec's is not Ready yet (DESIGN §4).
+            if let Some(why) = self.version_mismatch(cluster).await {
+                return Ok(Flow::Wait(why));
+            }
             if !r.extra.is_empty() {
                 tracing::info!(cluster = %self.name, extra = ?r.extra, "nodes kiln does not expect");
             }

@@ -6,6 +6,7 @@
 //! steps one at a time (`executor::batch_class`) and this step returns only once its node is back, so
 //! two nodes are never down at once.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::kube::KubePort;
 use crate::reconcile::error::TurnError;
 use crate::reconcile::executor::{Flow, StepResult};
 use crate::reconcile::observe::live_config::{contract_version, rendered};
+use crate::reconcile::observe::versions;
 use crate::reconcile::turn::Turn;
 use crate::spec::Node;
 use crate::talos::config::compare::{CompareError, differing_documents};
@@ -52,7 +54,16 @@ impl Turn<'_> {
         let cluster = self.cluster()?;
         let node = self.node(number)?;
         let bundle = &self.bundle()?.bundle;
-        let wanted = rendered(cluster, node, bundle, contract_version(cluster, node))?;
+        // The contract every node understands, from the versions the nodes run now.
+        let identity = self.talos_identity()?;
+        let all: Vec<&Node> = cluster.nodes.iter().collect();
+        let reachable: BTreeMap<u32, crate::plan::NodeState> = all
+            .iter()
+            .map(|n| (n.number, crate::plan::NodeState::Configured))
+            .collect();
+        let versions =
+            versions::running(self.ctx.ports.talos.as_ref(), &identity, &all, &reachable).await;
+        let wanted = rendered(cluster, node, bundle, contract_version(cluster, &versions))?;
         let talos = self.talos_node(IpAddr::V4(node.ip)).await?;
         let running = talos.running_config().await?;
         let differing = differing_documents(&running, &wanted).map_err(|source| {
@@ -113,7 +124,7 @@ impl Turn<'_> {
             .apply(wanted.as_bytes(), ApplyMode::Reboot, false)
             .await?;
         drop(talos);
-        self.wait_back(node, &wanted, kube.as_deref()).await?;
+        self.wait_config_back(node, &wanted, kube.as_deref()).await?;
         if let Some(k) = &kube {
             k.set_unschedulable(&node.name, false).await?;
         }
@@ -127,7 +138,7 @@ impl Turn<'_> {
     /// Until the node answers over mTLS running `wanted` (before its reboot it still runs the old
     /// config, so an answer alone does not prove it is back) and its Node is Ready, within
     /// `[talos] boot_timeout`.
-    async fn wait_back(
+    async fn wait_config_back(
         &self,
         node: &Node,
         wanted: &str,

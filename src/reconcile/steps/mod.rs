@@ -9,6 +9,7 @@ mod kube;
 pub(super) mod live_config;
 mod secrets;
 mod talos;
+mod upgrade;
 mod vm;
 
 use tracing::Instrument;
@@ -48,6 +49,7 @@ impl Turn<'_> {
                     self.destroy_vm(*number, *vmid, name).await
                 }
                 Action::RetireSecrets { destroy } => self.retire_secrets(*destroy).await,
+                Action::UpgradeTalos { number, to, .. } => self.upgrade_talos(*number, *to).await,
             }
         }
         .instrument(span)

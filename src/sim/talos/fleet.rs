@@ -63,6 +63,17 @@ pub struct Node {
     /// Rebooting (after an upgrade): nothing answers until then.
     pub down_until: Option<std::time::Instant>,
     pub phase: Phase,
+    /// Installer images in the system containerd (`ImageService.Pull`).
+    pub pulled: Vec<String>,
+    /// The version a Lifecycle upgrade installed, run after the next reboot.
+    pub staged: Option<String>,
+    /// `fail-upgrade`: a reboot into another version never comes back.
+    pub fail_upgrade: bool,
+    /// It did not come back (fail-upgrade): nothing answers, its Kubernetes Node stays NotReady.
+    pub broken: bool,
+    /// Booted from a disk with Talos installed (a disk-image template): a first config runs no
+    /// installer, so the version stays the booted one.
+    pub installed: bool,
 }
 
 impl Node {
@@ -71,8 +82,10 @@ impl Node {
     }
 
     pub fn is_down(&self) -> bool {
-        self.down_until
-            .is_some_and(|t| std::time::Instant::now() < t)
+        self.broken
+            || self
+                .down_until
+                .is_some_and(|t| std::time::Instant::now() < t)
     }
 
     pub fn configured(&self) -> Option<&Configured> {

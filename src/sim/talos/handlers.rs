@@ -236,6 +236,7 @@ fn accept(
     }
     let node = fleet.node(addr)?;
     if matches!(node.phase, Phase::Maintenance { .. })
+        && !node.installed
         && let Some(tag) = cfg
             .install_image
             .as_deref()
@@ -393,13 +394,8 @@ pub fn upgrade(
     // The legacy upgrade installs, replies, then reboots into the new image
     // (`internal/app/machined/internal/server/v1alpha1/v1alpha1_server.go` `Upgrade` runs the upgrade
     // sequence, which ends in a reboot): nothing answers meanwhile.
-    let delay = fleet.reboot_delay;
-    let node = fleet.node(addr)?;
-    node.version = tag;
-    node.version_pinned = false;
-    node.down_until = Some(std::time::Instant::now() + delay);
-    tracing::info!(node = %addr, version = %node.version, ?delay, "upgrade: rebooting into the new image");
-    fleet.reboots.push((addr, delay));
+    tracing::info!(node = %addr, image = %req.image, preserve = req.preserve, "legacy upgrade");
+    super::upgrade::reboot_into(fleet, addr, Some(tag))?;
     Ok(machine::UpgradeResponse {
         messages: vec![machine::Upgrade {
             metadata: None,
@@ -449,21 +445,6 @@ pub fn reset(
         Phase::Off { installed: None }
     };
     Ok(machine::ResetResponse {
-        messages: vec![machine::ActorReply {
-            metadata: None,
-            actor_id: actor_id(),
-        }],
-    })
-}
-
-pub fn reboot(
-    fleet: &mut Fleet,
-    addr: SocketAddr,
-    peer: &Peer,
-) -> Result<machine::RebootResponse, Status> {
-    fleet.authorize(addr, peer, "Reboot", &[ADMIN, OPERATOR])?;
-    configured(fleet, addr)?;
-    Ok(machine::RebootResponse {
         messages: vec![machine::ActorReply {
             metadata: None,
             actor_id: actor_id(),

@@ -119,6 +119,11 @@ mod tests {
                 version_pinned: false,
                 platform: "nocloud".into(),
                 down_until: None,
+                pulled: Vec::new(),
+                staged: None,
+                fail_upgrade: false,
+                broken: false,
+                installed: false,
                 phase: Phase::Configured(Box::new(Configured {
                     raw: Vec::new(),
                     cfg,

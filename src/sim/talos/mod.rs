@@ -14,6 +14,7 @@ pub mod live;
 pub mod pki;
 pub mod runtime;
 pub mod server;
+pub mod upgrade;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -81,6 +82,47 @@ impl std::str::FromStr for NodeSpec {
             }
         }
         Ok(spec)
+    }
+}
+
+/// One `kiln sim talos --listen` value: a machine and two flags of its own.
+/// `fail-upgrade`: after a reboot into another version it never answers again. `installed`: its boot
+/// disk already holds Talos, as a nocloud disk image made into a template does, so its first config
+/// runs no installer and it keeps the version it booted (Talos v1.13.9
+/// `internal/app/machined/pkg/runtime/v1alpha1/v1alpha1_sequencer.go` `Install`: the install phases
+/// run only `if !r.State().Machine().Installed()`). Without it, a first config installs the image it
+/// names, as from an ISO.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub node: NodeSpec,
+    pub fail_upgrade: bool,
+    pub installed: bool,
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut fail_upgrade, mut installed) = (false, false);
+        let rest: Vec<&str> = s
+            .split(',')
+            .filter(|p| match *p {
+                "fail-upgrade" => {
+                    fail_upgrade = true;
+                    false
+                }
+                "installed" => {
+                    installed = true;
+                    false
+                }
+                _ => true,
+            })
+            .collect();
+        Ok(Listen {
+            node: rest.join(",").parse()?,
+            fail_upgrade,
+            installed,
+        })
     }
 }
 
@@ -249,6 +291,16 @@ pub(crate) fn reboot(shared: &Arc<Shared>, addr: SocketAddr, delay: Duration) {
         if shared.closed.load(std::sync::atomic::Ordering::SeqCst) || shared.listening(addr) {
             return;
         }
+        let broken = {
+            let mut fleet = shared.fleet.lock().expect("fleet lock");
+            let broken = fleet.nodes.get(&addr).is_some_and(|n| n.broken);
+            // Its Kubernetes Node follows the machine back (Ready again), or stays NotReady.
+            kube::sync(&mut fleet);
+            broken
+        };
+        if broken {
+            return;
+        }
         match listen(&shared, addr) {
             // Tests read "one node down at a time" from these lines.
             Ok(_) => tracing::info!(node = %addr, "back from reboot"),
@@ -346,6 +398,11 @@ impl SimTalos {
                     .unwrap_or_else(|| DEFAULT_PLATFORM.to_owned()),
                 down_until: None,
                 phase: Phase::Maintenance { tls },
+                pulled: Vec::new(),
+                staged: None,
+                fail_upgrade: false,
+                broken: false,
+                installed: false,
             },
         );
         self.addrs.push(addr);
@@ -436,6 +493,35 @@ impl SimTalos {
     pub fn applied_config(&self, addr: SocketAddr) -> Option<Vec<u8>> {
         let fleet = self.shared.fleet.lock().expect("fleet lock");
         fleet.nodes.get(&addr)?.configured().map(|c| c.raw.clone())
+    }
+
+    /// From now on a reboot of this node into another Talos version never comes back.
+    pub fn fail_upgrades(&self, addr: SocketAddr) {
+        if let Some(node) = self
+            .shared
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .nodes
+            .get_mut(&addr)
+        {
+            node.fail_upgrade = true;
+        }
+    }
+
+    /// The machine's disk already holds Talos (`Listen::installed`): its first config keeps the
+    /// version it booted.
+    pub fn boot_installed(&self, addr: SocketAddr) {
+        if let Some(node) = self
+            .shared
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .nodes
+            .get_mut(&addr)
+        {
+            node.installed = true;
+        }
     }
 
     /// The Talos version a node runs.

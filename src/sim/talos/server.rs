@@ -265,8 +265,14 @@ impl tower::Service<http::Request<Body>> for NodeService {
                 handlers::upgrade(f, addr, p, r)
             }),
             paths::RESET => this.unary(req, "Reset", move |f, r, p| handlers::reset(f, addr, p, r)),
-            paths::REBOOT => this.unary(req, "Reboot", move |f, _: &machine::RebootRequest, p| {
-                handlers::reboot(f, addr, p)
+            paths::REBOOT => this.unary(req, "Reboot", move |f, r, p| {
+                super::upgrade::reboot(f, addr, p, r)
+            }),
+            paths::IMAGE_PULL => this.streaming(req, "Pull", move |f, r, p| {
+                super::upgrade::image_pull(f, addr, p, r)
+            }),
+            paths::LIFECYCLE_UPGRADE => this.streaming(req, "LifecycleUpgrade", move |f, r, p| {
+                super::upgrade::lifecycle_upgrade(f, addr, p, r)
             }),
             paths::ETCD_MEMBER_LIST => this.etcd_member_list(req),
             paths::ETCD_REMOVE_MEMBER_BY_ID => {

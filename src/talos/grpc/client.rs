@@ -346,6 +346,21 @@ impl TalosClient {
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
+        self.server_stream_within(path, req, self.options.call_timeout)
+            .await
+    }
+
+    /// A server stream read to its end within `deadline` (sent as `grpc-timeout` too).
+    async fn server_stream_within<Req, Resp>(
+        &self,
+        path: &'static str,
+        req: Req,
+        deadline: Duration,
+    ) -> Result<Vec<Resp>, TalosError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
         let addr = self.addr;
         let call = async {
             let mut grpc = self.grpc();
@@ -356,7 +371,7 @@ impl TalosClient {
             let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
             let mut stream = grpc
                 .server_streaming(
-                    with_deadline(req, self.options.call_timeout),
+                    with_deadline(req, deadline),
                     PathAndQuery::from_static(path),
                     codec,
                 )
@@ -373,13 +388,13 @@ impl TalosClient {
             }
             Ok(items)
         };
-        tokio::time::timeout(self.options.call_timeout + LOCAL_SLACK, call)
+        tokio::time::timeout(deadline + LOCAL_SLACK, call)
             .instrument(self.span(path))
             .await
             .map_err(|_| TalosError::Timeout {
                 addr,
                 method: path,
-                after: self.options.call_timeout,
+                after: deadline,
             })?
     }
 
@@ -485,6 +500,79 @@ impl TalosClient {
         let resp: machine::UpgradeResponse = self.unary(paths::UPGRADE, req).await?;
         let item = self.single(paths::UPGRADE, resp.messages, |m| m.metadata.as_ref())?;
         Ok(item.ack)
+    }
+
+    /// `ImageService.Pull` (Talos ≥ v1.13) into the system containerd, as `talosctl upgrade` does
+    /// before it installs; returns the pulled image's name, which the install then names.
+    pub async fn image_pull(&self, image: &str, deadline: Duration) -> Result<String, TalosError> {
+        use super::proto::upgrade::{
+            ImageServicePullRequest, ImageServicePullResponse, PullResponse,
+        };
+        let req = ImageServicePullRequest {
+            containerd: Some(super::proto::common::ContainerdInstance::system()),
+            image_ref: image.to_owned(),
+        };
+        let items: Vec<ImageServicePullResponse> = self
+            .server_stream_within(paths::IMAGE_PULL, req, deadline)
+            .await?;
+        items
+            .into_iter()
+            .find_map(|i| match i.response {
+                Some(PullResponse::Name(name)) => Some(name),
+                _ => None,
+            })
+            .ok_or(TalosError::EmptyReply {
+                addr: self.addr,
+                method: paths::IMAGE_PULL,
+            })
+    }
+
+    /// `LifecycleService.Upgrade` (Talos ≥ v1.13): installs `image` to the node's disk and streams
+    /// the installer's progress; it does not reboot. An exit code other than 0 is a failure although
+    /// the call itself succeeded (talosctl v1.13.9 `upgradeInternal`); the messages come with it.
+    pub async fn lifecycle_upgrade(
+        &self,
+        image: &str,
+        deadline: Duration,
+    ) -> Result<Vec<String>, TalosError> {
+        use super::proto::upgrade::{
+            InstallArtifactsSource, InstallProgress, LifecycleServiceUpgradeRequest,
+            LifecycleServiceUpgradeResponse,
+        };
+        let req = LifecycleServiceUpgradeRequest {
+            containerd: Some(super::proto::common::ContainerdInstance::system()),
+            source: Some(InstallArtifactsSource {
+                image_name: image.to_owned(),
+            }),
+        };
+        let items: Vec<LifecycleServiceUpgradeResponse> = self
+            .server_stream_within(paths::LIFECYCLE_UPGRADE, req, deadline)
+            .await?;
+        let mut messages = Vec::new();
+        let mut exit = None;
+        for item in items {
+            match item.progress.and_then(|p| p.response) {
+                Some(InstallProgress::Message(m)) => messages.push(m),
+                Some(InstallProgress::ExitCode(code)) => exit = Some(code),
+                None => {}
+            }
+        }
+        match exit {
+            Some(0) => Ok(messages),
+            Some(exit_code) => Err(TalosError::InstallFailed {
+                addr: self.addr,
+                exit_code,
+                messages: messages.join("; "),
+            }),
+            None => Err(TalosError::Malformed {
+                addr: self.addr,
+                method: paths::LIFECYCLE_UPGRADE,
+                message: format!(
+                    "the stream ended without an exit code (last: {:?})",
+                    messages.last()
+                ),
+            }),
+        }
     }
 
     /// A graceful reset leaves etcd first (on a control plane) and runs asynchronously after the reply.

@@ -68,6 +68,13 @@ pub enum TalosError {
          nocloud-amd64.raw.xz)"
     )]
     WrongPlatform { addr: SocketAddr, platform: String },
+    /// `LifecycleService.Upgrade` streamed a non-zero exit code: the install failed on the node.
+    #[error("{addr}: the upgrade's install failed with exit code {exit_code}: {messages}")]
+    InstallFailed {
+        addr: SocketAddr,
+        exit_code: i32,
+        messages: String,
+    },
     #[error(
         "{addr}: SMBIOS uuid {found:?} does not match the VM's {expected:?}: refusing to send a config"
     )]

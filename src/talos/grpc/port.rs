@@ -62,6 +62,15 @@ pub trait TalosNode: Send + Sync {
         mode: ApplyMode,
         dry_run: bool,
     ) -> Result<ApplyOutcome, TalosError>;
+    /// The Talos tag the node runs (`Version` over mTLS).
+    async fn running_version(&self) -> Result<String, TalosError>;
+    /// The new upgrade flow (Talos ≥ v1.13): pull the installer, then install it (no reboot); the
+    /// deadline bounds each of the two streams.
+    async fn pull_and_install(&self, image: &str, deadline: Duration) -> Result<(), TalosError>;
+    /// The legacy `MachineService.Upgrade` with `preserve: true` (the EPHEMERAL partition, where
+    /// Longhorn keeps its data, stays); the node reboots by itself.
+    async fn legacy_upgrade(&self, image: &str) -> Result<(), TalosError>;
+    async fn reboot(&self) -> Result<(), TalosError>;
 }
 
 #[async_trait]
@@ -97,6 +106,25 @@ impl TalosNode for TalosClient {
         dry_run: bool,
     ) -> Result<ApplyOutcome, TalosError> {
         self.apply_configuration(config, mode, dry_run).await
+    }
+
+    async fn running_version(&self) -> Result<String, TalosError> {
+        Ok(self.version().await?.tag)
+    }
+
+    async fn pull_and_install(&self, image: &str, deadline: Duration) -> Result<(), TalosError> {
+        // The install names the reference as given, as talosctl v1.13.9 `upgradeViaLifecycleService`
+        // does (it passes `--image` to both calls, not the name Pull answers).
+        self.image_pull(image, deadline).await?;
+        self.lifecycle_upgrade(image, deadline).await.map(drop)
+    }
+
+    async fn legacy_upgrade(&self, image: &str) -> Result<(), TalosError> {
+        self.upgrade(image, true).await.map(drop)
+    }
+
+    async fn reboot(&self) -> Result<(), TalosError> {
+        TalosClient::reboot(self).await.map(drop)
     }
 }
 

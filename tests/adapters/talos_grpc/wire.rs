@@ -544,3 +544,58 @@ async fn simulator_replies_carry_talos_field_numbers() {
     assert_eq!(string(etcd, 2), "Running");
     assert_eq!(varint(&len(etcd, 4), 2), 1);
 }
+
+/// Issue 26: the new upgrade flow read raw (api/machine/image.proto, lifecycle.proto, v1.13.9):
+/// `ImageServicePullRequest { ContainerdInstance containerd = 1 { driver = 1; namespace = 2 };
+/// image_ref = 3 }` → stream of `{ oneof { name = 1; pull_progress = 2 } }`;
+/// `LifecycleServiceUpgradeRequest { containerd = 1; InstallArtifactsSource source = 2 { image_name = 1 } }`
+/// → stream of `{ LifecycleServiceInstallProgress progress = 1 { oneof { message = 1; exit_code = 2 } } }`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_streams_carry_talos_field_numbers() {
+    use kiln::talos::grpc::proto::paths;
+
+    let cluster = cluster("wireupg", 143, 1, 0);
+    let _sim = start_sim(&[NodeSpec {
+        addr: addr(143),
+        uuid: None,
+        version: None,
+        platform: None,
+    }])
+    .await;
+    port()
+        .apply_in_maintenance(ip(143), "", config_for(&cluster, ip(143)).as_bytes())
+        .await
+        .unwrap();
+    let client = TalosClient::connect_mtls(addr(143), &admin(), options())
+        .await
+        .unwrap();
+    let image = b"factory.talos.dev/nocloud-installer/abc:v1.13.10";
+    // talosctl's "system" containerd: driver CRI = 1, namespace NS_SYSTEM = 1.
+    let containerd = cat(&[f_varint(1, 1), f_varint(2, 1)]);
+
+    let pull = cat(&[f_len(1, &containerd), f_len(3, image)]);
+    let items = raw_stream(&client, paths::IMAGE_PULL, pull).await.unwrap();
+    let last = items.last().expect("a pull stream");
+    assert_eq!(len(last, 1), image, "the pulled image's name = 1, last");
+    assert!(
+        items[..items.len() - 1]
+            .iter()
+            .all(|i| field_numbers(i) == [2]),
+        "progress = 2 before it"
+    );
+
+    let upgrade = cat(&[f_len(1, &containerd), f_len(2, &f_len(1, image))]);
+    let items = raw_stream(&client, paths::LIFECYCLE_UPGRADE, upgrade)
+        .await
+        .unwrap();
+    let progress: Vec<Vec<u8>> = items.iter().map(|i| len(i, 1)).collect();
+    assert!(
+        progress[..progress.len() - 1]
+            .iter()
+            .all(|p| field_numbers(p) == [1] && !string(p, 1).is_empty())
+    );
+    let end = progress.last().unwrap();
+    assert_eq!(field_numbers(end), [2], "exit_code = 2 last");
+    // proto3 writes a zero int32 of a oneof explicitly.
+    assert_eq!(varint(end, 2), 0);
+}

@@ -30,3 +30,38 @@ pub struct Data {
     #[prost(bytes = "vec", tag = "2")]
     pub bytes: Vec<u8>,
 }
+
+/// `common.ContainerdInstance`: which containerd (and namespace) an image call works in.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerdInstance {
+    #[prost(enumeration = "ContainerdDriver", tag = "1")]
+    pub driver: i32,
+    #[prost(enumeration = "ContainerdNamespace", tag = "2")]
+    pub namespace: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ContainerdDriver {
+    Containerd = 0,
+    Cri = 1,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ContainerdNamespace {
+    NsUnknown = 0,
+    NsSystem = 1,
+    NsCri = 2,
+}
+
+impl ContainerdInstance {
+    /// talosctl's default for `upgrade` and `image pull` ("system"): the CRI driver, system namespace
+    /// (v1.13.9 `cmd/talosctl/cmd/talos/image.go`, TALOS-FACTS §1.4 "Upgrade").
+    pub fn system() -> Self {
+        Self {
+            driver: ContainerdDriver::Cri as i32,
+            namespace: ContainerdNamespace::NsSystem as i32,
+        }
+    }
+}

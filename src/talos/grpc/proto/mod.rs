@@ -9,6 +9,7 @@
 pub mod common;
 pub mod cosi;
 pub mod machine;
+pub mod upgrade;
 
 /// Fully qualified gRPC paths, exactly as Talos registers them.
 pub mod paths {
@@ -24,6 +25,9 @@ pub mod paths {
     pub const ETCD_SNAPSHOT: &str = "/machine.MachineService/EtcdSnapshot";
     pub const ETCD_RECOVER: &str = "/machine.MachineService/EtcdRecover";
     pub const SERVICE_LIST: &str = "/machine.MachineService/ServiceList";
+    /// The new upgrade flow (Talos ≥ v1.13: `v1alpha1_server.go` registers both services).
+    pub const IMAGE_PULL: &str = "/machine.ImageService/Pull";
+    pub const LIFECYCLE_UPGRADE: &str = "/machine.LifecycleService/Upgrade";
     pub const COSI_GET: &str = "/cosi.resource.State/Get";
     pub const COSI_LIST: &str = "/cosi.resource.State/List";
 }
