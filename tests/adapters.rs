@@ -7,6 +7,10 @@
 mod git;
 #[path = "adapters/kube.rs"]
 mod kube;
+#[path = "adapters/kubectl.rs"]
+mod kubectl;
+#[path = "support/kubectl.rs"]
+mod kubectl_cli;
 #[path = "adapters/proxmox.rs"]
 mod proxmox;
 #[path = "adapters/secrets.rs"]

@@ -1,9 +1,10 @@
 //! The simulated cluster's Kubernetes API at `<vip>:6443`, once etcd runs: `sim::kubernetes` serves it
-//! (version, nodes with Ready conditions, cordon, pods, eviction, Node deletion) with a server
+//! (discovery, version, nodes, pods, cordon, eviction with budgets, server-side apply) with a server
 //! certificate from the config's Kubernetes CA and client certificates required from it; this module
 //! starts one per bootstrapped cluster and keeps its Nodes in step with the machines: a machine that
-//! runs its config registers its Node (as kubelet does), Ready once its stage is running; a Node deleted
-//! through the API stays deleted until its machine is configured again.
+//! runs its config registers its Node (as kubelet does), Ready once its stage is running, with the
+//! kubelet version of its config's kubelet image; `/version` is the API server image's tag; a Node
+//! deleted through the API stays deleted until its machine is configured again.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +28,8 @@ pub struct KubeLink {
     pub server: Option<KubeSimServer>,
     /// Node name → when the machine behind it accepted the config that registered it.
     registered: BTreeMap<String, Instant>,
+    /// Control plane name → (when it accepted its config, that config's API server image tag).
+    api_servers: BTreeMap<String, (Instant, Option<String>)>,
 }
 
 fn server_tls(vip: IpAddr, ca_pem: &str, ca_key_pem: &str) -> Result<KubeSimTls, String> {
@@ -100,6 +103,7 @@ pub fn ensure_started(shared: &Arc<Shared>, cluster: &str) {
             state: state.clone(),
             server: None,
             registered: BTreeMap::new(),
+            api_servers: BTreeMap::new(),
         },
     );
     sync(&mut fleet);
@@ -126,46 +130,144 @@ pub fn ensure_started(shared: &Arc<Shared>, cluster: &str) {
     });
 }
 
+/// The tag of the API server image a control plane's config names (`cluster.apiServer.image`), which
+/// its `kube-apiserver` static pod runs; `None` when the config names none.
+fn api_server_version(raw: &[u8]) -> Option<String> {
+    let docs = super::config::documents(raw).ok()?;
+    let v1 = super::config::v1alpha1(&docs)?;
+    let image = v1
+        .get("cluster")?
+        .get("apiServer")?
+        .get("image")?
+        .as_str()?;
+    super::config::image_tag(image).map(str::to_owned)
+}
+
+/// What a machine's kubelet reports of itself.
+struct Machine {
+    name: String,
+    applied_at: Instant,
+    ready: bool,
+    control_plane: bool,
+    kubelet_version: String,
+    ip: String,
+    talos_version: String,
+    api_server_version: Option<String>,
+}
+
 /// Brings every cluster's Nodes in step with its machines (called after each simulated call).
 pub fn sync(fleet: &mut Fleet) {
-    let mut machines: BTreeMap<String, Vec<(String, Instant, bool, bool)>> = BTreeMap::new();
+    let mut machines: BTreeMap<String, Vec<Machine>> = BTreeMap::new();
     for node in fleet.nodes.values() {
         let Some(c) = node.configured() else { continue };
         let Some(name) = c.cfg.hostname.clone() else {
             continue;
         };
         let (stage, _) = super::handlers::stage(fleet, node);
-        let cp = c.cfg.machine_type == MachineType::ControlPlane;
-        machines
-            .entry(c.cfg.cluster_key.clone())
-            .or_default()
-            .push((name, c.applied_at, stage == "running", cp));
+        let control_plane = c.cfg.machine_type == MachineType::ControlPlane;
+        let cluster = c.cfg.cluster_key.clone();
+        // Parsed once per accepted config, not on every call.
+        let api_server_version = if !control_plane {
+            None
+        } else {
+            match fleet
+                .kube
+                .get(&cluster)
+                .and_then(|l| l.api_servers.get(&name))
+            {
+                Some((at, v)) if *at == c.applied_at => v.clone(),
+                _ => api_server_version(&c.raw),
+            }
+        };
+        machines.entry(cluster).or_default().push(Machine {
+            name,
+            applied_at: c.applied_at,
+            ready: stage == "running",
+            control_plane,
+            kubelet_version: c.cfg.kubernetes_version.clone().unwrap_or_default(),
+            ip: node.addr.ip().to_string(),
+            talos_version: node.version.clone(),
+            api_server_version,
+        });
     }
     for (cluster, link) in fleet.kube.iter_mut() {
         let mut state = link.state.lock().expect("kube sim lock");
         let current = machines.remove(cluster).unwrap_or_default();
-        for (name, applied_at, ready, cp) in &current {
-            let fresh = link.registered.get(name) != Some(applied_at);
+        for m in &current {
+            if m.control_plane {
+                link.api_servers
+                    .insert(m.name.clone(), (m.applied_at, m.api_server_version.clone()));
+            }
+            let fresh = link.registered.get(&m.name) != Some(&m.applied_at);
             if fresh {
-                link.registered.insert(name.clone(), *applied_at);
-                let role = if *cp { "control-plane" } else { "worker" };
-                state.nodes.insert(
-                    name.clone(),
+                link.registered.insert(m.name.clone(), m.applied_at);
+                let role = if m.control_plane {
+                    "control-plane"
+                } else {
+                    "worker"
+                };
+                // A kubelet with a new config re-registers its Node; a cordon survives that, as the
+                // Node object (and its `spec`) outlives a kubelet restart.
+                let unschedulable = state.nodes.get(&m.name).is_some_and(|n| n.unschedulable);
+                let created = state
+                    .nodes
+                    .get(&m.name)
+                    .map_or_else(std::time::SystemTime::now, |n| n.created);
+                state.put_node(
+                    &m.name,
                     SimNode {
-                        ready: *ready,
-                        unschedulable: false,
+                        ready: m.ready,
+                        unschedulable,
                         role: role.into(),
+                        kubelet_version: m.kubelet_version.clone(),
+                        internal_ip: Some(m.ip.clone()),
+                        os_image: format!("Talos ({})", m.talos_version),
+                        created,
+                        resource_version: 0,
                     },
                 );
-            } else if let Some(n) = state.nodes.get_mut(name) {
-                n.ready = *ready;
+            } else {
+                let stale = state.nodes.get(&m.name).is_some_and(|n| {
+                    n.kubelet_version != m.kubelet_version
+                        || n.os_image != format!("Talos ({})", m.talos_version)
+                });
+                if stale && let Some(n) = state.nodes.get(&m.name).cloned() {
+                    state.put_node(
+                        &m.name,
+                        SimNode {
+                            kubelet_version: m.kubelet_version.clone(),
+                            os_image: format!("Talos ({})", m.talos_version),
+                            ..n
+                        },
+                    );
+                }
+                state.set_node_ready(&m.name, m.ready);
             }
         }
         // A machine that no longer runs its config leaves a NotReady Node behind until someone deletes it.
-        for (name, n) in state.nodes.iter_mut() {
-            if !current.iter().any(|(m, ..)| m == name) {
-                n.ready = false;
-            }
+        let gone: Vec<String> = state
+            .nodes
+            .keys()
+            .filter(|name| !current.iter().any(|m| &m.name == *name))
+            .cloned()
+            .collect();
+        for name in gone {
+            state.set_node_ready(&name, false);
+        }
+        // `/version` answers from the API server behind the VIP: the first running control plane's
+        // (by name), whose `kube-apiserver` runs the image its config names.
+        if let Some(v) = current
+            .iter()
+            .filter(|m| m.control_plane && m.ready)
+            .min_by(|a, b| a.name.cmp(&b.name))
+            .and_then(|m| {
+                m.api_server_version
+                    .clone()
+                    .or_else(|| Some(m.kubelet_version.clone()))
+            })
+            .filter(|v| !v.is_empty())
+        {
+            state.git_version = v;
         }
     }
 }
