@@ -133,6 +133,11 @@ pub async fn start(ip: [u8; 4], pki: &Pki) -> KubeSimServer {
         }))
         .unwrap();
     }
+    start_with(ip, pki, state).await
+}
+
+/// Serves `state` on `ip` (any port) with the PKI's server certificate, client certificates from its CA.
+pub async fn start_with(ip: [u8; 4], pki: &Pki, state: Arc<Mutex<KubeSimState>>) -> KubeSimServer {
     let tls = KubeSimTls {
         server_cert_pem: pki.server_cert.clone(),
         server_key_pem: pki.server_key.clone(),

@@ -1,14 +1,19 @@
 //! The real `kubectl` against the simulated Kubernetes API (`sim::kubernetes`) over HTTPS with a
-//! client certificate: discovery, `get`, `api-resources`, `cordon`, `drain` with a budget, server-side
-//! apply and Leases, with nothing in between mocked. The same API is driven through the binary on a
-//! cluster kiln made in `tests/e2e/kubectl.rs`.
+//! client certificate: discovery, `get`, `api-resources`, `cordon`, `drain` held by a budget and
+//! then let through, `uncordon`, server-side apply, and a Lease's optimistic concurrency, with nothing
+//! in between mocked. The same API is driven through the binary, on a cluster kiln made, in
+//! `tests/e2e/kubectl.rs`.
+
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
+use kiln::sim::kubernetes::{KubeSimServer, KubeSimState, SimNode};
+use serde_json::{Value, json};
 
-use crate::kube::{Pki, pki, start};
+use crate::kube::{Pki, pki, start_with};
 use crate::kubectl_cli::Kubectl;
 
-fn kubeconfig(server: &str, pki: &Pki) -> String {
+pub fn kubeconfig(server: &str, pki: &Pki) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {server}\n    \
@@ -21,25 +26,375 @@ fn kubeconfig(server: &str, pki: &Pki) -> String {
     )
 }
 
+/// One control plane and two workers, Ready, with flannel's DaemonSet on each.
+async fn cluster(ip: [u8; 4], pki: &Pki) -> KubeSimServer {
+    let state = Arc::new(Mutex::new(KubeSimState::default()));
+    {
+        let mut s = state.lock().unwrap();
+        for (name, role) in [
+            ("sim-cp-1", "control-plane"),
+            ("sim-wk-2", "worker"),
+            ("sim-wk-3", "worker"),
+        ] {
+            s.put_node(
+                name,
+                SimNode {
+                    ready: true,
+                    role: role.into(),
+                    kubelet_version: "v1.35.0".into(),
+                    ..SimNode::default()
+                },
+            );
+        }
+        s.create(json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": { "name": "kube-flannel", "namespace": "kube-system" },
+            "spec": { "selector": { "matchLabels": { "app": "flannel" } }, "template": {
+                "metadata": { "labels": { "app": "flannel" } },
+                "spec": { "tolerations": [{ "operator": "Exists", "effect": "NoSchedule" }],
+                          "containers": [{ "name": "kube-flannel", "image": "flannel" }] } } },
+        }))
+        .unwrap();
+    }
+    start_with(ip, pki, state).await
+}
+
+const WEB: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.29
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: web
+  namespace: default
+spec:
+  minAvailable: MIN
+  selector:
+    matchLabels: {app: web}
+";
+
+fn web_pods_on(server: &KubeSimServer, node: &str) -> Vec<String> {
+    server
+        .state
+        .lock()
+        .unwrap()
+        .pods_on(node)
+        .into_iter()
+        .filter(|p| p.starts_with("default/web-"))
+        .collect()
+}
+
+/// Runs kubectl off the async runtime (the API it talks to runs on it).
+async fn run(
+    k: &Arc<Kubectl>,
+    args: &[&str],
+    stdin: Option<String>,
+) -> crate::kubectl_cli::KubectlRun {
+    let (k, args) = (
+        k.clone(),
+        args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        k.run_with_stdin(&args, stdin.as_deref())
+    })
+    .await
+    .unwrap()
+}
+
+async fn ok(k: &Arc<Kubectl>, args: &[&str], stdin: Option<String>) -> String {
+    let out = run(k, args, stdin).await;
+    assert!(out.success(), "kubectl {}: {out}", args.join(" "));
+    out.stdout
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn kubectl_discovers_gets_and_applies() {
+async fn kubectl_gets_cordons_drains_within_a_budget_and_applies() {
     let ip = [127, 0, 21, 1];
     let pki = pki(ip);
-    let server = start(ip, &pki).await;
+    let server = cluster(ip, &pki).await;
     let dir = tempfile::tempdir().unwrap();
-    let kubectl = Kubectl::new(
+    let k = Arc::new(Kubectl::new(
         dir.path(),
         &kubeconfig(&format!("https://{}", server.addr), &pki),
+    ));
+
+    let nodes = ok(&k, &["get", "nodes"], None).await;
+    let rows: Vec<Vec<&str>> = nodes
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{nodes}");
+    for row in &rows {
+        assert_eq!((row[1], row[4]), ("Ready", "v1.35.0"), "{nodes}");
+    }
+    assert_eq!(
+        ok(&k, &["version", "-o", "json"], None)
+            .await
+            .contains("\"gitVersion\": \"v1.34.1\""),
+        true
     );
-    let k = move |args: &'static [&'static str]| {
-        let kubectl = Kubectl::with_binary(
-            kubectl.binary.clone(),
-            dir.path(),
-            &std::fs::read_to_string(&kubectl.kubeconfig).unwrap(),
+
+    let resources = ok(&k, &["api-resources"], None).await;
+    for want in [
+        "poddisruptionbudgets",
+        "leases",
+        "daemonsets",
+        "clusterrolebindings",
+        "nodes",
+    ] {
+        assert!(
+            resources.lines().any(|l| l.starts_with(want)),
+            "{want} missing:\n{resources}"
         );
-        tokio::task::spawn_blocking(move || kubectl.run(args))
+    }
+
+    // Server-side apply creates the Deployment (one pod on each worker) and a budget that allows no
+    // disruption.
+    let applied = ok(
+        &k,
+        &["apply", "--server-side", "-f", "-"],
+        Some(WEB.replace("MIN", "2")),
+    )
+    .await;
+    assert!(
+        applied.contains("deployment.apps/web serverside-applied"),
+        "{applied}"
+    );
+    assert!(
+        applied.contains("poddisruptionbudget.policy/web serverside-applied"),
+        "{applied}"
+    );
+    let on_2 = web_pods_on(&server, "sim-wk-2");
+    assert_eq!((on_2.len(), web_pods_on(&server, "sim-wk-3").len()), (1, 1));
+    let pdb = ok(&k, &["get", "pdb", "web", "-o", "json"], None).await;
+    let pdb: Value = serde_json::from_str(&pdb).unwrap();
+    assert_eq!(pdb["status"]["disruptionsAllowed"], 0);
+
+    // A drain the budget holds: kubectl retries the refused eviction until its timeout, and the pod
+    // stays where it is.
+    let held = run(
+        &k,
+        &["drain", "sim-wk-2", "--ignore-daemonsets", "--timeout=7s"],
+        None,
+    )
+    .await;
+    assert!(
+        !held.success(),
+        "the drain went through a budget that allows nothing: {held}"
+    );
+    assert!(held.stderr.contains("disruption budget"), "{held}");
+    assert!(held.stdout.contains("node/sim-wk-2 cordoned"), "{held}");
+    assert_eq!(
+        web_pods_on(&server, "sim-wk-2"),
+        on_2,
+        "the held pod was evicted"
+    );
+    {
+        let s = server.state.lock().unwrap();
+        assert!(
+            s.evictions.is_empty(),
+            "evicted past the budget: {:?}",
+            s.evictions
+        );
+        assert!(
+            s.refused_evictions.len() >= 2,
+            "kubectl did not retry: {:?}",
+            s.refused_evictions
+        );
+        assert!(s.nodes["sim-wk-2"].unschedulable);
+    }
+    let nodes = ok(&k, &["get", "node", "sim-wk-2"], None).await;
+    assert!(nodes.contains("Ready,SchedulingDisabled"), "{nodes}");
+
+    // The budget relaxed to one: the pod is evicted, its replacement runs on the other worker.
+    ok(
+        &k,
+        &["apply", "--server-side", "-f", "-"],
+        Some(WEB.replace("MIN", "1")),
+    )
+    .await;
+    let drained = ok(
+        &k,
+        &["drain", "sim-wk-2", "--ignore-daemonsets", "--timeout=20s"],
+        None,
+    )
+    .await;
+    assert!(drained.contains("node/sim-wk-2 drained"), "{drained}");
+    assert!(web_pods_on(&server, "sim-wk-2").is_empty());
+    assert_eq!(web_pods_on(&server, "sim-wk-3").len(), 2);
+    assert_eq!(server.state.lock().unwrap().evictions, on_2);
+    // flannel stays: --ignore-daemonsets.
+    assert!(
+        server
+            .state
+            .lock()
+            .unwrap()
+            .pods_on("sim-wk-2")
+            .iter()
+            .any(|p| p.starts_with("kube-system/kube-flannel-"))
+    );
+
+    assert!(
+        ok(&k, &["uncordon", "sim-wk-2"], None)
+            .await
+            .contains("node/sim-wk-2 uncordoned")
+    );
+    assert!(!server.state.lock().unwrap().nodes["sim-wk-2"].unschedulable);
+    let pods = ok(&k, &["get", "pods", "-A", "-o", "wide"], None).await;
+    assert!(
+        pods.contains("kube-flannel-") && pods.contains("Running"),
+        "{pods}"
+    );
+
+    // A Lease: created by apply, then a replace carrying a stale resourceVersion is a conflict.
+    let lease = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: kiln\n  \
+                 namespace: kube-system\nspec:\n  holderIdentity: HOLDER\n  leaseDurationSeconds: 15\n";
+    ok(
+        &k,
+        &["apply", "--server-side", "-f", "-"],
+        Some(lease.replace("HOLDER", "a")),
+    )
+    .await;
+    let first: Value = serde_json::from_str(
+        &ok(
+            &k,
+            &["get", "lease", "kiln", "-n", "kube-system", "-o", "json"],
+            None,
+        )
+        .await,
+    )
+    .unwrap();
+    ok(
+        &k,
+        &["apply", "--server-side", "-f", "-"],
+        Some(lease.replace("HOLDER", "b")),
+    )
+    .await;
+    let mut stale = first.clone();
+    stale["spec"]["holderIdentity"] = json!("c");
+    let conflict = run(&k, &["replace", "-f", "-"], Some(stale.to_string())).await;
+    assert!(!conflict.success(), "{conflict}");
+    assert!(
+        conflict.stderr.contains("the object has been modified"),
+        "{conflict}"
+    );
+    let now: Value = serde_json::from_str(
+        &ok(
+            &k,
+            &["get", "lease", "kiln", "-n", "kube-system", "-o", "json"],
+            None,
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(now["spec"]["holderIdentity"], "b");
+
+    // Unknown things are 404 Status objects, not a crash.
+    let missing = run(&k, &["get", "--raw", "/apis/batch/v1/jobs"], None).await;
+    assert!(
+        !missing.success() && missing.stderr.contains("NotFound"),
+        "{missing}"
+    );
+    ok(&k, &["get", "nodes"], None).await;
+}
+
+/// kiln's own drain (`kube::KubeClient::drain`, used before a resize reboot and a scale-down) against
+/// the same API: it waits on the budget's 429s, never evicting past it, and goes on once the budget
+/// allows a disruption.
+#[tokio::test(flavor = "multi_thread")]
+async fn kilns_drain_waits_on_a_budget_and_never_evicts_past_it() {
+    use kiln::kube::{KubeAccess, KubeClient, KubePort};
+    use std::time::Duration;
+
+    let ip = [127, 0, 21, 2];
+    let pki = pki(ip);
+    let server = cluster(ip, &pki).await;
+    {
+        let mut s = server.state.lock().unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&WEB.replace("MIN", "2")) {
+            let doc: Value = serde::Deserialize::deserialize(doc).unwrap();
+            s.create(doc).unwrap();
+        }
+    }
+    let held = web_pods_on(&server, "sim-wk-2");
+    assert_eq!(held.len(), 1);
+    let kube = KubeClient::connect(&KubeAccess {
+        server: format!("https://{}", server.addr),
+        ca_pem: pki.ca_pem.clone(),
+        client_cert_pem: pki.client_cert.clone(),
+        client_key_pem: kiln::redact::Secret::new(pki.client_key.clone()),
+    })
+    .await
+    .unwrap();
+
+    // Cordoned first, as kiln's steps do, so a replacement never lands back on the node.
+    kube.set_unschedulable("sim-wk-2", true).await.unwrap();
+    // Held: a timeout naming the pod, which is still there; the refusals show kiln kept asking.
+    let err = kube
+        .drain("sim-wk-2", Duration::from_millis(1500))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&held[0]), "{err}");
+    {
+        let s = server.state.lock().unwrap();
+        assert!(
+            s.evictions.is_empty(),
+            "evicted past the budget: {:?}",
+            s.evictions
+        );
+        assert!(
+            s.refused_evictions.len() >= 2,
+            "no retry on 429: {:?}",
+            s.refused_evictions
+        );
+    }
+    assert_eq!(web_pods_on(&server, "sim-wk-2"), held);
+
+    // A drain that waits while the budget holds and goes on once it allows one disruption.
+    let drain = {
+        let kube = kube.clone();
+        tokio::spawn(async move { kube.drain("sim-wk-2", Duration::from_secs(30)).await })
     };
-    let out = k(&["get", "nodes", "-v=8"]).await.unwrap();
-    println!("{out}");
-    assert!(out.success());
+    let refused_before = server.state.lock().unwrap().refused_evictions.len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.state.lock().unwrap().refused_evictions.len() <= refused_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drain never asked"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(server.state.lock().unwrap().evictions.is_empty());
+    {
+        let mut s = server.state.lock().unwrap();
+        let key = kiln::sim::kubernetes::ObjectKey {
+            group: "policy".into(),
+            plural: "poddisruptionbudgets".into(),
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        s.objects.get_mut(&key).unwrap()["spec"]["minAvailable"] = json!(1);
+    }
+    assert_eq!(drain.await.unwrap().unwrap(), 1);
+    assert_eq!(server.state.lock().unwrap().evictions, held);
+    assert!(web_pods_on(&server, "sim-wk-2").is_empty());
 }

@@ -117,6 +117,7 @@ impl Kubectl {
     }
 
     /// Runs and panics with everything kubectl printed unless it succeeded.
+    #[allow(dead_code)]
     pub fn ok(&self, args: &[&str]) -> String {
         let run = self.run(args);
         assert!(run.success(), "kubectl {}: {run}", args.join(" "));
