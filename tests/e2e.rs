@@ -45,6 +45,10 @@ mod harness;
 mod hostile_input;
 #[path = "e2e/invalid.rs"]
 mod invalid;
+#[path = "e2e/kubectl.rs"]
+mod kubectl;
+#[path = "support/kubectl.rs"]
+mod kubectl_cli;
 #[path = "e2e/least_privilege.rs"]
 mod least_privilege;
 #[path = "e2e/plan.rs"]
