@@ -9,6 +9,7 @@ mod git;
 mod kube;
 #[path = "adapters/kubectl.rs"]
 mod kubectl;
+#[allow(dead_code)]
 #[path = "support/kubectl.rs"]
 mod kubectl_cli;
 #[path = "adapters/proxmox.rs"]

@@ -47,6 +47,7 @@ mod hostile_input;
 mod invalid;
 #[path = "e2e/kubectl.rs"]
 mod kubectl;
+#[allow(dead_code)]
 #[path = "support/kubectl.rs"]
 mod kubectl_cli;
 #[path = "e2e/least_privilege.rs"]

@@ -394,3 +394,17 @@ async fn kilns_drain_waits_on_a_budget_and_never_evicts_past_it() {
     assert_eq!(server.state.lock().unwrap().evictions, held);
     assert!(web_pods_on(&server, "sim-wk-2").is_empty());
 }
+
+#[test]
+fn a_missing_kubectl_is_named_with_the_way_to_install_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let message = crate::kubectl_cli::kubectl_in(empty.path()).unwrap_err();
+    assert!(
+        message.contains(&empty.path().join("bin/kubectl").display().to_string())
+            && message.contains("scripts/setup-test-env")
+            && message.contains("KILN_TEST_VENV"),
+        "{message}"
+    );
+    // The venv the tests use has it.
+    assert!(crate::kubectl_cli::kubectl_binary().is_file());
+}

