@@ -223,3 +223,96 @@ async fn kubectl_with_the_stored_kubeconfig_gets_applies_cordons_and_drains_with
     let nodes = k.ok(&["get", "nodes"]);
     assert!(!nodes.contains("SchedulingDisabled"), "{nodes}");
 }
+
+/// The line number in `log` of the first line holding every one of `words`.
+fn line_of(log: &str, words: &[&str]) -> Option<usize> {
+    log.lines()
+        .position(|l| words.iter().all(|w| l.contains(w)))
+}
+
+/// kiln's own drain (a worker scale-down, through the daemon) against a PodDisruptionBudget: while the
+/// budget holds, kiln keeps asking (429s in the simulator's log), evicts nothing, and neither deletes
+/// the Node nor destroys the VM; once the budget allows one disruption the pod is evicted, then the
+/// Node is deleted and the VM destroyed.
+#[tokio::test(flavor = "multi_thread")]
+async fn kilns_scale_down_drain_waits_for_a_budget_and_never_evicts_past_it() {
+    let c = ClusterFixture::new("kdrain", 1, 2);
+    let world = World::start(vec![c.clone()]).await;
+    let run = world.run_once();
+    assert!(run.success(), "provisioning:\n{run}");
+    assert_converged(&world, &c).await;
+    let kubeconfig = stored(&world, &c.name, "kubeconfig", "kubeconfig").await;
+    let dir = world.dir.path().join("kubectl");
+    std::fs::create_dir_all(&dir).unwrap();
+    let k = Kubectl::new(&dir, kubeconfig.expose());
+    let (wk2, wk3) = ("kdrain-wk-2", "kdrain-wk-3");
+    let leaving = c.wanted().into_iter().find(|w| w.name == wk3).unwrap();
+
+    let applied = k.run_with_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&format!("{WORKLOADS}---\n{}", budget(2))),
+    );
+    assert!(applied.success(), "{applied}");
+    let held = web_pods_on(&k, wk3);
+    assert_eq!(held.len(), 1, "one web pod on {wk3}");
+
+    let mut smaller = c.clone();
+    smaller.workers = 1;
+    world.push_file(&smaller.path(), &smaller.yaml(), "workers 2 -> 1");
+    let mut daemon = world.spawn_daemon(None);
+
+    // Held: kiln's drain keeps asking and is refused; nothing is evicted, the Node and the VM stay.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while count(&world.sim.log_text(), "pod eviction refused") < 3 {
+        daemon.assert_running();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kiln never asked to evict {}:\n{}\n{}",
+            held[0],
+            world.sim.log_text(),
+            daemon.stderr_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = world.sim.log_text();
+    assert_eq!(
+        count(&log, "pod evicted"),
+        0,
+        "evicted past the budget:\n{log}"
+    );
+    assert!(line_of(&log, &["node deleted", wk3]).is_none(), "{log}");
+    assert!(
+        world.vms().contains_key(&leaving.vmid),
+        "the VM went without its drain"
+    );
+    assert_eq!(web_pods_on(&k, wk3), held);
+
+    // The budget allows one: the drain finishes, then the Node and the VM go.
+    let relaxed = k.run_with_stdin(&["apply", "--server-side", "-f", "-"], Some(&budget(1)));
+    assert!(relaxed.success(), "{relaxed}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while world.vms().contains_key(&leaving.vmid) {
+        daemon.assert_running();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{wk3} was not removed after the budget relaxed:\n{}",
+            daemon.stderr_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = world.sim.log_text();
+    let evicted = line_of(&log, &["pod evicted", &held[0]])
+        .unwrap_or_else(|| panic!("{} was never evicted:\n{log}", held[0]));
+    let deleted = line_of(&log, &["node deleted", wk3])
+        .unwrap_or_else(|| panic!("{wk3}'s Node was never deleted:\n{log}"));
+    assert!(
+        evicted < deleted,
+        "the Node went before its pod was evicted:\n{log}"
+    );
+    assert_eq!(count(&log, "pod evicted"), 1, "{log}");
+    assert_eq!(
+        web_pods_on(&k, wk2).len(),
+        2,
+        "the replacement runs on the kept worker"
+    );
+}
