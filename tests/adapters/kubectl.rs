@@ -302,6 +302,69 @@ async fn kubectl_gets_cordons_drains_within_a_budget_and_applies() {
     .unwrap();
     assert_eq!(now["spec"]["holderIdentity"], "b");
 
+    // The bootstrap manifests' other kinds apply too.
+    let bootstrap = "\
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: flannel, namespace: kube-system}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: kube-flannel-cfg, namespace: kube-system}
+data: {net-conf.json: '{\"Network\": \"10.244.0.0/16\"}'}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: flannel}
+rules:
+- {apiGroups: [''], resources: [pods], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: flannel}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: flannel}
+subjects:
+- {kind: ServiceAccount, name: flannel, namespace: kube-system}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+";
+    let applied = ok(
+        &k,
+        &["apply", "--server-side", "-f", "-"],
+        Some(bootstrap.to_owned()),
+    )
+    .await;
+    for line in [
+        "serviceaccount/flannel serverside-applied",
+        "configmap/kube-flannel-cfg serverside-applied",
+        "clusterrole.rbac.authorization.k8s.io/flannel serverside-applied",
+        "clusterrolebinding.rbac.authorization.k8s.io/flannel serverside-applied",
+        "service/kube-dns serverside-applied",
+    ] {
+        assert!(applied.contains(line), "{line}:\n{applied}");
+    }
+    let describe = ok(&k, &["describe", "node", "sim-wk-3"], None).await;
+    for want in [
+        "Kubelet Version:",
+        "v1.35.0",
+        "kube-flannel-",
+        "HolderIdentity:  sim-wk-3",
+    ] {
+        assert!(describe.contains(want), "{want}:\n{describe}");
+    }
+    let all = ok(&k, &["get", "all", "-A"], None).await;
+    assert!(
+        all.lines()
+            .any(|l| l.contains("deployment.apps/web") && l.contains("2/2")),
+        "{all}"
+    );
+
     // Unknown things are 404 Status objects, not a crash.
     let missing = run(&k, &["get", "--raw", "/apis/batch/v1/jobs"], None).await;
     assert!(

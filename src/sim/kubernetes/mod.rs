@@ -150,6 +150,22 @@ impl KubeSimState {
     pub fn put_node(&mut self, name: &str, mut node: SimNode) {
         node.resource_version = self.next_revision();
         self.nodes.insert(name.to_owned(), node);
+        // The kubelet's heartbeat Lease in `kube-node-lease`, which `kubectl describe node` shows.
+        let lease = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": { "name": name, "namespace": "kube-node-lease" },
+            "spec": { "holderIdentity": name, "leaseDurationSeconds": 40,
+                      "renewTime": store::micro_timestamp(SystemTime::now()) },
+        });
+        let key = ObjectKey {
+            group: "coordination.k8s.io".into(),
+            plural: "leases".into(),
+            namespace: "kube-node-lease".into(),
+            name: name.to_owned(),
+        };
+        if !self.objects.contains_key(&key) {
+            let _ = store::create_document(self, lease);
+        }
         workloads::reconcile(self);
     }
 

@@ -105,6 +105,15 @@ pub fn timestamp(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// A `MicroTime` (`renewTime`, `acquireTime`): RFC 3339 with microseconds.
+pub fn micro_timestamp(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    let micros = t.microsecond();
+    let t = t.replace_nanosecond(micros * 1000).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 pub fn parse_timestamp(s: &str) -> Option<SystemTime> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .ok()
