@@ -471,3 +471,109 @@ fn a_missing_kubectl_is_named_with_the_way_to_install_it() {
     // The venv the tests use has it.
     assert!(crate::kubectl_cli::kubectl_binary().is_file());
 }
+
+/// kube-rs, as kiln's own code would apply the bootstrap manifests (server-side apply with a field
+/// manager, forced) and hold a Lease (replace with the resourceVersion it read: a stale one is 409).
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_rs_applies_server_side_and_a_stale_lease_replace_conflicts() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+
+    let ip = [127, 0, 21, 3];
+    let pki = pki(ip);
+    let server = cluster(ip, &pki).await;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&kubeconfig(&format!("https://{}", server.addr), &pki))
+            .unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+
+    let proxies: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
+    let manifest = |image: &str| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": { "name": "kube-proxy", "namespace": "kube-system" },
+            "spec": { "selector": { "matchLabels": { "k8s-app": "kube-proxy" } }, "template": {
+                "metadata": { "labels": { "k8s-app": "kube-proxy" } },
+                "spec": { "tolerations": [{ "operator": "Exists" }],
+                          "containers": [{ "name": "kube-proxy", "image": image }] } } },
+        })
+    };
+    let params = PatchParams::apply("kiln").force();
+    let first = proxies
+        .patch(
+            "kube-proxy",
+            &params,
+            &Patch::Apply(manifest("registry.k8s.io/kube-proxy:v1.34.1")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.metadata.generation, Some(1));
+    let second = proxies
+        .patch(
+            "kube-proxy",
+            &params,
+            &Patch::Apply(manifest("registry.k8s.io/kube-proxy:v1.35.0")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        second.metadata.generation,
+        Some(2),
+        "a new template is a new generation"
+    );
+    let image = second.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("registry.k8s.io/kube-proxy:v1.35.0"));
+    // One kube-proxy pod per node, of the new template.
+    for node in ["sim-cp-1", "sim-wk-2", "sim-wk-3"] {
+        let pods: Vec<String> = server
+            .state
+            .lock()
+            .unwrap()
+            .pods_on(node)
+            .into_iter()
+            .filter(|p| p.starts_with("kube-system/kube-proxy-"))
+            .collect();
+        assert_eq!(pods.len(), 1, "{node}: {pods:?}");
+        let pod: k8s_openapi::api::core::v1::Pod = Api::namespaced(client.clone(), "kube-system")
+            .get(pods[0].trim_start_matches("kube-system/"))
+            .await
+            .unwrap();
+        assert_eq!(
+            pod.spec.unwrap().containers[0].image.as_deref(),
+            Some("registry.k8s.io/kube-proxy:v1.35.0"),
+            "{node} runs the old template"
+        );
+    }
+
+    let leases: Api<Lease> = Api::namespaced(client, "kube-system");
+    let mut lease: Lease = serde_json::from_value(json!({
+        "metadata": { "name": "kiln" }, "spec": { "holderIdentity": "kiln-a" },
+    }))
+    .unwrap();
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    lease = created.clone();
+    lease.spec.as_mut().unwrap().holder_identity = Some("kiln-a".into());
+    let renewed = leases
+        .replace("kiln", &PostParams::default(), &lease)
+        .await
+        .unwrap();
+    assert_ne!(
+        renewed.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    // `lease` still carries the first resourceVersion: someone else renewed since.
+    lease.spec.as_mut().unwrap().holder_identity = Some("kiln-b".into());
+    match leases.replace("kiln", &PostParams::default(), &lease).await {
+        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (409, "Conflict")),
+        other => panic!("a stale replace was not a conflict: {other:?}"),
+    }
+    let now = leases.get("kiln").await.unwrap();
+    assert_eq!(now.spec.unwrap().holder_identity.as_deref(), Some("kiln-a"));
+}

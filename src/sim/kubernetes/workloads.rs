@@ -269,7 +269,22 @@ fn daemonsets(state: &mut KubeSimState) {
     for (key, ds) in objects_of(state, "apps", "daemonsets") {
         let template = ds.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let tolerations = template.pointer("/spec/tolerations").cloned();
-        let pods = pods_owned_by(state, &key.namespace, "DaemonSet", &key.name);
+        let revision = template_hash(&template);
+        // Pods of an older template go (a rolling update, done at once), and new ones take their place.
+        let pods: Vec<(ObjectKey, Value)> =
+            pods_owned_by(state, &key.namespace, "DaemonSet", &key.name)
+                .into_iter()
+                .filter(|(k, p)| {
+                    let current = p
+                        .pointer("/metadata/labels/controller-revision-hash")
+                        .and_then(Value::as_str)
+                        == Some(revision.as_str());
+                    if !current {
+                        state.objects.remove(k);
+                    }
+                    current
+                })
+                .collect();
         let nodes: Vec<(String, SimNode)> = state
             .nodes
             .iter()
@@ -284,7 +299,14 @@ fn daemonsets(state: &mut KubeSimState) {
                 })
                 .collect();
             if wanted && here.is_empty() {
-                let (k, mut pod) = new_pod(state, &ds, "DaemonSet", &key.name, &template, &[]);
+                let (k, mut pod) = new_pod(
+                    state,
+                    &ds,
+                    "DaemonSet",
+                    &key.name,
+                    &template,
+                    &[("controller-revision-hash", revision.clone())],
+                );
                 // The DaemonSet controller binds its pods itself, cordoned nodes included.
                 pod["spec"]["nodeName"] = json!(node_name);
                 pod["status"] = running_status(node, &pod["spec"]);
