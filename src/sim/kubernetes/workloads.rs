@@ -591,28 +591,101 @@ fn budget_pods(state: &KubeSimState, key: &ObjectKey) -> Vec<(ObjectKey, Value)>
         .collect()
 }
 
-/// The budget's status as the disruption controller writes it: expected pods (the pods it covers,
-/// which the simulated controllers keep equal to their owners' scale), desired healthy from
-/// `minAvailable` (default 1, policy/v1 defaulting) or `maxUnavailable`, current healthy = Ready pods,
-/// and `disruptionsAllowed = max(0, currentHealthy - desiredHealthy)`.
+/// `getExpectedScale`: the sum of the scales of the covered pods' controllers, each counted once (a
+/// Deployment's replicas for the pods of its ReplicaSets, a bare ReplicaSet's own); pods without a
+/// controller are left out. A controller without a scale the disruption controller knows (a DaemonSet
+/// is not among its finders) is an error, which it answers by failing safe.
+fn expected_scale(
+    state: &KubeSimState,
+    ns: &str,
+    pods: &[(ObjectKey, Value)],
+) -> Result<usize, String> {
+    let mut scales: BTreeMap<String, usize> = BTreeMap::new();
+    let replicas = |doc: &Value| {
+        doc.pointer("/spec/replicas")
+            .and_then(Value::as_u64)
+            .unwrap_or(1) as usize
+    };
+    let get = |plural: &str, name: &str| {
+        state.objects.get(&ObjectKey {
+            group: "apps".into(),
+            plural: plural.into(),
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+        })
+    };
+    for (key, pod) in pods {
+        let Some((kind, name)) = controller_of(pod) else {
+            continue;
+        };
+        let found = match kind {
+            "ReplicaSet" => get("replicasets", name).map(|rs| match controller_of(rs) {
+                Some(("Deployment", d)) => (
+                    format!("Deployment/{d}"),
+                    get("deployments", d).map_or(0, replicas),
+                ),
+                _ => (format!("ReplicaSet/{name}"), replicas(rs)),
+            }),
+            "Deployment" => {
+                get("deployments", name).map(|d| (format!("Deployment/{name}"), replicas(d)))
+            }
+            _ => None,
+        };
+        let (controller, scale) =
+            found.ok_or_else(|| format!("found no controllers for pod \"{}\"", key.name))?;
+        scales.insert(controller, scale);
+    }
+    Ok(scales.values().sum())
+}
+
+/// The budget's status as the disruption controller writes it (`getExpectedPodCount`,
+/// `countHealthyPods`, `updatePdbStatus`): with `maxUnavailable`, expected pods are the controllers'
+/// scale and desired healthy is expected minus it (percentages rounded up); with an integer
+/// `minAvailable`, expected pods are the covered pods and desired healthy the number; with a
+/// percentage, expected is the scale again; with neither, both stay 0. Current healthy counts the
+/// Ready pods, and `disruptionsAllowed = healthy - desired`, but 0 when that is negative or nothing
+/// is expected (so a budget that matches no pod yet is safe).
 pub fn budget_status(state: &KubeSimState, key: &ObjectKey) -> Option<Value> {
     let pdb = state.objects.get(key)?;
     let pods = budget_pods(state, key);
-    let expected = pods.len();
     let healthy = pods.iter().filter(|(_, p)| is_pod_ready(p)).count();
     let spec = pdb.get("spec").cloned().unwrap_or(json!({}));
-    let desired = match (spec.get("minAvailable"), spec.get("maxUnavailable")) {
-        (_, Some(max)) if !max.is_null() => {
-            expected.saturating_sub(scaled(max, expected).unwrap_or(0))
+    let set = |f: &str| spec.get(f).filter(|v| !v.is_null()).cloned();
+    let counts = if let Some(max) = set("maxUnavailable") {
+        expected_scale(state, &key.namespace, &pods).map(|expected| {
+            let max = scaled(&max, expected).unwrap_or(0);
+            (expected, expected.saturating_sub(max))
+        })
+    } else if let Some(min) = set("minAvailable") {
+        match min.as_u64() {
+            Some(n) => Ok((pods.len(), n as usize)),
+            None => expected_scale(state, &key.namespace, &pods)
+                .map(|expected| (expected, scaled(&min, expected).unwrap_or(expected))),
         }
-        (Some(min), _) if !min.is_null() => scaled(min, expected).unwrap_or(1),
-        _ => 1,
+    } else {
+        Ok((0, 0))
     };
-    let allowed = healthy.saturating_sub(desired);
     let generation = pdb
         .pointer("/metadata/generation")
         .cloned()
         .unwrap_or(json!(1));
+    let (expected, desired, allowed, reason, message) = match counts {
+        Ok((expected, desired)) => {
+            let allowed = if expected == 0 {
+                0
+            } else {
+                healthy.saturating_sub(desired)
+            };
+            let reason = if allowed > 0 {
+                "SufficientPods"
+            } else {
+                "InsufficientPods"
+            };
+            (expected, desired, allowed, reason, String::new())
+        }
+        // failSafe: nothing may be disrupted while the budget cannot be computed.
+        Err(e) => (0, 0, 0, "SyncFailed", e),
+    };
     Some(json!({
         "observedGeneration": generation,
         "disruptionsAllowed": allowed,
@@ -622,8 +695,8 @@ pub fn budget_status(state: &KubeSimState, key: &ObjectKey) -> Option<Value> {
         "conditions": [{
             "type": "DisruptionAllowed",
             "status": if allowed > 0 { "True" } else { "False" },
-            "reason": if allowed > 0 { "SufficientPods" } else { "InsufficientPods" },
-            "message": "",
+            "reason": reason,
+            "message": message,
             "observedGeneration": generation,
         }],
     }))
@@ -680,8 +753,17 @@ pub fn evict(state: &mut KubeSimState, ns: &str, name: &str) -> Result<(), ApiEr
         if let Some(budget) = budgets.first() {
             let status = budget_status(state, budget).unwrap_or(json!({}));
             let n = |f: &str| status.get(f).and_then(Value::as_u64).unwrap_or(0);
-            let satisfied_anyway =
-                !is_pod_ready(&pod) && n("currentHealthy") >= n("desiredHealthy");
+            // An unhealthy pod: `AlwaysAllow` lets it go; `IfHealthyBudget` (the default) when the
+            // budget is met anyway and asks for something.
+            let always = state
+                .objects
+                .get(budget)
+                .and_then(|b| b.pointer("/spec/unhealthyPodEvictionPolicy"))
+                .and_then(Value::as_str)
+                == Some("AlwaysAllow");
+            let satisfied_anyway = !is_pod_ready(&pod)
+                && (always
+                    || (n("currentHealthy") >= n("desiredHealthy") && n("desiredHealthy") > 0));
             if !satisfied_anyway && n("disruptionsAllowed") == 0 {
                 state.refused_evictions.push(format!("{ns}/{name}"));
                 tracing::info!(pod = %format!("{ns}/{name}"), budget = %budget.name, "pod eviction refused by its disruption budget");
@@ -774,13 +856,15 @@ mod tests {
 
     #[test]
     fn a_budget_allows_what_its_numbers_allow() {
-        for (spec, allowed) in [
-            (json!({ "minAvailable": 2 }), 0),
-            (json!({ "minAvailable": 1 }), 1),
-            (json!({ "maxUnavailable": 1 }), 1),
-            (json!({ "maxUnavailable": "0%" }), 0),
-            (json!({ "minAvailable": "50%" }), 1),
-            (json!({}), 1),
+        // (spec, disruptions allowed, expected pods); the Deployment wants 2, both Ready.
+        for (spec, allowed, expected) in [
+            (json!({ "minAvailable": 2 }), 0, 2),
+            (json!({ "minAvailable": 1 }), 1, 2),
+            (json!({ "maxUnavailable": 1 }), 1, 2),
+            (json!({ "maxUnavailable": "0%" }), 0, 2),
+            (json!({ "minAvailable": "50%" }), 1, 2),
+            // Neither: nothing expected, so nothing may be disrupted.
+            (json!({}), 0, 0),
         ] {
             let mut s = cluster();
             pdb(&mut s, spec.clone());
@@ -792,12 +876,39 @@ mod tests {
             };
             let status = budget_status(&s, &key).unwrap();
             assert_eq!(status["disruptionsAllowed"], allowed, "{spec}");
-            assert_eq!(status["expectedPods"], 2);
+            assert_eq!(status["expectedPods"], expected, "{spec}");
             assert_eq!(
                 s.objects[&key]["status"], status,
                 "stored as the controller writes it"
             );
         }
+    }
+
+    #[test]
+    fn a_percentage_over_daemonset_pods_fails_safe() {
+        let mut s = cluster();
+        s.create(json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": { "name": "flannel", "namespace": "kube-system" },
+            "spec": { "maxUnavailable": 1, "selector": { "matchLabels": { "app": "flannel" } } },
+        }))
+        .unwrap();
+        let key = ObjectKey {
+            group: "policy".into(),
+            plural: "poddisruptionbudgets".into(),
+            namespace: "kube-system".into(),
+            name: "flannel".into(),
+        };
+        let status = budget_status(&s, &key).unwrap();
+        assert_eq!(status["disruptionsAllowed"], 0);
+        assert_eq!(status["conditions"][0]["reason"], "SyncFailed");
+        let pod = s
+            .pods_on("wk-2")
+            .into_iter()
+            .find(|p| p.starts_with("kube-system/"))
+            .unwrap();
+        let (ns, name) = pod.split_once('/').unwrap();
+        assert_eq!(evict(&mut s, ns, name).unwrap_err().code, 429);
     }
 
     #[test]
