@@ -56,8 +56,10 @@ pub struct SimNode {
     pub ready: bool,
     pub unschedulable: bool,
     /// `control-plane` or `worker`: the `node-role.kubernetes.io/…` label; a control plane carries
-    /// the `NoSchedule` taint Talos puts on it (unless scheduling on control planes is allowed).
+    /// the `NoSchedule` taint Talos puts on it unless `control_plane_schedulable`.
     pub role: String,
+    /// The config's `cluster.allowSchedulingOnControlPlanes`: no control-plane taint.
+    pub control_plane_schedulable: bool,
     /// `status.nodeInfo.kubeletVersion`: the tag of the kubelet image the node's config names.
     pub kubelet_version: String,
     /// `status.addresses` InternalIP.
@@ -74,6 +76,7 @@ impl Default for SimNode {
             ready: false,
             unschedulable: false,
             role: "worker".into(),
+            control_plane_schedulable: false,
             kubelet_version: String::new(),
             internal_ip: None,
             os_image: "Talos".into(),

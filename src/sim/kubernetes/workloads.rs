@@ -28,7 +28,7 @@ const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
 /// (`pkg/controller/nodelifecycle`), which DaemonSet pods tolerate.
 pub fn taints(node: &SimNode) -> Vec<Value> {
     let mut t = Vec::new();
-    if node.role == "control-plane" {
+    if node.role == "control-plane" && !node.control_plane_schedulable {
         t.push(json!({ "key": CONTROL_PLANE_TAINT, "effect": "NoSchedule" }));
     }
     if node.unschedulable {
@@ -45,7 +45,7 @@ fn tolerates(tolerations: Option<&Value>, node: &SimNode) -> bool {
         .into_iter()
         .flatten()
         .collect();
-    let role_taints = if node.role == "control-plane" {
+    let role_taints = if node.role == "control-plane" && !node.control_plane_schedulable {
         vec![CONTROL_PLANE_TAINT]
     } else {
         vec![]
@@ -852,6 +852,44 @@ mod tests {
         assert!(s.pods_on("cp-1").iter().all(|p| !p.starts_with("default/")));
         web_pod_on(&s, "wk-2");
         web_pod_on(&s, "wk-3");
+    }
+
+    #[test]
+    fn a_control_plane_that_allows_scheduling_takes_workloads() {
+        let mut s = KubeSimState::default();
+        s.put_node(
+            "solo-cp-1",
+            SimNode {
+                control_plane_schedulable: true,
+                ..node("control-plane")
+            },
+        );
+        s.create(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "web", "namespace": "default" },
+            "spec": { "replicas": 1, "selector": { "matchLabels": { "app": "web" } }, "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": { "containers": [{ "name": "web", "image": "nginx" }] } } },
+        }))
+        .unwrap();
+        assert_eq!(s.pods_on("solo-cp-1").len(), 1);
+        // Its replacement finds only a tainted control plane: it stays Pending, unbound.
+        s.put_node("tainted-cp-2", node("control-plane"));
+        s.nodes.remove("solo-cp-1");
+        reconcile(&mut s);
+        assert!(
+            s.pods_on("tainted-cp-2").is_empty(),
+            "a tainted control plane took a pod"
+        );
+        let pending: Vec<&Value> = s
+            .objects
+            .iter()
+            .filter(|(k, _)| k.plural == "pods" && k.namespace == "default")
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0]["status"]["phase"], "Pending");
+        assert!(pending[0].pointer("/spec/nodeName").is_none());
     }
 
     #[test]

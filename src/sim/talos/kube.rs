@@ -28,8 +28,9 @@ pub struct KubeLink {
     pub server: Option<KubeSimServer>,
     /// Node name → when the machine behind it accepted the config that registered it.
     registered: BTreeMap<String, Instant>,
-    /// Control plane name → (when it accepted its config, that config's API server image tag).
-    api_servers: BTreeMap<String, (Instant, Option<String>)>,
+    /// Control plane name → when it accepted its config, and that config's API server image tag and
+    /// `allowSchedulingOnControlPlanes`.
+    api_servers: BTreeMap<String, (Instant, (Option<String>, bool))>,
 }
 
 fn server_tls(vip: IpAddr, ca_pem: &str, ca_key_pem: &str) -> Result<KubeSimTls, String> {
@@ -130,17 +131,25 @@ pub fn ensure_started(shared: &Arc<Shared>, cluster: &str) {
     });
 }
 
-/// The tag of the API server image a control plane's config names (`cluster.apiServer.image`), which
-/// its `kube-apiserver` static pod runs; `None` when the config names none.
-fn api_server_version(raw: &[u8]) -> Option<String> {
-    let docs = super::config::documents(raw).ok()?;
-    let v1 = super::config::v1alpha1(&docs)?;
-    let image = v1
-        .get("cluster")?
-        .get("apiServer")?
-        .get("image")?
-        .as_str()?;
-    super::config::image_tag(image).map(str::to_owned)
+/// What a control plane's config says of its API server and scheduling: the tag of the API server
+/// image (`cluster.apiServer.image`, which its `kube-apiserver` static pod runs; `None` when the
+/// config names none) and `cluster.allowSchedulingOnControlPlanes` (no `NoSchedule` taint).
+fn control_plane_facts(raw: &[u8]) -> (Option<String>, bool) {
+    let docs = super::config::documents(raw).unwrap_or_default();
+    let Some(cluster) = super::config::v1alpha1(&docs).and_then(|v1| v1.get("cluster")) else {
+        return (None, false);
+    };
+    let version = cluster
+        .get("apiServer")
+        .and_then(|a| a.get("image"))
+        .and_then(|i| i.as_str())
+        .and_then(super::config::image_tag)
+        .map(str::to_owned);
+    let schedulable = cluster
+        .get("allowSchedulingOnControlPlanes")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    (version, schedulable)
 }
 
 /// What a machine's kubelet reports of itself.
@@ -153,6 +162,7 @@ struct Machine {
     ip: String,
     talos_version: String,
     api_server_version: Option<String>,
+    schedulable: bool,
 }
 
 /// Brings every cluster's Nodes in step with its machines (called after each simulated call).
@@ -167,16 +177,16 @@ pub fn sync(fleet: &mut Fleet) {
         let control_plane = c.cfg.machine_type == MachineType::ControlPlane;
         let cluster = c.cfg.cluster_key.clone();
         // Parsed once per accepted config, not on every call.
-        let api_server_version = if !control_plane {
-            None
+        let (api_server_version, schedulable) = if !control_plane {
+            (None, false)
         } else {
             match fleet
                 .kube
                 .get(&cluster)
                 .and_then(|l| l.api_servers.get(&name))
             {
-                Some((at, v)) if *at == c.applied_at => v.clone(),
-                _ => api_server_version(&c.raw),
+                Some((at, facts)) if *at == c.applied_at => facts.clone(),
+                _ => control_plane_facts(&c.raw),
             }
         };
         machines.entry(cluster).or_default().push(Machine {
@@ -188,6 +198,7 @@ pub fn sync(fleet: &mut Fleet) {
             ip: node.addr.ip().to_string(),
             talos_version: node.version.clone(),
             api_server_version,
+            schedulable,
         });
     }
     for (cluster, link) in fleet.kube.iter_mut() {
@@ -195,8 +206,10 @@ pub fn sync(fleet: &mut Fleet) {
         let current = machines.remove(cluster).unwrap_or_default();
         for m in &current {
             if m.control_plane {
-                link.api_servers
-                    .insert(m.name.clone(), (m.applied_at, m.api_server_version.clone()));
+                link.api_servers.insert(
+                    m.name.clone(),
+                    (m.applied_at, (m.api_server_version.clone(), m.schedulable)),
+                );
             }
             let fresh = link.registered.get(&m.name) != Some(&m.applied_at);
             if fresh {
@@ -219,6 +232,7 @@ pub fn sync(fleet: &mut Fleet) {
                         ready: m.ready,
                         unschedulable,
                         role: role.into(),
+                        control_plane_schedulable: m.schedulable,
                         kubelet_version: m.kubelet_version.clone(),
                         internal_ip: Some(m.ip.clone()),
                         os_image: format!("Talos ({})", m.talos_version),
@@ -269,5 +283,20 @@ pub fn sync(fleet: &mut Fleet) {
         {
             state.git_version = v;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_plane_config_names_its_api_server_and_whether_it_takes_workloads() {
+        let raw = b"version: v1alpha1\nmachine:\n  type: controlplane\ncluster:\n  \
+                    allowSchedulingOnControlPlanes: true\n  apiServer:\n    \
+                    image: registry.k8s.io/kube-apiserver:v1.35.0\n";
+        assert_eq!(control_plane_facts(raw), (Some("v1.35.0".to_owned()), true));
+        let raw = b"version: v1alpha1\nmachine:\n  type: controlplane\ncluster: {}\n";
+        assert_eq!(control_plane_facts(raw), (None, false));
     }
 }
