@@ -577,3 +577,122 @@ async fn kube_rs_applies_server_side_and_a_stale_lease_replace_conflicts() {
     let now = leases.get("kiln").await.unwrap();
     assert_eq!(now.spec.unwrap().holder_identity.as_deref(), Some("kiln-a"));
 }
+
+/// Through the Talos simulator (`sim::talos::kube`): each Node's `kubeletVersion` is the kubelet
+/// image tag of the config its machine runs, and `/version` the API server image tag of the control
+/// plane's config; a config with new images (applied without a reboot, as Talos applies image changes)
+/// shows at once, on that node only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_report_the_kubelet_and_the_api_server_their_configs_name() {
+    use crate::talos_grpc::{addr, admin, cluster, config_for, start_sim};
+    use k8s_openapi::api::core::v1::Node;
+    use kiln::sim::talos::NodeSpec;
+    use kiln::talos::grpc::proto::machine::ApplyMode;
+    use kiln::talos::grpc::{GrpcTalos, TalosPort};
+    use kube::api::{Api, ListParams};
+    use std::net::IpAddr;
+    use std::time::Duration;
+
+    let c = cluster("kver", 71, 1, 1);
+    let spec = |last| NodeSpec {
+        addr: addr(last),
+        uuid: None,
+        version: None,
+        platform: None,
+    };
+    let _sim = start_sim(&[spec(71), spec(72)]).await;
+    let talos = GrpcTalos {
+        port: 50000,
+        options: crate::talos_grpc::options(),
+    };
+    let ip = |last: u8| IpAddr::from([127, 0, 10, last]);
+    for last in [71, 72] {
+        talos
+            .apply_in_maintenance(ip(last), "", config_for(&c, ip(last)).as_bytes())
+            .await
+            .unwrap();
+    }
+    talos.bootstrap(ip(71), &admin()).await.unwrap();
+    let kubeconfig = talos.kubeconfig(ip(71), &admin()).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(kubeconfig.expose()).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    // The API's listener starts right after bootstrap.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let version = loop {
+        match client.apiserver_version().await {
+            Ok(v) => break v.git_version,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no API at the VIP: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(version, "v1.34.1");
+    let kubelets = || async {
+        Api::<Node>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|n| {
+                (
+                    n.metadata.name.unwrap(),
+                    n.status.unwrap().node_info.unwrap().kubelet_version,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let both = |cp: &str, wk: &str| {
+        vec![
+            ("kver-cp-1".to_owned(), cp.to_owned()),
+            ("kver-wk-2".to_owned(), wk.to_owned()),
+        ]
+    };
+    assert_eq!(kubelets().await, both("v1.34.1", "v1.34.1"));
+
+    // The worker's kubelet first: only its Node changes.
+    let worker = config_for(&c, ip(72));
+    assert!(worker.contains("ghcr.io/siderolabs/kubelet:v1.34.1"));
+    let worker = worker.replace("kubelet:v1.34.1", "kubelet:v1.35.0");
+    talos
+        .apply_configured(
+            ip(72),
+            &admin(),
+            worker.as_bytes(),
+            ApplyMode::NoReboot,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(kubelets().await, both("v1.34.1", "v1.35.0"));
+    assert_eq!(
+        client.apiserver_version().await.unwrap().git_version,
+        "v1.34.1"
+    );
+
+    // Then the control plane's API server image: `/version` follows it.
+    let cp = config_for(&c, ip(71));
+    assert!(
+        cp.contains("kube-apiserver:v1.34.1"),
+        "the control plane's config names its API server image"
+    );
+    let cp = cp.replace("kube-apiserver:v1.34.1", "kube-apiserver:v1.35.0");
+    talos
+        .apply_configured(ip(71), &admin(), cp.as_bytes(), ApplyMode::NoReboot, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        client.apiserver_version().await.unwrap().git_version,
+        "v1.35.0"
+    );
+    assert_eq!(kubelets().await, both("v1.34.1", "v1.35.0"));
+}
