@@ -365,6 +365,18 @@ spec:
         "{all}"
     );
 
+    // Deleting: kubectl waits for the object to be gone, which it is at once.
+    let deleted = ok(&k, &["delete", "lease", "kiln", "-n", "kube-system"], None).await;
+    assert!(
+        deleted.contains("lease.coordination.k8s.io \"kiln\" deleted"),
+        "{deleted}"
+    );
+    let gone = run(&k, &["get", "lease", "kiln", "-n", "kube-system"], None).await;
+    assert!(
+        !gone.success() && gone.stderr.contains("NotFound"),
+        "{gone}"
+    );
+
     // Unknown things are 404 Status objects, not a crash.
     let missing = run(&k, &["get", "--raw", "/apis/batch/v1/jobs"], None).await;
     assert!(
