@@ -707,4 +707,24 @@ async fn nodes_report_the_kubelet_and_the_api_server_their_configs_name() {
         "v1.35.0"
     );
     assert_eq!(kubelets().await, both("v1.34.1", "v1.35.0"));
+    // The control plane's static pods, as their mirror pods show them: the API server's new image, the
+    // others as they were.
+    let image = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let pod = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, "kube-system")
+                .get(name)
+                .await
+                .unwrap();
+            pod.spec.unwrap().containers[0].image.clone().unwrap()
+        }
+    };
+    assert_eq!(
+        image("kube-apiserver-kver-cp-1").await,
+        "registry.k8s.io/kube-apiserver:v1.35.0"
+    );
+    assert_eq!(
+        image("kube-scheduler-kver-cp-1").await,
+        "registry.k8s.io/kube-scheduler:v1.34.1"
+    );
 }

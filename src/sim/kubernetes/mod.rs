@@ -14,6 +14,7 @@
 mod discovery;
 mod nodes;
 mod routes;
+mod static_pods;
 mod store;
 mod table;
 mod workloads;

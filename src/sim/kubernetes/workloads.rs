@@ -107,7 +107,7 @@ fn template_hash(template: &Value) -> String {
 }
 
 /// A pod the kubelet runs: Running and Ready, its containers started.
-fn running_status(node: &SimNode, spec: &Value) -> Value {
+pub(super) fn running_status(node: &SimNode, spec: &Value) -> Value {
     let now = timestamp(std::time::SystemTime::now());
     let containers: Vec<Value> = spec
         .get("containers")
@@ -469,22 +469,42 @@ fn schedule(state: &mut KubeSimState) {
             p["metadata"]["resourceVersion"] = json!(rv.to_string());
         }
     }
-    // Pods on a node whose kubelet stopped reporting are no longer Ready.
+    // A pod is Ready while its node's kubelet reports Ready (and runs it): NotReady when the node
+    // goes, Ready again when it comes back.
     for (key, pod) in objects_of(state, "", "pods") {
-        let node_ready = pod
+        let Some(node_ready) = pod
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .and_then(|n| state.nodes.get(n))
-            .map(|n| n.ready);
-        if node_ready == Some(false)
-            && is_pod_ready(&pod)
-            && let Some(p) = state.objects.get_mut(&key)
-            && let Some(cs) = p
+            .map(|n| n.ready)
+        else {
+            continue;
+        };
+        if pod.pointer("/status/phase").and_then(Value::as_str) != Some("Running")
+            || is_pod_ready(&pod) == node_ready
+        {
+            continue;
+        }
+        let rv = state.next_revision();
+        let want = if node_ready { "True" } else { "False" };
+        if let Some(p) = state.objects.get_mut(&key) {
+            p["metadata"]["resourceVersion"] = json!(rv.to_string());
+            for c in p
                 .pointer_mut("/status/conditions")
                 .and_then(Value::as_array_mut)
-        {
-            for c in cs.iter_mut().filter(|c| c["type"] == "Ready") {
-                c["status"] = json!("False");
+                .into_iter()
+                .flatten()
+                .filter(|c| c["type"] == "Ready" || c["type"] == "ContainersReady")
+            {
+                c["status"] = json!(want);
+            }
+            for c in p
+                .pointer_mut("/status/containerStatuses")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                c["ready"] = json!(node_ready);
             }
         }
     }
@@ -995,6 +1015,24 @@ mod tests {
                 .iter()
                 .any(|p| p.starts_with("kube-system/flannel-"))
         );
+    }
+
+    #[test]
+    fn pods_follow_their_nodes_readiness_and_budgets_with_them() {
+        let mut s = cluster();
+        pdb(&mut s, json!({ "minAvailable": 1 }));
+        let key = ObjectKey {
+            group: "policy".into(),
+            plural: "poddisruptionbudgets".into(),
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        s.set_node_ready("wk-3", false);
+        assert_eq!(budget_status(&s, &key).unwrap()["currentHealthy"], 1);
+        assert_eq!(budget_status(&s, &key).unwrap()["disruptionsAllowed"], 0);
+        s.set_node_ready("wk-3", true);
+        assert_eq!(budget_status(&s, &key).unwrap()["currentHealthy"], 2);
+        assert_eq!(budget_status(&s, &key).unwrap()["disruptionsAllowed"], 1);
     }
 
     #[test]

@@ -28,9 +28,9 @@ pub struct KubeLink {
     pub server: Option<KubeSimServer>,
     /// Node name → when the machine behind it accepted the config that registered it.
     registered: BTreeMap<String, Instant>,
-    /// Control plane name → when it accepted its config, and that config's API server image tag and
-    /// `allowSchedulingOnControlPlanes`.
-    api_servers: BTreeMap<String, (Instant, (Option<String>, bool))>,
+    /// Control plane name → when it accepted its config, and what that config says of its
+    /// Kubernetes control plane.
+    api_servers: BTreeMap<String, (Instant, ControlPlaneFacts)>,
 }
 
 fn server_tls(vip: IpAddr, ca_pem: &str, ca_key_pem: &str) -> Result<KubeSimTls, String> {
@@ -131,25 +131,51 @@ pub fn ensure_started(shared: &Arc<Shared>, cluster: &str) {
     });
 }
 
-/// What a control plane's config says of its API server and scheduling: the tag of the API server
-/// image (`cluster.apiServer.image`, which its `kube-apiserver` static pod runs; `None` when the
-/// config names none) and `cluster.allowSchedulingOnControlPlanes` (no `NoSchedule` taint).
-fn control_plane_facts(raw: &[u8]) -> (Option<String>, bool) {
+/// What a control plane's config says of its Kubernetes control plane.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ControlPlaneFacts {
+    /// The tag of `cluster.apiServer.image`, which its `kube-apiserver` static pod runs.
+    api_server_version: Option<String>,
+    /// `cluster.allowSchedulingOnControlPlanes`: no `NoSchedule` taint.
+    schedulable: bool,
+    /// `(component, image)` of each static pod Talos runs from the config; an image the config does
+    /// not name is the upstream one at the kubelet's tag.
+    static_pods: Vec<(String, String)>,
+}
+
+fn control_plane_facts(raw: &[u8], kubelet_version: &str) -> ControlPlaneFacts {
     let docs = super::config::documents(raw).unwrap_or_default();
-    let Some(cluster) = super::config::v1alpha1(&docs).and_then(|v1| v1.get("cluster")) else {
-        return (None, false);
+    let cluster = super::config::v1alpha1(&docs).and_then(|v1| v1.get("cluster"));
+    let image_of = |section: &str| {
+        cluster
+            .and_then(|c| c.get(section))
+            .and_then(|s| s.get("image"))
+            .and_then(|i| i.as_str())
+            .map(str::to_owned)
     };
-    let version = cluster
-        .get("apiServer")
-        .and_then(|a| a.get("image"))
-        .and_then(|i| i.as_str())
-        .and_then(super::config::image_tag)
-        .map(str::to_owned);
-    let schedulable = cluster
-        .get("allowSchedulingOnControlPlanes")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    (version, schedulable)
+    let static_pods = [
+        ("kube-apiserver", "apiServer"),
+        ("kube-controller-manager", "controllerManager"),
+        ("kube-scheduler", "scheduler"),
+    ]
+    .into_iter()
+    .map(|(component, section)| {
+        let image = image_of(section)
+            .unwrap_or_else(|| format!("registry.k8s.io/{component}:{kubelet_version}"));
+        (component.to_owned(), image)
+    })
+    .collect();
+    ControlPlaneFacts {
+        api_server_version: image_of("apiServer")
+            .as_deref()
+            .and_then(super::config::image_tag)
+            .map(str::to_owned),
+        schedulable: cluster
+            .and_then(|c| c.get("allowSchedulingOnControlPlanes"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        static_pods,
+    }
 }
 
 /// What a machine's kubelet reports of itself.
@@ -157,12 +183,11 @@ struct Machine {
     name: String,
     applied_at: Instant,
     ready: bool,
-    control_plane: bool,
     kubelet_version: String,
     ip: String,
     talos_version: String,
-    api_server_version: Option<String>,
-    schedulable: bool,
+    /// `Some` for a control plane.
+    control_plane: Option<ControlPlaneFacts>,
 }
 
 /// Brings every cluster's Nodes in step with its machines (called after each simulated call).
@@ -177,44 +202,39 @@ pub fn sync(fleet: &mut Fleet) {
         let control_plane = c.cfg.machine_type == MachineType::ControlPlane;
         let cluster = c.cfg.cluster_key.clone();
         // Parsed once per accepted config, not on every call.
-        let (api_server_version, schedulable) = if !control_plane {
-            (None, false)
-        } else {
+        let kubelet_version = c.cfg.kubernetes_version.clone().unwrap_or_default();
+        let facts = control_plane.then(|| {
             match fleet
                 .kube
                 .get(&cluster)
                 .and_then(|l| l.api_servers.get(&name))
             {
                 Some((at, facts)) if *at == c.applied_at => facts.clone(),
-                _ => control_plane_facts(&c.raw),
+                _ => control_plane_facts(&c.raw, &kubelet_version),
             }
-        };
+        });
         machines.entry(cluster).or_default().push(Machine {
             name,
             applied_at: c.applied_at,
             ready: stage == "running",
-            control_plane,
-            kubelet_version: c.cfg.kubernetes_version.clone().unwrap_or_default(),
+            kubelet_version,
             ip: node.addr.ip().to_string(),
             talos_version: node.version.clone(),
-            api_server_version,
-            schedulable,
+            control_plane: facts,
         });
     }
     for (cluster, link) in fleet.kube.iter_mut() {
         let mut state = link.state.lock().expect("kube sim lock");
         let current = machines.remove(cluster).unwrap_or_default();
         for m in &current {
-            if m.control_plane {
-                link.api_servers.insert(
-                    m.name.clone(),
-                    (m.applied_at, (m.api_server_version.clone(), m.schedulable)),
-                );
+            if let Some(facts) = &m.control_plane {
+                link.api_servers
+                    .insert(m.name.clone(), (m.applied_at, facts.clone()));
             }
             let fresh = link.registered.get(&m.name) != Some(&m.applied_at);
             if fresh {
                 link.registered.insert(m.name.clone(), m.applied_at);
-                let role = if m.control_plane {
+                let role = if m.control_plane.is_some() {
                     "control-plane"
                 } else {
                     "worker"
@@ -232,7 +252,10 @@ pub fn sync(fleet: &mut Fleet) {
                         ready: m.ready,
                         unschedulable,
                         role: role.into(),
-                        control_plane_schedulable: m.schedulable,
+                        control_plane_schedulable: m
+                            .control_plane
+                            .as_ref()
+                            .is_some_and(|f| f.schedulable),
                         kubelet_version: m.kubelet_version.clone(),
                         internal_ip: Some(m.ip.clone()),
                         os_image: format!("Talos ({})", m.talos_version),
@@ -240,6 +263,10 @@ pub fn sync(fleet: &mut Fleet) {
                         resource_version: 0,
                     },
                 );
+                // Its kubelet runs the static pods the new config describes.
+                if let Some(facts) = &m.control_plane {
+                    state.put_static_pods(&m.name, &facts.static_pods);
+                }
             } else {
                 let stale = state.nodes.get(&m.name).is_some_and(|n| {
                     n.kubelet_version != m.kubelet_version
@@ -272,11 +299,12 @@ pub fn sync(fleet: &mut Fleet) {
         // (by name), whose `kube-apiserver` runs the image its config names.
         if let Some(v) = current
             .iter()
-            .filter(|m| m.control_plane && m.ready)
+            .filter(|m| m.control_plane.is_some() && m.ready)
             .min_by(|a, b| a.name.cmp(&b.name))
             .and_then(|m| {
-                m.api_server_version
-                    .clone()
+                m.control_plane
+                    .as_ref()
+                    .and_then(|f| f.api_server_version.clone())
                     .or_else(|| Some(m.kubelet_version.clone()))
             })
             .filter(|v| !v.is_empty())
@@ -295,8 +323,23 @@ mod tests {
         let raw = b"version: v1alpha1\nmachine:\n  type: controlplane\ncluster:\n  \
                     allowSchedulingOnControlPlanes: true\n  apiServer:\n    \
                     image: registry.k8s.io/kube-apiserver:v1.35.0\n";
-        assert_eq!(control_plane_facts(raw), (Some("v1.35.0".to_owned()), true));
+        let facts = control_plane_facts(raw, "v1.34.1");
+        assert_eq!(facts.api_server_version.as_deref(), Some("v1.35.0"));
+        assert!(facts.schedulable);
+        assert_eq!(
+            facts.static_pods,
+            [
+                ("kube-apiserver", "registry.k8s.io/kube-apiserver:v1.35.0"),
+                (
+                    "kube-controller-manager",
+                    "registry.k8s.io/kube-controller-manager:v1.34.1"
+                ),
+                ("kube-scheduler", "registry.k8s.io/kube-scheduler:v1.34.1"),
+            ]
+            .map(|(c, i)| (c.to_owned(), i.to_owned()))
+        );
         let raw = b"version: v1alpha1\nmachine:\n  type: controlplane\ncluster: {}\n";
-        assert_eq!(control_plane_facts(raw), (None, false));
+        let facts = control_plane_facts(raw, "v1.34.1");
+        assert_eq!((facts.api_server_version, facts.schedulable), (None, false));
     }
 }
