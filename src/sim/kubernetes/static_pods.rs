@@ -1,7 +1,7 @@
 //! The mirror pods of a control plane's static pods (kube-apiserver, kube-controller-manager,
 //! kube-scheduler), which the kubelet posts for the manifests Talos writes from the machine config
-//! (Talos `internal/app/machined/pkg/controllers/k8s/control_plane_static_pod.go`: labels `k8s-app`
-//! and `tier: control-plane`; the kubelet's mirror annotations and its Node as controller,
+//! (Talos `internal/app/machined/pkg/controllers/k8s/control_plane_static_pod.go`: its labels, `tier:
+//! control-plane`, `k8s-app`, `component`, `app.kubernetes.io/…`; the kubelet's mirror annotations and its Node as controller,
 //! `pkg/kubelet/pod/mirror_client.go`). Drains leave them alone, as kubectl's and kiln's do; a new
 //! image replaces the pod, so an upgrade of the control plane shows node by node.
 
@@ -37,6 +37,7 @@ impl KubeSimState {
             let hash = hex::encode(
                 &Sha256::digest(format!("{node}/{component}/{image}").as_bytes())[..16],
             );
+            let version = image.rsplit_once(':').map_or("", |(_, tag)| tag);
             let rv = self.next_revision();
             let spec = json!({
                 "nodeName": node,
@@ -49,7 +50,13 @@ impl KubeSimState {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {
                     "name": name, "namespace": "kube-system",
-                    "labels": { "k8s-app": component, "tier": "control-plane" },
+                    "labels": {
+                        "tier": "control-plane", "k8s-app": component, "component": component,
+                        "app.kubernetes.io/name": component,
+                        "app.kubernetes.io/version": version,
+                        "app.kubernetes.io/component": "control-plane",
+                        "app.kubernetes.io/managed-by": "Talos",
+                    },
                     "annotations": {
                         "kubernetes.io/config.hash": hash,
                         "kubernetes.io/config.mirror": hash,
