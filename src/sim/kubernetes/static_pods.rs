@@ -1,9 +1,10 @@
 //! The mirror pods of a control plane's static pods (kube-apiserver, kube-controller-manager,
-//! kube-scheduler), which the kubelet posts for the manifests Talos writes from the machine config
-//! (Talos `internal/app/machined/pkg/controllers/k8s/control_plane_static_pod.go`: its labels, `tier:
-//! control-plane`, `k8s-app`, `component`, `app.kubernetes.io/…`; the kubelet's mirror annotations and its Node as controller,
-//! `pkg/kubelet/pod/mirror_client.go`). Drains leave them alone, as kubectl's and kiln's do; a new
-//! image replaces the pod, so an upgrade of the control plane shows node by node.
+//! kube-scheduler), which the kubelet posts for the manifests Talos writes from the machine config.
+//! Labels as Talos gives them (`tier: control-plane`, `k8s-app`, `component`, `app.kubernetes.io/…`:
+//! Talos `internal/app/machined/pkg/controllers/k8s/control_plane_static_pod.go`); the kubelet's
+//! mirror annotations and its Node as controller (`pkg/kubelet/pod/mirror_client.go`). Drains leave
+//! them alone, as kubectl's and kiln's do; a new image replaces the pod, so an upgrade of the control
+//! plane shows node by node.
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
