@@ -605,27 +605,27 @@ async fn nodes_report_the_kubelet_and_the_api_server_their_configs_name() {
     use std::net::IpAddr;
     use std::time::Duration;
 
-    let c = cluster("kver", 71, 1, 1);
+    let c = cluster("kver", 231, 1, 1);
     let spec = |last| NodeSpec {
         addr: addr(last),
         uuid: None,
         version: None,
         platform: None,
     };
-    let _sim = start_sim(&[spec(71), spec(72)]).await;
+    let _sim = start_sim(&[spec(231), spec(232)]).await;
     let talos = GrpcTalos {
         port: 50000,
         options: crate::talos_grpc::options(),
     };
     let ip = |last: u8| IpAddr::from([127, 0, 10, last]);
-    for last in [71, 72] {
+    for last in [231, 232] {
         talos
             .apply_in_maintenance(ip(last), "", config_for(&c, ip(last)).as_bytes())
             .await
             .unwrap();
     }
-    talos.bootstrap(ip(71), &admin()).await.unwrap();
-    let kubeconfig = talos.kubeconfig(ip(71), &admin()).await.unwrap();
+    talos.bootstrap(ip(231), &admin()).await.unwrap();
+    let kubeconfig = talos.kubeconfig(ip(231), &admin()).await.unwrap();
     let config = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::from_yaml(kubeconfig.expose()).unwrap(),
         &Default::default(),
@@ -672,12 +672,12 @@ async fn nodes_report_the_kubelet_and_the_api_server_their_configs_name() {
     assert_eq!(kubelets().await, both("v1.34.1", "v1.34.1"));
 
     // The worker's kubelet first: only its Node changes.
-    let worker = config_for(&c, ip(72));
+    let worker = config_for(&c, ip(232));
     assert!(worker.contains("ghcr.io/siderolabs/kubelet:v1.34.1"));
     let worker = worker.replace("kubelet:v1.34.1", "kubelet:v1.35.0");
     talos
         .apply_configured(
-            ip(72),
+            ip(232),
             &admin(),
             worker.as_bytes(),
             ApplyMode::NoReboot,
@@ -692,14 +692,14 @@ async fn nodes_report_the_kubelet_and_the_api_server_their_configs_name() {
     );
 
     // Then the control plane's API server image: `/version` follows it.
-    let cp = config_for(&c, ip(71));
+    let cp = config_for(&c, ip(231));
     assert!(
         cp.contains("kube-apiserver:v1.34.1"),
         "the control plane's config names its API server image"
     );
     let cp = cp.replace("kube-apiserver:v1.34.1", "kube-apiserver:v1.35.0");
     talos
-        .apply_configured(ip(71), &admin(), cp.as_bytes(), ApplyMode::NoReboot, false)
+        .apply_configured(ip(231), &admin(), cp.as_bytes(), ApplyMode::NoReboot, false)
         .await
         .unwrap();
     assert_eq!(
