@@ -7,6 +7,11 @@
 mod git;
 #[path = "adapters/kube.rs"]
 mod kube;
+#[path = "adapters/kubectl.rs"]
+mod kubectl;
+#[allow(dead_code)]
+#[path = "support/kubectl.rs"]
+mod kubectl_cli;
 #[path = "adapters/proxmox.rs"]
 mod proxmox;
 #[path = "adapters/secrets.rs"]

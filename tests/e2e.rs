@@ -47,6 +47,11 @@ mod harness;
 mod hostile_input;
 #[path = "e2e/invalid.rs"]
 mod invalid;
+#[path = "e2e/kubectl.rs"]
+mod kubectl;
+#[allow(dead_code)]
+#[path = "support/kubectl.rs"]
+mod kubectl_cli;
 #[path = "e2e/least_privilege.rs"]
 mod least_privilege;
 #[path = "e2e/live_config.rs"]

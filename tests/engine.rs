@@ -16,6 +16,10 @@ mod spec_load;
 #[path = "engine/talos_config.rs"]
 mod talos_config;
 
+#[allow(dead_code)]
+#[path = "support/kubectl.rs"]
+mod kubectl_cli;
+
 #[path = "engine/scenarios.rs"]
 mod scenarios;
 

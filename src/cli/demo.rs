@@ -15,10 +15,45 @@ use kiln::reconcile::{Engine, KubeRs, Ports, Progress};
 pub struct Args {
     #[arg(long, value_name = "DIR", default_value = kiln::demo::DEFAULT_DIR)]
     state_dir: PathBuf,
+    /// Once the demo converges, keep the simulated lab (Proxmox, Talos, each cluster's Kubernetes
+    /// API) running until Ctrl-C, and print the kubectl command to look at it.
+    #[arg(long)]
+    serve: bool,
 }
 
 pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
-    demo(&args.state_dir)
+    demo(&args.state_dir, args.serve)
+}
+
+/// Writes each cluster's stored kubeconfig into the demo folder, prints the kubectl line for each,
+/// and waits for Ctrl-C (or SIGTERM) while the lab, owned by the caller, keeps answering.
+async fn serve(
+    demo: &kiln::demo::Demo,
+    store: &dyn kiln::secrets::SecretStore,
+) -> anyhow::Result<()> {
+    use kiln::demo::serve::{kubeconfig_path, kubectl_line, stored_kubeconfig, write_kubeconfig};
+    let mut lines = Vec::new();
+    for cluster in &demo.clusters {
+        let kubeconfig = stored_kubeconfig(store, &demo.config.secrets.prefix, cluster).await?;
+        let path = kubeconfig_path(&demo.dir, cluster);
+        write_kubeconfig(&path, &kubeconfig)?;
+        lines.push(kubectl_line(&path));
+    }
+    println!(
+        "\nThe simulated lab keeps running until Ctrl-C. Look at the clusters kiln made with the \
+         kubectl you already use:"
+    );
+    for line in &lines {
+        println!("  {line}");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("listening for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    eprintln!("kiln demo: stopped; the lab is gone, the demo folder stays.");
+    Ok(())
 }
 
 /// The demo wipes its folder before its engine's state_dir exists to be locked, so the lock of a
@@ -33,8 +68,9 @@ fn refuse_a_running_demo(demo_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// `kiln demo`: a fresh demo folder, the example clusters reconciled in the simulated machine room,
-/// then one more cycle to show that a converged site costs nothing, then the report.
-pub fn demo(state_dir: &Path) -> anyhow::Result<ExitCode> {
+/// then one more cycle to show that a converged site costs nothing, then the report; with `--serve`,
+/// the lab stays up until Ctrl-C.
+pub fn demo(state_dir: &Path, serve_lab: bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         refuse_a_running_demo(state_dir)?;
@@ -84,7 +120,13 @@ pub fn demo(state_dir: &Path) -> anyhow::Result<ExitCode> {
         if let Some(e) = first.error.as_ref().or(second.error.as_ref()) {
             eprintln!("kiln demo: {e}");
         }
-        Ok(if first.converged && second.converged {
+        let converged = first.converged && second.converged;
+        if converged && serve_lab {
+            serve(&demo, store.store.as_ref()).await?;
+        } else if serve_lab {
+            eprintln!("kiln demo: not serving the lab: the demo did not converge");
+        }
+        Ok(if converged {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

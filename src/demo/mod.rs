@@ -12,6 +12,7 @@
 
 pub mod examples;
 pub mod repo;
+pub mod serve;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -66,6 +67,8 @@ pub enum DemoError {
          the same loopback addresses; stop it first"
     )]
     AddressInUse { addr: SocketAddr },
+    #[error("cluster {cluster}: cannot read the kubeconfig kiln stored: {message}")]
+    Kubeconfig { cluster: String, message: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {

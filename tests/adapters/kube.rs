@@ -7,18 +7,19 @@ use std::time::Duration;
 
 use kiln::kube::{KubeAccess, KubeClient, KubePort};
 use kiln::redact::Secret;
-use kiln::sim::kubernetes::{KubeSimServer, KubeSimState, KubeSimTls, SimNode, SimPod};
+use kiln::sim::kubernetes::{KubeSimServer, KubeSimState, KubeSimTls, SimNode};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
+use serde_json::json;
 
-struct Pki {
-    ca_pem: String,
+pub struct Pki {
+    pub ca_pem: String,
     server_cert: String,
     server_key: String,
-    client_cert: String,
-    client_key: String,
+    pub client_cert: String,
+    pub client_key: String,
 }
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -54,7 +55,7 @@ fn leaf(
     (cert.pem(), key.serialize_pem())
 }
 
-fn pki(ip: [u8; 4]) -> Pki {
+pub fn pki(ip: [u8; 4]) -> Pki {
     let kubernetes_ca = ca("kubernetes");
     let (server_cert, server_key) = leaf(
         &kubernetes_ca,
@@ -79,7 +80,7 @@ fn pki(ip: [u8; 4]) -> Pki {
     }
 }
 
-async fn start(ip: [u8; 4], pki: &Pki) -> KubeSimServer {
+pub async fn start(ip: [u8; 4], pki: &Pki) -> KubeSimServer {
     let state = Arc::new(Mutex::new(KubeSimState {
         git_version: "v1.34.1".into(),
         ..Default::default()
@@ -92,31 +93,51 @@ async fn start(ip: [u8; 4], pki: &Pki) -> KubeSimServer {
             ("prod-wk-5", "worker", false),
             ("stranger", "worker", true),
         ] {
-            s.nodes.insert(
-                name.into(),
+            s.put_node(
+                name,
                 SimNode {
                     ready,
-                    unschedulable: false,
                     role: role.into(),
+                    kubelet_version: "v1.34.1".into(),
+                    ..SimNode::default()
                 },
             );
         }
-        for (ns, name, node, ds, pdb) in [
-            ("default", "web-1", "prod-wk-4", false, false),
-            ("kube-system", "flannel-x", "prod-wk-4", true, false),
-            ("default", "db-0", "prod-wk-5", false, true),
-            ("default", "web-2", "prod-cp-1", false, false),
+        // flannel runs on every node (it tolerates every taint); web-1 is a bare pod, db-0 is
+        // covered by a budget that allows no disruption.
+        s.create(json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": { "name": "flannel", "namespace": "kube-system" },
+            "spec": { "selector": { "matchLabels": { "app": "flannel" } }, "template": {
+                "metadata": { "labels": { "app": "flannel" } },
+                "spec": { "tolerations": [{ "operator": "Exists" }],
+                          "containers": [{ "name": "flannel", "image": "flannel" }] } } },
+        }))
+        .unwrap();
+        for (name, node, app) in [
+            ("web-1", "prod-wk-4", "web"),
+            ("web-2", "prod-cp-1", "web"),
+            ("db-0", "stranger", "db"),
         ] {
-            s.pods.insert(
-                (ns.into(), name.into()),
-                SimPod {
-                    node: node.into(),
-                    daemonset: ds,
-                    protected_by_budget: pdb,
-                },
-            );
+            s.create(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": name, "namespace": "default", "labels": { "app": app } },
+                "spec": { "nodeName": node, "containers": [{ "name": "c", "image": "busybox" }] },
+            }))
+            .unwrap();
         }
+        s.create(json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": { "name": "db", "namespace": "default" },
+            "spec": { "minAvailable": 1, "selector": { "matchLabels": { "app": "db" } } },
+        }))
+        .unwrap();
     }
+    start_with(ip, pki, state).await
+}
+
+/// Serves `state` on `ip` (any port) with the PKI's server certificate, client certificates from its CA.
+pub async fn start_with(ip: [u8; 4], pki: &Pki, state: Arc<Mutex<KubeSimState>>) -> KubeSimServer {
     let tls = KubeSimTls {
         server_cert_pem: pki.server_cert.clone(),
         server_key_pem: pki.server_key.clone(),
@@ -168,22 +189,25 @@ async fn health_cordon_drain_and_node_deletion_over_https() {
         server.state.lock().unwrap().evictions,
         vec!["default/web-1"]
     );
+    let left = server.state.lock().unwrap().pods_on("prod-wk-4");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with("kube-system/flannel-"), "{left:?}");
+
+    // A disruption budget that never relents ends in a timeout naming the pod, which stays.
+    let err = kube
+        .drain("stranger", Duration::from_millis(600))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("default/db-0"), "{err}");
     assert!(
         server
             .state
             .lock()
             .unwrap()
-            .pods
-            .contains_key(&("kube-system".to_string(), "flannel-x".to_string()))
+            .pods_on("stranger")
+            .contains(&"default/db-0".to_owned())
     );
-
-    // A disruption budget that never relents ends in a timeout naming the pod.
-    let err = kube
-        .drain("prod-wk-5", Duration::from_millis(600))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("default/db-0"), "{err}");
 
     kube.delete_node("prod-wk-4").await.unwrap();
     kube.delete_node("prod-wk-4").await.unwrap(); // absent is success

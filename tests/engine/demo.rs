@@ -9,6 +9,12 @@ use crate::{fixture, gitrepo};
 
 #[path = "demo/drain.rs"]
 mod drain;
+#[path = "demo/serve.rs"]
+mod serve;
+
+/// The real demo listens on fixed loopback addresses (127.0.2.x): the tests that run it through the
+/// binary take this first, so two of them never meet.
+pub static DEMO_ADDRESSES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -739,6 +745,7 @@ async fn the_demo_clusters_come_up_in_the_lab() {
 /// with one kiln commit of the generated files and a second cycle that does nothing.
 #[test]
 fn kiln_demo_runs_twice_from_a_fresh_folder() {
+    let _addresses = DEMO_ADDRESSES.lock().unwrap_or_else(|p| p.into_inner());
     let cwd = tempfile::tempdir().unwrap();
     for run in 1..=2 {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))

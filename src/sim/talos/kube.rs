@@ -1,9 +1,10 @@
 //! The simulated cluster's Kubernetes API at `<vip>:6443`, once etcd runs: `sim::kubernetes` serves it
-//! (version, nodes with Ready conditions, cordon, pods, eviction, Node deletion) with a server
+//! (discovery, version, nodes, pods, cordon, eviction with budgets, server-side apply) with a server
 //! certificate from the config's Kubernetes CA and client certificates required from it; this module
 //! starts one per bootstrapped cluster and keeps its Nodes in step with the machines: a machine that
-//! runs its config registers its Node (as kubelet does), Ready once its stage is running; a Node deleted
-//! through the API stays deleted until its machine is configured again.
+//! runs its config registers its Node (as kubelet does), Ready once its stage is running, with the
+//! kubelet version of its config's kubelet image; `/version` is the API server image's tag; a Node
+//! deleted through the API stays deleted until its machine is configured again.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +28,9 @@ pub struct KubeLink {
     pub server: Option<KubeSimServer>,
     /// Node name → when the machine behind it accepted the config that registered it.
     registered: BTreeMap<String, Instant>,
+    /// Control plane name → when it accepted its config, and what that config says of its
+    /// Kubernetes control plane.
+    api_servers: BTreeMap<String, (Instant, ControlPlaneFacts)>,
 }
 
 fn server_tls(vip: IpAddr, ca_pem: &str, ca_key_pem: &str) -> Result<KubeSimTls, String> {
@@ -100,6 +104,7 @@ pub fn ensure_started(shared: &Arc<Shared>, cluster: &str) {
             state: state.clone(),
             server: None,
             registered: BTreeMap::new(),
+            api_servers: BTreeMap::new(),
         },
     );
     sync(&mut fleet);
@@ -126,46 +131,215 @@ pub fn ensure_started(shared: &Arc<Shared>, cluster: &str) {
     });
 }
 
+/// What a control plane's config says of its Kubernetes control plane.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ControlPlaneFacts {
+    /// The tag of `cluster.apiServer.image`, which its `kube-apiserver` static pod runs.
+    api_server_version: Option<String>,
+    /// `cluster.allowSchedulingOnControlPlanes`: no `NoSchedule` taint.
+    schedulable: bool,
+    /// `(component, image)` of each static pod Talos runs from the config; an image the config does
+    /// not name is the upstream one at the kubelet's tag.
+    static_pods: Vec<(String, String)>,
+}
+
+fn control_plane_facts(raw: &[u8], kubelet_version: &str) -> ControlPlaneFacts {
+    let docs = super::config::documents(raw).unwrap_or_default();
+    let cluster = super::config::v1alpha1(&docs).and_then(|v1| v1.get("cluster"));
+    let image_of = |section: &str| {
+        cluster
+            .and_then(|c| c.get(section))
+            .and_then(|s| s.get("image"))
+            .and_then(|i| i.as_str())
+            .map(str::to_owned)
+    };
+    let static_pods = [
+        ("kube-apiserver", "apiServer"),
+        ("kube-controller-manager", "controllerManager"),
+        ("kube-scheduler", "scheduler"),
+    ]
+    .into_iter()
+    .map(|(component, section)| {
+        let image = image_of(section)
+            .unwrap_or_else(|| format!("registry.k8s.io/{component}:{kubelet_version}"));
+        (component.to_owned(), image)
+    })
+    .collect();
+    ControlPlaneFacts {
+        api_server_version: image_of("apiServer")
+            .as_deref()
+            .and_then(super::config::image_tag)
+            .map(str::to_owned),
+        schedulable: cluster
+            .and_then(|c| c.get("allowSchedulingOnControlPlanes"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        static_pods,
+    }
+}
+
+/// What a machine's kubelet reports of itself.
+struct Machine {
+    name: String,
+    applied_at: Instant,
+    ready: bool,
+    kubelet_version: String,
+    ip: String,
+    talos_version: String,
+    /// `Some` for a control plane.
+    control_plane: Option<ControlPlaneFacts>,
+}
+
 /// Brings every cluster's Nodes in step with its machines (called after each simulated call).
 pub fn sync(fleet: &mut Fleet) {
-    let mut machines: BTreeMap<String, Vec<(String, Instant, bool, bool)>> = BTreeMap::new();
+    let mut machines: BTreeMap<String, Vec<Machine>> = BTreeMap::new();
     for node in fleet.nodes.values() {
         let Some(c) = node.configured() else { continue };
         let Some(name) = c.cfg.hostname.clone() else {
             continue;
         };
         let (stage, _) = super::handlers::stage(fleet, node);
-        let cp = c.cfg.machine_type == MachineType::ControlPlane;
-        machines
-            .entry(c.cfg.cluster_key.clone())
-            .or_default()
-            .push((name, c.applied_at, stage == "running", cp));
+        let control_plane = c.cfg.machine_type == MachineType::ControlPlane;
+        let cluster = c.cfg.cluster_key.clone();
+        // Parsed once per accepted config, not on every call.
+        let kubelet_version = c.cfg.kubernetes_version.clone().unwrap_or_default();
+        let facts = control_plane.then(|| {
+            match fleet
+                .kube
+                .get(&cluster)
+                .and_then(|l| l.api_servers.get(&name))
+            {
+                Some((at, facts)) if *at == c.applied_at => facts.clone(),
+                _ => control_plane_facts(&c.raw, &kubelet_version),
+            }
+        });
+        machines.entry(cluster).or_default().push(Machine {
+            name,
+            applied_at: c.applied_at,
+            ready: stage == "running",
+            kubelet_version,
+            ip: node.addr.ip().to_string(),
+            talos_version: node.version.clone(),
+            control_plane: facts,
+        });
     }
     for (cluster, link) in fleet.kube.iter_mut() {
         let mut state = link.state.lock().expect("kube sim lock");
         let current = machines.remove(cluster).unwrap_or_default();
-        for (name, applied_at, ready, cp) in &current {
-            let fresh = link.registered.get(name) != Some(applied_at);
+        for m in &current {
+            if let Some(facts) = &m.control_plane {
+                link.api_servers
+                    .insert(m.name.clone(), (m.applied_at, facts.clone()));
+            }
+            let fresh = link.registered.get(&m.name) != Some(&m.applied_at);
             if fresh {
-                link.registered.insert(name.clone(), *applied_at);
-                let role = if *cp { "control-plane" } else { "worker" };
-                state.nodes.insert(
-                    name.clone(),
+                link.registered.insert(m.name.clone(), m.applied_at);
+                let role = if m.control_plane.is_some() {
+                    "control-plane"
+                } else {
+                    "worker"
+                };
+                // A kubelet with a new config re-registers its Node; a cordon survives that, as the
+                // Node object (and its `spec`) outlives a kubelet restart.
+                let unschedulable = state.nodes.get(&m.name).is_some_and(|n| n.unschedulable);
+                let created = state
+                    .nodes
+                    .get(&m.name)
+                    .map_or_else(std::time::SystemTime::now, |n| n.created);
+                state.put_node(
+                    &m.name,
                     SimNode {
-                        ready: *ready,
-                        unschedulable: false,
+                        ready: m.ready,
+                        unschedulable,
                         role: role.into(),
+                        control_plane_schedulable: m
+                            .control_plane
+                            .as_ref()
+                            .is_some_and(|f| f.schedulable),
+                        kubelet_version: m.kubelet_version.clone(),
+                        internal_ip: Some(m.ip.clone()),
+                        os_image: format!("Talos ({})", m.talos_version),
+                        created,
+                        resource_version: 0,
                     },
                 );
-            } else if let Some(n) = state.nodes.get_mut(name) {
-                n.ready = *ready;
+                // Its kubelet runs the static pods the new config describes.
+                if let Some(facts) = &m.control_plane {
+                    state.put_static_pods(&m.name, &facts.static_pods);
+                }
+            } else {
+                let stale = state.nodes.get(&m.name).is_some_and(|n| {
+                    n.kubelet_version != m.kubelet_version
+                        || n.os_image != format!("Talos ({})", m.talos_version)
+                });
+                if stale && let Some(n) = state.nodes.get(&m.name).cloned() {
+                    state.put_node(
+                        &m.name,
+                        SimNode {
+                            kubelet_version: m.kubelet_version.clone(),
+                            os_image: format!("Talos ({})", m.talos_version),
+                            ..n
+                        },
+                    );
+                }
+                state.set_node_ready(&m.name, m.ready);
             }
         }
         // A machine that no longer runs its config leaves a NotReady Node behind until someone deletes it.
-        for (name, n) in state.nodes.iter_mut() {
-            if !current.iter().any(|(m, ..)| m == name) {
-                n.ready = false;
-            }
+        let gone: Vec<String> = state
+            .nodes
+            .keys()
+            .filter(|name| !current.iter().any(|m| &m.name == *name))
+            .cloned()
+            .collect();
+        for name in gone {
+            state.set_node_ready(&name, false);
         }
+        // `/version` answers from the API server behind the VIP: the first running control plane's
+        // (by name), whose `kube-apiserver` runs the image its config names.
+        if let Some(v) = current
+            .iter()
+            .filter(|m| m.control_plane.is_some() && m.ready)
+            .min_by(|a, b| a.name.cmp(&b.name))
+            .and_then(|m| {
+                m.control_plane
+                    .as_ref()
+                    .and_then(|f| f.api_server_version.clone())
+                    .or_else(|| Some(m.kubelet_version.clone()))
+            })
+            .filter(|v| !v.is_empty())
+        {
+            state.git_version = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_plane_config_names_its_api_server_and_whether_it_takes_workloads() {
+        let raw = b"version: v1alpha1\nmachine:\n  type: controlplane\ncluster:\n  \
+                    allowSchedulingOnControlPlanes: true\n  apiServer:\n    \
+                    image: registry.k8s.io/kube-apiserver:v1.35.0\n";
+        let facts = control_plane_facts(raw, "v1.34.1");
+        assert_eq!(facts.api_server_version.as_deref(), Some("v1.35.0"));
+        assert!(facts.schedulable);
+        assert_eq!(
+            facts.static_pods,
+            [
+                ("kube-apiserver", "registry.k8s.io/kube-apiserver:v1.35.0"),
+                (
+                    "kube-controller-manager",
+                    "registry.k8s.io/kube-controller-manager:v1.34.1"
+                ),
+                ("kube-scheduler", "registry.k8s.io/kube-scheduler:v1.34.1"),
+            ]
+            .map(|(c, i)| (c.to_owned(), i.to_owned()))
+        );
+        let raw = b"version: v1alpha1\nmachine:\n  type: controlplane\ncluster: {}\n";
+        let facts = control_plane_facts(raw, "v1.34.1");
+        assert_eq!((facts.api_server_version, facts.schedulable), (None, false));
     }
 }
