@@ -14,8 +14,8 @@ pub mod k8s_rollout;
 pub mod live_config;
 pub mod observed;
 mod renumber;
-pub mod version_path;
 pub mod upgrade;
+pub mod version_path;
 
 use serde::Serialize;
 

@@ -124,7 +124,8 @@ impl Turn<'_> {
             .apply(wanted.as_bytes(), ApplyMode::Reboot, false)
             .await?;
         drop(talos);
-        self.wait_config_back(node, &wanted, kube.as_deref()).await?;
+        self.wait_config_back(node, &wanted, kube.as_deref())
+            .await?;
         if let Some(k) = &kube {
             k.set_unschedulable(&node.name, false).await?;
         }

@@ -3,8 +3,8 @@
 //! re-checks the system before it acts, so a step that is already true is skipped and a crash
 //! anywhere resumes from observation (DESIGN.md §7 "Crash safety").
 
-mod join;
 mod credentials;
+mod join;
 mod kube;
 pub(super) mod live_config;
 mod secrets;
