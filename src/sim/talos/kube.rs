@@ -28,9 +28,9 @@ pub struct KubeLink {
     pub server: Option<KubeSimServer>,
     /// Node name → when the machine behind it accepted the config that registered it.
     registered: BTreeMap<String, Instant>,
-    /// Control plane name → when it accepted its config, and what that config says of its
+    /// Control plane name → the digest of the config it runs, and what that config says of its
     /// Kubernetes control plane.
-    api_servers: BTreeMap<String, (Instant, ControlPlaneFacts)>,
+    api_servers: BTreeMap<String, (u64, ControlPlaneFacts)>,
 }
 
 fn server_tls(vip: IpAddr, ca_pem: &str, ca_key_pem: &str) -> Result<KubeSimTls, String> {
@@ -178,6 +178,13 @@ fn control_plane_facts(raw: &[u8], kubelet_version: &str) -> ControlPlaneFacts {
     }
 }
 
+fn config_digest(raw: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    raw.hash(&mut h);
+    h.finish()
+}
+
 /// What a machine's kubelet reports of itself.
 struct Machine {
     name: String,
@@ -186,8 +193,8 @@ struct Machine {
     kubelet_version: String,
     ip: String,
     talos_version: String,
-    /// `Some` for a control plane.
-    control_plane: Option<ControlPlaneFacts>,
+    /// `Some` for a control plane, with the digest of the config it was read from.
+    control_plane: Option<(u64, ControlPlaneFacts)>,
 }
 
 /// Brings every cluster's Nodes in step with its machines (called after each simulated call).
@@ -201,16 +208,18 @@ pub fn sync(fleet: &mut Fleet) {
         let (stage, _) = super::handlers::stage(fleet, node);
         let control_plane = c.cfg.machine_type == MachineType::ControlPlane;
         let cluster = c.cfg.cluster_key.clone();
-        // Parsed once per accepted config, not on every call.
+        // Parsed once per accepted config, not on every call. Keyed on the config's bytes: a running
+        // node given a new config keeps its `applied_at` (its Node survives), but not its images.
         let kubelet_version = c.cfg.kubernetes_version.clone().unwrap_or_default();
         let facts = control_plane.then(|| {
+            let digest = config_digest(&c.raw);
             match fleet
                 .kube
                 .get(&cluster)
                 .and_then(|l| l.api_servers.get(&name))
             {
-                Some((at, facts)) if *at == c.applied_at => facts.clone(),
-                _ => control_plane_facts(&c.raw, &kubelet_version),
+                Some((seen, facts)) if *seen == digest => (digest, facts.clone()),
+                _ => (digest, control_plane_facts(&c.raw, &kubelet_version)),
             }
         });
         machines.entry(cluster).or_default().push(Machine {
@@ -227,9 +236,14 @@ pub fn sync(fleet: &mut Fleet) {
         let mut state = link.state.lock().expect("kube sim lock");
         let current = machines.remove(cluster).unwrap_or_default();
         for m in &current {
-            if let Some(facts) = &m.control_plane {
-                link.api_servers
-                    .insert(m.name.clone(), (m.applied_at, facts.clone()));
+            // A control plane's static pods follow its config, whether or not its kubelet
+            // re-registers.
+            let mut new_static_pods = false;
+            if let Some((digest, facts)) = &m.control_plane {
+                let before = link
+                    .api_servers
+                    .insert(m.name.clone(), (*digest, facts.clone()));
+                new_static_pods = before.is_none_or(|(d, _)| d != *digest);
             }
             let fresh = link.registered.get(&m.name) != Some(&m.applied_at);
             if fresh {
@@ -255,7 +269,7 @@ pub fn sync(fleet: &mut Fleet) {
                         control_plane_schedulable: m
                             .control_plane
                             .as_ref()
-                            .is_some_and(|f| f.schedulable),
+                            .is_some_and(|(_, f)| f.schedulable),
                         kubelet_version: m.kubelet_version.clone(),
                         internal_ip: Some(m.ip.clone()),
                         os_image: format!("Talos ({})", m.talos_version),
@@ -264,10 +278,13 @@ pub fn sync(fleet: &mut Fleet) {
                     },
                 );
                 // Its kubelet runs the static pods the new config describes.
-                if let Some(facts) = &m.control_plane {
+                if let Some((_, facts)) = &m.control_plane {
                     state.put_static_pods(&m.name, &facts.static_pods);
                 }
             } else {
+                if new_static_pods && let Some((_, facts)) = &m.control_plane {
+                    state.put_static_pods(&m.name, &facts.static_pods);
+                }
                 let stale = state.nodes.get(&m.name).is_some_and(|n| {
                     n.kubelet_version != m.kubelet_version
                         || n.os_image != format!("Talos ({})", m.talos_version)
@@ -304,7 +321,7 @@ pub fn sync(fleet: &mut Fleet) {
             .and_then(|m| {
                 m.control_plane
                     .as_ref()
-                    .and_then(|f| f.api_server_version.clone())
+                    .and_then(|(_, f)| f.api_server_version.clone())
                     .or_else(|| Some(m.kubelet_version.clone()))
             })
             .filter(|v| !v.is_empty())
