@@ -159,10 +159,23 @@ async fn a_control_planes_manifests_are_read_applied_and_follow_its_config() {
             .clone()
             .unwrap()
     };
-    assert_eq!(
-        ds_image(daemonsets.get("kube-proxy").await.unwrap()),
-        proxy_image
-    );
+    let proxy_ds = daemonsets.get("kube-proxy").await.unwrap();
+    // Applied as Talos applies it: server-side, by the field manager `talos`.
+    let managers: Vec<(String, String)> = proxy_ds
+        .metadata
+        .managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            (
+                e.manager.unwrap_or_default(),
+                e.operation.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(managers, [("talos".to_owned(), "Apply".to_owned())]);
+    assert_eq!(ds_image(proxy_ds), proxy_image);
     let coredns = deployments.get("coredns").await.unwrap();
     assert_eq!(
         coredns.spec.unwrap().template.spec.unwrap().containers[0].image,
