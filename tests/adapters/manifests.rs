@@ -7,9 +7,10 @@
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::Pod;
 use kiln::kube::{KubeAccess, KubeClient, KubePort};
 use kiln::redact::Secret;
-use kiln::sim::kubernetes::KubeSimState;
+use kiln::sim::kubernetes::{KubeSimState, SimNode};
 use kiln::talos::credentials::TalosRole;
 use kiln::talos::grpc::{GrpcTalos, TalosPort};
 use serde_json::Value;
@@ -122,7 +123,21 @@ async fn a_control_planes_manifests_are_read_applied_and_follow_its_config() {
     // Applied through kiln's kube port, server-side, to the simulated API.
     let ip = [127, 0, 22, 1];
     let kpki = pki(ip);
-    let server = start_with(ip, &kpki, Arc::new(Mutex::new(KubeSimState::default()))).await;
+    let mut state = KubeSimState::default();
+    // The two machines' Nodes, so the DaemonSet controller has somewhere to run kube-proxy (it
+    // tolerates the control plane's NoSchedule taint).
+    for (name, role) in [("mani-cp-1", "control-plane"), ("mani-wk-2", "worker")] {
+        state.put_node(
+            name,
+            SimNode {
+                ready: true,
+                role: role.into(),
+                kubelet_version: "v1.34.1".into(),
+                ..SimNode::default()
+            },
+        );
+    }
+    let server = start_with(ip, &kpki, Arc::new(Mutex::new(state))).await;
     let kube = KubeClient::connect(&KubeAccess {
         server: format!("https://{}", server.addr),
         ca_pem: kpki.ca_pem.clone(),
@@ -151,6 +166,17 @@ async fn a_control_planes_manifests_are_read_applied_and_follow_its_config() {
         .unwrap(),
     )
     .unwrap();
+    let pods: ::kube::Api<Pod> = ::kube::Api::namespaced(raw.clone(), "kube-system");
+    let proxy_pod_images = || async {
+        let list = pods
+            .list(&::kube::api::ListParams::default().labels("k8s-app=kube-proxy,tier=node"))
+            .await
+            .unwrap();
+        list.items
+            .into_iter()
+            .map(|p| p.spec.unwrap().containers[0].image.clone().unwrap())
+            .collect::<Vec<_>>()
+    };
     let daemonsets: ::kube::Api<DaemonSet> = ::kube::Api::namespaced(raw.clone(), "kube-system");
     let deployments: ::kube::Api<Deployment> = ::kube::Api::namespaced(raw, "kube-system");
     let ds_image = |ds: DaemonSet| {
@@ -176,6 +202,11 @@ async fn a_control_planes_manifests_are_read_applied_and_follow_its_config() {
         .collect();
     assert_eq!(managers, [("talos".to_owned(), "Apply".to_owned())]);
     assert_eq!(ds_image(proxy_ds), proxy_image);
+    assert_eq!(
+        proxy_pod_images().await,
+        [proxy_image.clone(), proxy_image.clone()],
+        "one kube-proxy pod per node, selected by the rendered labels"
+    );
     let coredns = deployments.get("coredns").await.unwrap();
     assert_eq!(
         coredns.spec.unwrap().template.spec.unwrap().containers[0].image,
@@ -205,6 +236,7 @@ async fn a_control_planes_manifests_are_read_applied_and_follow_its_config() {
     assert_eq!(first_image(find(&objects, "DaemonSet", "kube-proxy")), next);
     assert_eq!(kube.apply_manifests(&objects).await.unwrap(), objects.len());
     assert_eq!(ds_image(daemonsets.get("kube-proxy").await.unwrap()), next);
+    assert_eq!(proxy_pod_images().await, [next, next], "the pods follow");
     assert_eq!(
         kube.workload_image("DaemonSet", "kube-system", "kube-proxy")
             .await
