@@ -1,8 +1,15 @@
-//! Server-side apply of the bootstrap manifests, as `talosctl upgrade-k8s` syncs them on Talos ≥ 1.13
-//! (go-kubernetes `kubernetes/manifests/sync_ssa.go`): each object applied with the field manager
-//! `talos` (`constants.KubernetesFieldManagerName` in siderolabs/talos `pkg/machinery/constants`) and
-//! `force`, so a field another manager last set goes back to what Talos renders. And the read that
-//! tells whether they are in sync: a workload's first container image.
+//! Server-side apply of the bootstrap manifests, as `talosctl upgrade-k8s` syncs them on Talos ≥ 1.13,
+//! and the read that tells whether they are in sync: a workload's first container image.
+//!
+//! What talosctl does (siderolabs/talos v1.13.9 `pkg/cluster/kubernetes/talos_managed.go`
+//! `syncManifestsSSA` → go-kubernetes `kubernetes/ssa/apply.go` `Manager.Apply` → fluxcd `pkg/ssa`
+//! `ResourceManager.apply`): each object gets the annotation `config.k8s.io/owning-inventory:
+//! talos-bootstrap-manifests-inventory` (`prepareObjects`; `constants.KubernetesBootstrapManifestsInventoryName`,
+//! the inventory Talos's `ManifestApplyController` marks the objects it creates with), then is applied
+//! server-side with the field manager `talos` (`constants.KubernetesFieldManagerName`) and
+//! `ForceOwnership`. kiln does the same per object. Not done here: the dry-run drift check that skips
+//! unchanged objects, the inventory ConfigMap and pruning of objects Talos no longer renders, the
+//! staged apply of CRDs and Namespaces (the manifests hold none), and the wait for rollouts.
 
 use ::kube::Client;
 use ::kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -12,6 +19,46 @@ use super::KubeError;
 /// The field manager Talos applies its manifests with; kiln takes over the same fields, so a cluster
 /// whose manifests Talos or `talosctl` applied before has one owner of them, not two.
 pub const FIELD_MANAGER: &str = "talos";
+
+/// The annotation naming the inventory an object belongs to, and Talos's bootstrap-manifest
+/// inventory. An object applied without it would lose it (the manager `talos` owned it), and a later
+/// `talosctl upgrade-k8s` would no longer take the object for its own.
+pub const INVENTORY_ANNOTATION: &str = "config.k8s.io/owning-inventory";
+pub const INVENTORY: &str = "talos-bootstrap-manifests-inventory";
+
+/// The object as talosctl applies it: marked as a member of Talos's inventory. An object that names
+/// another inventory is refused, as go-kubernetes `prepareObjects` refuses it.
+pub fn with_inventory(object: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let mut object = object.clone();
+    let meta = object
+        .as_object_mut()
+        .ok_or("not an object")?
+        .entry("metadata")
+        .or_insert_with(|| serde_json::json!({}))
+        .as_object_mut()
+        .ok_or("metadata is not an object")?;
+    let annotations = meta
+        .entry("annotations")
+        .or_insert_with(|| serde_json::json!({}));
+    if annotations.is_null() {
+        *annotations = serde_json::json!({});
+    }
+    let annotations = annotations
+        .as_object_mut()
+        .ok_or("metadata.annotations is not an object")?;
+    match annotations.get(INVENTORY_ANNOTATION) {
+        Some(serde_json::Value::String(owner)) if owner == INVENTORY => {}
+        Some(other) => {
+            return Err(format!(
+                "already has an inventory annotation ({INVENTORY_ANNOTATION}: {other})"
+            ));
+        }
+        None => {
+            annotations.insert(INVENTORY_ANNOTATION.into(), INVENTORY.into());
+        }
+    }
+    Ok(object)
+}
 
 /// What identifies an object to apply: its resource (from `apiVersion` and `kind`), namespace and
 /// name.
@@ -72,11 +119,13 @@ pub async fn apply_manifests(
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut applied = 0;
     for (i, object) in objects.iter().enumerate() {
-        let target =
-            ObjectRef::of(object).map_err(|message| KubeError::Manifest { index: i, message })?;
+        let invalid = |message| KubeError::Manifest { index: i, message };
+        let target = ObjectRef::of(object).map_err(invalid)?;
+        let object =
+            with_inventory(object).map_err(|e| invalid(format!("{}: {e}", target.describe())))?;
         target
             .api(client)
-            .patch(&target.name, &params, &Patch::Apply(object))
+            .patch(&target.name, &params, &Patch::Apply(&object))
             .await
             .map_err(KubeError::api(format!(
                 "server-side apply of {}",
@@ -154,6 +203,33 @@ mod tests {
             ObjectRef::of(&json!({ "kind": "ConfigMap", "metadata": { "name": "x" } })).is_err()
         );
         assert!(ObjectRef::of(&json!({ "apiVersion": "v1", "kind": "ConfigMap" })).is_err());
+    }
+
+    #[test]
+    fn each_object_is_marked_as_a_member_of_talos_inventory() {
+        let bare =
+            json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "a" } });
+        let marked = with_inventory(&bare).unwrap();
+        assert_eq!(
+            marked["metadata"]["annotations"][INVENTORY_ANNOTATION],
+            "talos-bootstrap-manifests-inventory"
+        );
+        // Other annotations stay; an object already in Talos's inventory is unchanged.
+        let annotated = json!({ "metadata": { "name": "kube-dns",
+            "annotations": { "prometheus.io/port": "9153" } } });
+        let marked = with_inventory(&annotated).unwrap();
+        assert_eq!(
+            marked["metadata"]["annotations"]["prometheus.io/port"],
+            "9153"
+        );
+        assert_eq!(with_inventory(&marked).unwrap(), marked);
+        let foreign = json!({ "metadata": { "name": "x",
+            "annotations": { INVENTORY_ANNOTATION: "someone-else" } } });
+        assert!(
+            with_inventory(&foreign)
+                .unwrap_err()
+                .contains("someone-else")
+        );
     }
 
     #[test]

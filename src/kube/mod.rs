@@ -83,8 +83,9 @@ pub trait KubePort: Send + Sync {
     async fn drain(&self, node: &str, timeout: Duration) -> Result<usize, KubeError>;
     /// Deletes the Node object; an absent node is success.
     async fn delete_node(&self, node: &str) -> Result<(), KubeError>;
-    /// Server-side applies each object in order with Talos's field manager (`talos`) and force, as
-    /// `talosctl upgrade-k8s` syncs the bootstrap manifests; how many were applied.
+    /// Server-side applies each object in order with Talos's field manager (`talos`) and force, each
+    /// marked as a member of Talos's bootstrap-manifest inventory, as `talosctl upgrade-k8s` syncs the
+    /// bootstrap manifests; how many were applied.
     async fn apply_manifests(&self, objects: &[serde_json::Value]) -> Result<usize, KubeError>;
     /// The first container image of a DaemonSet or Deployment, `None` when it does not exist: whether
     /// the bootstrap manifests are in sync.

@@ -201,6 +201,16 @@ async fn a_control_planes_manifests_are_read_applied_and_follow_its_config() {
         })
         .collect();
     assert_eq!(managers, [("talos".to_owned(), "Apply".to_owned())]);
+    // Marked as Talos marks what it applies, so a later `talosctl upgrade-k8s` owns it still.
+    assert_eq!(
+        proxy_ds
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("config.k8s.io/owning-inventory"))
+            .map(String::as_str),
+        Some("talos-bootstrap-manifests-inventory")
+    );
     assert_eq!(ds_image(proxy_ds), proxy_image);
     assert_eq!(
         proxy_pod_images().await,
