@@ -12,6 +12,8 @@ mod kubectl;
 #[allow(dead_code)]
 #[path = "support/kubectl.rs"]
 mod kubectl_cli;
+#[path = "adapters/manifests.rs"]
+mod manifests;
 #[path = "adapters/proxmox.rs"]
 mod proxmox;
 #[path = "adapters/secrets.rs"]

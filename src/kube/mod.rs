@@ -1,5 +1,7 @@
-//! The Kubernetes API of a cluster kiln built: node health by name, cordon, drain, Node deletion.
-//! Only what provisioning, resizing and scale-down need; everything else is Argo CD's business.
+//! The Kubernetes API of a cluster kiln built: node health by name, cordon, drain, Node deletion, and
+//! the server-side apply of Talos's bootstrap manifests (`apply`) that ends a Kubernetes upgrade.
+//! Only what provisioning, resizing, scale-down and upgrades need; everything else is Argo CD's
+//! business.
 //!
 //! (Inside kiln the `kube` crate is written `::kube`, since this module shares its name.)
 
@@ -15,6 +17,8 @@ use serde::Serialize;
 
 use crate::redact::Secret;
 
+pub mod apply;
+
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     #[error("cannot build a Kubernetes client for {server}: {message}")]
@@ -25,6 +29,8 @@ pub enum KubeError {
         #[source]
         source: ::kube::Error,
     },
+    #[error("bootstrap manifest {index} cannot be applied: {message}")]
+    Manifest { index: usize, message: String },
     #[error("{operation} did not finish within {timeout:?}: {detail}")]
     Timeout {
         operation: String,
@@ -77,6 +83,18 @@ pub trait KubePort: Send + Sync {
     async fn drain(&self, node: &str, timeout: Duration) -> Result<usize, KubeError>;
     /// Deletes the Node object; an absent node is success.
     async fn delete_node(&self, node: &str) -> Result<(), KubeError>;
+    /// Server-side applies each object in order with Talos's field manager (`talos`) and force, each
+    /// marked as a member of Talos's bootstrap-manifest inventory, as `talosctl upgrade-k8s` syncs the
+    /// bootstrap manifests; how many were applied.
+    async fn apply_manifests(&self, objects: &[serde_json::Value]) -> Result<usize, KubeError>;
+    /// The first container image of a DaemonSet or Deployment, `None` when it does not exist: whether
+    /// the bootstrap manifests are in sync.
+    async fn workload_image(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, KubeError>;
 }
 
 /// `KubePort` over kube-rs.
@@ -250,5 +268,18 @@ impl KubePort for KubeClient {
             Err(::kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(KubeError::api(format!("delete node {node}"))(e)),
         }
+    }
+
+    async fn apply_manifests(&self, objects: &[serde_json::Value]) -> Result<usize, KubeError> {
+        apply::apply_manifests(&self.client, objects).await
+    }
+
+    async fn workload_image(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, KubeError> {
+        apply::workload_image(&self.client, kind, namespace, name).await
     }
 }

@@ -7,8 +7,9 @@
 //!
 //! Server-side apply is simplified: the applied configuration is merged into the live object (maps
 //! field by field, lists replaced whole) and stored, with one field manager's view of the world: no
-//! managed-fields bookkeeping, so no conflicts between managers and no removal of fields a manager
-//! stopped applying.
+//! field sets, so no conflicts between managers and no removal of fields a manager stopped applying.
+//! Each applying manager gets its `metadata.managedFields` entry (manager, `Apply`, apiVersion, time;
+//! no `fieldsV1`), so a client can see who applied an object.
 
 use std::time::SystemTime;
 
@@ -429,11 +430,21 @@ pub fn apply(
             "the name of the object does not match the name on the URL",
         ));
     }
+    // The API server refuses an applied configuration that sets managedFields
+    // (`managedfields/internal/fieldmanager.go`: "metadata.managedFields must be nil").
+    if applied
+        .pointer("/metadata/managedFields")
+        .is_some_and(|m| !m.is_null())
+    {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    let manager = field_manager.unwrap_or_default();
     let key = ObjectKey::new(r, ns, name);
     match state.objects.get(&key).cloned() {
         None => {
             let mut doc = applied;
             metadata_mut(&mut doc).remove("resourceVersion");
+            record_manager(&mut doc, manager);
             Ok((create(state, r, ns, doc)?, true))
         }
         Some(old) => {
@@ -444,9 +455,35 @@ pub fn apply(
             }
             let mut doc = old.clone();
             apply_merge(&mut doc, &applied);
+            record_manager(&mut doc, manager);
             Ok((commit(state, key, &old, doc), false))
         }
     }
+}
+
+/// The applying manager's `managedFields` entry, replacing its earlier one and keeping the other
+/// managers' (`ManagedFieldsEntry` in `apimachinery/pkg/apis/meta/v1/types.go`; one entry per
+/// manager and operation, as `managedfields/internal/managedfieldsupdater.go` keeps them).
+fn record_manager(doc: &mut Value, manager: &str) {
+    let api_version = doc
+        .get("apiVersion")
+        .cloned()
+        .unwrap_or_else(|| json!("v1"));
+    let meta = metadata_mut(doc);
+    let mut entries: Vec<Value> = meta
+        .get("managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    entries.retain(|e| !(e["manager"] == manager && e["operation"] == "Apply"));
+    entries.push(json!({
+        "manager": manager,
+        "operation": "Apply",
+        "apiVersion": api_version,
+        "time": timestamp(SystemTime::now()),
+        "fieldsType": "FieldsV1",
+    }));
+    meta.insert("managedFields".into(), Value::Array(entries));
 }
 
 /// `DELETE` an object: the object as it was, or 404.
@@ -734,5 +771,37 @@ mod tests {
         .unwrap();
         assert!(!created);
         assert_eq!(doc["data"], json!({ "a": "1", "b": "2" }));
+        let managers = |doc: &Value| -> Vec<String> {
+            doc["metadata"]["managedFields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| format!("{}/{}", e["manager"].as_str().unwrap(), e["operation"]))
+                .collect()
+        };
+        assert_eq!(managers(&doc), ["kiln/\"Apply\""], "one entry per manager");
+        let cm = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "flannel", "namespace": "kube-system" }, "data": { "c": "3" },
+        });
+        let (doc, _) = apply(&mut state, r, "kube-system", "flannel", cm, Some("talos")).unwrap();
+        assert_eq!(managers(&doc), ["kiln/\"Apply\"", "talos/\"Apply\""]);
+        let smuggled = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "flannel", "namespace": "kube-system", "managedFields": [] },
+        });
+        assert_eq!(
+            apply(
+                &mut state,
+                r,
+                "kube-system",
+                "flannel",
+                smuggled,
+                Some("talos")
+            )
+            .unwrap_err()
+            .code,
+            400
+        );
     }
 }

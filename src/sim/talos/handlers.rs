@@ -733,6 +733,8 @@ fn resources(fleet: &Fleet, node: &Node) -> Vec<cosi::Resource> {
         ),
     ];
     out.extend(super::live::machine_config_resource(node));
+    // A control plane renders the bootstrap manifests from the config it runs (none elsewhere).
+    out.extend(super::manifests::manifest_resources(node));
     out
 }
 

@@ -11,6 +11,7 @@ pub mod handlers;
 mod join;
 pub mod kube;
 pub mod live;
+pub mod manifests;
 pub mod pki;
 pub mod runtime;
 pub mod server;

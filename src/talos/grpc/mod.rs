@@ -6,6 +6,7 @@
 pub mod client;
 pub mod error;
 pub mod machine_config;
+pub mod manifests;
 pub mod port;
 pub mod proto;
 pub mod state;

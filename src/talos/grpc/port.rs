@@ -71,6 +71,9 @@ pub trait TalosNode: Send + Sync {
     /// Longhorn keeps its data, stays); the node reboots by itself.
     async fn legacy_upgrade(&self, image: &str) -> Result<(), TalosError>;
     async fn reboot(&self) -> Result<(), TalosError>;
+    /// The bootstrap manifests a control plane renders from its config (COSI `Manifests`), every
+    /// object in resource-id order, as `talosctl upgrade-k8s` syncs them; none on a worker.
+    async fn bootstrap_manifests(&self) -> Result<Vec<serde_json::Value>, TalosError>;
 }
 
 #[async_trait]
@@ -110,6 +113,10 @@ impl TalosNode for TalosClient {
 
     async fn running_version(&self) -> Result<String, TalosError> {
         Ok(self.version().await?.tag)
+    }
+
+    async fn bootstrap_manifests(&self) -> Result<Vec<serde_json::Value>, TalosError> {
+        super::manifests::bootstrap_manifests(self).await
     }
 
     async fn pull_and_install(&self, image: &str, deadline: Duration) -> Result<(), TalosError> {
