@@ -777,13 +777,26 @@ async fn the_kubernetes_api_at_the_vip_serves_the_kube_client() {
     assert_eq!(patched.spec.unwrap().unschedulable, Some(true));
     let all_pods: Api<Pod> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    // Only what Talos's bootstrap manifests run there (kube-proxy, flannel, maybe CoreDNS), which
+    // the simulator creates once etcd runs, as Talos's ManifestApplyController does.
+    let on_worker = all_pods
+        .list(&ListParams::default().fields("spec.nodeName=kapi-wk-2"))
+        .await
+        .unwrap()
+        .items;
     assert!(
-        all_pods
-            .list(&ListParams::default().fields("spec.nodeName=kapi-wk-2"))
-            .await
-            .unwrap()
-            .items
-            .is_empty()
+        on_worker
+            .iter()
+            .all(|p| p.metadata.namespace.as_deref() == Some("kube-system")),
+        "{on_worker:?}"
+    );
+    assert!(
+        on_worker.iter().any(|p| p
+            .metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("kube-proxy"))),
+        "the bootstrap manifests' kube-proxy runs on every node"
     );
     match pods.evict("nothing", &EvictParams::default()).await {
         Err(kube::Error::Api(e)) => assert_eq!(e.code, 404),

@@ -31,6 +31,8 @@ pub struct KubeLink {
     /// Control plane name → the digest of the config it runs, and what that config says of its
     /// Kubernetes control plane.
     api_servers: BTreeMap<String, (u64, ControlPlaneFacts)>,
+    /// Talos's `ManifestApplyController` created the bootstrap manifests once etcd ran.
+    manifests_created: bool,
 }
 
 fn server_tls(vip: IpAddr, ca_pem: &str, ca_key_pem: &str) -> Result<KubeSimTls, String> {
@@ -105,6 +107,7 @@ pub fn ensure_started(shared: &Arc<Shared>, cluster: &str) {
             server: None,
             registered: BTreeMap::new(),
             api_servers: BTreeMap::new(),
+            manifests_created: false,
         },
     );
     sync(&mut fleet);
@@ -200,6 +203,8 @@ struct Machine {
 /// Brings every cluster's Nodes in step with its machines (called after each simulated call).
 pub fn sync(fleet: &mut Fleet) {
     let mut machines: BTreeMap<String, Vec<Machine>> = BTreeMap::new();
+    // Per cluster, the bootstrap manifests of its first running control plane, until created.
+    let mut manifests: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for node in fleet.nodes.values() {
         let Some(c) = node.configured() else { continue };
         let Some(name) = c.cfg.hostname.clone() else {
@@ -222,6 +227,16 @@ pub fn sync(fleet: &mut Fleet) {
                 _ => (digest, control_plane_facts(&c.raw, &kubelet_version)),
             }
         });
+        if control_plane
+            && stage == "running"
+            && !manifests.contains_key(&cluster)
+            && fleet
+                .kube
+                .get(&cluster)
+                .is_some_and(|l| !l.manifests_created)
+        {
+            manifests.insert(cluster.clone(), super::manifests::objects(node));
+        }
         machines.entry(cluster).or_default().push(Machine {
             name,
             applied_at: c.applied_at,
@@ -235,6 +250,16 @@ pub fn sync(fleet: &mut Fleet) {
     for (cluster, link) in fleet.kube.iter_mut() {
         let mut state = link.state.lock().expect("kube sim lock");
         let current = machines.remove(cluster).unwrap_or_default();
+        // Talos v1.13.9 `internal/app/machined/pkg/controllers/k8s/manifest_apply.go`: once etcd is
+        // healthy a control plane creates each bootstrap manifest object that does not exist yet and
+        // never updates one that does — which is why `talosctl upgrade-k8s` syncs them itself.
+        if let Some(objects) = manifests.remove(cluster) {
+            for object in objects {
+                // An object that exists already is left as it is.
+                let _ = state.create(object);
+            }
+            link.manifests_created = true;
+        }
         for m in &current {
             // A control plane's static pods follow its config, whether or not its kubelet
             // re-registers.

@@ -213,6 +213,27 @@ impl ManifestInputs {
     }
 }
 
+/// Every object of a configured control plane's Manifests, in resource-id order; none elsewhere.
+pub fn objects(node: &Node) -> Vec<Json> {
+    let Some(c) = node.configured() else {
+        return Vec::new();
+    };
+    if c.cfg.machine_type != MachineType::ControlPlane {
+        return Vec::new();
+    }
+    let Ok(docs) = config::documents(&c.raw) else {
+        return Vec::new();
+    };
+    let Some(v1) = config::v1alpha1(&docs) else {
+        return Vec::new();
+    };
+    ManifestInputs::from_config(v1, node.minor())
+        .render()
+        .into_iter()
+        .flat_map(|(_, objects)| objects)
+        .collect()
+}
+
 /// The Manifests of a configured control plane; none on a worker or an unconfigured node.
 pub fn manifest_resources(node: &Node) -> Vec<cosi::Resource> {
     let Some(c) = node.configured() else {
