@@ -47,6 +47,8 @@ mod harness;
 mod hostile_input;
 #[path = "e2e/invalid.rs"]
 mod invalid;
+#[path = "e2e/k8s_upgrade.rs"]
+mod k8s_upgrade;
 #[path = "e2e/kubectl.rs"]
 mod kubectl;
 #[allow(dead_code)]

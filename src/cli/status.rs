@@ -77,19 +77,20 @@ pub fn status(config_path: &Path, name: Option<&str>, json: bool) -> anyhow::Res
         );
     }
     println!(
-        "{:<24} {:>9}  {:<15} {:<13} {:<9} {:<13} VERSION",
-        "NODE", "VMID", "IP", "ROLE", "VM", "TALOS"
+        "{:<24} {:>9}  {:<15} {:<13} {:<9} {:<13} {:<10} KUBERNETES",
+        "NODE", "VMID", "IP", "ROLE", "VM", "TALOS", "VERSION"
     );
     for n in &s.nodes {
         println!(
-            "{:<24} {:>9}  {:<15} {:<13} {:<9} {:<13} {}",
+            "{:<24} {:>9}  {:<15} {:<13} {:<9} {:<13} {:<10} {}",
             n.name,
             n.vmid,
             n.ip,
             n.role,
             n.vm_state,
             n.talos_stage,
-            n.talos_version.as_deref().unwrap_or("-")
+            n.talos_version.as_deref().unwrap_or("-"),
+            n.kubernetes_version.as_deref().unwrap_or("-")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -5,7 +5,7 @@
 //!
 //! (Inside kiln the `kube` crate is written `::kube`, since this module shares its name.)
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ::kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::redact::Secret;
 
 pub mod apply;
+mod versions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -95,6 +96,15 @@ pub trait KubePort: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> Result<Option<String>, KubeError>;
+    /// Each Node's `status.nodeInfo.kubeletVersion`, by name (a Kubernetes upgrade's kubelet gate).
+    async fn kubelet_versions(&self) -> Result<BTreeMap<String, String>, KubeError>;
+    /// A pod's first container image and whether it is Ready; `None` when it does not exist (a
+    /// static pod's mirror pod `<component>-<node>` in `kube-system`).
+    async fn pod_image(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(String, bool)>, KubeError>;
 }
 
 /// `KubePort` over kube-rs.
@@ -281,5 +291,17 @@ impl KubePort for KubeClient {
         name: &str,
     ) -> Result<Option<String>, KubeError> {
         apply::workload_image(&self.client, kind, namespace, name).await
+    }
+
+    async fn kubelet_versions(&self) -> Result<BTreeMap<String, String>, KubeError> {
+        self.list_kubelet_versions().await
+    }
+
+    async fn pod_image(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(String, bool)>, KubeError> {
+        self.get_pod_image(namespace, name).await
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::disruption::{Disruption, DisruptionSummary, Shown};
-use crate::spec::{ClusterName, Role, Vmid};
+use crate::spec::{ClusterName, Role, Version, Vmid};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "action")]
@@ -86,9 +86,21 @@ pub enum Action {
     UpgradeTalos {
         number: u32,
         name: String,
-        from: crate::spec::Version,
-        to: crate::spec::Version,
+        from: Version,
+        to: Version,
     },
+    /// One component of a Kubernetes hop on one node (`plan::k8s_rollout`): its machine config
+    /// applied with that component's new image, without a reboot, as `talosctl upgrade-k8s` does.
+    UpgradeKubernetes {
+        number: u32,
+        name: String,
+        component: super::k8s_rollout::Component,
+        from: Option<Version>,
+        to: Version,
+    },
+    /// The bootstrap manifests (kube-proxy, CoreDNS, flannel) as the control planes render them,
+    /// applied server-side: the last part of a Kubernetes hop.
+    SyncManifests { to: Version },
     /// Decommission: mark the secrets retained (`kiln-decommissioned-at`) or destroy them.
     RetireSecrets { destroy: bool },
 }
@@ -189,6 +201,24 @@ impl fmt::Display for Action {
             Action::UpgradeTalos { name, from, to, .. } => {
                 write!(f, "upgrade Talos on {name}: {from} → {to}")
             }
+            Action::UpgradeKubernetes {
+                name,
+                component,
+                from: Some(from),
+                to,
+                ..
+            } => write!(f, "move {component} on {name}: {from} → {to}"),
+            Action::UpgradeKubernetes {
+                name,
+                component,
+                from: None,
+                to,
+                ..
+            } => write!(f, "move {component} on {name} to {to}"),
+            Action::SyncManifests { to } => write!(
+                f,
+                "apply the bootstrap manifests (kube-proxy, CoreDNS, flannel) of Kubernetes {to} server-side"
+            ),
             Action::RetireSecrets { destroy: false } => {
                 write!(f, "mark the cluster's secrets as decommissioned (retained)")
             }

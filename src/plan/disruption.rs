@@ -65,6 +65,13 @@ pub enum Disruption {
         from: crate::spec::Version,
         to: crate::spec::Version,
     },
+    /// A Kubernetes component moves on one node without a reboot (`plan::k8s_rollout`): a static
+    /// pod or kube-proxy's image in a control plane's config, or a node's kubelet, which restarts.
+    KubernetesComponent {
+        node: String,
+        component: super::k8s_rollout::Component,
+        to: crate::spec::Version,
+    },
 }
 
 impl Action {
@@ -80,6 +87,7 @@ impl Action {
             | Action::StoreCredentials
             | Action::RenewCredentials { .. }
             | Action::WaitHealthy
+            | Action::SyncManifests { .. }
             | Action::RetireSecrets { .. } => Disruption::None,
             Action::ResizeVm {
                 name,
@@ -132,6 +140,16 @@ impl Action {
             Action::UpgradeTalos { name, from, to, .. } => Disruption::Upgrade {
                 node: name.clone(),
                 from: *from,
+                to: *to,
+            },
+            Action::UpgradeKubernetes {
+                name,
+                component,
+                to,
+                ..
+            } => Disruption::KubernetesComponent {
+                node: name.clone(),
+                component: *component,
                 to: *to,
             },
         }
@@ -217,6 +235,16 @@ impl fmt::Display for Disruption {
             Disruption::Upgrade { node, from, to } => {
                 write!(f, "upgrades {node} {from} → {to} (reboot)")
             }
+            Disruption::KubernetesComponent {
+                node,
+                component: super::k8s_rollout::Component::Kubelet,
+                to,
+            } => write!(f, "restarts the kubelet of {node} on {to} (no reboot)"),
+            Disruption::KubernetesComponent {
+                node,
+                component,
+                to,
+            } => write!(f, "restarts {component} on {node} with {to} (no reboot)"),
         }
     }
 }
@@ -256,6 +284,8 @@ pub struct DisruptionSummary {
     pub vms_destroyed: usize,
     /// Machine configs re-applied without a reboot (or whose dry run did not say).
     pub live_config_applies: usize,
+    /// Kubernetes components restarted on a new version, one node at a time.
+    pub kubernetes_restarts: usize,
 }
 
 impl DisruptionSummary {
@@ -279,6 +309,7 @@ impl DisruptionSummary {
                     reboot: Some(true), ..
                 } => s.reboots += 1,
                 Disruption::ConfigApply { .. } => s.live_config_applies += 1,
+                Disruption::KubernetesComponent { .. } => s.kubernetes_restarts += 1,
             }
         }
         s
@@ -319,6 +350,16 @@ impl fmt::Display for DisruptionSummary {
                 "{} re-applied live",
                 counted(self.live_config_applies, "config", "configs")
             ));
+        }
+        if self.kubernetes_restarts > 0 {
+            let mut p = format!(
+                "{} restarted on a new Kubernetes",
+                counted(self.kubernetes_restarts, "component", "components")
+            );
+            if self.kubernetes_restarts > 1 {
+                p.push_str(", one at a time");
+            }
+            parts.push(p);
         }
         if self.etcd_members_removed > 0 {
             let mut p = format!(
@@ -560,6 +601,7 @@ mod tests {
                 workers_removed: 1,
                 vms_destroyed: 0,
                 live_config_applies: 0,
+                kubernetes_restarts: 0,
             }
         );
         assert_eq!(

@@ -115,6 +115,7 @@ mod tests {
             healthy: Some(true),
             running_configs: Some(configs),
             versions: None,
+            kubernetes: None,
         }
     }
 

@@ -237,7 +237,12 @@ pub fn converge(input: ConvergeInput<'_>) -> ClusterPlan {
     }
 
     if let Some(versions) = &observed.versions {
-        upgrade::plan_upgrades(&mut plan, desired, versions);
+        k8s_rollout::plan_version_changes(
+            &mut plan,
+            desired,
+            versions,
+            observed.kubernetes.as_ref(),
+        );
         if !plan.blockers.is_empty() {
             return plan;
         }

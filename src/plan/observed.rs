@@ -106,4 +106,6 @@ pub struct ObservedCluster {
     pub running_configs: Option<super::RunningConfigs>,
     /// The Talos versions the nodes run (deep observation), for upgrades.
     pub versions: Option<super::upgrade::VersionsObserved>,
+    /// The Kubernetes versions the nodes' configs name (deep observation), for Kubernetes hops.
+    pub kubernetes: Option<super::k8s_rollout::KubernetesObserved>,
 }

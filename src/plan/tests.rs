@@ -56,6 +56,7 @@ fn converged(c: &Cluster) -> ObservedCluster {
         healthy: None,
         running_configs: None,
         versions: None,
+        kubernetes: None,
     }
 }
 

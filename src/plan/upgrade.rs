@@ -116,14 +116,25 @@ pub fn config_version(target: Version, running: &BTreeMap<u32, Version>) -> Vers
 
 /// Adds the upgrade steps (or the refusals) for `desired` to `plan`.
 pub fn plan_upgrades(plan: &mut ClusterPlan, desired: &Cluster, seen: &VersionsObserved) {
-    let target = desired.spec.talos.version;
+    plan_upgrades_to(plan, desired, seen, desired.spec.talos.version);
+}
+
+/// The same, stopping at `stop` (a version at or below the spec's): a combined change whose next
+/// Kubernetes hop must come before a later Talos minor (`plan::version_path`).
+pub fn plan_upgrades_to(
+    plan: &mut ClusterPlan,
+    desired: &Cluster,
+    seen: &VersionsObserved,
+    stop: Version,
+) {
+    let spec = desired.spec.talos.version;
     let mut blocked = false;
     for node in &desired.nodes {
         if let Some(v) = seen.running.get(&node.number)
-            && *v > target
+            && *v > spec
         {
             plan.blockers.push(Blocker::Blocked(format!(
-                "{} runs Talos {v}, newer than spec.talos.version {target}; kiln never downgrades a \
+                "{} runs Talos {v}, newer than spec.talos.version {spec}; kiln never downgrades a \
                  node: set spec.talos.version to {v}, or replace the node",
                 node.name
             )));
@@ -147,6 +158,7 @@ pub fn plan_upgrades(plan: &mut ClusterPlan, desired: &Cluster, seen: &VersionsO
     let Some(lowest) = nodes.iter().map(|(_, v)| *v).min() else {
         return;
     };
+    let target = stop.min(spec);
     let path = match hops(lowest, target) {
         Ok(p) => p,
         Err(e) => {
@@ -170,7 +182,7 @@ pub fn plan_upgrades(plan: &mut ClusterPlan, desired: &Cluster, seen: &VersionsO
                     to: *hop,
                 },
                 reason: format!(
-                    "{} runs Talos {at}; spec.talos.version is {target}, reached one minor at a time",
+                    "{} runs Talos {at}; spec.talos.version is {spec}, reached one minor at a time",
                     node.name
                 ),
             });

@@ -64,6 +64,24 @@ pub enum TurnError {
         waited: String,
         last: String,
     },
+    /// A Kubernetes component did not come up on its new version in time: the hop stops there.
+    #[error(
+        "{component} on {node} did not run Kubernetes {to} within {waited} (last: {last}); the hop stops \
+         here: fix the node (kiln left the config naming {to} on it), then kiln resumes on its next look"
+    )]
+    KubernetesUnhealthy {
+        node: String,
+        component: String,
+        to: String,
+        waited: String,
+        last: String,
+    },
+    /// Talos would reboot the node to apply a Kubernetes image change, which kiln only makes live.
+    #[error(
+        "{node}: Talos would reboot to apply the new {component} image, which talosctl upgrade-k8s and \
+         kiln apply without a reboot; look at what else differs in its machine config"
+    )]
+    KubernetesNeedsReboot { node: String, component: String },
     /// A node reported a Talos version kiln cannot read.
     #[error("{0}")]
     UnknownVersion(String),
@@ -193,9 +211,10 @@ impl TurnError {
             },
             TurnError::ConfigRefused(_) => Some(Refusal::ConfigRefused),
             TurnError::BundleGone | TurnError::BundleUnreadable(_) => Some(Refusal::Bundle),
-            TurnError::LeavingAddressUnknown { .. } | TurnError::UpgradeUnhealthy { .. } => {
-                Some(Refusal::NeedsAPerson)
-            }
+            TurnError::LeavingAddressUnknown { .. }
+            | TurnError::UpgradeUnhealthy { .. }
+            | TurnError::KubernetesUnhealthy { .. }
+            | TurnError::KubernetesNeedsReboot { .. } => Some(Refusal::NeedsAPerson),
             TurnError::LeaveFailed { source, .. } => source.refusal(),
             // A node that did not come back from its reboot: no other node reboots after it.
             TurnError::LiveConfig(e) => e.is_not_back().then_some(Refusal::NeedsAPerson),

@@ -47,6 +47,13 @@ pub fn action_key(a: &Action) -> String {
         Action::DestroyVm { vmid, .. } => format!("destroy-vm {vmid}"),
         Action::RetireSecrets { .. } => "retire-secrets".into(),
         Action::UpgradeTalos { name, to, .. } => format!("upgrade-talos {name} {to}"),
+        Action::UpgradeKubernetes {
+            name,
+            component,
+            to,
+            ..
+        } => format!("upgrade-kubernetes {name} {component} {to}"),
+        Action::SyncManifests { to } => format!("sync-manifests {to}"),
     }
 }
 

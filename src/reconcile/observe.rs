@@ -319,18 +319,55 @@ pub async fn cluster(
         &planned,
         version,
     );
-    out.observed.running_configs = Some(configs.await);
+    let (configs, images) = configs.await;
+    out.observed.running_configs = Some(configs);
+    out.observed.kubernetes = Some(plan::k8s_rollout::KubernetesObserved {
+        running: images
+            .into_iter()
+            .map(|(n, i)| {
+                let running = plan::k8s_rollout::Running {
+                    apiserver: i.apiserver,
+                    controller_manager: i.controller_manager,
+                    scheduler: i.scheduler,
+                    proxy: i.proxy,
+                    kubelet: i.kubelet,
+                };
+                (n, running)
+            })
+            .collect(),
+        manifests_current: None,
+    });
     out.observed.nodes = Some(planned);
     out.stages = states.into_iter().map(|(n, (_, st))| (n, st)).collect();
     if bootstrapped {
         let expected: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
-        let ready = match kube_api(ports, cluster, &loaded.bundle).await {
+        let kube = kube_api(ports, cluster, &loaded.bundle).await;
+        let ready = match &kube {
             Some(k) => k
                 .node_readiness(&expected)
                 .await
                 .is_ok_and(|r| r.all_ready()),
             None => false,
         };
+        // Whether kube-proxy's DaemonSet runs what the control planes' configs name: after a
+        // Kubernetes hop the bootstrap manifests are synced last (`plan::k8s_rollout`).
+        if let (Some(k), Some(seen)) = (&kube, out.observed.kubernetes.as_mut()) {
+            let mut proxies = cluster
+                .control_planes()
+                .filter_map(|n| seen.running.get(&n.number))
+                .map(|r| r.proxy);
+            let wanted = match proxies.next() {
+                Some(Some(first)) if proxies.all(|p| p == Some(first)) => Some(first),
+                _ => None,
+            };
+            if let Some(want) = wanted
+                && let Ok(Some(image)) = k
+                    .workload_image("DaemonSet", "kube-system", "kube-proxy")
+                    .await
+            {
+                seen.manifests_current = Some(image.ends_with(&format!(":{want}")));
+            }
+        }
         let cps: Vec<&Node> = running
             .iter()
             .copied()
@@ -342,7 +379,17 @@ pub async fn cluster(
         seen.nodes_ready = Some(ready);
         // A node on another Talos than the spec's is never Ready (DESIGN §4).
         let target = cluster.spec.talos.version;
-        out.observed.healthy = Some(ready && seen.running.values().all(|v| *v == target));
+        // Nor is a node whose config names another Kubernetes than the spec's (issue 26).
+        let k8s = cluster.spec.kubernetes.version;
+        let k8s_at_spec = out.observed.kubernetes.as_ref().is_none_or(|k| {
+            k.running.values().all(|r| {
+                plan::k8s_rollout::Component::ORDER
+                    .iter()
+                    .all(|c| r.get(*c).is_none_or(|v| v == k8s))
+            })
+        });
+        out.observed.healthy =
+            Some(ready && k8s_at_spec && seen.running.values().all(|v| *v == target));
     }
     out.observed.versions = Some(seen);
     Ok(out)

@@ -87,6 +87,20 @@ pub fn converged_observation(c: &Cluster) -> ObservedCluster {
             failed: None,
             nodes_ready: Some(true),
         }),
+        // Likewise every component at the base revision's Kubernetes, kube-proxy's manifests in step.
+        kubernetes: Some(plan::k8s_rollout::KubernetesObserved {
+            running: c
+                .nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.number,
+                        plan::k8s_rollout::Running::uniform(c.spec.kubernetes.version, n.role),
+                    )
+                })
+                .collect(),
+            manifests_current: Some(true),
+        }),
     }
 }
 

@@ -95,6 +95,9 @@ pub struct NodeStatus {
     /// The Talos version the node runs, as last seen over mTLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub talos_version: Option<String>,
+    /// The Kubernetes version its kubelet runs, as last seen (its Node, or its running config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +320,7 @@ mod tests {
                 vm_state: VmState::Running,
                 talos_stage: "running".into(),
                 talos_version: Some("v1.13.9".into()),
+                kubernetes_version: Some("v1.34.1".into()),
             }],
             last_applied_revision: Some("0123456789abcdef".into()),
             last_error: None,

@@ -336,6 +336,17 @@ async fn converge_inner(ctx: &Ctx, job: &ConvergeJob) -> Outcome {
         job.previous_status.as_ref(),
     );
     super::upgrade_record::show_versions(&mut status.nodes, cluster, &versions);
+    if !plan.steps.is_empty()
+        && let Some(kube) = turn.kube().await
+        && let Ok(kubelets) = kube.kubelet_versions().await
+    {
+        // A Kubernetes hop moved the kubelets on: show what their Nodes report now.
+        for row in &mut status.nodes {
+            if let Some(v) = kubelets.get(&row.name) {
+                row.kubernetes_version = Some(v.clone());
+            }
+        }
+    }
     if !matches!(execution, Execution::Complete) {
         return unfinished_outcome(
             ctx.settings.wait_interval,
@@ -552,7 +563,9 @@ fn retry_at(until: Instant) -> String {
 fn phase_of(action: &Action, first_apply: bool, intent_changed: bool) -> Phase {
     match action {
         // A rollout is an update even when it finishes a first apply or follows drift.
-        Action::UpgradeTalos { .. } => Phase::Updating,
+        Action::UpgradeTalos { .. }
+        | Action::UpgradeKubernetes { .. }
+        | Action::SyncManifests { .. } => Phase::Updating,
         Action::DestroyVm { .. } | Action::RetireSecrets { .. } => Phase::Deleting,
         Action::GenerateSecrets
         | Action::CreateVm { .. }
@@ -599,6 +612,17 @@ fn node_statuses(
                 talos_version: previous
                     .and_then(|p| p.nodes.iter().find(|s| s.name == n.name))
                     .and_then(|s| s.talos_version.clone()),
+                kubernetes_version: observed
+                    .kubernetes
+                    .as_ref()
+                    .and_then(|k| k.running.get(&n.number))
+                    .and_then(|r| r.kubelet)
+                    .map(|v| v.to_string())
+                    .or_else(|| {
+                        previous
+                            .and_then(|p| p.nodes.iter().find(|s| s.name == n.name))
+                            .and_then(|s| s.kubernetes_version.clone())
+                    }),
             }
         })
         .collect()

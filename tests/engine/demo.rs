@@ -623,6 +623,7 @@ mod folder {
                     vm_state: kiln::reconcile::status::VmState::Running,
                     talos_stage: "running".into(),
                     talos_version: None,
+                    kubernetes_version: None,
                 }],
                 last_applied_revision: Some("abcdef0123456789".into()),
                 last_error: None,

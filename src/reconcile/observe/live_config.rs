@@ -12,7 +12,8 @@ use crate::plan::{NodeState, RunningConfig, RunningConfigs};
 use crate::spec::{Cluster, Node, Version};
 use crate::talos::SecretsBundle;
 use crate::talos::config::compare::differing_documents;
-use crate::talos::config::render::{RenderError, render};
+use crate::talos::config::images::{NamedImages, named_images};
+use crate::talos::config::render::{KubernetesImages, RenderError, render_documents_with};
 use crate::talos::grpc::proto::machine::ApplyMode;
 use crate::talos::grpc::{ClientIdentity, TalosPort};
 
@@ -24,8 +25,25 @@ pub fn rendered(
     node: &Node,
     bundle: &SecretsBundle,
     talos_version: Version,
+    running: &str,
 ) -> Result<String, RenderError> {
-    render(cluster, node, bundle, talos_version)
+    let images = wanted_images(cluster, running);
+    Ok(render_documents_with(cluster, node, bundle, talos_version, &images)?.to_yaml())
+}
+
+/// The Kubernetes images a node's config is compared and re-applied with: the spec's once the node
+/// runs them, otherwise the ones its running config names — a Kubernetes version change goes
+/// through `plan::k8s_rollout` one component and one node at a time, never through a re-applied
+/// config that would move every component of every node at once.
+pub fn wanted_images(cluster: &Cluster, running: &str) -> KubernetesImages {
+    let spec = cluster.spec.kubernetes.version;
+    let named = named_images(running);
+    let images = named.or(spec);
+    if images == KubernetesImages::uniform(spec) {
+        KubernetesImages::uniform(spec)
+    } else {
+        images
+    }
 }
 
 /// The version whose contract the configured nodes' configs are rendered for (see [`rendered`]):
@@ -43,7 +61,7 @@ pub async fn running_configs(
     bundle: &SecretsBundle,
     states: &BTreeMap<u32, NodeState>,
     version: Version,
-) -> RunningConfigs {
+) -> (RunningConfigs, BTreeMap<u32, NamedImages>) {
     let configured = cluster
         .nodes
         .iter()
@@ -52,11 +70,15 @@ pub async fn running_configs(
         let seen = look(talos, identity, cluster, node, bundle, version).await;
         (node.number, seen)
     });
-    futures::future::join_all(looks)
-        .await
-        .into_iter()
-        .filter_map(|(number, seen)| seen.map(|s| (number, s)))
-        .collect()
+    let mut configs = RunningConfigs::new();
+    let mut images = BTreeMap::new();
+    for (number, seen) in futures::future::join_all(looks).await {
+        if let Some((config, named)) = seen {
+            configs.insert(number, config);
+            images.insert(number, named);
+        }
+    }
+    (configs, images)
 }
 
 async fn look(
@@ -66,14 +88,7 @@ async fn look(
     node: &Node,
     bundle: &SecretsBundle,
     version: Version,
-) -> Option<RunningConfig> {
-    let wanted = match rendered(cluster, node, bundle, version) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(node = %node.name, error = %e, "cannot render the machine config to compare");
-            return None;
-        }
-    };
+) -> Option<(RunningConfig, NamedImages)> {
     let client = match talos.connect(IpAddr::V4(node.ip), identity).await {
         Ok(c) => c,
         Err(e) => {
@@ -88,6 +103,14 @@ async fn look(
             return None;
         }
     };
+    let named = named_images(&running);
+    let wanted = match rendered(cluster, node, bundle, version, &running) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(node = %node.name, error = %e, "cannot render the machine config to compare");
+            return None;
+        }
+    };
     let documents = match differing_documents(&running, &wanted) {
         Ok(d) => d,
         Err(e) => {
@@ -96,7 +119,7 @@ async fn look(
         }
     };
     if documents.is_empty() {
-        return Some(RunningConfig::Matches);
+        return Some((RunningConfig::Matches, named));
     }
     let reboot = match client.apply(wanted.as_bytes(), ApplyMode::Auto, true).await {
         Ok(outcome) => Some(outcome.mode == ApplyMode::Reboot),
@@ -105,5 +128,5 @@ async fn look(
             None
         }
     };
-    Some(RunningConfig::Differs { documents, reboot })
+    Some((RunningConfig::Differs { documents, reboot }, named))
 }

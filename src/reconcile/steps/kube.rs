@@ -18,6 +18,19 @@ impl Turn<'_> {
             if let Some(why) = self.version_mismatch(cluster).await {
                 return Ok(Flow::Wait(why));
             }
+            // Nor one whose kubelet runs another Kubernetes than the spec's.
+            let want = cluster.spec.kubernetes.version.to_string();
+            let kubelets = kube.kubelet_versions().await?;
+            if let Some((name, v)) = cluster
+                .nodes
+                .iter()
+                .filter_map(|n| kubelets.get(&n.name).map(|v| (&n.name, v)))
+                .find(|(_, v)| **v != want)
+            {
+                return Ok(Flow::Wait(format!(
+                    "{name}'s kubelet runs {v}, not spec.kubernetes.version {want}"
+                )));
+            }
             if !r.extra.is_empty() {
                 tracing::info!(cluster = %self.name, extra = ?r.extra, "nodes kiln does not expect");
             }

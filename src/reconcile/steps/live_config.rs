@@ -63,9 +63,15 @@ impl Turn<'_> {
             .collect();
         let versions =
             versions::running(self.ctx.ports.talos.as_ref(), &identity, &all, &reachable).await;
-        let wanted = rendered(cluster, node, bundle, contract_version(cluster, &versions))?;
         let talos = self.talos_node(IpAddr::V4(node.ip)).await?;
         let running = talos.running_config().await?;
+        let wanted = rendered(
+            cluster,
+            node,
+            bundle,
+            contract_version(cluster, &versions),
+            &running,
+        )?;
         let differing = differing_documents(&running, &wanted).map_err(|source| {
             TurnError::from(LiveConfigError::Compare {
                 node: node.name.clone(),

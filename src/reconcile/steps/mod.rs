@@ -5,6 +5,7 @@
 
 mod credentials;
 mod join;
+mod k8s_upgrade;
 mod kube;
 pub(super) mod live_config;
 mod secrets;
@@ -50,6 +51,13 @@ impl Turn<'_> {
                 }
                 Action::RetireSecrets { destroy } => self.retire_secrets(*destroy).await,
                 Action::UpgradeTalos { number, to, .. } => self.upgrade_talos(*number, *to).await,
+                Action::UpgradeKubernetes {
+                    number,
+                    component,
+                    to,
+                    ..
+                } => self.upgrade_kubernetes(*number, *component, *to).await,
+                Action::SyncManifests { to } => self.sync_manifests(*to).await,
             }
         }
         .instrument(span)

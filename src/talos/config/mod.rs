@@ -6,6 +6,7 @@
 pub mod compare;
 pub mod decode;
 pub mod documents;
+pub mod images;
 pub mod render;
 pub mod types;
 
