@@ -274,52 +274,73 @@ pub(super) fn plan_version_changes(
         });
         return;
     }
-    match hops.first() {
-        Some(Hop::Kubernetes(minor)) => {
-            let Some(to) = hop_target(*minor, spec_k8s) else {
-                plan.blockers.push(Blocker::Refused(format!(
-                    "kiln knows no tested patch of Kubernetes {}.{} to pass through",
-                    minor.0, minor.1
-                )));
-                return;
-            };
-            plan_hop(plan, desired, kubernetes, to, &hops);
-        }
-        Some(Hop::Talos(_)) => {
-            // Talos goes as far as the path allows before its next Kubernetes hop.
-            let last = hops
-                .iter()
-                .take_while(|h| matches!(h, Hop::Talos(_)))
-                .last()
-                .and_then(|h| match h {
-                    Hop::Talos(m) => Some(*m),
-                    Hop::Kubernetes(_) => None,
-                });
-            let stop = match last {
-                Some(m) if m == spec_talos.minor_line() => spec_talos,
-                Some(m) => match talos_releases::latest_patch(m) {
-                    Some(v) => v,
-                    None => {
-                        plan.blockers.push(Blocker::Refused(format!(
-                            "kiln knows no latest patch of Talos {}.{} to stop at",
-                            m.0, m.1
-                        )));
-                        return;
-                    }
-                },
-                None => spec_talos,
-            };
-            upgrade::plan_upgrades_to(plan, desired, talos, stop);
-        }
-        None => {
-            // Same minors: Talos patches first, then Kubernetes's.
-            let before = plan.steps.len();
-            upgrade::plan_upgrades(plan, desired, talos);
-            if plan.steps.len() == before && plan.blockers.is_empty() {
-                plan_hop(plan, desired, kubernetes, spec_k8s, &hops);
+    // Every hop is listed, so `kiln plan` shows the whole way; the executor runs the first and a
+    // Talos upgrade ends the turn, so what follows is planned again from what the nodes then run.
+    let mut talos_now = talos.clone();
+    let mut k8s_now = kubernetes.clone();
+    let mut i = 0;
+    while i < hops.len() {
+        match hops[i] {
+            Hop::Kubernetes(minor) => {
+                let Some(to) = hop_target(minor, spec_k8s) else {
+                    plan.blockers.push(Blocker::Refused(format!(
+                        "kiln knows no tested patch of Kubernetes {}.{} to pass through",
+                        minor.0, minor.1
+                    )));
+                    return;
+                };
+                plan_hop(plan, desired, &k8s_now, to, &hops);
+                k8s_now = moved_to(desired, &k8s_now, to);
+                i += 1;
+            }
+            Hop::Talos(_) => {
+                // Talos goes as far as the path allows before its next Kubernetes hop.
+                let run = hops[i..]
+                    .iter()
+                    .take_while(|h| matches!(h, Hop::Talos(_)))
+                    .count();
+                let Hop::Talos(last) = hops[i + run - 1] else {
+                    unreachable!("counted Talos hops only")
+                };
+                let stop = if last == spec_talos.minor_line() {
+                    spec_talos
+                } else if let Some(v) = talos_releases::latest_patch(last) {
+                    v
+                } else {
+                    plan.blockers.push(Blocker::Refused(format!(
+                        "kiln knows no latest patch of Talos {}.{} to stop at",
+                        last.0, last.1
+                    )));
+                    return;
+                };
+                upgrade::plan_upgrades_to(plan, desired, &talos_now, stop);
+                if !plan.blockers.is_empty() {
+                    return;
+                }
+                for v in talos_now.running.values_mut() {
+                    *v = stop;
+                }
+                i += run;
             }
         }
     }
+    // Within the minors: Talos patches first, then Kubernetes's.
+    upgrade::plan_upgrades(plan, desired, &talos_now);
+    if plan.blockers.is_empty() {
+        plan_hop(plan, desired, &k8s_now, spec_k8s, &hops);
+    }
+}
+
+/// What every node runs once a hop to `to` is done.
+fn moved_to(desired: &Cluster, kubernetes: &KubernetesObserved, to: Version) -> KubernetesObserved {
+    let mut out = kubernetes.clone();
+    for node in &desired.nodes {
+        if let Some(r) = out.running.get_mut(&node.number) {
+            *r = Running::uniform(to, node.role);
+        }
+    }
+    out.manifests_current = Some(true);
+    out
 }
 
 /// Every node's every component at one version: no hop is half done.
@@ -554,6 +575,23 @@ mod tests {
             plan
         }
 
+        /// The plan as the runs of one kind of change: `talos v1.13.9`, `kubernetes v1.35.4`, ….
+        fn phases(plan: &ClusterPlan) -> Vec<String> {
+            let mut out: Vec<String> = Vec::new();
+            for s in &plan.steps {
+                let label = match &s.action {
+                    Action::UpgradeTalos { to, .. } => format!("talos {to}"),
+                    Action::UpgradeKubernetes { to, .. } => format!("kubernetes {to}"),
+                    Action::SyncManifests { to } => format!("manifests {to}"),
+                    other => format!("{other}"),
+                };
+                if out.last() != Some(&label) {
+                    out.push(label);
+                }
+            }
+            out
+        }
+
         fn lines(plan: &ClusterPlan) -> Vec<String> {
             plan.steps.iter().map(|s| s.action.to_string()).collect()
         }
@@ -578,16 +616,24 @@ mod tests {
 
         #[test]
         fn a_combined_change_moves_kubernetes_first_only_as_far_as_the_next_talos_needs() {
-            // Talos 1.13 does not run Kubernetes 1.30: 1.31 (Talos's tested patch) comes first.
+            // Talos 1.13 does not run Kubernetes 1.30: 1.31 (Talos's tested patch) comes first, then
+            // Talos, then Kubernetes one minor at a time. The whole way is listed.
             let c = cluster("v1.13.9", "v1.34.1");
             let (t, k) = seen(&c, "v1.12.11", "v1.30.5");
             let plan = planned(&c, &t, &k);
-            assert!(
-                plan.steps.iter().all(|s| matches!(
-                    &s.action,
-                    Action::UpgradeKubernetes { to, .. } | Action::SyncManifests { to }
-                        if *to == v("v1.31.4")
-                )),
+            assert_eq!(
+                phases(&plan),
+                [
+                    "kubernetes v1.31.4",
+                    "manifests v1.31.4",
+                    "talos v1.13.9",
+                    "kubernetes v1.32.4",
+                    "manifests v1.32.4",
+                    "kubernetes v1.33.6",
+                    "manifests v1.33.6",
+                    "kubernetes v1.34.1",
+                    "manifests v1.34.1",
+                ],
                 "{:#?}",
                 lines(&plan)
             );
@@ -598,17 +644,10 @@ mod tests {
                 "{}",
                 plan.steps[0].reason
             );
-            // Once it runs 1.31: Talos, and only Talos.
+            // Once it runs 1.31: Talos first.
             let (t, k) = seen(&c, "v1.12.11", "v1.31.4");
             let plan = planned(&c, &t, &k);
-            assert!(
-                plan.steps.iter().all(
-                    |s| matches!(&s.action, Action::UpgradeTalos { to, .. } if *to == v("v1.13.9"))
-                ),
-                "{:#?}",
-                lines(&plan)
-            );
-            assert_eq!(plan.steps.len(), 4);
+            assert_eq!(phases(&plan)[0], "talos v1.13.9", "{:#?}", lines(&plan));
         }
 
         #[test]
@@ -618,10 +657,14 @@ mod tests {
             let c = cluster("v1.13.9", "v1.31.4");
             let (t, k) = seen(&c, "v1.11.6", "v1.30.5");
             let plan = planned(&c, &t, &k);
-            assert!(
-                plan.steps.iter().all(
-                    |s| matches!(&s.action, Action::UpgradeTalos { to, .. } if *to == v("v1.12.11"))
-                ),
+            assert_eq!(
+                phases(&plan),
+                [
+                    "talos v1.12.11",
+                    "kubernetes v1.31.4",
+                    "manifests v1.31.4",
+                    "talos v1.13.9"
+                ],
                 "{:#?}",
                 lines(&plan)
             );

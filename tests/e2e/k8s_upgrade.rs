@@ -335,10 +335,16 @@ async fn a_combined_bump_goes_through_supported_pairs_only() {
             .contains("Kubernetes 1.31 → Talos 1.13 → Kubernetes 1.32"),
         "the plan names the way:\n{plan}"
     );
-    assert!(
-        !plan.stdout.contains("(reboot)"),
-        "no Talos upgrade before Kubernetes 1.31:\n{plan}"
-    );
+    // The whole way, in order: Kubernetes 1.31, the Talos upgrade, then Kubernetes 1.32.
+    let at = |needle: &str| {
+        plan.stdout
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in the plan:\n{plan}"))
+    };
+    let k131 = at("with v1.31.4 (no reboot)");
+    let talos = at(&format!("upgrades {} v1.12.11 → v1.13.9 (reboot)", cp.name));
+    let k132 = at("with v1.32.4 (no reboot)");
+    assert!(k131 < talos && talos < k132, "order in the plan:\n{plan}");
 
     let before = applies(&world).len();
     let run = world.run_once_for(Duration::from_secs(120));
