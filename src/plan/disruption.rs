@@ -242,6 +242,14 @@ impl fmt::Display for Disruption {
             } => write!(f, "restarts the kubelet of {node} on {to} (no reboot)"),
             Disruption::KubernetesComponent {
                 node,
+                component: super::k8s_rollout::Component::Proxy,
+                to,
+            } => write!(
+                f,
+                "names kube-proxy {to} in {node}'s config (no reboot; its DaemonSet follows with the manifests)"
+            ),
+            Disruption::KubernetesComponent {
+                node,
                 component,
                 to,
             } => write!(f, "restarts {component} on {node} with {to} (no reboot)"),
