@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::checks::status_of;
 use crate::credentials::{stored, talos_identity};
 use crate::fixture::{ClusterFixture, Role, WantedVm};
-use crate::support::World;
+use crate::support::{World, plain};
 
 /// How long the simulator keeps a joining control plane a learner.
 const LEARNER_DELAY: &str = "1s";
@@ -78,24 +78,6 @@ fn clone_time(log: &[(String, String, String, SystemTime)], vm: &WantedVm) -> Sy
             )
         })
         .3
-}
-
-/// A simulator log line without its colour codes.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// When the simulator logged `event` for the member named `hostname` (its first such line).

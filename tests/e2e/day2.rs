@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::checks::{assert_converged, assert_exact_vms, status_of};
 use crate::credentials::{stored, talos_identity};
 use crate::fixture::{CP_RESOURCES, ClusterFixture, Role, WK_RESOURCES, WantedVm};
-use crate::support::World;
+use crate::support::{World, plain};
 
 /// Whether a request path acts on this VMID (`…/qemu/<id>` or below it).
 fn names_vm(path: &str, vmid: u32) -> bool {
@@ -100,24 +100,6 @@ enum KubeEvent {
     Cordon(String),
     Uncordon(String),
     Deleted(String),
-}
-
-/// A log line without its colour codes (`ESC [ … m`), which the simulator writes even to a file.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn kube_events(world: &World) -> Vec<KubeEvent> {

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use crate::checks::{assert_converged, status_of};
 use crate::credentials::stored;
 use crate::fixture::{ClusterFixture, Role};
-use crate::support::{Outcome, World, kiln};
+use crate::support::{Outcome, World, kiln, plain};
 
 const OLD: &str = "v1.34.1";
 const NEW: &str = "v1.35.4";
@@ -90,23 +90,6 @@ fn plan_text(world: &World) -> Outcome {
         .arg("--repo")
         .arg(&world.repos.work);
     world.run_command(cmd)
-}
-
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The node IP of every config the simulator applied (not a dry run), in order.

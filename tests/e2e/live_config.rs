@@ -15,7 +15,7 @@ use serde_yaml::Value;
 use crate::checks::{assert_converged, assert_exact_vms, status_of};
 use crate::credentials::{stored, talos_identity};
 use crate::fixture::ClusterFixture;
-use crate::support::World;
+use crate::support::{World, plain};
 
 /// What the simulator's log shows, in its order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,24 +29,6 @@ enum Event {
     Back(Ipv4Addr),
     Cordon(String),
     Uncordon(String),
-}
-
-/// A log line without its colour codes (`ESC [ … m`).
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn field(text: &str, key: &str) -> Option<String> {

@@ -15,7 +15,7 @@ use kiln::talos::grpc::{ClientIdentity, ClientOptions, TalosClient};
 use crate::checks::{assert_converged, status_of};
 use crate::credentials::{stored, talos_identity};
 use crate::fixture::{ClusterFixture, Role};
-use crate::support::{Outcome, World, kiln};
+use crate::support::{Outcome, World, kiln, plain};
 use crate::talos_sim::reference_schemas;
 
 const OLD: &str = "v1.12.11";
@@ -136,7 +136,7 @@ fn upgrade_reboots(world: &World) -> Vec<(String, String)> {
         .sim
         .log_text()
         .lines()
-        .map(strip_colours)
+        .map(plain)
         .filter(|l| {
             l.contains("reboot: upgrading") || l.contains("does not come back from its upgrade")
         })
@@ -146,23 +146,6 @@ fn upgrade_reboots(world: &World) -> Vec<(String, String)> {
             Some((ip, field(&l, "to=")?))
         })
         .collect()
-}
-
-fn strip_colours(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn show(samples: &[Vec<Option<String>>]) -> String {
@@ -422,7 +405,7 @@ async fn a_node_on_v1_13_is_upgraded_through_the_lifecycle_api_with_kiln_s_own_d
     let run = world.run_once();
     assert!(run.success(), "the upgrade run:\n{run}");
 
-    let log: Vec<String> = world.sim.log_text().lines().map(strip_colours).collect();
+    let log: Vec<String> = world.sim.log_text().lines().map(plain).collect();
     let of = |ip: Ipv4Addr| format!("node={ip}:50000");
     assert!(
         !log.iter().any(|l| l.contains("legacy upgrade")),

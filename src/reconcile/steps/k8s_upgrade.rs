@@ -113,8 +113,9 @@ impl Turn<'_> {
         Ok(Flow::Done)
     }
 
-    /// The contract every node understands, from the Talos versions the nodes run now.
-    async fn running_contract(&self, cluster: &Cluster) -> Result<Version, TurnError> {
+    /// The contract every node understands, from the Talos versions the nodes run now (the
+    /// live-config step renders with it too).
+    pub(super) async fn running_contract(&self, cluster: &Cluster) -> Result<Version, TurnError> {
         let identity = self.talos_identity()?;
         let all: Vec<&Node> = cluster.nodes.iter().collect();
         let reachable: BTreeMap<u32, NodeState> = all

@@ -6,15 +6,13 @@
 //! steps one at a time (`executor::batch_class`) and this step returns only once its node is back, so
 //! two nodes are never down at once.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::kube::KubePort;
 use crate::reconcile::error::TurnError;
 use crate::reconcile::executor::{Flow, StepResult};
-use crate::reconcile::observe::live_config::{contract_version, rendered};
-use crate::reconcile::observe::versions;
+use crate::reconcile::observe::live_config::rendered;
 use crate::reconcile::turn::Turn;
 use crate::spec::Node;
 use crate::talos::config::compare::{CompareError, differing_documents};
@@ -55,23 +53,10 @@ impl Turn<'_> {
         let node = self.node(number)?;
         let bundle = &self.bundle()?.bundle;
         // The contract every node understands, from the versions the nodes run now.
-        let identity = self.talos_identity()?;
-        let all: Vec<&Node> = cluster.nodes.iter().collect();
-        let reachable: BTreeMap<u32, crate::plan::NodeState> = all
-            .iter()
-            .map(|n| (n.number, crate::plan::NodeState::Configured))
-            .collect();
-        let versions =
-            versions::running(self.ctx.ports.talos.as_ref(), &identity, &all, &reachable).await;
+        let version = self.running_contract(cluster).await?;
         let talos = self.talos_node(IpAddr::V4(node.ip)).await?;
         let running = talos.running_config().await?;
-        let wanted = rendered(
-            cluster,
-            node,
-            bundle,
-            contract_version(cluster, &versions),
-            &running,
-        )?;
+        let wanted = rendered(cluster, node, bundle, version, &running)?;
         let differing = differing_documents(&running, &wanted).map_err(|source| {
             TurnError::from(LiveConfigError::Compare {
                 node: node.name.clone(),
