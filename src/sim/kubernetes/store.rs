@@ -106,13 +106,22 @@ pub fn timestamp(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
-/// A `MicroTime` (`renewTime`, `acquireTime`): RFC 3339 with microseconds.
+/// A `MicroTime` (`renewTime`, `acquireTime`): always exactly six fractional digits, UTC.
+/// apimachinery's `pkg/apis/meta/v1/micro_time.go` marshals with `RFC3339Micro`
+/// ("2006-01-02T15:04:05.000000Z07:00") and kubectl parses with the same fixed layout, so
+/// RFC 3339's trimmed fraction (".81034Z") makes `kubectl describe node` fail to read the Lease.
 pub fn micro_timestamp(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    let micros = t.microsecond();
-    let t = t.replace_nanosecond(micros * 1000).unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    let t = time::OffsetDateTime::from(t).to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
 }
 
 pub fn parse_timestamp(s: &str) -> Option<SystemTime> {
@@ -676,6 +685,15 @@ pub fn field_matcher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micro_time_keeps_six_digits_as_kubectl_parses_it() {
+        // 810340 µs: RFC 3339 formatting would trim it to ".81034", which kubectl refuses.
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_796_436_187_810_340);
+        assert_eq!(micro_timestamp(t), "2026-12-05T02:03:07.810340Z");
+        let whole = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_796_436_187);
+        assert_eq!(micro_timestamp(whole), "2026-12-05T02:03:07.000000Z");
+    }
 
     #[test]
     fn label_selectors_parse_as_kubectl_sends_them() {
