@@ -13,6 +13,8 @@ pub mod demo;
 pub mod git;
 /// Health of a new cluster, drain, Node deletion. (The `kube` crate is `::kube` inside the crate.)
 pub mod kube;
+/// Prometheus metrics of the process (`GET /metrics`).
+pub mod metrics;
 /// Ordered actions from desired × observed state (pure).
 pub mod plan;
 /// Proxmox VE API client and VM lifecycle.

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,7 +11,9 @@ use kiln::config::Config;
 use kiln::git::{GitSource, Trigger};
 use kiln::proxmox::{PreflightScope, PveAdapter};
 use kiln::reconcile::state_lock::{StateLock, this_command};
+use kiln::reconcile::status::StatusBook;
 use kiln::reconcile::{Engine, Intent};
+use kiln::server::{self, DaemonView, SecretBytes};
 
 use super::ports::{open_ports, progress_logger, shutdown_signal};
 
@@ -48,6 +51,15 @@ async fn preflight(adapter: &PveAdapter, git: &GitSource) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A secret from a `*_file` key: its bytes without the trailing newline an editor leaves.
+fn read_secret(key: &str, path: &Path) -> anyhow::Result<SecretBytes> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading {key} ({})", path.display()))?;
+    let trimmed = bytes.trim_ascii_end();
+    anyhow::ensure!(!trimmed.is_empty(), "{key} ({}) is empty", path.display());
+    Ok(SecretBytes::new(trimmed))
+}
+
 pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
     // Before anything opens the cache clone (which clears lock files it takes for stale) or
@@ -61,14 +73,40 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
         let git = GitSource::open(&config.git, &config.state_dir)
             .await
             .context("opening the Git cache clone")?;
+        let shutdown = shutdown_signal();
+        let trigger = Trigger::new();
+        // The HTTP surface comes up before anything that waits on another system, so a forge or a
+        // Proxmox that is down at boot shows in /readyz instead of keeping kiln from starting.
+        let view = Arc::new(DaemonView::new(
+            StatusBook::load(&config.state_dir).unwrap_or_default(),
+        ));
+        if !once && let Some(token_file) = &config.api.token_file {
+            let state = server::AppState {
+                config: Arc::new(config.clone()),
+                git: git.clone(),
+                trigger: trigger.clone(),
+                view: view.clone(),
+                token: read_secret("api.token_file", token_file)?,
+                webhook_secret: config
+                    .api
+                    .webhook_secret_file
+                    .as_deref()
+                    .map(|f| read_secret("api.webhook_secret_file", f))
+                    .transpose()?,
+            };
+            let listener = server::bind(config.api.listen)
+                .await
+                .with_context(|| format!("listening on {} (api.listen)", config.api.listen))?;
+            tracing::info!(addr = %config.api.listen, "HTTP API listening");
+            tokio::spawn(server::serve(listener, server::router(state), shutdown.clone()));
+        }
+        // READY: config loaded, lock held, listeners up (DESIGN §8)
         if let Err(e) = git.poll().await {
             tracing::warn!(error = %e, "first fetch failed; working from the last revision fetched, if any");
         }
         if let Some(adapter) = &opened.adapter {
             preflight(adapter, &git).await?;
         }
-        let shutdown = shutdown_signal();
-        let trigger = Trigger::new();
         let _watcher = if once {
             None
         } else {
@@ -87,7 +125,8 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
         };
         let state_dir = config.state_dir.clone();
         let mut engine = Engine::new(config, git, opened.ports.clone(), shutdown, Some(progress_logger()))
-            .context("loading kiln's state")?;
+            .context("loading kiln's state")?
+            .with_observer(view);
         if once {
             let report = engine.run_once(timeout).await;
             print!("{}", engine.status().table());

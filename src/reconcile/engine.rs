@@ -48,6 +48,15 @@ pub struct CycleReport {
     pub error: Option<String>,
     /// Whether this cycle pushed a commit.
     pub pushed: Option<String>,
+    /// Why the remote could not be fetched this cycle (the cycle may still have run on the last
+    /// revision fetched): what `/readyz` reports about Git.
+    pub git_error: Option<String>,
+}
+
+/// Told of every finished cycle: the daemon's HTTP surface (status, `/readyz`, `/metrics`) reads the
+/// engine through this, so the engine knows nothing of HTTP.
+pub trait CycleObserver: Send + Sync {
+    fn cycle_done(&self, report: &CycleReport, status: &StatusBook, took: Duration);
 }
 
 pub struct Engine {
@@ -57,6 +66,7 @@ pub struct Engine {
     records: Records,
     status: StatusBook,
     render_settings: RenderSettings,
+    observer: Option<Arc<dyn CycleObserver>>,
 }
 
 impl Engine {
@@ -103,7 +113,14 @@ impl Engine {
             records,
             status,
             render_settings,
+            observer: None,
         })
+    }
+
+    /// Tells `observer` of every cycle from now on.
+    pub fn with_observer(mut self, observer: Arc<dyn CycleObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn status(&self) -> &StatusBook {
@@ -134,11 +151,21 @@ impl Engine {
             wake_in: Some(Duration::from_secs(5)),
             error: Some(error),
             pushed: None,
+            git_error: None,
         }
     }
 
     /// One pass of the loop. Never panics on a system being down: it reports and waits.
     pub async fn cycle(&mut self) -> CycleReport {
+        let started = std::time::Instant::now();
+        let report = self.cycle_inner().await;
+        if let Some(o) = &self.observer {
+            o.cycle_done(&report, &self.status, started.elapsed());
+        }
+        report
+    }
+
+    async fn cycle_inner(&mut self) -> CycleReport {
         // `kiln rotate` asks the lock holder (DESIGN §7); served first, whatever Git says.
         self.serve_requests().await;
         let mut git_error = None;
@@ -146,8 +173,13 @@ impl Engine {
             git_error = Some(format!("git: {e}"));
         }
         let Some(rev) = self.git.current().await else {
-            return self
-                .cycle_failed(git_error.unwrap_or_else(|| "git: no revision fetched yet".into()));
+            let mut report = self.cycle_failed(
+                git_error
+                    .clone()
+                    .unwrap_or_else(|| "git: no revision fetched yet".into()),
+            );
+            report.git_error = git_error;
+            return report;
         };
         if let Some(e) = &git_error {
             tracing::warn!(
@@ -156,7 +188,11 @@ impl Engine {
         }
         let snapshot = match self.git.snapshot(rev).await {
             Ok(s) => s,
-            Err(e) => return self.cycle_failed(format!("git: reading {rev}: {e}")),
+            Err(e) => {
+                let mut report = self.cycle_failed(format!("git: reading {rev}: {e}"));
+                report.git_error = Some(format!("git: reading {rev}: {e}"));
+                return report;
+            }
         };
         let intent = Intent::read(&snapshot);
 
@@ -194,6 +230,7 @@ impl Engine {
             Err(e) => {
                 let mut report = self.cycle_failed(format!("proxmox: {e}"));
                 report.pushed = pushed;
+                report.git_error = git_error;
                 return report;
             }
         };
@@ -273,8 +310,9 @@ impl Engine {
             // template override that never ends, a push refused) has not converged, whatever the VMs.
             converged: git_error.is_none() && publish_ok,
             wake_in: None,
-            error: git_error,
+            error: git_error.clone(),
             pushed,
+            git_error,
         };
         for o in outcomes {
             report.settled &= o.settled();
