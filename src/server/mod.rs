@@ -5,9 +5,12 @@
 //! Invariant: nothing here changes a cluster except by a commit to the repository; the engine is
 //! read through [`DaemonView`] (what its last cycle left) and woken through its [`Trigger`].
 
+pub mod api;
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod openapi;
+pub mod seed;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -118,13 +121,13 @@ pub struct AppState {
 /// Every route. `/healthz`, `/readyz` and the webhook (HMAC-verified) are open; everything else
 /// needs the bearer token.
 pub fn router(state: AppState) -> Router {
-    let protected =
-        Router::new()
-            .merge(health::protected_routes())
-            .layer(middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_bearer,
-            ));
+    let protected = Router::new()
+        .merge(health::protected_routes())
+        .merge(api::routes())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_bearer,
+        ));
     Router::new()
         .merge(health::open_routes())
         .merge(protected)
