@@ -1,11 +1,14 @@
 //! `kiln status [NAME]`: what the daemon last reported.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use kiln::config::Config;
+use kiln::reconcile::status::{ClusterStatus, StatusBook};
 
 use super::Format;
 
@@ -29,10 +32,36 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
 pub fn status(config_path: &Path, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
     let now = time::OffsetDateTime::now_utc();
+    let from_file = || -> anyhow::Result<StatusBook> {
+        StatusBook::load(&config.state_dir)
+            .with_context(|| format!("reading {}", config.state_dir.join("status.json").display()))
+    };
+    // The daemon knows more than its last saved file (clusters committed but not reconciled yet),
+    // so it is asked first when it serves an API; a daemon that does not answer is said to be so
+    // and the file is read instead.
+    let book = match &config.api.token_file {
+        None => from_file()?,
+        Some(token_file) => match ask_daemon(&config, token_file, name) {
+            Ok(Some(book)) => book,
+            Ok(None) => {
+                eprintln!(
+                    "no cluster {} in the repository the daemon serves, nor in its status",
+                    name.unwrap_or_default()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(why) => {
+                eprintln!(
+                    "kiln: the daemon's API at {} did not answer ({why:#}); showing {}, the status it last saved",
+                    api_base(config.api.listen),
+                    config.state_dir.join("status.json").display()
+                );
+                from_file()?
+            }
+        },
+    };
     // Time to expiry is worked out now: the daemon's last word may be hours old.
-    let book = kiln::reconcile::status::StatusBook::load(&config.state_dir)
-        .with_context(|| format!("reading {}", config.state_dir.join("status.json").display()))?
-        .with_time_left(now);
+    let book = book.with_time_left(now);
     let Some(name) = name else {
         if json {
             println!("{}", serde_json::to_string_pretty(&book)?);
@@ -94,4 +123,73 @@ pub fn status(config_path: &Path, name: Option<&str>, json: bool) -> anyhow::Res
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the daemon's API answers: `api.listen`, with an unspecified address (`0.0.0.0`, `[::]`)
+/// reached over loopback.
+fn api_base(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
+}
+
+/// The daemon's status over its API: every cluster, or the one named (`None` when the daemon
+/// knows no such cluster).
+fn ask_daemon(
+    config: &Config,
+    token_file: &Path,
+    name: Option<&str>,
+) -> anyhow::Result<Option<StatusBook>> {
+    // A name that cannot be a cluster's is not sent: it would be a path of its own in the URL.
+    if name.is_some_and(|n| n.parse::<kiln::spec::ClusterName>().is_err()) {
+        return Ok(None);
+    }
+    let token = kiln::config::read_secret_file("api.token_file", token_file)?;
+    let base = api_base(config.api.listen);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("HTTP client")?;
+        let url = match name {
+            Some(n) => format!("{base}/api/v1/clusters/{n}/status"),
+            None => format!("{base}/api/v1/clusters"),
+        };
+        let response = client
+            .get(&url)
+            .bearer_auth(token.expose())
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.without_url()))?;
+        let code = response.status();
+        if code == reqwest::StatusCode::NOT_FOUND && name.is_some() {
+            return Ok(None);
+        }
+        anyhow::ensure!(code.is_success(), "it answered {code}");
+        let mut book = StatusBook::default();
+        if name.is_some() {
+            let s: ClusterStatus = response.json().await.context("reading its answer")?;
+            book.clusters.insert(s.name.clone(), s);
+        } else {
+            #[derive(serde::Deserialize)]
+            struct List {
+                clusters: Vec<ClusterStatus>,
+            }
+            let list: List = response.json().await.context("reading its answer")?;
+            book.clusters = list
+                .clusters
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect();
+        }
+        Ok(Some(book))
+    })
 }

@@ -222,13 +222,16 @@ pub fn document() -> Value {
                     "security": [],
                     "parameters": [
                         {"name": "X-Hub-Signature-256", "in": "header", "required": false, "schema": {"type": "string"}, "description": "GitHub: sha256=HMAC of the body"},
-                        {"name": "X-Gitea-Signature", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Gitea/Forgejo: HMAC-SHA256 of the body, hex"}
+                        {"name": "X-Gitea-Signature", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Gitea: HMAC-SHA256 of the body, hex"},
+                        {"name": "X-Forgejo-Signature", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Forgejo: HMAC-SHA256 of the body, hex"}
                     ],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
                     "responses": {
                         "202": {"description": "accepted: a poll was triggered"},
                         "200": {"description": "a valid event that triggers nothing (e.g. ping)"},
+                        "400": error_response("the body could not be read"),
                         "401": error_response("bad or missing signature"),
+                        "404": error_response("the webhook is off (no api.webhook_secret_file)"),
                         "413": error_response("the body is larger than 1 MiB"),
                         "429": error_response("more than 10 polls a minute from webhooks (Retry-After)")
                     }
