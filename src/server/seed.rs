@@ -419,7 +419,7 @@ pub fn to_document(
 
 /// The seed field an intent document's field came from, so that a rule the validator applies to
 /// the generated document (an address outside the node network, a VMID out of range) is reported
-/// where the client can fix it. Fields filled from `[defaults]` say so.
+/// where the client can fix it. Fields the body does not have say so.
 pub fn seed_path(intent_path: &str, control_planes: usize) -> String {
     let index = |rest: &str| -> Option<usize> {
         rest.strip_prefix('[')?
@@ -448,7 +448,11 @@ pub fn seed_path(intent_path: &str, control_planes: usize) -> String {
         p if p.ends_with("resources.memoryGiB") => "resource_config.memory_gb",
         p if p.ends_with("resources.diskGiB") => "resource_config.storage_gb",
         "" => "",
-        other => return format!("{other} (from [defaults])"),
+        other => {
+            return format!(
+                "{other} (not in the seed body: filled in from [defaults] or kiln's own defaults)"
+            );
+        }
     };
     direct.to_owned()
 }
@@ -773,7 +777,7 @@ mod tests {
         );
         assert_eq!(
             seed_path("spec.talos.version", 3),
-            "spec.talos.version (from [defaults])"
+            "spec.talos.version (not in the seed body: filled in from [defaults] or kiln's own defaults)"
         );
     }
 

@@ -376,8 +376,16 @@ async fn api_writes_are_validated_commits_the_daemon_reconciles() {
     // At once (the daemon may not have fetched it yet) the cluster is known, and Pending until a
     // cycle reports on it; then the daemon, poked by the write, reconciles it.
     let first = get(&site, "/api/v1/clusters/analytics/status").await;
-    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
     let listed = get(&site, "/api/v1/clusters").await;
+    assert_eq!(
+        first.status,
+        StatusCode::OK,
+        "{}\nlist: {}\nremote: {}\n{}",
+        first.text,
+        listed.text,
+        git(&site.repos.bare, &["log", "--format=%h %ae %s", "main"]),
+        daemon.log()
+    );
     assert!(
         listed.body["clusters"]
             .as_array()
@@ -484,7 +492,14 @@ async fn api_writes_are_validated_commits_the_daemon_reconciles() {
     // A name taken → 409; an unknown type → 415; more than 1 MiB → 413; nothing committed.
     let clusters_tree = || git(&site.repos.bare, &["rev-parse", "main:clusters"]);
     let tree = clusters_tree();
-    let again = post(&site, "application/json", example_body()).await;
+    // A different body of the same name: it would validate (it replaces the file it clashes
+    // with), so only the existence check stands between it and an overwrite.
+    let again = post(
+        &site,
+        "application/json",
+        example_body().replace("\"vmid_prefix\": 42", "\"vmid_prefix\": 45"),
+    )
+    .await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
     assert_eq!(again.body["error"]["code"], "conflict");
     let plain = post(&site, "text/plain", "hello").await;
