@@ -279,9 +279,9 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Submitted, ApiError> {
                     "the body is not valid JSON",
                     vec![FieldError {
                         path: String::new(),
-                        // serde_json's message names the position and the kind of error, not the
-                        // text around it.
-                        message: e.to_string(),
+                        // serde_json names the position and the kind of error; anything quoted
+                        // in it is clipped, as in every message.
+                        message: clip_values(&e.to_string()),
                         line: Some(e.line()),
                     }],
                 )
