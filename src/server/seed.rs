@@ -827,3 +827,28 @@ mod example {
         assert_eq!(analytics.nodes[5].vmid.to_string(), "426");
     }
 }
+
+#[cfg(test)]
+mod schema {
+    use super::*;
+
+    /// The schema the OpenAPI document publishes for the seed body accepts the example and refuses
+    /// what `parse` refuses for its shape (an unknown field, a missing one).
+    #[test]
+    fn the_published_seed_schema_agrees_with_the_example_and_the_parser() {
+        let schema = serde_json::to_value(schemars::schema_for!(SeedRequest)).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let example: Value =
+            serde_json::from_str(include_str!("../../examples/api/create-cluster.json")).unwrap();
+        assert!(validator.is_valid(&example));
+        assert!(parse(&example).is_ok());
+        let mut unknown = example.clone();
+        unknown["extra"] = Value::Bool(true);
+        assert!(!validator.is_valid(&unknown));
+        assert!(parse(&unknown).is_err());
+        let mut missing = example;
+        missing.as_object_mut().unwrap().remove("resource_config");
+        assert!(!validator.is_valid(&missing));
+        assert!(parse(&missing).is_err());
+    }
+}
