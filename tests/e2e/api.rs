@@ -623,6 +623,43 @@ async fn branch_mode_and_the_openapi_document_match_what_is_served() {
     assert!(site.file_at(commit, "clusters/review.yaml").is_some());
     assert!(site.file_at("main", "clusters/review.yaml").is_none());
 
+    // An intent document sent as JSON is committed as YAML in the document's own field order,
+    // and is a file `kiln validate` accepts.
+    let doc: Value = serde_yaml::from_str(PROTECTED_YAML).unwrap();
+    let created = post(&site, "application/json", doc.to_string()).await;
+    assert_eq!(created.status, StatusCode::ACCEPTED, "{}", created.text);
+    assert_eq!(created.body["branch"], "kiln/add-keep");
+    let file = site
+        .file_at(
+            created.body["commit"].as_str().unwrap(),
+            "clusters/keep.yaml",
+        )
+        .unwrap();
+    let keys: Vec<&str> = file
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with(' '))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "apiVersion: kiln.dev/v1alpha1",
+            "kind: Cluster",
+            "metadata:",
+            "spec:"
+        ],
+        "{file}"
+    );
+    let check = site.dir.path().join("check");
+    std::fs::create_dir_all(&check).unwrap();
+    std::fs::write(check.join("keep.yaml"), &file).unwrap();
+    let validated = kiln().arg("validate").arg(&check).output().unwrap();
+    assert!(
+        validated.status.success(),
+        "{}\n{file}",
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    assert_eq!(site.repos.remote_tip(), main_before, "main did not move");
+
     // The document, judged by openapi-spec-validator from the test venv.
     let doc = get(&site, "/api/v1/openapi.json").await;
     assert_eq!(doc.status, StatusCode::OK, "{}", doc.text);
