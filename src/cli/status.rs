@@ -193,3 +193,21 @@ fn ask_daemon(
         Ok(Some(book))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unspecified_listen_address_is_reached_over_loopback() {
+        assert_eq!(
+            api_base("0.0.0.0:8080".parse().unwrap()),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(api_base("[::]:9000".parse().unwrap()), "http://[::1]:9000");
+        assert_eq!(
+            api_base("10.1.2.3:8080".parse().unwrap()),
+            "http://10.1.2.3:8080"
+        );
+    }
+}
