@@ -537,6 +537,12 @@ impl Metrics {
         out
     }
 
+    /// The same in the classic text format (0.0.4), which names a counter's family with its
+    /// `_total` and has no `# UNIT` or `# EOF` lines.
+    pub fn render_classic(&self) -> String {
+        classic(&self.render())
+    }
+
     /// Time left is a function of the scrape's clock, so it is computed here rather than left as
     /// it was at the end of the last cycle (which may be a poll interval ago, or hours into a
     /// rolling upgrade).
@@ -551,6 +557,31 @@ impl Metrics {
                 .set(at - now);
         }
     }
+}
+
+/// OpenMetrics text → the classic text format: the only differences in what this registry writes
+/// are the counter families' names and the two line kinds the classic parser does not know.
+fn classic(openmetrics: &str) -> String {
+    let counters: BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// The process's metrics.
@@ -659,6 +690,26 @@ mod tests {
         assert!(
             out.contains(r#"kiln_credential_expires_in_seconds{cluster="alpha",credential="kubeconfig"} 86400"#),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn the_classic_format_names_counter_families_with_their_total() {
+        let m = Metrics::new();
+        m.request(System::Talos, "Version", true);
+        let text = m.render_classic();
+        assert!(
+            text.contains("# TYPE kiln_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP kiln_requests_total Requests"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE kiln_git_reachable gauge\n"), "{text}");
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
         );
     }
 

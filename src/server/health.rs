@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -60,16 +60,17 @@ fn problems(health: &Health, window: Duration, now: Instant) -> Vec<String> {
     let ago = |at: Instant| {
         humantime::format_duration(Duration::from_secs(now.duration_since(at).as_secs()))
     };
-    match (health.cycle_running_since, health.last_cycle) {
+    match (health.last_cycle, health.cycle_running_since) {
+        // The first cycle has to finish before anything is known to work, however it goes.
+        (None, _) => problems.push("no reconcile cycle has finished yet".to_owned()),
         // A cycle at work is alive however long it takes; its steps have their own budgets.
-        (Some(_), _) => {}
-        (None, None) => problems.push("no reconcile cycle has finished yet".to_owned()),
-        (None, Some((at, _))) if now.duration_since(at) > window => problems.push(format!(
+        (Some(_), Some(_)) => {}
+        (Some((at, _)), None) if now.duration_since(at) > window => problems.push(format!(
             "no reconcile cycle has finished for {} (expected every {})",
             ago(at),
             humantime::format_duration(window / 3)
         )),
-        (None, Some(_)) => {}
+        (Some(_), None) => {}
     }
     match &health.git_error {
         Some(e) => problems.push(format!("git is unreachable: {e}")),
@@ -81,15 +82,34 @@ fn problems(health: &Health, window: Duration, now: Instant) -> Vec<String> {
     problems
 }
 
-async fn metrics() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        crate::metrics::global().render(),
-    )
-        .into_response()
+/// OpenMetrics for a scraper that asks for it (Prometheus does), the classic text format (0.0.4)
+/// for anyone else (`curl`, `promtool check metrics`).
+async fn metrics(headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let m = crate::metrics::global();
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            m.render(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            m.render_classic(),
+        )
+            .into_response()
+    }
 }
 
 #[cfg(test)]
@@ -141,9 +161,15 @@ mod tests {
             p,
             vec!["git is unreachable: git: connection refused".to_owned()]
         );
-        let before_any = Health::default();
+        let mut first_running = Health::default();
         assert_eq!(
-            problems(&before_any, WINDOW, t0),
+            problems(&first_running, WINDOW, t0),
+            vec!["no reconcile cycle has finished yet".to_owned()]
+        );
+        // The first cycle, still running, has not shown anything works yet.
+        first_running.cycle_running_since = Some((t0, time::OffsetDateTime::UNIX_EPOCH));
+        assert_eq!(
+            problems(&first_running, WINDOW, t0 + Duration::from_secs(1)),
             vec!["no reconcile cycle has finished yet".to_owned()]
         );
     }

@@ -265,6 +265,34 @@ mod tests {
         assert!(b.take(t0 + Duration::from_secs(60)).is_ok());
     }
 
+    #[tokio::test]
+    async fn a_stream_past_the_cap_is_dropped_there_and_one_at_it_is_read() {
+        let chunks = |n: usize| {
+            let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+            let tail = bytes::Bytes::from(vec![b'x'; n]);
+            let all: Vec<Result<bytes::Bytes, std::io::Error>> = std::iter::repeat_n(chunk, 16)
+                .chain(std::iter::once(tail))
+                .map(Ok)
+                .collect();
+            Body::from_stream(futures::stream::iter(all))
+        };
+        let none = HeaderMap::new();
+        assert!(matches!(
+            read_capped(&none, chunks(1)).await,
+            Err(Refused::TooLarge)
+        ));
+        assert_eq!(
+            read_capped(&none, chunks(0)).await.ok().map(|b| b.len()),
+            Some(MAX_BODY)
+        );
+        let mut declared = HeaderMap::new();
+        declared.insert(header::CONTENT_LENGTH, "2000000".parse().unwrap());
+        assert!(matches!(
+            read_capped(&declared, Body::empty()).await,
+            Err(Refused::TooLarge)
+        ));
+    }
+
     fn sign(secret: &[u8], body: &[u8]) -> String {
         let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
         hex::encode(hmac::sign(&key, body).as_ref())
