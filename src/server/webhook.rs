@@ -293,6 +293,79 @@ mod tests {
         ));
     }
 
+    /// The whole router, as `kiln run` builds it, over a Git cache that is never fetched.
+    async fn build(dir: &std::path::Path, secret: Option<&[u8]>) -> (Router, crate::git::Trigger) {
+        let text = format!(
+            "state_dir = {:?}\n[git]\nurl = {:?}\n[proxmox]\nbackend = \"simulated\"\n\
+             [talos]\nbackend = \"simulated\"\n[secrets]\nbackend = \"file\"\n",
+            dir.join("state").display().to_string(),
+            dir.join("remote.git").display().to_string(),
+        );
+        let config = crate::config::Config::parse(&dir.join("kiln.toml"), &text).unwrap();
+        let git = crate::git::GitSource::open(&config.git, &config.state_dir)
+            .await
+            .unwrap();
+        let trigger = crate::git::Trigger::new();
+        let state = AppState {
+            config: Arc::new(config),
+            git,
+            trigger: trigger.clone(),
+            view: Arc::default(),
+            token: SecretBytes::new(b"t"),
+            webhook_secret: secret.map(SecretBytes::new),
+        };
+        (super::super::router(state), trigger)
+    }
+
+    async fn post(app: &Router, headers: &[(&str, String)], body: &[u8]) -> StatusCode {
+        use tower::ServiceExt;
+        let mut req = axum::http::Request::post(PATH);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let req = req.body(Body::from(body.to_vec())).unwrap();
+        app.clone().oneshot(req).await.unwrap().status()
+    }
+
+    /// Whether a poll was asked for: the trigger wakes at once if so, else its hour-long timer
+    /// would, which the paused clock reaches at once instead of the one-second bound.
+    async fn poked(trigger: &crate::git::Trigger) -> bool {
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            trigger.wait(Duration::from_secs(3600)),
+        )
+        .await
+        .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_secret_the_route_is_404_and_with_one_only_a_signed_push_polls() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let signed = vec![(
+            "x-hub-signature-256",
+            format!("sha256={}", sign(b"s", body)),
+        )];
+
+        let (app, trigger) = build(dir.path(), None).await;
+        assert_eq!(post(&app, &signed, body).await, StatusCode::NOT_FOUND);
+        assert!(!poked(&trigger).await);
+
+        let (app, trigger) = build(dir.path(), Some(b"s")).await;
+        let wrong = vec![(
+            "x-hub-signature-256",
+            format!("sha256={}", sign(b"x", body)),
+        )];
+        assert_eq!(post(&app, &wrong, body).await, StatusCode::UNAUTHORIZED);
+        assert!(!poked(&trigger).await);
+        let mut ping = signed.clone();
+        ping.push(("x-github-event", "ping".into()));
+        assert_eq!(post(&app, &ping, body).await, StatusCode::OK);
+        assert!(!poked(&trigger).await);
+        assert_eq!(post(&app, &signed, body).await, StatusCode::ACCEPTED);
+        assert!(poked(&trigger).await);
+    }
+
     fn sign(secret: &[u8], body: &[u8]) -> String {
         let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
         hex::encode(hmac::sign(&key, body).as_ref())
