@@ -531,6 +531,45 @@ async fn prometheus_scrapes_kiln_and_fires_reconcile_failing_when_a_cluster_fail
         },
     )
     .await;
+    // Every rule evaluated without an error, and every dashboard query runs on this Prometheus
+    // (with the dashboard's variables at what a single kiln gives them).
+    let v: Value = http
+        .get(api("/api/v1/rules"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for rule in v["data"]["groups"][0]["rules"].as_array().unwrap() {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(examples().join("grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    for target in dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+    {
+        let expr = target["expr"]
+            .as_str()
+            .unwrap()
+            .replace("$job", "kiln")
+            .replace("$instance", ".*");
+        let v: Value = http
+            .get(api("/api/v1/query"))
+            .query(&[("query", expr.as_str())])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["status"], "success", "{expr}: {v}");
+    }
     let before = alerts(http.clone()).await.expect("prometheus alerts");
     assert!(
         !before
