@@ -217,6 +217,12 @@ impl Remote {
 
     /// Lists the remote's refs and fetches only if the branch moved. Blocking.
     pub fn fetch(&self) -> Result<FetchReport, GitError> {
+        let result = self.fetch_uncounted();
+        crate::metrics::request(crate::metrics::System::Git, "fetch", result.is_ok());
+        result
+    }
+
+    fn fetch_uncounted(&self) -> Result<FetchReport, GitError> {
         if self.is_http() {
             return self.fetch_cli();
         }
@@ -296,6 +302,12 @@ impl Remote {
 
     /// Pushes `commit` to `branch`, fast-forward only (never `+`, never `--force`). Blocking.
     pub fn push(&self, commit: ObjectId, branch: &str) -> Result<(), GitError> {
+        let result = self.push_uncounted(commit, branch);
+        crate::metrics::request(crate::metrics::System::Git, "push", result.is_ok());
+        result
+    }
+
+    fn push_uncounted(&self, commit: ObjectId, branch: &str) -> Result<(), GitError> {
         let refspec = format!("{commit}:refs/heads/{branch}");
         let mut cmd = self.git();
         cmd.args(["push", "--porcelain", "--", &self.url, &refspec]);

@@ -266,23 +266,23 @@ impl Api {
         params: &[(&str, String)],
         vmid: Option<u32>,
     ) -> Result<bytes::Bytes, ProxmoxError> {
-        let reply = self
-            .transport
-            .exchange(&method, path, params)
-            .await
-            .map_err(|e| match e {
-                TransportError::NotSent(m) => {
-                    ProxmoxError::Transport(format!("{method} {path}: {m}"))
-                }
-                // A lost GET is only a lost read; anything else may have run.
-                TransportError::NoAnswer(m) if method == Method::GET => {
-                    ProxmoxError::Transport(format!("{method} {path}: {m}"))
-                }
-                TransportError::NoAnswer(_) => ProxmoxError::NoAnswer {
-                    method: method.to_string(),
-                    path: path.to_owned(),
-                },
-            })?;
+        let reply = self.transport.exchange(&method, path, params).await;
+        crate::metrics::request(
+            crate::metrics::System::Proxmox,
+            method_name(&method),
+            matches!(&reply, Ok(r) if r.status == StatusCode::OK.as_u16()),
+        );
+        let reply = reply.map_err(|e| match e {
+            TransportError::NotSent(m) => ProxmoxError::Transport(format!("{method} {path}: {m}")),
+            // A lost GET is only a lost read; anything else may have run.
+            TransportError::NoAnswer(m) if method == Method::GET => {
+                ProxmoxError::Transport(format!("{method} {path}: {m}"))
+            }
+            TransportError::NoAnswer(_) => ProxmoxError::NoAnswer {
+                method: method.to_string(),
+                path: path.to_owned(),
+            },
+        })?;
         if reply.status == StatusCode::OK.as_u16() {
             return Ok(reply.body);
         }
@@ -298,6 +298,17 @@ impl Api {
             self.call(Method::GET, path, params, None)
         })
         .await
+    }
+}
+
+/// The method as a fixed label value (the path carries VMIDs and node names, unbounded over time).
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        _ => "other",
     }
 }
 

@@ -56,6 +56,8 @@ pub struct CycleReport {
 /// Told of every finished cycle: the daemon's HTTP surface (status, `/readyz`, `/metrics`) reads the
 /// engine through this, so the engine knows nothing of HTTP.
 pub trait CycleObserver: Send + Sync {
+    /// A cycle begins: a long one (a rolling upgrade) is work going on, not a stalled loop.
+    fn cycle_started(&self) {}
     fn cycle_done(&self, report: &CycleReport, status: &StatusBook, took: Duration);
 }
 
@@ -158,6 +160,9 @@ impl Engine {
     /// One pass of the loop. Never panics on a system being down: it reports and waits.
     pub async fn cycle(&mut self) -> CycleReport {
         let started = std::time::Instant::now();
+        if let Some(o) = &self.observer {
+            o.cycle_started();
+        }
         let report = self.cycle_inner().await;
         if let Some(o) = &self.observer {
             o.cycle_done(&report, &self.status, started.elapsed());

@@ -70,6 +70,17 @@ pub fn batch_class(a: &Action) -> Option<u8> {
     }
 }
 
+/// How a step's result is counted in `kiln_actions_total` (the refusal test is `verdict`'s own).
+fn action_result(r: &StepResult) -> crate::metrics::ActionResult {
+    use crate::metrics::ActionResult;
+    match r {
+        Ok(Flow::Done) => ActionResult::Ok,
+        Ok(Flow::Wait(_)) => ActionResult::Wait,
+        Err(e) if e.refusal().is_some() => ActionResult::Blocked,
+        Err(_) => ActionResult::Error,
+    }
+}
+
 /// How a run of the steps ended.
 #[derive(Debug)]
 pub enum Execution {
@@ -221,6 +232,7 @@ impl Executor<'_> {
         let mut blocked = None;
         let mut backoff = self.backoff();
         for (key, (step, r)) in keys.into_iter().zip(batch.iter().zip(results)) {
+            crate::metrics::global().action(&step.action, action_result(&r));
             match r {
                 Ok(Flow::Done) => backoff.succeeded(&key),
                 Ok(Flow::Wait(why)) => {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod openapi;
 pub mod seed;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -47,6 +48,8 @@ pub struct Health {
     pub git_error: Option<String>,
     /// Whether any fetch has worked since start.
     pub git_ever_read: bool,
+    /// When the cycle running now started; `None` between cycles.
+    pub cycle_running_since: Option<(Instant, OffsetDateTime)>,
 }
 
 impl DaemonView {
@@ -74,6 +77,14 @@ impl DaemonView {
 }
 
 impl CycleObserver for DaemonView {
+    fn cycle_started(&self) {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cycle_running_since = Some((Instant::now(), OffsetDateTime::now_utc()));
+        crate::metrics::global().cycle_started();
+    }
+
     fn cycle_done(&self, report: &CycleReport, status: &StatusBook, took: Duration) {
         *self.status.write().unwrap_or_else(|e| e.into_inner()) = status.clone();
         {
@@ -81,6 +92,7 @@ impl CycleObserver for DaemonView {
             h.last_cycle = Some((Instant::now(), OffsetDateTime::now_utc()));
             h.git_error.clone_from(&report.git_error);
             h.git_ever_read |= report.git_error.is_none();
+            h.cycle_running_since = None;
         }
         crate::metrics::global().cycle_done(report.error.is_none(), took, status);
     }
@@ -121,6 +133,7 @@ pub struct AppState {
 /// Every route. `/healthz`, `/readyz` and the webhook (HMAC-verified) are open; everything else
 /// needs the bearer token.
 pub fn router(state: AppState) -> Router {
+    crate::metrics::global().set_poll_interval(state.config.git.poll_interval);
     let protected = Router::new()
         .merge(health::protected_routes())
         .merge(api::routes())
@@ -130,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(health::open_routes())
+        .merge(webhook::routes())
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(middleware::from_fn(log_request))

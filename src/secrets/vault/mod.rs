@@ -259,7 +259,11 @@ impl VaultStore {
                 }
                 Ok(()) => {
                     let c = self.client.read().await;
-                    op(&c).await
+                    let outcome = op(&c).await;
+                    // An absent key is Vault's answer, not a failure of Vault.
+                    let answered = outcome.as_ref().map_or_else(|e| e.is_api(404), |_| true);
+                    crate::metrics::request(crate::metrics::System::Vault, "api", answered);
+                    outcome
                 }
             };
             let e = match outcome {

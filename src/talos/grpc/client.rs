@@ -323,14 +323,21 @@ impl TalosClient {
             .map(tonic::Response::into_inner)
             .map_err(|s| TalosError::status(addr, path, s))
         };
-        tokio::time::timeout(deadline + LOCAL_SLACK, call)
+        let result = tokio::time::timeout(deadline + LOCAL_SLACK, call)
             .instrument(self.span(path))
             .await
             .map_err(|_| TalosError::Timeout {
                 addr,
                 method: path,
                 after: deadline,
-            })?
+            })
+            .and_then(|r| r);
+        crate::metrics::request(
+            crate::metrics::System::Talos,
+            grpc_method(path),
+            result.is_ok(),
+        );
+        result
     }
 
     fn span(&self, method: &'static str) -> tracing::Span {
@@ -388,14 +395,21 @@ impl TalosClient {
             }
             Ok(items)
         };
-        tokio::time::timeout(deadline + LOCAL_SLACK, call)
+        let result = tokio::time::timeout(deadline + LOCAL_SLACK, call)
             .instrument(self.span(path))
             .await
             .map_err(|_| TalosError::Timeout {
                 addr,
                 method: path,
                 after: deadline,
-            })?
+            })
+            .and_then(|r| r);
+        crate::metrics::request(
+            crate::metrics::System::Talos,
+            grpc_method(path),
+            result.is_ok(),
+        );
+        result
     }
 
     /// Concatenates `common.Data` chunks; a chunk whose metadata carries an error ends the read with it.
@@ -749,6 +763,11 @@ pub fn extract_kubeconfig(archive: &[u8]) -> Result<Secret, String> {
         }
     }
     Err("archive holds no `kubeconfig` file".into())
+}
+
+/// `Version` of `/machine.MachineService/Version`: a fixed label value.
+fn grpc_method(path: &'static str) -> &'static str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
