@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,6 +12,7 @@ use kiln::git::{GitSource, Trigger};
 use kiln::proxmox::{PreflightScope, PveAdapter};
 use kiln::reconcile::state_lock::{StateLock, this_command};
 use kiln::reconcile::{Engine, Intent};
+use kiln::systemd::{Liveness, Notifier};
 
 use super::ports::{open_ports, progress_logger, shutdown_signal};
 
@@ -31,8 +33,10 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     run(&args.config, args.once, args.timeout)
 }
 
-/// The permission preflight of DESIGN.md §3, for the clusters the tip declares.
-async fn preflight(adapter: &PveAdapter, git: &GitSource) -> anyhow::Result<()> {
+/// The permission preflight of DESIGN.md §3, for the clusters the tip declares. The daemon only
+/// warns when Proxmox does not answer (its cycles report and retry that, and systemd must not
+/// restart kiln in a loop over it); a refused permission stops kiln either way.
+async fn preflight(adapter: &PveAdapter, git: &GitSource, once: bool) -> anyhow::Result<()> {
     let clusters = match git.current().await {
         Some(rev) => Intent::read(&git.snapshot(rev).await?)
             .valid
@@ -41,14 +45,27 @@ async fn preflight(adapter: &PveAdapter, git: &GitSource) -> anyhow::Result<()> 
             .collect(),
         None => Vec::new(),
     };
-    adapter
+    match adapter
         .preflight(&PreflightScope::for_clusters(&clusters))
         .await
-        .context("Proxmox permission preflight")?;
-    Ok(())
+    {
+        Err(e) if !once && e.is_transient() => {
+            tracing::warn!(error = %e, "Proxmox permission preflight: Proxmox does not answer; each cycle reports it until it does");
+            Ok(())
+        }
+        other => other.context("Proxmox permission preflight"),
+    }
 }
 
 pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
+    // SAFETY: no other thread yet (the async runtime starts below), as removing the variables
+    // from the environment requires.
+    let (notifier, problems) = unsafe { Notifier::from_env() };
+    for e in problems {
+        tracing::warn!(error = %e, "systemd's notify variables ignored");
+    }
+    // `--once` is a command, not a service: it never tells systemd it is ready.
+    let notifier = Arc::new(if once { Notifier::disabled() } else { notifier });
     let config = Config::load(config_path)?;
     // Before anything opens the cache clone (which clears lock files it takes for stale) or
     // reads the records: a second kiln on this folder stops here.
@@ -58,6 +75,18 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("creating {}", config.state_dir.display()))?;
         let opened = open_ports(&config).await?;
+        let liveness = Liveness::new();
+        liveness.touch();
+        // READY: config loaded, lock held, listeners up (DESIGN §8)
+        // Before the first fetch and the Proxmox preflight: a forge or a Proxmox that is down at
+        // boot must not hold READY back (systemd would kill kiln at TimeoutStartSec, in a loop).
+        if !once {
+            notifier.ready(&format!("reconciling {} ({})", config.git.url, config.git.branch));
+            tokio::spawn(kiln::systemd::relay_watchdog(
+                notifier.clone(),
+                liveness.clone(),
+            ));
+        }
         let git = GitSource::open(&config.git, &config.state_dir)
             .await
             .context("opening the Git cache clone")?;
@@ -65,9 +94,18 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
             tracing::warn!(error = %e, "first fetch failed; working from the last revision fetched, if any");
         }
         if let Some(adapter) = &opened.adapter {
-            preflight(adapter, &git).await?;
+            preflight(adapter, &git, once).await?;
         }
         let shutdown = shutdown_signal();
+        if notifier.enabled() {
+            let notifier = notifier.clone();
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                if stop.wait_for(|&s| s).await.is_ok() {
+                    notifier.stopping("finishing the current step");
+                }
+            });
+        }
         let trigger = Trigger::new();
         let _watcher = if once {
             None
@@ -87,7 +125,8 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
         };
         let state_dir = config.state_dir.clone();
         let mut engine = Engine::new(config, git, opened.ports.clone(), shutdown, Some(progress_logger()))
-            .context("loading kiln's state")?;
+            .context("loading kiln's state")?
+            .with_liveness(liveness);
         if once {
             let report = engine.run_once(timeout).await;
             print!("{}", engine.status().table());
