@@ -64,6 +64,8 @@ mod plan;
 mod provision;
 #[path = "e2e/renewal.rs"]
 mod renewal;
+#[path = "e2e/service.rs"]
+mod service;
 #[path = "e2e/talos_real.rs"]
 mod talos_real;
 #[path = "e2e/upgrade.rs"]

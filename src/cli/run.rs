@@ -75,6 +75,18 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("creating {}", config.state_dir.display()))?;
         let opened = open_ports(&config).await?;
+        // Before READY: from then on systemd may stop kiln, and a SIGTERM must find the handler
+        // that finishes the current step (not the default action, which kills at once).
+        let shutdown = shutdown_signal();
+        if notifier.enabled() {
+            let notifier = notifier.clone();
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                if stop.wait_for(|&s| s).await.is_ok() {
+                    notifier.stopping("finishing the current step");
+                }
+            });
+        }
         let liveness = Liveness::new();
         liveness.touch();
         // READY: config loaded, lock held, listeners up (DESIGN §8)
@@ -96,15 +108,9 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
         if let Some(adapter) = &opened.adapter {
             preflight(adapter, &git, once).await?;
         }
-        let shutdown = shutdown_signal();
-        if notifier.enabled() {
-            let notifier = notifier.clone();
-            let mut stop = shutdown.clone();
-            tokio::spawn(async move {
-                if stop.wait_for(|&s| s).await.is_ok() {
-                    notifier.stopping("finishing the current step");
-                }
-            });
+        if !once && *shutdown.borrow() {
+            tracing::info!("shutting down before the first cycle");
+            return Ok(ExitCode::SUCCESS);
         }
         let trigger = Trigger::new();
         let _watcher = if once {
