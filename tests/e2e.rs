@@ -58,6 +58,8 @@ mod kubectl_cli;
 mod least_privilege;
 #[path = "e2e/live_config.rs"]
 mod live_config;
+#[path = "e2e/package.rs"]
+mod package;
 #[path = "e2e/plan.rs"]
 mod plan;
 #[path = "e2e/provision.rs"]
