@@ -29,6 +29,8 @@ mod support;
 #[path = "e2e/talos_sim.rs"]
 mod talos_sim;
 
+#[path = "e2e/ci_workflows.rs"]
+mod ci_workflows;
 #[path = "e2e/cp_scale.rs"]
 mod cp_scale;
 #[path = "e2e/crash.rs"]
