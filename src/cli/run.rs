@@ -33,6 +33,9 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     run(&args.config, args.once, args.timeout)
 }
 
+/// How long the daemon's start-up preflight retries a Proxmox that does not answer.
+const DAEMON_PREFLIGHT_BUDGET: Duration = Duration::from_secs(10);
+
 /// The permission preflight of DESIGN.md §3, for the clusters the tip declares. The daemon only
 /// warns when Proxmox does not answer (its cycles report and retry that, and systemd must not
 /// restart kiln in a loop over it); a refused permission stops kiln either way.
@@ -106,7 +109,14 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
             tracing::warn!(error = %e, "first fetch failed; working from the last revision fetched, if any");
         }
         if let Some(adapter) = &opened.adapter {
-            preflight(adapter, &git, once).await?;
+            if once {
+                preflight(adapter, &git, once).await?;
+            } else {
+                // The daemon's cycles retry an unreachable Proxmox on their own schedule: the
+                // adapter's retries here need not hold the first cycle back for long.
+                kiln::retry::with_budget(DAEMON_PREFLIGHT_BUDGET, preflight(adapter, &git, once))
+                    .await?;
+            }
         }
         if !once && *shutdown.borrow() {
             tracing::info!("shutting down before the first cycle");

@@ -287,3 +287,98 @@ backend = "file"
     );
     assert_eq!(sent, ["MARKER=1\n"], "`run --once` notified systemd");
 }
+
+#[test]
+fn the_daemon_only_warns_when_proxmox_does_not_answer_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = crate::gitrepo::Repos::empty();
+    remote.write("README.md", "fleet\n");
+    remote.commit_and_push("empty fleet");
+    // A Proxmox that is down: a loopback port nobody listens on any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token = dir.path().join("pve-token");
+    std::fs::write(&token, "00000000-0000-0000-0000-000000000000\n").unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{state}"
+[git]
+url = "{bare}"
+poll_interval = "1s"
+[proxmox]
+url = "https://127.0.0.1:{port}"
+token_id = "kiln@pve!reconciler"
+token_secret_file = "{token}"
+insecure = true
+[secrets]
+backend = "file"
+"#,
+            state = dir.path().join("state").display(),
+            bare = remote.bare.display(),
+            token = token.display(),
+        ),
+    )
+    .unwrap();
+    let (socket, rx) = fake_systemd(dir.path());
+    let log = dir.path().join("kiln.stderr");
+    let mut child = kiln()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(&rx, "READY=1", Duration::from_secs(30), &log);
+    // Past the preflight: the engine's cycles run (and feed the watchdog) with Proxmox still down.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Proxmox does not answer")
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "kiln stopped because Proxmox did not answer:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no preflight warning:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for(&rx, "WATCHDOG=1", Duration::from_secs(10), &log);
+    assert!(child.try_wait().unwrap().is_none(), "kiln exited");
+    // The cycle under way retries the listing before it ends: no waiting for that here.
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn the_daemon_still_stops_on_a_refused_permission() {
+    let c = crate::fixture::ClusterFixture::new("svcperm", 1, 0);
+    let world = crate::support::World::start(vec![c.clone()]).await;
+    let mut acl = crate::support::least_privilege_acl();
+    let vms = acl.iter_mut().find(|(p, _)| p == "/vms").unwrap();
+    vms.1.retain(|p| *p != "VM.Config.Cloudinit");
+    world.pve.set_acl(&acl);
+    let mut daemon = world.spawn_daemon(None);
+    let status = daemon.wait_exit(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "the daemon went on without VM.Config.Cloudinit"
+    );
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains("VM.Config.Cloudinit"),
+        "the daemon's refusal does not name the privilege:\n{log}"
+    );
+}
