@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,9 @@ pub enum NotifyError {
 pub struct Notifier {
     target: Option<(SocketAddr, String)>,
     watchdog: Option<Duration>,
+    /// STOPPING=1 goes out once, from whichever of the signal's watcher and the daemon's exit
+    /// path gets there first (a runtime shutting down may never poll the watcher).
+    stopping_sent: AtomicBool,
 }
 
 /// `$NOTIFY_SOCKET` as sd_notify reads it: an absolute path, or `@name` for the abstract namespace.
@@ -113,7 +116,14 @@ impl Notifier {
                 None
             }
         };
-        (Self { target, watchdog }, problems)
+        (
+            Self {
+                target,
+                watchdog,
+                stopping_sent: AtomicBool::new(false),
+            },
+            problems,
+        )
     }
 
     /// A notifier for a socket named explicitly (tests, or a caller that read the variables itself).
@@ -121,7 +131,11 @@ impl Notifier {
         let target = socket
             .map(|s| parse_notify_socket(s).map(|a| (a, s.to_owned())))
             .transpose()?;
-        Ok(Self { target, watchdog })
+        Ok(Self {
+            target,
+            watchdog,
+            stopping_sent: AtomicBool::new(false),
+        })
     }
 
     /// Not under systemd (or not a notify unit): every call is a no-op.
@@ -129,6 +143,7 @@ impl Notifier {
         Self {
             target: None,
             watchdog: None,
+            stopping_sent: AtomicBool::new(false),
         }
     }
 
@@ -174,7 +189,9 @@ impl Notifier {
 
     /// `STOPPING=1`: systemd shows "deactivating" and stops expecting watchdog pings.
     pub fn stopping(&self, status: &str) {
-        self.log_failure(self.notify(&[("STOPPING", "1"), ("STATUS", status)]));
+        if !self.stopping_sent.swap(true, Ordering::SeqCst) {
+            self.log_failure(self.notify(&[("STOPPING", "1"), ("STATUS", status)]));
+        }
     }
 
     pub fn status(&self, status: &str) {
@@ -195,6 +212,7 @@ pub struct Liveness {
     origin: Instant,
     /// Milliseconds after `origin` until which the engine counts as alive without another touch,
     /// less the watchdog's allowance: a touch stores "now", an announced idle wait stores its end.
+    /// Several tasks may store at once; their clocks differ by less than the unit.
     until_ms: Arc<AtomicU64>,
 }
 
@@ -216,10 +234,12 @@ impl Liveness {
         u64::try_from(at.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The engine made progress now.
+    /// The engine made progress now. This also ends an announced idle wait: a cycle woken early
+    /// (a webhook) that then hangs is caught one watchdog interval later, not after the poll
+    /// interval it would have slept.
     pub fn touch(&self) {
         self.until_ms
-            .fetch_max(self.ms(Instant::now()), Ordering::Relaxed);
+            .store(self.ms(Instant::now()), Ordering::Relaxed);
     }
 
     /// The engine is about to wait, idle, for at most `wait` (the poll timer): it counts as alive
@@ -227,7 +247,7 @@ impl Liveness {
     /// a wait that overruns its own end still is.
     pub fn idle_for(&self, wait: Duration) {
         self.until_ms
-            .fetch_max(self.ms(Instant::now() + wait), Ordering::Relaxed);
+            .store(self.ms(Instant::now() + wait), Ordering::Relaxed);
     }
 
     /// How long ago the engine was last known alive (zero inside an announced idle wait).
@@ -384,6 +404,9 @@ mod tests {
             watchdog,
             t0 + Duration::from_secs(3600 + 301)
         ));
+        // Woken early, the engine works again: the idle promise no longer covers it.
+        live.touch();
+        assert!(!should_feed(&live, watchdog, t0 + Duration::from_secs(600)));
     }
 
     #[tokio::test]

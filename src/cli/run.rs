@@ -120,6 +120,7 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
         }
         if !once && *shutdown.borrow() {
             tracing::info!("shutting down before the first cycle");
+            notifier.stopping("stopped before the first cycle");
             return Ok(ExitCode::SUCCESS);
         }
         let trigger = Trigger::new();
@@ -157,6 +158,7 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
             })
         } else {
             engine.run(trigger).await;
+            notifier.stopping("the current step finished");
             Ok(ExitCode::SUCCESS)
         }
     })
