@@ -13,6 +13,10 @@ use crate::spec::{Version, Vmid};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/kiln/kiln.toml";
 
+/// Where systemd hands a unit its credentials (`LoadCredential=`, `SetCredential=`): a relative
+/// `*_file` path names a file there, so `kiln.toml` need not repeat the unit's name in every path.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
@@ -24,6 +28,25 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error(
+        "{path}: `{key}` = \"{file}\" is relative, so it names a systemd credential, but \
+         $CREDENTIALS_DIRECTORY is not set (kiln runs outside a unit with LoadCredential=); \
+         give an absolute path"
+    )]
+    NoCredentialsDirectory {
+        path: PathBuf,
+        key: &'static str,
+        file: PathBuf,
+    },
+    #[error(
+        "{path}: `{key}` = \"{file}\" leaves the credentials directory; a relative *_file names \
+         a credential inside it (plain names, no `..`)"
+    )]
+    CredentialOutside {
+        path: PathBuf,
+        key: &'static str,
+        file: PathBuf,
+    },
     #[error("cannot read secret file {path} (key `{key}`): {source}")]
     SecretFile {
         key: &'static str,
@@ -525,9 +548,22 @@ impl Config {
         Self::parse(path, &text)
     }
 
-    /// Parses and checks the required keys of the chosen backends.
+    /// Parses and checks the required keys of the chosen backends; relative `*_file` paths are
+    /// read from `$CREDENTIALS_DIRECTORY`.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let credentials = std::env::var_os(CREDENTIALS_DIRECTORY)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        Self::parse_with_credentials(path, text, credentials.as_deref())
+    }
+
+    /// [`Config::parse`] with the credentials directory given rather than read from the environment.
+    pub fn parse_with_credentials(
+        path: &Path,
+        text: &str,
+        credentials: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
@@ -535,7 +571,64 @@ impl Config {
             path: path.to_owned(),
             message,
         })?;
+        config.resolve_credentials(path, credentials)?;
         Ok(config)
+    }
+
+    /// Every `*_file` key, by its name in `kiln.toml`.
+    fn file_keys(&mut self) -> [(&'static str, &mut Option<PathBuf>); 11] {
+        [
+            ("git.ssh_key_file", &mut self.git.ssh_key_file),
+            ("git.known_hosts_file", &mut self.git.known_hosts_file),
+            ("git.token_file", &mut self.git.token_file),
+            (
+                "proxmox.token_secret_file",
+                &mut self.proxmox.token_secret_file,
+            ),
+            ("proxmox.ca_file", &mut self.proxmox.ca_file),
+            ("secrets.ca_file", &mut self.secrets.ca_file),
+            ("secrets.token_file", &mut self.secrets.token_file),
+            ("secrets.role_id_file", &mut self.secrets.role_id_file),
+            ("secrets.secret_id_file", &mut self.secrets.secret_id_file),
+            ("api.token_file", &mut self.api.token_file),
+            ("api.webhook_secret_file", &mut self.api.webhook_secret_file),
+        ]
+    }
+
+    /// Makes every relative `*_file` path absolute under the credentials directory; absolute ones
+    /// are kept as written. Done once at load, so every reader gets a path it can open as is.
+    fn resolve_credentials(
+        &mut self,
+        config_path: &Path,
+        credentials: Option<&Path>,
+    ) -> Result<(), ConfigError> {
+        for (key, value) in self.file_keys() {
+            let Some(file) = value.as_mut() else { continue };
+            if file.is_absolute() {
+                continue;
+            }
+            // A credential is a plain name: `..` (or an empty path) would name something else.
+            let plain = !file.as_os_str().is_empty()
+                && file
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(ConfigError::CredentialOutside {
+                    path: config_path.to_owned(),
+                    key,
+                    file: file.clone(),
+                });
+            }
+            let Some(dir) = credentials else {
+                return Err(ConfigError::NoCredentialsDirectory {
+                    path: config_path.to_owned(),
+                    key,
+                    file: file.clone(),
+                });
+            };
+            *file = dir.join(&*file);
+        }
+        Ok(())
     }
 
     fn check(&self) -> Result<(), String> {
@@ -823,6 +916,82 @@ addr = "https://vault.lan:8200"
 token_file = "/run/credentials/kiln.service/vault-token"
 "#;
 
+    const RELATIVE: &str = r#"
+state_dir = "/var/lib/kiln"
+[git]
+url = "ssh://git@forge.lan/infra/gitops.git"
+ssh_key_file = "git-ssh-key"
+known_hosts_file = "/etc/kiln/known_hosts"
+[proxmox]
+url = "https://pve1.lan:8006"
+token_id = "kiln@pve!reconciler"
+token_secret_file = "proxmox-token"
+[secrets]
+addr = "https://vault.lan:8200"
+role_id_file = "vault-role-id"
+secret_id_file = "vault-secret-id"
+[api]
+token_file = "api-token"
+webhook_secret_file = "/srv/hook"
+"#;
+
+    #[test]
+    fn relative_file_keys_are_read_from_the_credentials_directory() {
+        let creds = Path::new("/run/credentials/kiln.service");
+        let c =
+            Config::parse_with_credentials(Path::new("kiln.toml"), RELATIVE, Some(creds)).unwrap();
+        assert_eq!(c.git.ssh_key_file, Some(creds.join("git-ssh-key")));
+        assert_eq!(
+            c.proxmox.token_secret_file,
+            Some(creds.join("proxmox-token"))
+        );
+        assert_eq!(c.secrets.role_id_file, Some(creds.join("vault-role-id")));
+        assert_eq!(
+            c.secrets.secret_id_file,
+            Some(creds.join("vault-secret-id"))
+        );
+        assert_eq!(c.api.token_file, Some(creds.join("api-token")));
+        // Absolute paths are kept as written, credentials directory or not.
+        assert_eq!(
+            c.git.known_hosts_file,
+            Some(PathBuf::from("/etc/kiln/known_hosts"))
+        );
+        assert_eq!(c.api.webhook_secret_file, Some(PathBuf::from("/srv/hook")));
+        assert_eq!(c.proxmox.ca_file, None);
+    }
+
+    #[test]
+    fn a_relative_file_key_outside_systemd_is_an_error_naming_the_key() {
+        let err = Config::parse_with_credentials(Path::new("kiln.toml"), RELATIVE, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`git.ssh_key_file` = \"git-ssh-key\""),
+            "{err}"
+        );
+        assert!(err.contains("$CREDENTIALS_DIRECTORY is not set"), "{err}");
+        // Only absolute paths: no credentials directory needed.
+        Config::parse_with_credentials(Path::new("kiln.toml"), MINIMAL, None).unwrap();
+    }
+
+    #[test]
+    fn a_credential_name_never_climbs_out_of_the_directory() {
+        let creds = Path::new("/run/credentials/kiln.service");
+        for bad in ["../../etc/shadow", "./x/../../y", ""] {
+            let text = MINIMAL.replace(
+                "token_file = \"/run/credentials/kiln.service/vault-token\"",
+                &format!("token_file = \"{bad}\""),
+            );
+            let err = Config::parse_with_credentials(Path::new("kiln.toml"), &text, Some(creds))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("`secrets.token_file`") && err.contains("leaves the credentials"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn minimal_config_gets_documented_defaults() {
         let c = Config::parse(Path::new("kiln.toml"), MINIMAL).unwrap();
@@ -866,7 +1035,16 @@ token_file = "/run/credentials/kiln.service/vault-token"
     #[test]
     fn example_config_parses_and_documents_every_key() {
         let example = include_str!("../examples/kiln.toml");
-        Config::parse(Path::new("examples/kiln.toml"), example).expect("the example parses");
+        // Its secrets are credential names, as the packaged unit loads them.
+        let creds = Path::new("/run/credentials/kiln.service");
+        let c =
+            Config::parse_with_credentials(Path::new("examples/kiln.toml"), example, Some(creds))
+                .expect("the example parses");
+        assert_eq!(
+            c.proxmox.token_secret_file,
+            Some(creds.join("proxmox-token")),
+            "the example names credentials, not paths"
+        );
         let source = include_str!("config.rs");
         let keys: Vec<&str> = source
             .lines()

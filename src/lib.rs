@@ -31,6 +31,8 @@ pub mod secrets;
 pub mod server;
 /// In-process simulated Proxmox and Talos.
 pub mod sim;
+/// systemd's notify protocol and the watchdog fed by the engine's progress.
+pub mod systemd;
 /// Talos secrets bundle, machine configs, gRPC client.
 pub mod talos;
 /// Crash points the end-to-end tests stop the daemon at (inert without `KILN_TEST_PAUSE_AT`).

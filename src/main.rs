@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cli;
 
@@ -47,12 +47,15 @@ enum Command {
     /// Run a simulator of an external system.
     #[command(subcommand)]
     Sim(cli::sim::Command),
+    /// Write shell completions (bash, zsh, fish) and man pages into a folder (for packaging).
+    #[command(hide = true)]
+    GenerateAssets(cli::assets::Args),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Sim(_) => {}
+        Command::Sim(_) | Command::GenerateAssets(_) => {}
         // The demo talks in progress lines; logs only for what goes wrong, unless asked.
         Command::Demo { .. } if std::env::var_os("KILN_LOG").is_none() => {
             cli::logging::init_logging_at(cli.log_format, "warn")
@@ -69,5 +72,6 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Plan(args) => cli::plan::exec(&args),
         Command::Rotate(args) => cli::rotate::exec(&args),
         Command::Sim(command) => cli::sim::exec(command),
+        Command::GenerateAssets(args) => cli::assets::exec(&args, Cli::command()),
     }
 }

@@ -97,6 +97,8 @@ impl Policy {
                     let Some(wait) = wait else {
                         return (Err(e), failures);
                     };
+                    // Trying again is progress for systemd's watchdog (a hung call is not).
+                    crate::systemd::progress();
                     tokio::time::sleep(wait).await;
                 }
             }

@@ -31,6 +31,8 @@ mod talos_sim;
 
 #[path = "e2e/api.rs"]
 mod api;
+#[path = "e2e/ci_workflows.rs"]
+mod ci_workflows;
 #[path = "e2e/cp_scale.rs"]
 mod cp_scale;
 #[path = "e2e/crash.rs"]
@@ -62,12 +64,16 @@ mod least_privilege;
 mod live_config;
 #[path = "e2e/metrics.rs"]
 mod metrics;
+#[path = "e2e/package.rs"]
+mod package;
 #[path = "e2e/plan.rs"]
 mod plan;
 #[path = "e2e/provision.rs"]
 mod provision;
 #[path = "e2e/renewal.rs"]
 mod renewal;
+#[path = "e2e/service.rs"]
+mod service;
 #[path = "e2e/talos_real.rs"]
 mod talos_real;
 #[path = "e2e/upgrade.rs"]

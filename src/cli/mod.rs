@@ -2,6 +2,7 @@
 //! `exec`. This is the binary's side: like `main.rs`, it reports with `anyhow` and prints; the
 //! library it calls returns typed errors (see ARCHITECTURE.md, "CLI").
 
+pub mod assets;
 pub mod demo;
 pub mod logging;
 pub mod plan;

@@ -60,9 +60,12 @@ pub async fn open_ports(config: &Config) -> anyhow::Result<Opened> {
 
 pub fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
+    // Registered here, not in the task: once this returns, SIGTERM no longer kills at once (the
+    // daemon tells systemd it is ready right after).
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     tokio::spawn(async move {
         let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            match term {
                 Ok(mut s) => {
                     s.recv().await;
                 }

@@ -14,6 +14,7 @@ use kiln::reconcile::state_lock::{StateLock, this_command};
 use kiln::reconcile::status::StatusBook;
 use kiln::reconcile::{Engine, Intent};
 use kiln::server::{self, DaemonView, SecretBytes};
+use kiln::systemd::{Liveness, Notifier};
 
 use super::ports::{open_ports, progress_logger, shutdown_signal};
 
@@ -34,8 +35,13 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     run(&args.config, args.once, args.timeout)
 }
 
-/// The permission preflight of DESIGN.md §3, for the clusters the tip declares.
-async fn preflight(adapter: &PveAdapter, git: &GitSource) -> anyhow::Result<()> {
+/// How long the daemon's start-up preflight retries a Proxmox that does not answer.
+const DAEMON_PREFLIGHT_BUDGET: Duration = Duration::from_secs(10);
+
+/// The permission preflight of DESIGN.md §3, for the clusters the tip declares. The daemon only
+/// warns when Proxmox does not answer (its cycles report and retry that, and systemd must not
+/// restart kiln in a loop over it); a refused permission stops kiln either way.
+async fn preflight(adapter: &PveAdapter, git: &GitSource, once: bool) -> anyhow::Result<()> {
     let clusters = match git.current().await {
         Some(rev) => Intent::read(&git.snapshot(rev).await?)
             .valid
@@ -44,11 +50,16 @@ async fn preflight(adapter: &PveAdapter, git: &GitSource) -> anyhow::Result<()> 
             .collect(),
         None => Vec::new(),
     };
-    adapter
+    match adapter
         .preflight(&PreflightScope::for_clusters(&clusters))
         .await
-        .context("Proxmox permission preflight")?;
-    Ok(())
+    {
+        Err(e) if !once && e.is_transient() => {
+            tracing::warn!(error = %e, "Proxmox permission preflight: Proxmox does not answer; each cycle reports it until it does");
+            Ok(())
+        }
+        other => other.context("Proxmox permission preflight"),
+    }
 }
 
 /// A secret from a `*_file` key: its bytes without the trailing newline an editor leaves.
@@ -61,6 +72,14 @@ fn read_secret(key: &str, path: &Path) -> anyhow::Result<SecretBytes> {
 }
 
 pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
+    // SAFETY: no other thread yet (the async runtime starts below), as removing the variables
+    // from the environment requires.
+    let (notifier, problems) = unsafe { Notifier::from_env() };
+    for e in problems {
+        tracing::warn!(error = %e, "systemd's notify variables ignored");
+    }
+    // `--once` is a command, not a service: it never tells systemd it is ready.
+    let notifier = Arc::new(if once { Notifier::disabled() } else { notifier });
     let config = Config::load(config_path)?;
     // Before anything opens the cache clone (which clears lock files it takes for stale) or
     // reads the records: a second kiln on this folder stops here.
@@ -70,10 +89,23 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("creating {}", config.state_dir.display()))?;
         let opened = open_ports(&config).await?;
+        // Before READY: from then on systemd may stop kiln, and a SIGTERM must find the handler
+        // that finishes the current step (not the default action, which kills at once).
+        let shutdown = shutdown_signal();
+        if notifier.enabled() {
+            let notifier = notifier.clone();
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                if stop.wait_for(|&s| s).await.is_ok() {
+                    notifier.stopping("finishing the current step");
+                }
+            });
+        }
+        let liveness = Liveness::new();
+        liveness.touch();
         let git = GitSource::open(&config.git, &config.state_dir)
             .await
             .context("opening the Git cache clone")?;
-        let shutdown = shutdown_signal();
         let trigger = Trigger::new();
         // The HTTP surface comes up before anything that waits on another system, so a forge or a
         // Proxmox that is down at boot shows in /readyz instead of keeping kiln from starting.
@@ -100,12 +132,33 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
             tracing::info!(addr = %config.api.listen, "HTTP API listening");
             tokio::spawn(server::serve(listener, server::router(state), shutdown.clone()));
         }
-        // READY: config loaded, lock held, listeners up (DESIGN §8)
+        // READY: config loaded, lock held, listeners up (DESIGN §8).
+        // Before the first fetch and the Proxmox preflight: a forge or a Proxmox that is down at
+        // boot must not hold READY back (systemd would kill kiln at TimeoutStartSec, in a loop).
+        if !once {
+            notifier.ready(&format!("reconciling {} ({})", config.git.url, config.git.branch));
+            tokio::spawn(kiln::systemd::relay_watchdog(
+                notifier.clone(),
+                liveness.clone(),
+            ));
+        }
         if let Err(e) = git.poll().await {
             tracing::warn!(error = %e, "first fetch failed; working from the last revision fetched, if any");
         }
         if let Some(adapter) = &opened.adapter {
-            preflight(adapter, &git).await?;
+            if once {
+                preflight(adapter, &git, once).await?;
+            } else {
+                // The daemon's cycles retry an unreachable Proxmox on their own schedule: the
+                // adapter's retries here need not hold the first cycle back for long.
+                kiln::retry::with_budget(DAEMON_PREFLIGHT_BUDGET, preflight(adapter, &git, once))
+                    .await?;
+            }
+        }
+        if !once && *shutdown.borrow() {
+            tracing::info!("shutting down before the first cycle");
+            notifier.stopping("stopped before the first cycle");
+            return Ok(ExitCode::SUCCESS);
         }
         let _watcher = if once {
             None
@@ -126,7 +179,8 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
         let state_dir = config.state_dir.clone();
         let mut engine = Engine::new(config, git, opened.ports.clone(), shutdown, Some(progress_logger()))
             .context("loading kiln's state")?
-            .with_observer(view);
+            .with_observer(view)
+            .with_liveness(liveness);
         if once {
             let report = engine.run_once(timeout).await;
             print!("{}", engine.status().table());
@@ -141,6 +195,7 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
             })
         } else {
             engine.run(trigger).await;
+            notifier.stopping("the current step finished");
             Ok(ExitCode::SUCCESS)
         }
     })

@@ -226,6 +226,8 @@ impl KubePort for KubeClient {
         let selector = format!("spec.nodeName={node}");
         let mut evicted = 0usize;
         loop {
+            // A drain held by a budget polls for minutes: progress for systemd's watchdog.
+            crate::systemd::progress();
             let pods = pods_api
                 .list(&ListParams::default().fields(&selector))
                 .await

@@ -112,6 +112,7 @@ pub async fn wait(api: &Api, upid: &str, deadline: Duration) -> Result<TaskOutco
                 seconds: deadline.as_secs(),
             });
         }
+        crate::systemd::progress();
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
     }

@@ -109,6 +109,7 @@ impl Engine {
                 settings: Arc::new(settings),
                 shutdown,
                 progress,
+                liveness: crate::systemd::Liveness::new(),
             },
             config: Arc::new(config),
             git,
@@ -127,6 +128,12 @@ impl Engine {
 
     pub fn status(&self) -> &StatusBook {
         &self.status
+    }
+
+    /// Touches `liveness` on progress from now on (the daemon's watchdog relay reads it).
+    pub fn with_liveness(mut self, liveness: crate::systemd::Liveness) -> Self {
+        self.ctx.liveness = liveness;
+        self
     }
 
     fn persist(&self) {
@@ -160,10 +167,12 @@ impl Engine {
     /// One pass of the loop. Never panics on a system being down: it reports and waits.
     pub async fn cycle(&mut self) -> CycleReport {
         let started = std::time::Instant::now();
+        self.ctx.liveness.touch();
         if let Some(o) = &self.observer {
             o.cycle_started();
         }
         let report = self.cycle_inner().await;
+        self.ctx.liveness.touch();
         if let Some(o) = &self.observer {
             o.cycle_done(&report, &self.status, started.elapsed());
         }
@@ -269,10 +278,13 @@ impl Engine {
             };
             let ctx = self.ctx.clone();
             let sem = semaphore.clone();
-            tasks.spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                worker::converge(ctx, job).await
-            });
+            tasks.spawn(crate::systemd::with_liveness(
+                ctx.liveness.clone(),
+                async move {
+                    let _permit = sem.acquire_owned().await;
+                    worker::converge(ctx, job).await
+                },
+            ));
         }
         for (name, state) in &missing {
             let record = self.records.clusters.get(name).cloned().unwrap_or_default();
@@ -289,10 +301,13 @@ impl Engine {
                     };
                     let ctx = self.ctx.clone();
                     let sem = semaphore.clone();
-                    tasks.spawn(async move {
-                        let _permit = sem.acquire_owned().await;
-                        worker::decommission(ctx, job).await
-                    });
+                    tasks.spawn(crate::systemd::with_liveness(
+                        ctx.liveness.clone(),
+                        async move {
+                            let _permit = sem.acquire_owned().await;
+                            worker::decommission(ctx, job).await
+                        },
+                    ));
                 }
                 MissingTurn::Hold => {
                     outcomes.push(self.held_outcome(name, &record, *state, publish_ok))
@@ -360,6 +375,7 @@ impl Engine {
         let mut changed = false;
         for reply in &replies {
             changed |= super::requests::record_in(&mut self.status, reply);
+            self.ctx.liveness.touch();
             if let Some(tx) = &self.ctx.progress {
                 let _ = tx.send(Progress {
                     cluster: reply.cluster.clone(),
@@ -499,6 +515,7 @@ impl Engine {
         match result {
             Ok(PublishOutcome::Pushed { commit, .. }) => {
                 tracing::info!(%commit, "pushed the generated files");
+                self.ctx.liveness.touch();
                 if let Some(tx) = &self.ctx.progress {
                     let _ = tx.send(Progress {
                         cluster: "*".into(),
@@ -562,6 +579,7 @@ impl Engine {
                 });
                 return report;
             }
+            self.ctx.liveness.idle_for(wait);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => {}
@@ -581,6 +599,10 @@ impl Engine {
                 return;
             }
             let wait = report.wake_in.map_or(poll, |w| w.min(poll));
+            // Waiting for the next trigger is the engine at rest, not stalled: alive until then.
+            self.ctx
+                .liveness
+                .idle_for(wait.max(Duration::from_millis(200)));
             tokio::select! {
                 _ = trigger.wait(wait.max(Duration::from_millis(200))) => {}
                 _ = shutdown.changed() => {

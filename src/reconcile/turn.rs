@@ -73,6 +73,7 @@ impl<'a> Turn<'a> {
     pub fn say(&self, message: impl Into<String>) {
         let message = message.into();
         tracing::info!("{message}");
+        self.ctx.liveness.touch();
         if let Some(tx) = &self.ctx.progress {
             let _ = tx.send(Progress {
                 cluster: self.name.clone(),

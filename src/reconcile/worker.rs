@@ -64,6 +64,8 @@ pub struct Ctx {
     pub settings: Arc<Settings>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub progress: Option<tokio::sync::mpsc::UnboundedSender<Progress>>,
+    /// Touched on progress; systemd's watchdog is fed only while it is (crate::systemd).
+    pub liveness: crate::systemd::Liveness,
 }
 
 /// A cluster with a valid file.

@@ -27,6 +27,8 @@ use crate::gitrepo::{Repos, git};
 mod crash;
 #[path = "scenarios/safety.rs"]
 mod safety;
+#[path = "scenarios/watchdog.rs"]
+mod watchdog;
 
 /// Long enough for a few 1-node clusters to come up on two loaded cores, short enough to fail a hang.
 const CONVERGE: Duration = Duration::from_secs(180);

@@ -153,6 +153,7 @@ impl Turn<'_> {
                 });
             }
             // Nothing tells kiln when a kubelet or a static pod has restarted: it looks again.
+            crate::systemd::progress();
             tokio::time::sleep(poll).await;
         }
     }

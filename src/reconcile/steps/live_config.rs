@@ -176,6 +176,7 @@ impl Turn<'_> {
                 }
                 .into());
             }
+            crate::systemd::progress();
             tokio::time::sleep(BACK_POLL).await;
         }
     }

@@ -187,6 +187,7 @@ impl Turn<'_> {
                 });
             }
             // Polling the node: nothing tells kiln when a reboot ends.
+            crate::systemd::progress();
             tokio::time::sleep(poll).await;
         }
     }
