@@ -582,6 +582,17 @@ async fn api_writes_are_validated_commits_the_daemon_reconciles() {
     )
     .await;
 
+    // The access log has a line per request, and never a token or a body (issue 28).
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("kiln::server::access") && l.contains("/api/v1/clusters")),
+        "no access log line:\n{log}"
+    );
+    for leaked in [TOKEN, "wrong-token", SECRET_MARKER] {
+        assert!(!log.contains(leaked), "the log holds {leaked:?}:\n{log}");
+    }
+
     // The daemon gone: `kiln status` says so and shows the status it saved.
     drop(daemon);
     let (code, out, err) = site.status_cli(&[]);
