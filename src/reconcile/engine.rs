@@ -59,7 +59,17 @@ pub trait CycleObserver: Send + Sync {
     fn cycle_done(&self, report: &CycleReport, status: &StatusBook, took: Duration);
 }
 
+/// `[ha]`: whether this instance leads (`crate::ha::LeaderGate`). Only the leader runs cycles; a
+/// cycle during which the lease was lost leaves the status as it was (its refused writes are not
+/// the clusters' failures).
+pub trait Leadership: Send + Sync {
+    fn check(&self) -> bool;
+    fn until_leading(&self)
+    -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
 pub struct Engine {
+    leadership: Option<Arc<dyn Leadership>>,
     config: Arc<Config>,
     git: GitSource,
     ctx: Ctx,
@@ -114,6 +124,7 @@ impl Engine {
             status,
             render_settings,
             observer: None,
+            leadership: None,
         })
     }
 
@@ -121,6 +132,16 @@ impl Engine {
     pub fn with_observer(mut self, observer: Arc<dyn CycleObserver>) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    /// Runs cycles only while `leadership` says this instance leads.
+    pub fn with_leadership(mut self, leadership: Arc<dyn Leadership>) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
+    fn lost_leadership(&self) -> bool {
+        self.leadership.as_ref().is_some_and(|l| !l.check())
     }
 
     pub fn status(&self) -> &StatusBook {
@@ -304,8 +325,14 @@ impl Engine {
             }
         }
 
+        let lost = self.lost_leadership();
+        if lost {
+            tracing::info!(
+                "the lease was lost during this cycle: its writes were withheld, the status is left as it was"
+            );
+        }
         let mut report = CycleReport {
-            settled: true,
+            settled: !lost,
             // The generated files are part of the result: a cycle that could not publish them (a
             // template override that never ends, a push refused) has not converged, whatever the VMs.
             converged: git_error.is_none() && publish_ok,
@@ -332,7 +359,9 @@ impl Engine {
             {
                 self.records.clusters.insert(key, r);
             }
-            self.status.clusters.insert(name, o.status);
+            if !lost {
+                self.status.clusters.insert(name, o.status);
+            }
         }
         // Statuses of clusters Git no longer names and kiln never managed.
         let records = &self.records;
@@ -516,6 +545,14 @@ impl Engine {
                     present_at_tip,
                 }
             }
+            Err(e) if self.lost_leadership() => {
+                tracing::info!(error = %e, "not the leader: the generated files are left to the leader");
+                Published {
+                    pushed: None,
+                    ok: false,
+                    present_at_tip,
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot publish the generated files; retrying next cycle");
                 for s in self.status.clusters.values_mut() {
@@ -570,6 +607,18 @@ impl Engine {
         let mut shutdown = self.ctx.shutdown.clone();
         let poll = self.config.git.poll_interval;
         loop {
+            if let Some(leadership) = self.leadership.clone()
+                && !leadership.check()
+            {
+                tracing::info!("following: waiting for the lease");
+                tokio::select! {
+                    _ = leadership.until_leading() => tracing::info!("leading: reconciling"),
+                    _ = shutdown.changed() => {
+                        tracing::info!("shutting down");
+                        return;
+                    }
+                }
+            }
             let report = self.cycle().await;
             if *shutdown.borrow() {
                 tracing::info!("shutting down");
