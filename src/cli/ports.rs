@@ -84,3 +84,19 @@ pub fn progress_logger() -> tokio::sync::mpsc::UnboundedSender<Progress> {
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     tx
 }
+
+/// `[ha]`: who holds the Lease now, in words (read from the management cluster, not the daemon, so
+/// it is right on a follower's host too).
+pub fn lease_holder(ha: &kiln::ha::HaConfig) -> String {
+    let read = tokio::runtime::Runtime::new()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(kiln::ha::Elector::holder(ha))
+                .map_err(|e| e.to_string())
+        });
+    match read {
+        Ok(Some(holder)) => format!("{holder} (Lease {}/{})", ha.namespace, ha.lease_name),
+        Ok(None) => format!("nobody holds Lease {}/{}", ha.namespace, ha.lease_name),
+        Err(e) => format!("unknown ({e})"),
+    }
+}

@@ -69,17 +69,37 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
     runtime.block_on(async move {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("creating {}", config.state_dir.display()))?;
-        let opened = open_ports(&config).await?;
-        let git = GitSource::open(&config.git, &config.state_dir)
+        let mut opened = open_ports(&config).await?;
+        let mut git = GitSource::open(&config.git, &config.state_dir)
             .await
             .context("opening the Git cache clone")?;
         let shutdown = shutdown_signal();
+        // [ha]: every write asks the gate; the elector runs beside the engine (docs/ha.md).
+        let gate = match &config.ha {
+            Some(ha) => {
+                let (elector, gate) = kiln::ha::Elector::connect(ha, kiln::ha::identity())
+                    .await
+                    .context("[ha]")?;
+                tracing::info!(identity = gate.identity(), lease = %ha.lease_name, namespace = %ha.namespace, "high availability: competing for the Lease");
+                tokio::spawn(elector.run(shutdown.clone()));
+                opened.ports = kiln::ha::gate_ports(opened.ports, &gate);
+                git = git.with_push_gate(kiln::ha::push_gate(&gate));
+                Some(gate)
+            }
+            None => None,
+        };
         let trigger = Trigger::new();
         // The HTTP surface comes up before anything that waits on another system, so a forge or a
         // Proxmox that is down at boot shows in /readyz instead of keeping kiln from starting.
         let view = Arc::new(DaemonView::new(
             StatusBook::load(&config.state_dir).unwrap_or_default(),
         ));
+        if let Some(gate) = gate.clone() {
+            view.set_leadership(Box::new(move || server::HaRole {
+                role: gate.role(),
+                leader: gate.holder(),
+            }));
+        }
         if !once && let Some(token_file) = &config.api.token_file {
             let state = server::AppState {
                 config: Arc::new(config.clone()),
@@ -127,6 +147,15 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
         let mut engine = Engine::new(config, git, opened.ports.clone(), shutdown, Some(progress_logger()))
             .context("loading kiln's state")?
             .with_observer(view);
+        if let Some(gate) = gate {
+            engine = engine.with_leadership(Arc::new(gate.clone()));
+            if once {
+                // `--once` acts only as the leader too; it waits for the Lease within its timeout.
+                tokio::time::timeout(timeout, gate.until_leading())
+                    .await
+                    .context("run --once: this instance did not get the Lease in time")?;
+            }
+        }
         if once {
             let report = engine.run_once(timeout).await;
             print!("{}", engine.status().table());

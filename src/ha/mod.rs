@@ -141,6 +141,23 @@ fn is_local_git_url(url: &str) -> bool {
     }
 }
 
+/// `ports` with every Proxmox and secret-store write asking `gate` first.
+pub fn gate_ports(ports: crate::reconcile::Ports, gate: &LeaderGate) -> crate::reconcile::Ports {
+    crate::reconcile::Ports {
+        proxmox: std::sync::Arc::new(GatedProxmox::new(ports.proxmox, gate.clone())),
+        secrets: std::sync::Arc::new(GatedSecrets::new(ports.secrets, gate.clone())),
+        ..ports
+    }
+}
+
+/// The hook `GitSource::with_push_gate` takes: a push leaves only while `gate` is open.
+pub fn push_gate(
+    gate: &LeaderGate,
+) -> std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync> {
+    let gate = gate.clone();
+    std::sync::Arc::new(move || gate.allow("a push").map_err(|e| e.to_string()))
+}
+
 /// This instance's name in the Lease: host name and process id, so two instances on one host (a
 /// test, a restart overlapping the old process) are told apart.
 pub fn identity() -> String {

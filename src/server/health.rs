@@ -32,7 +32,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let health = state.view.health();
     let window = (state.config.git.poll_interval * 3).max(Duration::from_secs(60));
     let mut problems = Vec::new();
+    // A follower runs no cycles (DESIGN §8): it is ready when it can serve status.
+    let following = health.ha.as_ref().is_some_and(|h| h.role == "follower");
     match health.last_cycle {
+        _ if following => {}
         None => problems.push("no reconcile cycle has finished yet".to_owned()),
         Some((at, _)) if at.elapsed() > window => problems.push(format!(
             "no reconcile cycle has finished for {}",
@@ -49,6 +52,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "git": if health.git_error.is_none() && health.git_ever_read { "ok" } else { "unreachable" },
         "last_cycle": health.last_cycle.map(|(_, t)| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()),
         "problems": problems,
+        "role": health.ha.as_ref().map(|h| h.role),
+        "leader": health.ha.as_ref().and_then(|h| h.leader.clone()),
     });
     let code = if ready {
         StatusCode::OK
