@@ -15,7 +15,7 @@ use kiln::reconcile::status::StatusBook;
 use kiln::reconcile::{Engine, Intent};
 use kiln::server::{self, DaemonView, SecretBytes};
 
-use super::ports::{open_ports, progress_logger, shutdown_signal};
+use super::ports::{open_gated_ports, progress_logger, shutdown_signal};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -69,25 +69,26 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
     runtime.block_on(async move {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("creating {}", config.state_dir.display()))?;
-        let mut opened = open_ports(&config).await?;
+        // [ha]: every write asks the gate; the elector runs beside the engine (docs/ha.md).
+        let elector = match &config.ha {
+            Some(ha) => Some(
+                kiln::ha::Elector::connect(ha, kiln::ha::identity())
+                    .await
+                    .context("[ha]")?,
+            ),
+            None => None,
+        };
+        let gate = elector.as_ref().map(|(_, gate)| gate.clone());
+        let opened = open_gated_ports(&config, gate.as_ref()).await?;
         let mut git = GitSource::open(&config.git, &config.state_dir)
             .await
             .context("opening the Git cache clone")?;
         let shutdown = shutdown_signal();
-        // [ha]: every write asks the gate; the elector runs beside the engine (docs/ha.md).
-        let gate = match &config.ha {
-            Some(ha) => {
-                let (elector, gate) = kiln::ha::Elector::connect(ha, kiln::ha::identity())
-                    .await
-                    .context("[ha]")?;
-                tracing::info!(identity = gate.identity(), lease = %ha.lease_name, namespace = %ha.namespace, "high availability: competing for the Lease");
-                tokio::spawn(elector.run(shutdown.clone()));
-                opened.ports = kiln::ha::gate_ports(opened.ports, &gate);
-                git = git.with_push_gate(kiln::ha::push_gate(&gate));
-                Some(gate)
-            }
-            None => None,
-        };
+        if let (Some((elector, gate)), Some(ha)) = (elector, &config.ha) {
+            tracing::info!(identity = gate.identity(), lease = %ha.lease_name, namespace = %ha.namespace, "high availability: competing for the Lease");
+            tokio::spawn(elector.run(shutdown.clone()));
+            git = git.with_push_gate(kiln::ha::push_gate(&gate));
+        }
         let trigger = Trigger::new();
         // The HTTP surface comes up before anything that waits on another system, so a forge or a
         // Proxmox that is down at boot shows in /readyz instead of keeping kiln from starting.

@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use reqwest::Method;
 use tokio::sync::watch;
 
 use crate::proxmox::{
-    Created, Inventory, OwnedVm, PendingChanges, ProxmoxError, ProxmoxPort, Resized, VmIdentity,
-    VmSpec,
+    Created, Inventory, OwnedVm, PendingChanges, ProxmoxError, ProxmoxPort, Reply, Resized,
+    Transport, TransportError, VmIdentity, VmSpec,
 };
 use crate::secrets::{
     CreateOutcome, CustomMetadata, MetadataPatch, ReadOutcome, SecretData, SecretPath, SecretStore,
@@ -240,6 +241,42 @@ impl ProxmoxPort for GatedProxmox {
     async fn destroy(&self, vm: OwnedVm) -> Result<(), ProxmoxError> {
         self.allow("a Proxmox destroy")?;
         self.inner.destroy(vm).await
+    }
+}
+
+/// The Proxmox transport with the gate in front of every request that is not a read: a VM write
+/// that one adapter call makes in several requests (clone, then configure, then start) is stopped
+/// between them too, e.g. when the process resumes from SIGSTOP in the middle of a clone.
+pub struct GatedTransport {
+    inner: Arc<dyn Transport>,
+    gate: LeaderGate,
+}
+
+impl GatedTransport {
+    pub fn new(inner: Arc<dyn Transport>, gate: LeaderGate) -> Self {
+        Self { inner, gate }
+    }
+}
+
+#[async_trait]
+impl Transport for GatedTransport {
+    async fn exchange(
+        &self,
+        method: &Method,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> Result<Reply, TransportError> {
+        if method != Method::GET {
+            // Not sent, and not to be retried: the adapter stops the call there.
+            self.gate
+                .allow("a Proxmox request")
+                .map_err(|e| TransportError::Withheld(e.to_string()))?;
+        }
+        self.inner.exchange(method, path, params).await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
     }
 }
 

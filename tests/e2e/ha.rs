@@ -1,0 +1,409 @@
+//! Issue 29 (DESIGN §8 `[ha]`): several `kiln run` processes, one leader through a Lease in a
+//! simulated management cluster (`kiln sim kubernetes`), on one fakepve, one OpenBao and one Git
+//! remote served by `git daemon`. Each instance has its own Proxmox API token and its own commit
+//! author, so who acted is read from fakepve's request log (the token of each request) and from
+//! the commits' author lines. Lease: 3s, so renew deadline 2s and retry period 600ms.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::checks::{assert_exact_vms, status_of};
+use crate::fixture::ClusterFixture;
+use crate::gitrepo::{Daemon as GitDaemon, git};
+use crate::pve::TOKEN_SECRET;
+use crate::support::{World, kiln, least_privilege_acl};
+
+const LEASE: Duration = Duration::from_secs(3);
+/// `lease_duration / 5` (`kiln::ha::Timing`).
+const RETRY: Duration = Duration::from_millis(600);
+/// What the test's own looking adds to a takeover it measures: a read of the Lease every 50 ms
+/// over a fresh TLS connection, on a machine shared with other builds.
+const MEASURE_SLACK: Duration = Duration::from_millis(1000);
+
+/// `kiln sim kubernetes`, killed on drop.
+struct Management {
+    child: Child,
+    ha: kiln::ha::HaConfig,
+}
+
+impl Management {
+    async fn start(dir: &Path) -> Self {
+        let kubeconfig = dir.join("management.kubeconfig");
+        let child = kiln()
+            .args([
+                "sim",
+                "kubernetes",
+                "--listen",
+                "127.0.0.1:0",
+                "--kubeconfig-out",
+            ])
+            .arg(&kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting kiln sim kubernetes");
+        let mut m = Self {
+            child,
+            ha: kiln::ha::HaConfig {
+                kubeconfig_file: kubeconfig.clone(),
+                namespace: "argocd".into(),
+                lease_name: "kiln".into(),
+                lease_duration: LEASE,
+            },
+        };
+        let started = Instant::now();
+        while !kubeconfig.exists() {
+            if let Some(status) = m.child.try_wait().unwrap() {
+                panic!("kiln sim kubernetes exited: {status}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no kubeconfig written"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        m
+    }
+
+    async fn holder(&self) -> Option<String> {
+        kiln::ha::Elector::holder(&self.ha).await.ok().flatten()
+    }
+}
+
+impl Drop for Management {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `kiln run` with its own state, token and author; SIGKILLed on drop.
+struct Instance {
+    token_id: String,
+    email: String,
+    config: PathBuf,
+    stderr: PathBuf,
+    child: Child,
+}
+
+impl Instance {
+    /// `pause_at`: the crash point (`kiln::testhook`) where the process stops itself (SIGSTOP).
+    fn spawn(
+        world: &World,
+        name: &'static str,
+        git_url: &str,
+        m: &Management,
+        pause_at: Option<&str>,
+    ) -> Self {
+        let token_id = format!("kiln@pve!ha-{name}");
+        let email = format!("kiln-{name}@ha.e2e");
+        world
+            .pve
+            .ctl(json!({"cmd": "add_token", "tokenid": token_id, "secret": TOKEN_SECRET}));
+        world
+            .pve
+            .ctl(json!({"cmd": "acl", "user": token_id, "entries": least_privilege_acl()}));
+        let base = std::fs::read_to_string(&world.config).unwrap();
+        let state = world.dir.path().join(format!("state-{name}"));
+        let bare = format!("file://{}", world.repos.bare.display());
+        let mut text = base
+            .replace(
+                &format!("state_dir = \"{}\"", world.state_dir.display()),
+                &format!("state_dir = \"{}\"", state.display()),
+            )
+            .replace(
+                &format!("url = \"{bare}\""),
+                &format!("url = \"{git_url}\""),
+            )
+            .replace(
+                "author = \"kiln <kiln@localhost>\"",
+                &format!("author = \"kiln-{name} <{email}>\""),
+            )
+            .replace(
+                "token_id = \"kiln@pve!ci\"",
+                &format!("token_id = \"{token_id}\""),
+            );
+        text.push_str(&format!(
+            "\n[ha]\nkubeconfig_file = \"{}\"\nnamespace = \"argocd\"\nlease_name = \"kiln\"\nlease_duration = \"3s\"\n",
+            m.ha.kubeconfig_file.display()
+        ));
+        let config = world.dir.path().join(format!("kiln-{name}.toml"));
+        std::fs::write(&config, &text).unwrap();
+        let parsed = kiln::config::Config::load(&config)
+            .unwrap_or_else(|e| panic!("instance {name}'s kiln.toml does not load: {e}"));
+        assert_eq!(parsed.proxmox.token_id.as_deref(), Some(token_id.as_str()));
+        assert_eq!(parsed.git.url, git_url);
+        let stderr = world.dir.path().join(format!("ha-{name}.stderr"));
+        let mut cmd = kiln();
+        if let Some(point) = pause_at {
+            cmd.env("KILN_TEST_PAUSE_AT", point);
+        }
+        let child = cmd
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawning kiln run");
+        Self {
+            token_id,
+            email,
+            config,
+            stderr,
+            child,
+        }
+    }
+
+    /// Its name in the Lease (`host_pid`).
+    fn owns(&self, holder: Option<&str>) -> bool {
+        holder.is_some_and(|h| h.ends_with(&format!("_{}", self.child.id())))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {}", self.child.id());
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// The phase of `cluster` in this instance's status file (`kiln status --format json`).
+    fn phase(&self, cluster: &str) -> Option<String> {
+        let out = kiln()
+            .args(["status", "--format", "json", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let json: Value = serde_json::from_slice(&out.stdout).ok()?;
+        status_of(&json, cluster)?["phase"]
+            .as_str()
+            .map(str::to_owned)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // A test may leave it stopped: a stopped process ignores nothing but SIGKILL.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every request fakepve saw that writes (not GET): (token id, wall time, method, path).
+fn writes(world: &World) -> Vec<(String, f64, String, String)> {
+    world
+        .pve
+        .ctl(json!({"cmd": "request_log"}))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r[0] != "GET")
+        .map(|r| {
+            (
+                r[3].as_str().unwrap().to_owned(),
+                r[2].as_f64().unwrap(),
+                r[0].as_str().unwrap().to_owned(),
+                r[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The author e-mail of every commit on the remote's `main`, oldest first.
+fn authors(world: &World) -> Vec<String> {
+    let mut a: Vec<String> = git(&world.repos.bare, &["log", "--format=%ae", "main"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    a.reverse();
+    a
+}
+
+fn wall_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+async fn until<T>(limit: Duration, what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The world, the Git remote behind `git daemon`, the management API, and instance `a` leading;
+/// `a` stops itself (SIGSTOP) right after its first clone, before it configures that VM.
+async fn two_instances(
+    cluster: &ClusterFixture,
+) -> (World, GitDaemon, Management, Instance, Instance) {
+    let world = World::start(vec![cluster.clone()]).await;
+    let daemon = GitDaemon::start(&world.repos);
+    let m = Management::start(world.dir.path()).await;
+    let a = Instance::spawn(&world, "a", &daemon.url(), &m, Some("vm-cloned"));
+    until(
+        Duration::from_secs(30),
+        "instance a holds the Lease",
+        async || {
+            let h = m.holder().await;
+            a.owns(h.as_deref()).then_some(())
+        },
+    )
+    .await;
+    let b = Instance::spawn(&world, "b", &daemon.url(), &m, None);
+    until(
+        Duration::from_secs(120),
+        "a pauses after its first clone",
+        async || a.log().contains("KILN PAUSED AT vm-cloned").then_some(()),
+    )
+    .await;
+    assert!(
+        writes(&world).iter().any(|(t, ..)| *t == a.token_id),
+        "a paused without writing"
+    );
+    (world, daemon, m, a, b)
+}
+
+#[tokio::test]
+async fn one_instance_acts_and_another_takes_over_within_a_lease_after_sigkill() {
+    let c = ClusterFixture::new("haover", 1, 1);
+    let (world, _daemon, m, mut a, b) = two_instances(&c).await;
+
+    // a cloned a VM and stopped before configuring it; b, a follower, waits. Kill a: half made.
+    assert!(
+        b.log().contains("competing for the Lease"),
+        "b did not start as a candidate:\n{}",
+        b.log()
+    );
+    // An observation window, not a wait for anything: a is frozen but its Lease is still valid
+    // (b counts 3s from when it saw a's last renewal), so for this second b must write nothing,
+    // however much a left half-done.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed_at = wall_now();
+    let killed = Instant::now();
+    a.kill9();
+    until(
+        LEASE + RETRY + MEASURE_SLACK,
+        "b takes the Lease",
+        async || {
+            let h = m.holder().await;
+            b.owns(h.as_deref()).then_some(())
+        },
+    )
+    .await;
+    let took = killed.elapsed();
+    eprintln!("takeover after SIGKILL: {took:?} (lease 3s + retry 600ms)");
+
+    // b converges what a left half-done.
+    until(
+        Duration::from_secs(180),
+        "b converges the cluster",
+        async || (b.phase(&c.name).as_deref() == Some("Ready")).then_some(()),
+    )
+    .await;
+    assert_exact_vms(&world, &[&c], &[]);
+
+    // Exactly one acted at any moment: a before its death, b after it, nobody else.
+    let all = writes(&world);
+    let by = |i: &Instance| all.iter().filter(|w| w.0 == i.token_id).count();
+    assert!(by(&a) > 0 && by(&b) > 0, "a: {}, b: {}", by(&a), by(&b));
+    for (token, at, method, path) in &all {
+        match token {
+            t if *t == a.token_id => {
+                assert!(*at < killed_at, "a wrote after its death: {method} {path}")
+            }
+            t if *t == b.token_id => {
+                assert!(*at > killed_at, "b wrote while a led: {method} {path}")
+            }
+            other => panic!("a write from {other:?}: {method} {path}"),
+        }
+    }
+    let authors = authors(&world);
+    assert!(authors.contains(&a.email), "a pushed nothing: {authors:?}");
+    for e in authors.iter().filter(|e| e.starts_with("kiln")) {
+        assert!(e == &a.email || e == &b.email, "a commit by {e}");
+    }
+    assert!(
+        b.log().contains("acquired the Lease"),
+        "b never said it leads:\n{}",
+        b.log()
+    );
+}
+
+#[tokio::test]
+async fn a_leader_paused_past_its_lease_writes_nothing_after_it_resumes() {
+    let c = ClusterFixture::new("hapause", 1, 1);
+    let (world, _daemon, m, a, b) = two_instances(&c).await;
+
+    // a is frozen between a clone and that VM's configuration: on resume, its very next request
+    // would configure the VM.
+    until(
+        LEASE + RETRY + MEASURE_SLACK,
+        "b takes the Lease",
+        async || {
+            let h = m.holder().await;
+            b.owns(h.as_deref()).then_some(())
+        },
+    )
+    .await;
+    let a_commits = authors(&world).iter().filter(|e| **e == a.email).count();
+    let resumed_at = wall_now();
+    a.signal("-CONT");
+
+    until(
+        Duration::from_secs(30),
+        "a notices it lost the Lease",
+        async || a.log().contains("no longer holds the Lease").then_some(()),
+    )
+    .await;
+    until(
+        Duration::from_secs(180),
+        "b converges the cluster",
+        async || (b.phase(&c.name).as_deref() == Some("Ready")).then_some(()),
+    )
+    .await;
+    assert_exact_vms(&world, &[&c], &[]);
+
+    let late: Vec<_> = writes(&world)
+        .into_iter()
+        .filter(|(t, at, ..)| *t == a.token_id && *at >= resumed_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the old leader wrote to Proxmox after SIGCONT: {late:?}\n{}",
+        a.log()
+    );
+    assert_eq!(
+        authors(&world).iter().filter(|e| **e == a.email).count(),
+        a_commits,
+        "the old leader pushed after SIGCONT"
+    );
+    // The refusal is what a did on resuming: the test proves something only if a had a write to make.
+    until(
+        Duration::from_secs(60),
+        "a's write refused by its gate",
+        async || a.log().contains("withheld").then_some(()),
+    )
+    .await;
+}
