@@ -83,6 +83,8 @@ impl Drop for Management {
 
 /// One `kiln run` with its own state, token and author; SIGKILLed on drop.
 struct Instance {
+    /// Its HTTP API (`/readyz`).
+    api: String,
     token_id: String,
     email: String,
     config: PathBuf,
@@ -127,6 +129,18 @@ impl Instance {
                 "token_id = \"kiln@pve!ci\"",
                 &format!("token_id = \"{token_id}\""),
             );
+        // The HTTP surface, for /readyz: a port free a moment ago (kiln.toml takes no port 0 back).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let api_token = world.dir.path().join(format!("api-token-{name}"));
+        std::fs::write(&api_token, "ha-e2e-api-token\n").unwrap();
+        text.push_str(&format!(
+            "\n[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+            api_token.display()
+        ));
         text.push_str(&format!(
             "\n[ha]\nkubeconfig_file = \"{}\"\nnamespace = \"argocd\"\nlease_name = \"kiln\"\nlease_duration = \"3s\"\n",
             m.ha.kubeconfig_file.display()
@@ -152,6 +166,7 @@ impl Instance {
             .spawn()
             .expect("spawning kiln run");
         Self {
+            api: format!("http://127.0.0.1:{port}"),
             token_id,
             email,
             config,
@@ -296,10 +311,34 @@ async fn one_instance_acts_and_another_takes_over_within_a_lease_after_sigkill()
         "b did not start as a candidate:\n{}",
         b.log()
     );
+    // The follower says so on /readyz (200) and names the leader; `kiln status` too.
+    let body: Value = until(
+        Duration::from_secs(10),
+        "b's /readyz answers 200",
+        async || {
+            let r = reqwest::get(format!("{}/readyz", b.api)).await.ok()?;
+            (r.status() == 200).then_some(())?;
+            r.json().await.ok()
+        },
+    )
+    .await;
+    assert_eq!(body["role"], "follower", "{body}");
+    assert!(a.owns(body["leader"].as_str()), "{body}");
+    let status = kiln()
+        .args(["status", "--config"])
+        .arg(&b.config)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    let leader_line = status
+        .lines()
+        .find(|l| l.starts_with("leader:"))
+        .unwrap_or("");
+    assert!(a.owns(leader_line.split_whitespace().nth(1)), "{status}");
     // An observation window, not a wait for anything: a is frozen but its Lease is still valid
-    // (b counts 3s from when it saw a's last renewal), so for this second b must write nothing,
+    // (b counts 3s from when it saw a's last renewal), so for this half second b must write nothing,
     // however much a left half-done.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let killed_at = wall_now();
     let killed = Instant::now();
     a.kill9();
