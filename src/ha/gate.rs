@@ -9,6 +9,7 @@
 //! runs on while the process is stopped, and nothing but a new successful renewal reopens it.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +25,10 @@ use crate::proxmox::{
 use crate::secrets::{
     CreateOutcome, CustomMetadata, MetadataPatch, ReadOutcome, SecretData, SecretPath, SecretStore,
     SecretsError, Version,
+};
+use crate::talos::grpc::proto::machine::{ApplyMode, EtcdMember, ServiceInfo};
+use crate::talos::grpc::{
+    ApplyOutcome, BootstrapOutcome, ClientIdentity, NodeState, TalosError, TalosNode, TalosPort,
 };
 
 /// A write withheld because this instance does not hold the Lease within its renew deadline.
@@ -277,6 +282,113 @@ impl Transport for GatedTransport {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+}
+
+/// `TalosPort` that asks the gate before every call that changes a node (apply, bootstrap, reset,
+/// upgrade, reboot); reads and dry runs go through. A step may wait minutes between its reads and
+/// its write (a bootstrap waits for the node), so the check sits on the call itself.
+pub struct GatedTalos {
+    inner: Arc<dyn TalosPort>,
+    gate: LeaderGate,
+}
+
+impl GatedTalos {
+    pub fn new(inner: Arc<dyn TalosPort>, gate: LeaderGate) -> Self {
+        Self { inner, gate }
+    }
+}
+
+fn talos_allow(gate: &LeaderGate, what: &'static str) -> Result<(), TalosError> {
+    gate.allow(what)
+        .map_err(|e| TalosError::NotLeader(e.to_string()))
+}
+
+#[async_trait]
+impl TalosPort for GatedTalos {
+    async fn node_state(&self, ip: IpAddr, identity: &ClientIdentity) -> NodeState {
+        self.inner.node_state(ip, identity).await
+    }
+    async fn apply_in_maintenance(
+        &self,
+        ip: IpAddr,
+        vm_uuid: &str,
+        config: &[u8],
+    ) -> Result<ApplyOutcome, TalosError> {
+        talos_allow(&self.gate, "a Talos apply")?;
+        self.inner.apply_in_maintenance(ip, vm_uuid, config).await
+    }
+    async fn maintenance_version(&self, ip: IpAddr) -> Result<String, TalosError> {
+        self.inner.maintenance_version(ip).await
+    }
+    async fn connect(
+        &self,
+        ip: IpAddr,
+        identity: &ClientIdentity,
+    ) -> Result<Box<dyn TalosNode>, TalosError> {
+        let node = self.inner.connect(ip, identity).await?;
+        Ok(Box::new(GatedTalosNode {
+            inner: node,
+            gate: self.gate.clone(),
+        }))
+    }
+}
+
+struct GatedTalosNode {
+    inner: Box<dyn TalosNode>,
+    gate: LeaderGate,
+}
+
+#[async_trait]
+impl TalosNode for GatedTalosNode {
+    async fn bootstrap(&self) -> Result<BootstrapOutcome, TalosError> {
+        talos_allow(&self.gate, "an etcd bootstrap")?;
+        self.inner.bootstrap().await
+    }
+    async fn etcd_members(&self) -> Result<Vec<EtcdMember>, TalosError> {
+        self.inner.etcd_members().await
+    }
+    async fn etcd_members_within(&self, deadline: Duration) -> Result<Vec<EtcdMember>, TalosError> {
+        self.inner.etcd_members_within(deadline).await
+    }
+    async fn services(&self) -> Result<Vec<ServiceInfo>, TalosError> {
+        self.inner.services().await
+    }
+    async fn reset_graceful(&self, reboot: bool) -> Result<(), TalosError> {
+        talos_allow(&self.gate, "a Talos reset")?;
+        self.inner.reset_graceful(reboot).await
+    }
+    async fn running_config(&self) -> Result<String, TalosError> {
+        self.inner.running_config().await
+    }
+    async fn apply(
+        &self,
+        config: &[u8],
+        mode: ApplyMode,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, TalosError> {
+        if !dry_run {
+            talos_allow(&self.gate, "a Talos apply")?;
+        }
+        self.inner.apply(config, mode, dry_run).await
+    }
+    async fn running_version(&self) -> Result<String, TalosError> {
+        self.inner.running_version().await
+    }
+    async fn pull_and_install(&self, image: &str, deadline: Duration) -> Result<(), TalosError> {
+        talos_allow(&self.gate, "a Talos upgrade")?;
+        self.inner.pull_and_install(image, deadline).await
+    }
+    async fn legacy_upgrade(&self, image: &str) -> Result<(), TalosError> {
+        talos_allow(&self.gate, "a Talos upgrade")?;
+        self.inner.legacy_upgrade(image).await
+    }
+    async fn reboot(&self) -> Result<(), TalosError> {
+        talos_allow(&self.gate, "a Talos reboot")?;
+        self.inner.reboot().await
+    }
+    async fn bootstrap_manifests(&self) -> Result<Vec<serde_json::Value>, TalosError> {
+        self.inner.bootstrap_manifests().await
     }
 }
 

@@ -141,10 +141,11 @@ fn is_local_git_url(url: &str) -> bool {
     }
 }
 
-/// `ports` with every Proxmox and secret-store write asking `gate` first.
+/// `ports` with every Proxmox, Talos and secret-store write asking `gate` first.
 pub fn gate_ports(ports: crate::reconcile::Ports, gate: &LeaderGate) -> crate::reconcile::Ports {
     crate::reconcile::Ports {
         proxmox: std::sync::Arc::new(GatedProxmox::new(ports.proxmox, gate.clone())),
+        talos: std::sync::Arc::new(gate::GatedTalos::new(ports.talos, gate.clone())),
         secrets: std::sync::Arc::new(GatedSecrets::new(ports.secrets, gate.clone())),
         ..ports
     }

@@ -70,6 +70,11 @@ pub trait Leadership: Send + Sync {
 
 pub struct Engine {
     leadership: Option<Arc<dyn Leadership>>,
+    /// The process's shutdown; `ctx.shutdown` (what the executor checks before each step) also
+    /// turns true while this instance does not lead.
+    shutdown: watch::Receiver<bool>,
+    /// Sets `ctx.shutdown` with `[ha]` (see [`stop_acting`]).
+    stop: Option<Arc<watch::Sender<bool>>>,
     config: Arc<Config>,
     git: GitSource,
     ctx: Ctx,
@@ -110,6 +115,7 @@ impl Engine {
             jitter: 0.2,
         });
         let render_settings = RenderSettings::from_config(&config);
+        let shutdown_rx = shutdown.clone();
         Ok(Self {
             ctx: Ctx {
                 ports,
@@ -125,6 +131,8 @@ impl Engine {
             render_settings,
             observer: None,
             leadership: None,
+            shutdown: shutdown_rx,
+            stop: None,
         })
     }
 
@@ -135,7 +143,20 @@ impl Engine {
     }
 
     /// Runs cycles only while `leadership` says this instance leads.
+    /// Must be called inside the runtime: a task keeps the executor's stop signal in step.
     pub fn with_leadership(mut self, leadership: Arc<dyn Leadership>) -> Self {
+        // The executor looks at `ctx.shutdown` before each step: with the lease lost it stops the
+        // turn there, quietly, as for a shutdown. Talos and Kubernetes calls are not gated one by
+        // one, so this is what keeps a former leader from going on to them.
+        let (tx, rx) = watch::channel(*self.shutdown.borrow());
+        let tx = Arc::new(tx);
+        tokio::spawn(stop_acting(
+            self.shutdown.clone(),
+            leadership.clone(),
+            tx.clone(),
+        ));
+        self.ctx.shutdown = rx;
+        self.stop = Some(tx);
         self.leadership = Some(leadership);
         self
     }
@@ -179,6 +200,10 @@ impl Engine {
     /// One pass of the loop. Never panics on a system being down: it reports and waits.
     pub async fn cycle(&mut self) -> CycleReport {
         let started = std::time::Instant::now();
+        // A leader that just took over must not wait for the next tick of `stop_acting`.
+        if let (Some(stop), Some(l)) = (&self.stop, &self.leadership) {
+            set_stop(stop, *self.shutdown.borrow() || !l.check());
+        }
         let report = self.cycle_inner().await;
         if let Some(o) = &self.observer {
             o.cycle_done(&report, &self.status, started.elapsed());
@@ -570,7 +595,7 @@ impl Engine {
     /// `kiln run --once`: cycles until every cluster converged or is stuck, or until `timeout`.
     pub async fn run_once(&mut self, timeout: Duration) -> CycleReport {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut shutdown = self.ctx.shutdown.clone();
+        let mut shutdown = self.shutdown.clone();
         loop {
             let report = self.cycle().await;
             if report.settled && report.error.is_none() {
@@ -604,7 +629,7 @@ impl Engine {
     /// The daemon: a cycle per trigger (poll timer, a local repository's change, a poke) and whenever a
     /// cluster asked to be looked at again; returns when `shutdown` turns true, after the current step.
     pub async fn run(&mut self, trigger: crate::git::Trigger) {
-        let mut shutdown = self.ctx.shutdown.clone();
+        let mut shutdown = self.shutdown.clone();
         let poll = self.config.git.poll_interval;
         loop {
             if let Some(leadership) = self.leadership.clone()
@@ -634,6 +659,36 @@ impl Engine {
             }
         }
     }
+}
+
+/// Keeps `stop` equal to "shutting down, or not the leader". The gate shuts by the clock, with no
+/// event, so it is looked at every 100 ms (a fraction of any renew deadline).
+async fn stop_acting(
+    mut shutdown: watch::Receiver<bool>,
+    leadership: Arc<dyn Leadership>,
+    stop: Arc<watch::Sender<bool>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        let down = *shutdown.borrow();
+        set_stop(&stop, down || !leadership.check());
+        if down {
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = shutdown.changed() => if r.is_err() { return },
+            _ = stop.closed() => return,
+        }
+    }
+}
+
+fn set_stop(stop: &watch::Sender<bool>, value: bool) {
+    stop.send_if_modified(|v| {
+        let changed = *v != value;
+        *v = value;
+        changed
+    });
 }
 
 /// Whether a cluster's deep check (secrets, Talos, Kubernetes) is due. Each cluster owns a fixed

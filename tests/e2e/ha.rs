@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::checks::{assert_exact_vms, status_of};
+use crate::checks::{assert_bootstraps, assert_exact_vms, status_of};
 use crate::fixture::ClusterFixture;
 use crate::gitrepo::{Daemon as GitDaemon, git};
 use crate::pve::TOKEN_SECRET;
@@ -101,6 +101,17 @@ impl Instance {
         m: &Management,
         pause_at: Option<&str>,
     ) -> Self {
+        Self::spawn_with(world, name, git_url, &m.ha.kubeconfig_file, pause_at)
+    }
+
+    /// As [`Instance::spawn`], reaching the management API through `kubeconfig`.
+    fn spawn_with(
+        world: &World,
+        name: &'static str,
+        git_url: &str,
+        kubeconfig: &Path,
+        pause_at: Option<&str>,
+    ) -> Self {
         let token_id = format!("kiln@pve!ha-{name}");
         let email = format!("kiln-{name}@ha.e2e");
         world
@@ -143,7 +154,7 @@ impl Instance {
         ));
         text.push_str(&format!(
             "\n[ha]\nkubeconfig_file = \"{}\"\nnamespace = \"argocd\"\nlease_name = \"kiln\"\nlease_duration = \"3s\"\n",
-            m.ha.kubeconfig_file.display()
+            kubeconfig.display()
         ));
         let config = world.dir.path().join(format!("kiln-{name}.toml"));
         std::fs::write(&config, &text).unwrap();
@@ -445,4 +456,166 @@ async fn a_leader_paused_past_its_lease_writes_nothing_after_it_resumes() {
         async || a.log().contains("withheld").then_some(()),
     )
     .await;
+}
+
+/// A TCP relay in front of the management API for one instance; `cut` drops every connection and
+/// refuses new ones, as a network partition between that host and the management cluster would.
+struct Relay {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if *cut_rx.borrow() {
+                    continue;
+                }
+                let mut cut_rx = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cut, task }
+    }
+
+    fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The management API's address, from the kubeconfig `kiln sim kubernetes` wrote.
+fn server_addr(kubeconfig: &Path) -> std::net::SocketAddr {
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .expect("a server line");
+    line.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_leader_cut_from_the_management_api_stops_within_its_renew_deadline() {
+    let c = ClusterFixture::new("hacut", 1, 1);
+    let world = World::start(vec![c.clone()]).await;
+    let daemon = GitDaemon::start(&world.repos);
+    let m = Management::start(world.dir.path()).await;
+    // a reaches the management API through a relay the test can cut; b directly.
+    let direct = server_addr(&m.ha.kubeconfig_file);
+    let relay = Relay::start(direct).await;
+    let relayed = world.dir.path().join("relayed.kubeconfig");
+    std::fs::write(
+        &relayed,
+        std::fs::read_to_string(&m.ha.kubeconfig_file)
+            .unwrap()
+            .replace(&direct.to_string(), &relay.addr.to_string()),
+    )
+    .unwrap();
+    let a = Instance::spawn_with(&world, "a", &daemon.url(), &relayed, Some("vm-cloned"));
+    until(Duration::from_secs(30), "a holds the Lease", async || {
+        let h = m.holder().await;
+        a.owns(h.as_deref()).then_some(())
+    })
+    .await;
+    let b = Instance::spawn(&world, "b", &daemon.url(), &m, None);
+    until(
+        Duration::from_secs(120),
+        "a pauses after its first clone",
+        async || a.log().contains("KILN PAUSED AT vm-cloned").then_some(()),
+    )
+    .await;
+
+    // Cut while a is in the middle of making a VM, then let it run on: it may finish what its
+    // renew deadline still covers, and nothing after.
+    let cut_at = wall_now();
+    let cut = Instant::now();
+    relay.cut();
+    a.signal("-CONT");
+    until(
+        Duration::from_secs(2) + MEASURE_SLACK,
+        "a stops acting within its renew deadline (2s)",
+        async || a.log().contains("no longer holds the Lease").then_some(()),
+    )
+    .await;
+    eprintln!("a stopped acting {:?} after the cut", cut.elapsed());
+    until(
+        LEASE + RETRY + MEASURE_SLACK,
+        "b takes the Lease",
+        async || {
+            let h = m.holder().await;
+            b.owns(h.as_deref()).then_some(())
+        },
+    )
+    .await;
+    eprintln!("b took the Lease {:?} after the cut", cut.elapsed());
+    until(
+        Duration::from_secs(180),
+        "b converges the cluster",
+        async || (b.phase(&c.name).as_deref() == Some("Ready")).then_some(()),
+    )
+    .await;
+    assert_exact_vms(&world, &[&c], &[]);
+
+    let all = writes(&world);
+    let last_a = all
+        .iter()
+        .filter(|w| w.0 == a.token_id)
+        .map(|w| w.1)
+        .fold(f64::MIN, f64::max);
+    let first_b = all
+        .iter()
+        .filter(|w| w.0 == b.token_id)
+        .map(|w| w.1)
+        .fold(f64::MAX, f64::min);
+    assert!(
+        last_a < cut_at + 2.0,
+        "a wrote {:.3}s after the cut, past its renew deadline",
+        last_a - cut_at
+    );
+    // Not in the same second: a's window closed a third of a lease (1s) before b could take over.
+    assert!(
+        first_b - last_a >= 1.0,
+        "a's last write and b's first are {:.3}s apart",
+        first_b - last_a
+    );
+    for (token, _, method, path) in &all {
+        assert!(
+            *token == a.token_id || *token == b.token_id,
+            "a write from {token:?}: {method} {path}"
+        );
+    }
+    // A bootstrap step waits for its node before it calls Bootstrap: a starts it as the leader and
+    // reaches the call seconds after losing the Lease. The gate on the Talos call refuses it there.
+    let log = a.log();
+    let after_loss: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.contains("no longer holds the Lease"))
+        .filter(|l| l.contains("etcd bootstrapped") || l.contains("applied the machine config"))
+        .collect();
+    assert!(
+        after_loss.is_empty(),
+        "a changed a node after losing the Lease: {after_loss:?}"
+    );
+    assert_bootstraps(&world, 1);
 }
