@@ -494,6 +494,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_shut_gate_sends_no_secret_store_write_and_an_open_one_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SecretStore> =
+            Arc::new(crate::secrets::FileStore::open(dir.path()).unwrap());
+        let gate = LeaderGate::new("a_1".into(), Duration::from_secs(10));
+        let gated = GatedSecrets::new(store.clone(), gate.clone());
+        let path = SecretPath::parse("kubernetes/ha/secrets").unwrap();
+        let data: SecretData = [("k".to_owned(), crate::redact::Secret::new("v".to_owned()))]
+            .into_iter()
+            .collect();
+        let refused = gated
+            .create(&path, &data, &CustomMetadata::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, SecretsError::NotLeader(_)), "{refused}");
+        assert!(matches!(
+            store.read(&path).await.unwrap(),
+            ReadOutcome::Absent
+        ));
+        // Reads are never gated.
+        assert!(matches!(
+            gated.read(&path).await.unwrap(),
+            ReadOutcome::Absent
+        ));
+        gate.renewed(Instant::now());
+        gated
+            .create(&path, &data, &CustomMetadata::new())
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.read(&path).await.unwrap(),
+            ReadOutcome::Present(_)
+        ));
+    }
+
+    #[tokio::test]
     async fn waiters_wake_when_the_instance_leads() {
         let gate = LeaderGate::new("a_1".into(), Duration::from_secs(10));
         let waiter = tokio::spawn({
