@@ -146,8 +146,8 @@ impl Engine {
     /// Must be called inside the runtime: a task keeps the executor's stop signal in step.
     pub fn with_leadership(mut self, leadership: Arc<dyn Leadership>) -> Self {
         // The executor looks at `ctx.shutdown` before each step: with the lease lost it stops the
-        // turn there, quietly, as for a shutdown. Talos and Kubernetes calls are not gated one by
-        // one, so this is what keeps a former leader from going on to them.
+        // turn there, quietly, as for a shutdown. Kubernetes calls are not gated one by one, so
+        // this is what keeps a former leader from going on to them.
         let (tx, rx) = watch::channel(*self.shutdown.borrow());
         let tx = Arc::new(tx);
         tokio::spawn(stop_acting(
