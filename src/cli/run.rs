@@ -84,9 +84,11 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
             .await
             .context("opening the Git cache clone")?;
         let shutdown = shutdown_signal();
+        let mut elector_task = None;
         if let (Some((elector, gate)), Some(ha)) = (elector, &config.ha) {
             tracing::info!(identity = gate.identity(), lease = %ha.lease_name, namespace = %ha.namespace, "high availability: competing for the Lease");
-            tokio::spawn(elector.run(shutdown.clone()));
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            elector_task = Some((stop, tokio::spawn(elector.run(stopped))));
             git = git.with_push_gate(kiln::ha::push_gate(&gate));
         }
         let trigger = Trigger::new();
@@ -171,6 +173,13 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
             })
         } else {
             engine.run(trigger).await;
+            // The engine finished its last step: now the Lease may go to another instance.
+            if let Some((stop, task)) = elector_task {
+                let _ = stop.send(true);
+                if let Ok(elector) = task.await {
+                    elector.release().await;
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     })

@@ -238,9 +238,10 @@ impl Elector {
             .filter(|h| !h.is_empty()))
     }
 
-    /// Runs until `shutdown` turns true. A leader that cannot renew keeps trying; its gate shuts
-    /// by itself at the renew deadline.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until `stop` turns true, then hands itself back for [`Self::release`]. A leader that
+    /// cannot renew keeps trying; its gate shuts by itself at the renew deadline. The daemon stops
+    /// it only once the engine finished its last step, so that step is still covered.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Self {
         let mut was_leading = false;
         loop {
             let sent = Instant::now();
@@ -274,12 +275,56 @@ impl Elector {
             let wait = again_in.max(Duration::from_millis(10));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
-                        return;
+                r = stop.changed() => {
+                    if r.is_err() || *stop.borrow() {
+                        return self;
                     }
                 }
             }
+        }
+    }
+
+    /// On a clean exit: gives the Lease up if this instance holds it, as client-go's `release`
+    /// (`ReleaseOnCancel`) does — no holder, a one-second duration — so a follower takes over at
+    /// its next look instead of after a whole lease. The gate shuts first: nothing of this process
+    /// writes after the release.
+    pub async fn release(self) {
+        let mine = self.gate.holder().as_deref() == Some(self.gate.identity());
+        self.gate.held_by(None);
+        if !mine {
+            return;
+        }
+        let released = tokio::time::timeout(self.timing.renew_deadline, async {
+            let Some(lease) = self.api.get_opt(&self.lease_name).await.map_err(api_err)? else {
+                return Ok(false);
+            };
+            let spec = lease.spec.clone().unwrap_or_default();
+            if spec.holder_identity.as_deref() != Some(self.gate.identity()) {
+                return Ok(false);
+            }
+            let mut next = lease.clone();
+            next.spec = Some(LeaseSpec {
+                holder_identity: None,
+                lease_duration_seconds: Some(1),
+                renew_time: Some(MicroTime(Timestamp::now())),
+                acquire_time: Some(MicroTime(Timestamp::now())),
+                lease_transitions: spec.lease_transitions,
+                ..LeaseSpec::default()
+            });
+            self.api
+                .replace(&self.lease_name, &PostParams::default(), &next)
+                .await
+                .map_err(api_err)?;
+            Ok::<_, LeaseError>(true)
+        })
+        .await;
+        match released {
+            Ok(Ok(true)) => tracing::info!(lease = %self.lease_name, "released the Lease"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not release the Lease; it expires by itself")
+            }
+            Err(_) => tracing::warn!("could not release the Lease in time; it expires by itself"),
         }
     }
 
