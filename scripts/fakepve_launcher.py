@@ -30,6 +30,8 @@ Added to fakepve:
 - `request_times`: the wall-clock arrival time of each entry of `requests`, so a test can order a
   request against another process's timestamped log (the Talos simulator's).
 - `acl`: replaces one user's (or token's) ACL, so a test can take a single privilege away.
+- `add_token` / `request_log`: another API token, and (method, path, time, token id) of each request, so a
+  test running several kiln instances (each with its own token) reads who sent what.
 - Someone else's edit (`meddle`): right after the matched read (`GET …/config`) or write (`PUT …/config`)
   of a VM succeeds, config keys are set as another user would, moving the digest (`{n}` in a value
   counts the edits). qemu-server then refuses a write carrying the old digest with "checksum mismatch
@@ -83,11 +85,18 @@ class KilnPve(FakePve):
         # Wall-clock arrival time of each entry of self.requests, so a test can order a request
         # against another process's timestamped log (the Talos simulator's).
         self.request_times = []
+        # The API token id each entry of self.requests came with, so a test running several kiln
+        # instances (each with its own token) can tell who sent what.
+        self.request_tokens = []
 
     def _record(self, request, body):
         super()._record(request, body)
         self.request_times.append(time.time())
         del self.request_times[:len(self.request_times) - len(self.requests)]
+        auth = request.headers.get('Authorization', '')
+        token = auth[len('PVEAPIToken='):].partition('=')[0] if auth.startswith('PVEAPIToken=') else ''
+        self.request_tokens.append(token)
+        del self.request_tokens[:len(self.request_tokens) - len(self.requests)]
 
     def _routes_kiln_options(self):
         return [('GET', '/cluster/options', self._kiln_options)]
@@ -216,9 +225,16 @@ async def command(pve, c):
         return [[m, p, b.decode('utf-8', 'replace')] for m, p, b in pve.requests]
     if name == 'request_times':
         return pve.request_times
+    if name == 'request_log':
+        # One answer, so the three lists are read at the same moment.
+        return [[m, p, t, tok] for (m, p, _), t, tok in zip(pve.requests, pve.request_times, pve.request_tokens)]
+    if name == 'add_token':
+        pve.apitokens[c['tokenid']] = c['secret']
+        return True
     if name == 'clear_requests':
         pve.requests.clear()
         pve.request_times.clear()
+        pve.request_tokens.clear()
         return True
     if name == 'vm':
         return vm_view(pve, c['vmid'])

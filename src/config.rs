@@ -82,6 +82,8 @@ pub struct Config {
     pub argocd: ArgocdConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// Several instances, one leader (`crate::ha` owns the keys and their refusals).
+    pub ha: Option<crate::ha::HaConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -691,6 +693,16 @@ impl Config {
             ));
         }
         check_output_dir(&self.git.output_dir, &self.git.clusters_dir)?;
+        if let Some(ha) = &self.ha {
+            crate::ha::check_config(
+                ha,
+                crate::ha::SharedState {
+                    secrets_backend_is_file: self.secrets.backend == SecretsBackend::File,
+                    proxmox_backend_is_simulated: self.proxmox.backend == ProxmoxBackend::Simulated,
+                    git_url: &self.git.url,
+                },
+            )?;
+        }
         check_no_credentials("git.url", &self.git.url)?;
         if let Some(url) = &self.argocd.repo_url {
             check_no_credentials("argocd.repo_url", url)?;

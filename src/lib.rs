@@ -11,6 +11,8 @@ pub mod spec;
 pub mod demo;
 /// The Git source and the generated-files commit.
 pub mod git;
+/// Several instances, one leader through a Kubernetes Lease (`[ha]`).
+pub mod ha;
 /// Health of a new cluster, drain, Node deletion. (The `kube` crate is `::kube` inside the crate.)
 pub mod kube;
 /// Prometheus metrics of the process (`GET /metrics`).

@@ -5,7 +5,7 @@
 //!
 //! - The end-to-end tests set `KILN_TEST_PAUSE_AT=<point>`: the process announces `KILN PAUSED AT
 //!   <point>` on stderr the first time it reaches that point and stops itself (SIGSTOP, every thread
-//!   at once), so a test can `kill -9` it at an exact step of its progress.
+//!   at once), so a test can `kill -9` it at an exact step of its progress (or SIGCONT it on).
 //! - The in-process tests arm a [`Freeze`] on the threads of the runtime that runs one engine (many
 //!   engines share a test binary, so the point must not be process-wide). The task that reaches the
 //!   point stops dead there, forever, and the test is told; what was written before it stays, nothing
@@ -90,12 +90,25 @@ pub fn reached(point: &str) {
     if wanted() != Some(point) {
         return;
     }
+    // Once per process. The lock is held through the stop, so a task reaching the point meanwhile
+    // waits here (never past it before the stop) and passes only after a SIGCONT.
+    static PAUSED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut paused = PAUSED.lock().unwrap_or_else(|e| e.into_inner());
+    if *paused {
+        return;
+    }
+    *paused = true;
     eprintln!("KILN PAUSED AT {point}");
     let pid = std::process::id().to_string();
-    // Stopping the whole process (not one thread) freezes every cluster's work at this instant.
-    let _ = std::process::Command::new("kill")
+    // Stopping the whole process (not one thread) freezes every cluster's work at this instant. A
+    // SIGCONT resumes it right here (the HA test resumes a leader that lost its lease meanwhile).
+    let stopped = std::process::Command::new("kill")
         .args(["-STOP", &pid])
-        .status();
+        .status()
+        .is_ok_and(|s| s.success());
+    if stopped {
+        return;
+    }
     // If SIGSTOP could not be sent, hold this thread so the point is still never passed.
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));

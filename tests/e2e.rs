@@ -45,6 +45,8 @@ mod decommission;
 mod faults;
 #[path = "e2e/git_safety.rs"]
 mod git_safety;
+#[path = "e2e/ha.rs"]
+mod ha;
 #[path = "e2e/harness.rs"]
 mod harness;
 #[path = "e2e/hostile_input.rs"]

@@ -18,6 +18,15 @@ pub struct Opened {
 }
 
 pub async fn open_ports(config: &Config) -> anyhow::Result<Opened> {
+    open_gated_ports(config, None).await
+}
+
+/// As [`open_ports`]; with `[ha]`'s gate, every Proxmox request that writes and every Proxmox and
+/// secret-store write asks it first (`kiln::ha`).
+pub async fn open_gated_ports(
+    config: &Config,
+    gate: Option<&kiln::ha::LeaderGate>,
+) -> anyhow::Result<Opened> {
     let store = kiln::secrets::open(&config.secrets, &config.state_dir)
         .context("opening the secret store")?;
     if let Err(e) = store.store.check().await {
@@ -30,7 +39,11 @@ pub async fn open_ports(config: &Config) -> anyhow::Result<Opened> {
     ) = match config.proxmox.backend {
         ProxmoxBackend::Api => {
             let a = Arc::new(
-                PveAdapter::from_config(&config.proxmox).context("the Proxmox API client")?,
+                PveAdapter::from_config_wrapped(&config.proxmox, |t| match gate {
+                    Some(g) => Arc::new(kiln::ha::gate::GatedTransport::new(t, g.clone())),
+                    None => t,
+                })
+                .context("the Proxmox API client")?,
             );
             (a.clone(), Some(a), None)
         }
@@ -45,12 +58,16 @@ pub async fn open_ports(config: &Config) -> anyhow::Result<Opened> {
             (lab.proxmox(), Some(lab.adapter()), Some(Box::new(lab)))
         }
     };
+    let ports = Ports {
+        proxmox,
+        talos: Arc::new(kiln::talos::grpc::GrpcTalos::default()),
+        secrets: store.store.clone(),
+        kube: Arc::new(KubeRs),
+    };
     Ok(Opened {
-        ports: Ports {
-            proxmox,
-            talos: Arc::new(kiln::talos::grpc::GrpcTalos::default()),
-            secrets: store.store.clone(),
-            kube: Arc::new(KubeRs),
+        ports: match gate {
+            Some(g) => kiln::ha::gate_ports(ports, g),
+            None => ports,
         },
         adapter,
         _store: store,
@@ -86,4 +103,20 @@ pub fn progress_logger() -> tokio::sync::mpsc::UnboundedSender<Progress> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     tx
+}
+
+/// `[ha]`: who holds the Lease now, in words (read from the management cluster, not the daemon, so
+/// it is right on a follower's host too).
+pub fn lease_holder(ha: &kiln::ha::HaConfig) -> String {
+    let read = tokio::runtime::Runtime::new()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(kiln::ha::Elector::holder(ha))
+                .map_err(|e| e.to_string())
+        });
+    match read {
+        Ok(Some(holder)) => format!("{holder} (Lease {}/{})", ha.namespace, ha.lease_name),
+        Ok(None) => format!("nobody holds Lease {}/{}", ha.namespace, ha.lease_name),
+        Err(e) => format!("unknown ({e})"),
+    }
 }

@@ -16,7 +16,7 @@ use kiln::reconcile::{Engine, Intent};
 use kiln::server::{self, DaemonView, SecretBytes};
 use kiln::systemd::{Liveness, Notifier};
 
-use super::ports::{open_ports, progress_logger, shutdown_signal};
+use super::ports::{open_gated_ports, progress_logger, shutdown_signal};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -88,7 +88,17 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
     runtime.block_on(async move {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("creating {}", config.state_dir.display()))?;
-        let opened = open_ports(&config).await?;
+        // [ha]: every write asks the gate; the elector runs beside the engine (docs/ha.md).
+        let elector = match &config.ha {
+            Some(ha) => Some(
+                kiln::ha::Elector::connect(ha, kiln::ha::identity())
+                    .await
+                    .context("[ha]")?,
+            ),
+            None => None,
+        };
+        let gate = elector.as_ref().map(|(_, gate)| gate.clone());
+        let opened = open_gated_ports(&config, gate.as_ref()).await?;
         // Before READY: from then on systemd may stop kiln, and a SIGTERM must find the handler
         // that finishes the current step (not the default action, which kills at once).
         let shutdown = shutdown_signal();
@@ -103,15 +113,28 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
         }
         let liveness = Liveness::new();
         liveness.touch();
-        let git = GitSource::open(&config.git, &config.state_dir)
+        let mut git = GitSource::open(&config.git, &config.state_dir)
             .await
             .context("opening the Git cache clone")?;
+        let mut elector_task = None;
+        if let (Some((elector, gate)), Some(ha)) = (elector, &config.ha) {
+            tracing::info!(identity = gate.identity(), lease = %ha.lease_name, namespace = %ha.namespace, "high availability: competing for the Lease");
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            elector_task = Some((stop, tokio::spawn(elector.run(stopped))));
+            git = git.with_push_gate(kiln::ha::push_gate(&gate));
+        }
         let trigger = Trigger::new();
         // The HTTP surface comes up before anything that waits on another system, so a forge or a
         // Proxmox that is down at boot shows in /readyz instead of keeping kiln from starting.
         let view = Arc::new(DaemonView::new(
             StatusBook::load(&config.state_dir).unwrap_or_default(),
         ));
+        if let Some(gate) = gate.clone() {
+            view.set_leadership(Box::new(move || server::HaRole {
+                role: gate.role(),
+                leader: gate.holder(),
+            }));
+        }
         if !once && let Some(token_file) = &config.api.token_file {
             let state = server::AppState {
                 config: Arc::new(config.clone()),
@@ -181,6 +204,15 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
             .context("loading kiln's state")?
             .with_observer(view)
             .with_liveness(liveness);
+        if let Some(gate) = gate {
+            engine = engine.with_leadership(Arc::new(gate.clone()));
+            if once {
+                // `--once` acts only as the leader too; it waits for the Lease within its timeout.
+                tokio::time::timeout(timeout, gate.until_leading())
+                    .await
+                    .context("run --once: this instance did not get the Lease in time")?;
+            }
+        }
         if once {
             let report = engine.run_once(timeout).await;
             print!("{}", engine.status().table());
@@ -195,6 +227,13 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
             })
         } else {
             engine.run(trigger).await;
+            // The engine finished its last step: now the Lease may go to another instance.
+            if let Some((stop, task)) = elector_task {
+                let _ = stop.send(true);
+                if let Ok(elector) = task.await {
+                    elector.release().await;
+                }
+            }
             notifier.stopping("the current step finished");
             Ok(ExitCode::SUCCESS)
         }

@@ -37,10 +37,27 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         fail_leave: Vec<std::net::SocketAddr>,
     },
+    /// Serve a management (Argo CD) cluster's Kubernetes API over TLS with client certificates, for
+    /// `[ha]`'s Lease; writes a kubeconfig for it.
+    Kubernetes {
+        /// IP:port (port 0: any; the address is printed and written in the kubeconfig).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        #[arg(long, value_name = "FILE")]
+        kubeconfig_out: std::path::PathBuf,
+        /// Namespaces to create besides the API server's own; repeat for more.
+        #[arg(long, default_value = "argocd")]
+        namespace: Vec<String>,
+    },
 }
 
 pub fn exec(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Kubernetes {
+            listen,
+            kubeconfig_out,
+            namespace,
+        } => sim_kubernetes(listen, &kubeconfig_out, &namespace),
         Command::Talos {
             listen,
             dump_dir,
@@ -123,6 +140,26 @@ fn sim_talos(
             _ = sim.wait() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn sim_kubernetes(
+    listen: std::net::SocketAddr,
+    kubeconfig_out: &std::path::Path,
+    namespaces: &[String],
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let names: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+        let m = kiln::sim::kubernetes::management::start(listen, &names).await?;
+        // Written whole under another name, then renamed: a reader never sees half a kubeconfig.
+        let partial = kubeconfig_out.with_extension("partial");
+        std::fs::write(&partial, &m.kubeconfig)
+            .and_then(|()| std::fs::rename(&partial, kubeconfig_out))
+            .with_context(|| format!("writing {}", kubeconfig_out.display()))?;
+        println!("kubernetes API listening on {}", m.server.addr);
+        tokio::signal::ctrl_c().await.ok();
         anyhow::Ok(ExitCode::SUCCESS)
     })
 }

@@ -67,6 +67,9 @@ pub fn status(config_path: &Path, name: Option<&str>, json: bool) -> anyhow::Res
             println!("{}", serde_json::to_string_pretty(&book)?);
         } else {
             print!("{}", book.table());
+            if let Some(ha) = &config.ha {
+                println!("\nleader:   {}", super::ports::lease_holder(ha));
+            }
             let credentials = book.credentials_table(now);
             if !credentials.is_empty() {
                 print!("\ncredentials:\n{credentials}");

@@ -61,6 +61,9 @@ pub enum GitError {
     Join(String),
     #[error("git: no revision fetched yet")]
     NothingFetched,
+    /// `[ha]`: this instance does not hold the Lease, so the push was not made.
+    #[error("git: push withheld: {0}")]
+    NotLeader(String),
 }
 
 /// A commit attempt fails either in Git or in the caller's closure (rendering, or refusing an

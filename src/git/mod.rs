@@ -26,5 +26,5 @@ pub use gix::ObjectId;
 pub use local::{read_revision, read_work_tree};
 pub use remote::{FetchReport, Remote};
 pub use snapshot::{ClusterFile, IntentRevision, Snapshot, TEMPLATES_DIR};
-pub use source::{GitSource, PollOutcome, PublishOutcome, Rendered, RetryPolicy};
+pub use source::{GitSource, PollOutcome, PublishOutcome, PushGate, Rendered, RetryPolicy};
 pub use trigger::{Trigger, Wake, jittered, local_repo_path, watch_if_local, watch_local};

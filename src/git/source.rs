@@ -88,7 +88,12 @@ pub struct GitSource {
     /// Held across every operation that fetches or pushes.
     ops: Arc<tokio::sync::Mutex<()>>,
     state: Arc<Mutex<State>>,
+    /// `[ha]`: asked right before each push; `Err` withholds it (`crate::ha` sets it).
+    push_gate: Option<PushGate>,
 }
+
+/// Says whether this instance may push now, or why not.
+pub type PushGate = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// `blocking`, abandoned after `remote.timeout` (gix has no timeout of its own for a server that
 /// accepts and then says nothing). The abandoned thread ends when its connection does.
@@ -141,6 +146,7 @@ impl GitSource {
                 last_good,
                 last_fetch: None,
             })),
+            push_gate: None,
         })
     }
 
@@ -227,6 +233,12 @@ impl GitSource {
         blocking(move || read_snapshot(&remote.open()?, rev, &clusters_dir)).await
     }
 
+    /// Asks `gate` right before every push from now on.
+    pub fn with_push_gate(mut self, gate: PushGate) -> Self {
+        self.push_gate = Some(gate);
+        self
+    }
+
     /// The snapshot of the last good revision.
     pub async fn current_snapshot(&self) -> Result<Snapshot, GitError> {
         let rev = self.current().await.ok_or(GitError::NothingFetched)?;
@@ -302,6 +314,7 @@ impl GitSource {
             let author = self.author.clone();
             let parent = snapshot.rev;
             let branch = branch.to_string();
+            let gate = self.push_gate.clone();
             let pushed = blocking(move || {
                 let repo = remote.open()?;
                 let commit = match &change {
@@ -315,6 +328,10 @@ impl GitSource {
                 let Some(commit) = commit else {
                     return Ok(None);
                 };
+                // Last thing before the push leaves: rendering and committing took time.
+                if let Some(gate) = &gate {
+                    gate().map_err(GitError::NotLeader)?;
+                }
                 match remote.push(commit, &branch) {
                     Ok(()) => {
                         if to_tracked {

@@ -56,8 +56,16 @@ fn text(v: Option<&Value>) -> Option<String> {
 
 impl PveAdapter {
     pub fn from_config(cfg: &ProxmoxConfig) -> Result<Self, ProxmoxError> {
+        Self::from_config_wrapped(cfg, |t| t)
+    }
+
+    /// As [`Self::from_config`], every request passing through `wrap` first (`crate::ha`).
+    pub fn from_config_wrapped(
+        cfg: &ProxmoxConfig,
+        wrap: impl FnOnce(Arc<dyn crate::proxmox::Transport>) -> Arc<dyn crate::proxmox::Transport>,
+    ) -> Result<Self, ProxmoxError> {
         Ok(Self::new(
-            Api::from_config(cfg)?,
+            Api::from_config(cfg)?.wrap_transport(wrap),
             cfg.task_timeout,
             cfg.shutdown_timeout,
             cfg.max_parallel_clones,

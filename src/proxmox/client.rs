@@ -82,6 +82,9 @@ pub enum TransportError {
     /// The request may have reached the server and run; the answer was lost.
     #[error("no answer: {0}")]
     NoAnswer(String),
+    /// Not sent because this instance may not write (`[ha]`): not retried.
+    #[error("{0}")]
+    Withheld(String),
 }
 
 /// The PVE API over HTTPS, with API-token auth and kiln's TLS trust.
@@ -240,6 +243,15 @@ impl Api {
         }
     }
 
+    /// The same client with `wrap` in front of its transport (`[ha]`'s leader gate).
+    pub fn wrap_transport(
+        mut self,
+        wrap: impl FnOnce(Arc<dyn Transport>) -> Arc<dyn Transport>,
+    ) -> Self {
+        self.transport = wrap(self.transport);
+        self
+    }
+
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
@@ -278,6 +290,7 @@ impl Api {
             TransportError::NoAnswer(m) if method == Method::GET => {
                 ProxmoxError::Transport(format!("{method} {path}: {m}"))
             }
+            TransportError::Withheld(m) => ProxmoxError::NotLeader(m),
             TransportError::NoAnswer(_) => ProxmoxError::NoAnswer {
                 method: method.to_string(),
                 path: path.to_owned(),

@@ -53,6 +53,9 @@ pub enum ProxmoxError {
     NoAnswer { method: String, path: String },
     #[error("unexpected answer from Proxmox: {0}")]
     Protocol(String),
+    /// `[ha]`: this instance does not hold the Lease, so nothing was sent (`crate::ha::gate`).
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 impl ProxmoxError {

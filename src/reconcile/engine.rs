@@ -61,7 +61,22 @@ pub trait CycleObserver: Send + Sync {
     fn cycle_done(&self, report: &CycleReport, status: &StatusBook, took: Duration);
 }
 
+/// `[ha]`: whether this instance leads (`crate::ha::LeaderGate`). Only the leader runs cycles; a
+/// cycle during which the lease was lost leaves the status as it was (its refused writes are not
+/// the clusters' failures).
+pub trait Leadership: Send + Sync {
+    fn check(&self) -> bool;
+    fn until_leading(&self)
+    -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
 pub struct Engine {
+    leadership: Option<Arc<dyn Leadership>>,
+    /// The process's shutdown; `ctx.shutdown` (what the executor checks before each step) also
+    /// turns true while this instance does not lead.
+    shutdown: watch::Receiver<bool>,
+    /// Sets `ctx.shutdown` with `[ha]` (see [`stop_acting`]).
+    stop: Option<Arc<watch::Sender<bool>>>,
     config: Arc<Config>,
     git: GitSource,
     ctx: Ctx,
@@ -102,6 +117,7 @@ impl Engine {
             jitter: 0.2,
         });
         let render_settings = RenderSettings::from_config(&config);
+        let shutdown_rx = shutdown.clone();
         Ok(Self {
             ctx: Ctx {
                 ports,
@@ -117,6 +133,9 @@ impl Engine {
             status,
             render_settings,
             observer: None,
+            leadership: None,
+            shutdown: shutdown_rx,
+            stop: None,
         })
     }
 
@@ -124,6 +143,29 @@ impl Engine {
     pub fn with_observer(mut self, observer: Arc<dyn CycleObserver>) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    /// Runs cycles only while `leadership` says this instance leads.
+    /// Must be called inside the runtime: a task keeps the executor's stop signal in step.
+    pub fn with_leadership(mut self, leadership: Arc<dyn Leadership>) -> Self {
+        // The executor looks at `ctx.shutdown` before each step: with the lease lost it stops the
+        // turn there, quietly, as for a shutdown. Kubernetes calls are not gated one by one, so
+        // this is what keeps a former leader from going on to them.
+        let (tx, rx) = watch::channel(*self.shutdown.borrow());
+        let tx = Arc::new(tx);
+        tokio::spawn(stop_acting(
+            self.shutdown.clone(),
+            leadership.clone(),
+            tx.clone(),
+        ));
+        self.ctx.shutdown = rx;
+        self.stop = Some(tx);
+        self.leadership = Some(leadership);
+        self
+    }
+
+    fn lost_leadership(&self) -> bool {
+        self.leadership.as_ref().is_some_and(|l| !l.check())
     }
 
     pub fn status(&self) -> &StatusBook {
@@ -167,6 +209,10 @@ impl Engine {
     /// One pass of the loop. Never panics on a system being down: it reports and waits.
     pub async fn cycle(&mut self) -> CycleReport {
         let started = std::time::Instant::now();
+        // A leader that just took over must not wait for the next tick of `stop_acting`.
+        if let (Some(stop), Some(l)) = (&self.stop, &self.leadership) {
+            set_stop(stop, *self.shutdown.borrow() || !l.check());
+        }
         self.ctx.liveness.touch();
         if let Some(o) = &self.observer {
             o.cycle_started();
@@ -324,8 +370,14 @@ impl Engine {
             }
         }
 
+        let lost = self.lost_leadership();
+        if lost {
+            tracing::info!(
+                "the lease was lost during this cycle: its writes were withheld, the status is left as it was"
+            );
+        }
         let mut report = CycleReport {
-            settled: true,
+            settled: !lost,
             // The generated files are part of the result: a cycle that could not publish them (a
             // template override that never ends, a push refused) has not converged, whatever the VMs.
             converged: git_error.is_none() && publish_ok,
@@ -352,7 +404,9 @@ impl Engine {
             {
                 self.records.clusters.insert(key, r);
             }
-            self.status.clusters.insert(name, o.status);
+            if !lost {
+                self.status.clusters.insert(name, o.status);
+            }
         }
         // Statuses of clusters Git no longer names and kiln never managed.
         let records = &self.records;
@@ -538,6 +592,14 @@ impl Engine {
                     present_at_tip,
                 }
             }
+            Err(e) if self.lost_leadership() => {
+                tracing::info!(error = %e, "not the leader: the generated files are left to the leader");
+                Published {
+                    pushed: None,
+                    ok: false,
+                    present_at_tip,
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot publish the generated files; retrying next cycle");
                 for s in self.status.clusters.values_mut() {
@@ -555,7 +617,7 @@ impl Engine {
     /// `kiln run --once`: cycles until every cluster converged or is stuck, or until `timeout`.
     pub async fn run_once(&mut self, timeout: Duration) -> CycleReport {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut shutdown = self.ctx.shutdown.clone();
+        let mut shutdown = self.shutdown.clone();
         loop {
             let report = self.cycle().await;
             if report.settled && report.error.is_none() {
@@ -590,9 +652,21 @@ impl Engine {
     /// The daemon: a cycle per trigger (poll timer, a local repository's change, a poke) and whenever a
     /// cluster asked to be looked at again; returns when `shutdown` turns true, after the current step.
     pub async fn run(&mut self, trigger: crate::git::Trigger) {
-        let mut shutdown = self.ctx.shutdown.clone();
+        let mut shutdown = self.shutdown.clone();
         let poll = self.config.git.poll_interval;
         loop {
+            if let Some(leadership) = self.leadership.clone()
+                && !leadership.check()
+            {
+                tracing::info!("following: waiting for the lease");
+                tokio::select! {
+                    _ = leadership.until_leading() => tracing::info!("leading: reconciling"),
+                    _ = shutdown.changed() => {
+                        tracing::info!("shutting down");
+                        return;
+                    }
+                }
+            }
             let report = self.cycle().await;
             if *shutdown.borrow() {
                 tracing::info!("shutting down");
@@ -612,6 +686,36 @@ impl Engine {
             }
         }
     }
+}
+
+/// Keeps `stop` equal to "shutting down, or not the leader". The gate shuts by the clock, with no
+/// event, so it is looked at every 100 ms (a fraction of any renew deadline).
+async fn stop_acting(
+    mut shutdown: watch::Receiver<bool>,
+    leadership: Arc<dyn Leadership>,
+    stop: Arc<watch::Sender<bool>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        let down = *shutdown.borrow();
+        set_stop(&stop, down || !leadership.check());
+        if down {
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = shutdown.changed() => if r.is_err() { return },
+            _ = stop.closed() => return,
+        }
+    }
+}
+
+fn set_stop(stop: &watch::Sender<bool>, value: bool) {
+    stop.send_if_modified(|v| {
+        let changed = *v != value;
+        *v = value;
+        changed
+    });
 }
 
 /// Whether a cluster's deep check (secrets, Talos, Kubernetes) is due. Each cluster owns a fixed

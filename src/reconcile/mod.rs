@@ -27,7 +27,7 @@ pub mod turn;
 mod upgrade_record;
 pub mod worker;
 
-pub use engine::{CycleObserver, CycleReport, Engine};
+pub use engine::{CycleObserver, CycleReport, Engine, Leadership};
 pub use policy::Intent;
 pub use ports::{KubeConnect, KubeRs, Ports};
 pub use worker::Progress;

@@ -55,6 +55,9 @@ pub enum SecretsError {
     Corrupt { path: PathBuf, message: String },
     #[error("secret store configuration: {0}")]
     Config(String),
+    /// `[ha]`: this instance does not hold the Lease, so nothing was sent (`crate::ha::gate`).
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 impl SecretsError {

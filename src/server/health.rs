@@ -45,6 +45,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "last_cycle": health.last_cycle.map(|(_, t)| rfc3339(t)),
         "cycle_running_since": health.cycle_running_since.map(|(_, t)| rfc3339(t)),
         "problems": problems,
+        "role": health.ha.as_ref().map(|h| h.role),
+        "leader": health.ha.as_ref().and_then(|h| h.leader.clone()),
     });
     let code = if ready {
         StatusCode::OK
@@ -60,7 +62,10 @@ fn problems(health: &Health, window: Duration, now: Instant) -> Vec<String> {
     let ago = |at: Instant| {
         humantime::format_duration(Duration::from_secs(now.duration_since(at).as_secs()))
     };
+    // A follower runs no cycles (DESIGN §8): it is ready when it can serve status.
+    let following = health.ha.as_ref().is_some_and(|h| h.role == "follower");
     match (health.last_cycle, health.cycle_running_since) {
+        _ if following => {}
         // The first cycle has to finish before anything is known to work, however it goes.
         (None, _) => problems.push("no reconcile cycle has finished yet".to_owned()),
         // A cycle at work is alive however long it takes; its steps have their own budgets.
@@ -124,7 +129,30 @@ mod tests {
             git_error: None,
             git_ever_read: true,
             cycle_running_since: None,
+            ha: None,
         }
+    }
+
+    #[test]
+    fn a_follower_runs_no_cycles_and_is_ready() {
+        let t0 = Instant::now();
+        let follower = Health {
+            ha: Some(super::super::HaRole {
+                role: "follower",
+                leader: Some("pve1_42".into()),
+            }),
+            ..Health::default()
+        };
+        assert!(problems(&follower, WINDOW, t0).is_empty());
+        // The same instance as a leader that never finished a cycle is not ready.
+        let leader = Health {
+            ha: Some(super::super::HaRole {
+                role: "leader",
+                leader: None,
+            }),
+            ..Health::default()
+        };
+        assert_eq!(problems(&leader, WINDOW, t0).len(), 1);
     }
 
     #[test]

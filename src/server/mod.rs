@@ -37,6 +37,16 @@ pub use error::ApiError;
 pub struct DaemonView {
     status: RwLock<StatusBook>,
     health: Mutex<Health>,
+    /// `[ha]`: reads this instance's role and the Lease's holder when asked (`crate::ha`).
+    leadership: std::sync::OnceLock<Box<dyn Fn() -> HaRole + Send + Sync>>,
+}
+
+/// `[ha]`: this instance's role and who holds the Lease, as last read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HaRole {
+    /// `leader` or `follower`.
+    pub role: &'static str,
+    pub leader: Option<String>,
 }
 
 /// The daemon's own health, as `/readyz` reports it.
@@ -50,6 +60,8 @@ pub struct Health {
     pub git_ever_read: bool,
     /// When the cycle running now started; `None` between cycles.
     pub cycle_running_since: Option<(Instant, OffsetDateTime)>,
+    /// With `[ha]`: this instance's role now.
+    pub ha: Option<HaRole>,
 }
 
 impl DaemonView {
@@ -58,7 +70,13 @@ impl DaemonView {
         Self {
             status: RwLock::new(status),
             health: Mutex::new(Health::default()),
+            leadership: std::sync::OnceLock::new(),
         }
+    }
+
+    /// `[ha]`: where [`Health::ha`] is read from.
+    pub fn set_leadership(&self, read: Box<dyn Fn() -> HaRole + Send + Sync>) {
+        let _ = self.leadership.set(read);
     }
 
     pub fn status(&self) -> StatusBook {
@@ -69,10 +87,13 @@ impl DaemonView {
     }
 
     pub fn health(&self) -> Health {
-        self.health
+        let mut health = self
+            .health
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        health.ha = self.leadership.get().map(|read| read());
+        health
     }
 }
 

@@ -12,6 +12,7 @@
 //! controller's budget arithmetic and the Eviction API), `table` (what `kubectl get` prints).
 
 mod discovery;
+pub mod management;
 mod nodes;
 mod routes;
 mod static_pods;

@@ -83,6 +83,9 @@ pub enum TalosError {
         expected: String,
         found: String,
     },
+    /// `[ha]`: this instance does not hold the Lease, so nothing was sent (`crate::ha::gate`).
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 impl TalosError {
