@@ -101,6 +101,15 @@ fn commit_failed(e: CommitError<ApiError>, to_review_branch: bool) -> ApiError {
                 "the review branch exists already with other commits; merge or delete it first",
             )
         }
+        // `[ha]`: a follower is read-only (DESIGN §8); the client goes to the leader, which
+        // /readyz names.
+        CommitError::Git(GitError::NotLeader(why)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_leader",
+            format!(
+                "this kiln instance does not lead, so it writes nothing ({why}); send writes to the leader, which /readyz names"
+            ),
+        ),
         CommitError::Git(e) => git_unavailable(&e),
     }
 }

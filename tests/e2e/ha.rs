@@ -346,6 +346,19 @@ async fn one_instance_acts_and_another_takes_over_within_a_lease_after_sigkill()
         .find(|l| l.starts_with("leader:"))
         .unwrap_or("");
     assert!(a.owns(leader_line.split_whitespace().nth(1)), "{status}");
+    // A follower is read-only through its API too: a removal sent to b is refused (503, naming
+    // why), and the remote does not move.
+    let tip = git(&world.repos.bare, &["rev-parse", "main"]);
+    let refused = reqwest::Client::new()
+        .delete(format!("{}/api/v1/clusters/haover", b.api))
+        .bearer_auth("ha-e2e-api-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "not_leader", "{refused}");
+    assert_eq!(git(&world.repos.bare, &["rev-parse", "main"]), tip);
     // An observation window, not a wait for anything: a is frozen but its Lease is still valid
     // (b counts 3s from when it saw a's last renewal), so for this half second b must write nothing,
     // however much a left half-done.
