@@ -209,3 +209,54 @@ async fn tls_is_verified_against_ca_file() {
         other => panic!("an unknown CA must be refused, got {other:?}"),
     }
 }
+
+/// The audit device the HA e2e tests read (`Bao::start_audited`): each write on the mount names the
+/// writing token by its display name, with its operation, and the log never holds the value.
+#[tokio::test]
+async fn the_audit_device_names_each_writes_token_and_never_its_value() {
+    let bao = Bao::start_audited().await;
+    bao.enable_kv2("admin").await;
+    let token = bao.create_named_token("audit-probe").await;
+    let token_file = bao.write_file("probe-token", &token);
+    let store = VaultStore::new(settings(&bao, "admin", VaultAuth::TokenFile(token_file))).unwrap();
+    let value = format!("audit-value-{:016x}", rand::random::<u64>());
+    let p = path("kubernetes/audited/secrets");
+    let meta = CustomMetadata::from([("owner".to_owned(), "audit".to_owned())]);
+    store
+        .create(&p, &secret_data([("k", value.as_str())]), &meta)
+        .await
+        .unwrap();
+    store.delete(&p).await.unwrap();
+
+    let writes = bao.audited_writes("admin");
+    let ops: Vec<(&str, &str)> = writes
+        .iter()
+        .map(|w| (w.display_name.as_str(), w.operation.as_str()))
+        .collect();
+    // The value, then its custom metadata, then the delete; the operator's mount and probe reads
+    // are no writes on the mount.
+    assert!(ops.contains(&("token-audit-probe", "create")), "{writes:?}");
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.path == "admin/data/kubernetes/audited/secrets"),
+        "{writes:?}"
+    );
+    assert!(ops.contains(&("token-audit-probe", "delete")), "{writes:?}");
+    assert!(
+        ops.iter().all(|(name, _)| *name == "token-audit-probe"),
+        "{writes:?}"
+    );
+    let at_least = writes.iter().map(|w| w.at).fold(f64::MAX, f64::min);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        now - at_least < 60.0 && at_least <= now,
+        "audit times are wall-clock seconds"
+    );
+    let log = std::fs::read_to_string(bao.audit_log.as_ref().unwrap()).unwrap();
+    assert!(!log.contains(&value), "the audit log holds a secret value");
+    assert!(!log.contains(&token), "the audit log holds a client token");
+}
