@@ -334,15 +334,17 @@ async fn takeover(m: &Management, old: &Instance, new: &Instance, old_seen: f64)
 }
 
 /// The world (its Vault audited), the Git remote behind `git daemon`, the management API, and
-/// instance `a` leading; `a` stops itself (SIGSTOP) right after its first clone, before it
-/// configures that VM. Last: a wall time at which `a` was seen holding the Lease.
+/// instance `a` leading; `a` stops itself (SIGSTOP) at crash point `pause_at` (`vm-cloned`: right
+/// after its first clone, before it configures that VM). Last: a wall time at which `a` was seen
+/// holding the Lease.
 async fn two_instances(
     cluster: &ClusterFixture,
+    pause_at: &'static str,
 ) -> (World, GitDaemon, Management, Instance, Instance, f64) {
     let world = World::start_audited(vec![cluster.clone()]).await;
     let daemon = GitDaemon::start(&world.repos);
     let m = Management::start(world.dir.path()).await;
-    let a = Instance::spawn(&world, "a", &daemon.url(), &m, Some("vm-cloned")).await;
+    let a = Instance::spawn(&world, "a", &daemon.url(), &m, Some(pause_at)).await;
     let a_led = until(
         Duration::from_secs(30),
         "instance a holds the Lease",
@@ -354,10 +356,11 @@ async fn two_instances(
     )
     .await;
     let b = Instance::spawn(&world, "b", &daemon.url(), &m, None).await;
+    let paused = format!("KILN PAUSED AT {pause_at}");
     until(
         Duration::from_secs(120),
-        "a pauses after its first clone",
-        async || a.log().contains("KILN PAUSED AT vm-cloned").then_some(()),
+        "a pauses at its crash point",
+        async || a.log().contains(&paused).then_some(()),
     )
     .await;
     assert!(
@@ -370,7 +373,7 @@ async fn two_instances(
 #[tokio::test]
 async fn one_instance_acts_and_another_takes_over_within_a_lease_after_sigkill() {
     let c = ClusterFixture::new("haover", 1, 1);
-    let (world, _daemon, m, mut a, b, _) = two_instances(&c).await;
+    let (world, _daemon, m, mut a, b, _) = two_instances(&c, "vm-cloned").await;
 
     // a cloned a VM and stopped before configuring it; b, a follower, waits. Kill a: half made.
     assert!(
@@ -462,6 +465,7 @@ async fn one_instance_acts_and_another_takes_over_within_a_lease_after_sigkill()
     // what the cluster's convergence added after it.
     let vault = vault_writes(&world);
     let by = |i: &Instance| vault.iter().filter(|w| w.0 == i.vault_name).count();
+    eprintln!("Vault writes audited: a {}, b {}", by(&a), by(&b));
     assert!(
         by(&a) > 0 && by(&b) > 0,
         "Vault writes by a: {}, by b: {}",
@@ -508,7 +512,7 @@ async fn one_instance_acts_and_another_takes_over_within_a_lease_after_sigkill()
 #[tokio::test]
 async fn a_leader_paused_past_its_lease_writes_nothing_after_it_resumes() {
     let c = ClusterFixture::new("hapause", 1, 1);
-    let (world, _daemon, m, a, b, a_led) = two_instances(&c).await;
+    let (world, _daemon, m, a, b, a_led) = two_instances(&c, "vm-cloned").await;
 
     // a is frozen between a clone and that VM's configuration: on resume, its very next request
     // would configure the VM.
@@ -548,6 +552,7 @@ async fn a_leader_paused_past_its_lease_writes_nothing_after_it_resumes() {
     // Vault, from its audit log: a's writes all fall before b was seen leading (so before a
     // resumed), b's all after a was last seen leading; no other token wrote.
     let vault = vault_writes(&world);
+    eprintln!("Vault writes audited: {vault:?}");
     assert!(
         vault.iter().any(|w| w.0 == a.vault_name) && vault.iter().any(|w| w.0 == b.vault_name),
         "a Vault write by each instance expected: {:?}",
@@ -573,6 +578,70 @@ async fn a_leader_paused_past_its_lease_writes_nothing_after_it_resumes() {
         Duration::from_secs(60),
         "a's write refused by its gate",
         async || a.log().contains("withheld").then_some(()),
+    )
+    .await;
+}
+
+/// The paused-leader case where what the old leader would do next is a Vault write: `a` is frozen
+/// after etcd's Bootstrap answered and before it marks the bundle `bootstrapped-at` (a metadata
+/// patch through the gated store). On resume, that patch must be withheld, and the audit log must
+/// show every write of a's token before b led, every write of b's after a last did.
+#[tokio::test]
+async fn a_leader_paused_before_a_vault_write_writes_nothing_to_vault_after_it_resumes() {
+    let c = ClusterFixture::new("havault", 1, 1);
+    let (world, _daemon, m, a, b, a_led) = two_instances(&c, "etcd-bootstrapped").await;
+    let (a_last_seen, b_first_seen) = takeover(&m, &a, &b, a_led).await;
+    let resumed_at = wall_now();
+    a.signal("-CONT");
+    until(
+        Duration::from_secs(30),
+        "a notices it lost the Lease",
+        async || a.log().contains("no longer holds the Lease").then_some(()),
+    )
+    .await;
+    until(
+        Duration::from_secs(180),
+        "b converges the cluster",
+        async || (b.phase(&c.name).as_deref() == Some("Ready")).then_some(()),
+    )
+    .await;
+    assert_exact_vms(&world, &[&c], &[]);
+
+    let vault = vault_writes(&world);
+    eprintln!("Vault writes audited: {vault:?}");
+    let marker = format!("{VAULT_MOUNT}/metadata/kubernetes/{}/secrets", c.name);
+    for (name, at, op, path) in &vault {
+        match name {
+            n if *n == a.vault_name => assert!(
+                *at < b_first_seen && *at < resumed_at,
+                "the old leader wrote to Vault {:.3}s after b was seen leading: {op} {path}\n{}",
+                at - b_first_seen,
+                a.log()
+            ),
+            n if *n == b.vault_name => assert!(
+                *at > a_last_seen,
+                "b wrote to Vault while a led: {op} {path}"
+            ),
+            other => panic!("a Vault write from {other:?}: {op} {path}"),
+        }
+    }
+    // b, not a, finished a's half-done step: it wrote the marker a was about to write.
+    assert!(
+        vault
+            .iter()
+            .any(|w| w.0 == b.vault_name && w.2 == "patch" && w.3 == marker),
+        "b never marked the bundle: {vault:?}"
+    );
+    // The refusal is what a did on resuming: the test proves something only if a had a Vault
+    // write to make.
+    until(
+        Duration::from_secs(30),
+        "a's bootstrapped-at marker refused by its gate",
+        async || {
+            a.log()
+                .contains("a secret store write withheld")
+                .then_some(())
+        },
     )
     .await;
 }
@@ -727,6 +796,7 @@ async fn a_leader_cut_from_the_management_api_stops_within_its_renew_deadline() 
     // Vault by the same measure, Proxmox and Vault writes taken together: a's last within its
     // renew deadline of the cut, b's first a second after it.
     let vault = vault_writes(&world);
+    eprintln!("Vault writes audited: {vault:?}");
     for (name, _, op, path) in &vault {
         assert!(
             *name == a.vault_name || *name == b.vault_name,
