@@ -364,7 +364,8 @@ async fn two_instances(
     )
     .await;
     assert!(
-        writes(&world).iter().any(|(t, ..)| *t == a.token_id),
+        writes(&world).iter().any(|(t, ..)| *t == a.token_id)
+            || vault_writes(&world).iter().any(|w| w.0 == a.vault_name),
         "a paused without writing"
     );
     (world, daemon, m, a, b, a_led)
@@ -583,13 +584,12 @@ async fn a_leader_paused_past_its_lease_writes_nothing_after_it_resumes() {
 }
 
 /// The paused-leader case where what the old leader would do next is a Vault write: `a` is frozen
-/// after etcd's Bootstrap answered and before it marks the bundle `bootstrapped-at` (a metadata
-/// patch through the gated store). On resume, that patch must be withheld, and the audit log must
-/// show every write of a's token before b led, every write of b's after a last did.
-#[tokio::test]
-async fn a_leader_paused_before_a_vault_write_writes_nothing_to_vault_after_it_resumes() {
-    let c = ClusterFixture::new("havault", 1, 1);
-    let (world, _daemon, m, a, b, a_led) = two_instances(&c, "etcd-bootstrapped").await;
+/// at `point`, on resume its next request would write `next` to Vault. That write must be
+/// withheld (the gate's refusal names `withheld`), and the audit log must show every write of a's
+/// token before b led, every write of b's after a last did; b finishes what a left.
+async fn a_leader_paused_before_a_vault_write(name: &str, point: &'static str, withheld: &str) {
+    let c = ClusterFixture::new(name, 1, 1);
+    let (world, _daemon, m, a, b, a_led) = two_instances(&c, point).await;
     let (a_last_seen, b_first_seen) = takeover(&m, &a, &b, a_led).await;
     let resumed_at = wall_now();
     a.signal("-CONT");
@@ -609,7 +609,6 @@ async fn a_leader_paused_before_a_vault_write_writes_nothing_to_vault_after_it_r
 
     let vault = vault_writes(&world);
     eprintln!("Vault writes audited: {vault:?}");
-    let marker = format!("{VAULT_MOUNT}/metadata/kubernetes/{}/secrets", c.name);
     for (name, at, op, path) in &vault {
         match name {
             n if *n == a.vault_name => assert!(
@@ -625,23 +624,46 @@ async fn a_leader_paused_before_a_vault_write_writes_nothing_to_vault_after_it_r
             other => panic!("a Vault write from {other:?}: {op} {path}"),
         }
     }
-    // b, not a, finished a's half-done step: it wrote the marker a was about to write.
+    // b, not a, finished a's half-done step: the bundle's metadata (its cluster-uid mirror or its
+    // bootstrapped-at marker) is b's write.
+    let bundle = format!("{VAULT_MOUNT}/metadata/kubernetes/{}/secrets", c.name);
     assert!(
         vault
             .iter()
-            .any(|w| w.0 == b.vault_name && w.2 == "patch" && w.3 == marker),
-        "b never marked the bundle: {vault:?}"
+            .any(|w| w.0 == b.vault_name && w.2 == "patch" && w.3 == bundle),
+        "b never wrote the bundle's metadata: {vault:?}"
     );
     // The refusal is what a did on resuming: the test proves something only if a had a Vault
     // write to make.
     until(
         Duration::from_secs(30),
-        "a's bootstrapped-at marker refused by its gate",
-        async || {
-            a.log()
-                .contains("a secret store write withheld")
-                .then_some(())
-        },
+        "a's Vault write refused by its gate",
+        async || a.log().contains(withheld).then_some(()),
+    )
+    .await;
+}
+
+/// Frozen after etcd's Bootstrap answered, before the `bootstrapped-at` marker (a metadata patch
+/// through the gated store, which refuses it as an operation).
+#[tokio::test]
+async fn a_leader_paused_before_a_vault_write_writes_nothing_to_vault_after_it_resumes() {
+    a_leader_paused_before_a_vault_write(
+        "havault",
+        "etcd-bootstrapped",
+        "a secret store write withheld",
+    )
+    .await;
+}
+
+/// Frozen inside one store operation, between the bundle's value and its custom metadata: the
+/// operation passed the gate as the leader, so only the gate on each Vault request (the metadata
+/// PATCH) stops it. Without that one, a wrote the metadata 7 ms after resuming.
+#[tokio::test]
+async fn a_leader_paused_inside_a_vault_write_sends_no_more_of_it_after_it_resumes() {
+    a_leader_paused_before_a_vault_write(
+        "havaultmid",
+        "secret-written",
+        "a Vault metadata write withheld",
     )
     .await;
 }
