@@ -99,11 +99,18 @@ pub fn reached(point: &str) {
     }
     *paused = true;
     eprintln!("KILN PAUSED AT {point}");
-    let pid = std::process::id().to_string();
     // Stopping the whole process (not one thread) freezes every cluster's work at this instant. A
     // SIGCONT resumes it right here (the HA test resumes a leader that lost its lease meanwhile).
+    // Sent to this thread's id, not the process id: a stop sent to the process is taken by one
+    // thread of the kernel's choosing, and until that one runs, this thread could return from
+    // waiting on `kill` and run past the point (seen: the next Vault write sent 3 ms after the
+    // announcement on a loaded machine). Addressed to this thread, it is this thread that stops.
+    let target = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|link| link.file_name().map(|t| t.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| std::process::id().to_string());
     let stopped = std::process::Command::new("kill")
-        .args(["-STOP", &pid])
+        .args(["-STOP", &target])
         .status()
         .is_ok_and(|s| s.success());
     if stopped {

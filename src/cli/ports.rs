@@ -27,8 +27,12 @@ pub async fn open_gated_ports(
     config: &Config,
     gate: Option<&kiln::ha::LeaderGate>,
 ) -> anyhow::Result<Opened> {
-    let store = kiln::secrets::open(&config.secrets, &config.state_dir)
-        .context("opening the secret store")?;
+    let store = kiln::secrets::open_gated(
+        &config.secrets,
+        &config.state_dir,
+        gate.map(kiln::ha::gate::secrets_write_gate),
+    )
+    .context("opening the secret store")?;
     if let Err(e) = store.store.check().await {
         tracing::warn!(store = %store.store.describe(), error = %e, "the secret store is not ready; kiln retries each cycle");
     }

@@ -392,6 +392,16 @@ impl TalosNode for GatedTalosNode {
     }
 }
 
+/// The gate as the secret store's per-request [`crate::secrets::WriteGate`]: [`GatedSecrets`]
+/// refuses an operation up front, this refuses each later request of one begun as the leader.
+pub fn secrets_write_gate(gate: &LeaderGate) -> crate::secrets::WriteGate {
+    let gate = gate.clone();
+    Arc::new(move |what| {
+        gate.allow(what)
+            .map_err(|e| SecretsError::NotLeader(e.to_string()))
+    })
+}
+
 /// `SecretStore` that asks the gate before every write; reads and listings go through.
 pub struct GatedSecrets {
     inner: Arc<dyn SecretStore>,

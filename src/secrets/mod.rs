@@ -47,12 +47,31 @@ impl Drop for OpenedStore {
     }
 }
 
+/// `[ha]`: asked before every write request a store sends. A port-level gate is asked once per
+/// operation, but one operation can be several requests (a created value, then its custom
+/// metadata; a retry after a pause): each must still come from the leader when it is sent.
+pub type WriteGate = Arc<dyn Fn(&'static str) -> Result<(), SecretsError> + Send + Sync>;
+
 /// Opens the configured backend; the file store lives in `state_dir/secrets`. Needs a Tokio runtime
 /// (the Vault token keeper is a task).
 pub fn open(cfg: &SecretsConfig, state_dir: &Path) -> Result<OpenedStore, SecretsError> {
+    open_gated(cfg, state_dir, None)
+}
+
+/// As [`open`]; the Vault backend asks `gate` before each write request. The file store needs no
+/// such gate: `[ha]` refuses it.
+pub fn open_gated(
+    cfg: &SecretsConfig,
+    state_dir: &Path,
+    gate: Option<WriteGate>,
+) -> Result<OpenedStore, SecretsError> {
     Ok(match cfg.backend {
         SecretsBackend::Vault => {
-            let vault = Arc::new(VaultStore::new(VaultSettings::from_config(cfg)?)?);
+            let mut vault = VaultStore::new(VaultSettings::from_config(cfg)?)?;
+            if let Some(g) = gate {
+                vault = vault.with_write_gate(g);
+            }
+            let vault = Arc::new(vault);
             let keeper = vault.keep_token_alive();
             OpenedStore {
                 store: vault,

@@ -1,8 +1,9 @@
 //! Issue 29 (DESIGN §8 `[ha]`): several `kiln run` processes, one leader through a Lease in a
 //! simulated management cluster (`kiln sim kubernetes`), on one fakepve, one OpenBao and one Git
-//! remote served by `git daemon`. Each instance has its own Proxmox API token and its own commit
-//! author, so who acted is read from fakepve's request log (the token of each request) and from
-//! the commits' author lines. Lease: 3s, so renew deadline 2s and retry period 600ms.
+//! remote served by `git daemon`. Each instance has its own Proxmox API token, its own Vault token
+//! (named `ha-<instance>`) and its own commit author, so who acted is read from fakepve's request
+//! log (the token of each request), from OpenBao's audit log (the display name of each write's
+//! token) and from the commits' author lines. Lease: 3s, so renew deadline 2s and retry period 600ms.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -14,7 +15,7 @@ use crate::checks::{assert_bootstraps, assert_exact_vms, status_of};
 use crate::fixture::ClusterFixture;
 use crate::gitrepo::{Daemon as GitDaemon, git};
 use crate::pve::TOKEN_SECRET;
-use crate::support::{World, kiln, least_privilege_acl};
+use crate::support::{VAULT_MOUNT, World, kiln, least_privilege_acl};
 
 const LEASE: Duration = Duration::from_secs(3);
 /// `lease_duration / 5` (`kiln::ha::Timing`).
@@ -86,6 +87,8 @@ struct Instance {
     /// Its HTTP API (`/readyz`).
     api: String,
     token_id: String,
+    /// How OpenBao's audit log names this instance's Vault token (`token-<display name>`).
+    vault_name: String,
     email: String,
     config: PathBuf,
     stderr: PathBuf,
@@ -94,18 +97,18 @@ struct Instance {
 
 impl Instance {
     /// `pause_at`: the crash point (`kiln::testhook`) where the process stops itself (SIGSTOP).
-    fn spawn(
+    async fn spawn(
         world: &World,
         name: &'static str,
         git_url: &str,
         m: &Management,
         pause_at: Option<&str>,
     ) -> Self {
-        Self::spawn_with(world, name, git_url, &m.ha.kubeconfig_file, pause_at)
+        Self::spawn_with(world, name, git_url, &m.ha.kubeconfig_file, pause_at).await
     }
 
     /// As [`Instance::spawn`], reaching the management API through `kubeconfig`.
-    fn spawn_with(
+    async fn spawn_with(
         world: &World,
         name: &'static str,
         git_url: &str,
@@ -120,6 +123,10 @@ impl Instance {
         world
             .pve
             .ctl(json!({"cmd": "acl", "user": token_id, "entries": least_privilege_acl()}));
+        let vault_token = world.bao.create_named_token(&format!("ha-{name}")).await;
+        let vault_token_file = world
+            .bao
+            .write_file(&format!("vault-token-{name}"), &vault_token);
         let base = std::fs::read_to_string(&world.config).unwrap();
         let state = world.dir.path().join(format!("state-{name}"));
         let bare = format!("file://{}", world.repos.bare.display());
@@ -139,6 +146,13 @@ impl Instance {
             .replace(
                 "token_id = \"kiln@pve!ci\"",
                 &format!("token_id = \"{token_id}\""),
+            )
+            .replace(
+                &format!(
+                    "token_file = \"{}\"",
+                    world.bao.dir.path().join("root-token").display()
+                ),
+                &format!("token_file = \"{}\"", vault_token_file.display()),
             );
         // The HTTP surface, for /readyz: a port free a moment ago (kiln.toml takes no port 0 back).
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -162,6 +176,11 @@ impl Instance {
             .unwrap_or_else(|e| panic!("instance {name}'s kiln.toml does not load: {e}"));
         assert_eq!(parsed.proxmox.token_id.as_deref(), Some(token_id.as_str()));
         assert_eq!(parsed.git.url, git_url);
+        assert_eq!(
+            parsed.secrets.token_file.as_deref(),
+            Some(vault_token_file.as_path()),
+            "instance {name} would write to Vault as root"
+        );
         let stderr = world.dir.path().join(format!("ha-{name}.stderr"));
         let mut cmd = kiln();
         if let Some(point) = pause_at {
@@ -179,6 +198,7 @@ impl Instance {
         Self {
             api: format!("http://127.0.0.1:{port}"),
             token_id,
+            vault_name: format!("token-ha-{name}"),
             email,
             config,
             stderr,
@@ -251,6 +271,17 @@ fn writes(world: &World) -> Vec<(String, f64, String, String)> {
         .collect()
 }
 
+/// Every write OpenBao's audit device saw on kiln's KV mount: (token display name, wall time,
+/// operation, path). The world's Vault is audited ([`World::start_audited`]).
+fn vault_writes(world: &World) -> Vec<(String, f64, String, String)> {
+    world
+        .bao
+        .audited_writes(VAULT_MOUNT)
+        .into_iter()
+        .map(|w| (w.display_name, w.at, w.operation, w.path))
+        .collect()
+}
+
 /// The author e-mail of every commit on the remote's `main`, oldest first.
 fn authors(world: &World) -> Vec<String> {
     let mut a: Vec<String> = git(&world.repos.bare, &["log", "--format=%ae", "main"])
@@ -279,42 +310,71 @@ async fn until<T>(limit: Duration, what: &str, mut probe: impl AsyncFnMut() -> O
     }
 }
 
-/// The world, the Git remote behind `git daemon`, the management API, and instance `a` leading;
-/// `a` stops itself (SIGSTOP) right after its first clone, before it configures that VM.
-async fn two_instances(
-    cluster: &ClusterFixture,
-) -> (World, GitDaemon, Management, Instance, Instance) {
-    let world = World::start(vec![cluster.clone()]).await;
-    let daemon = GitDaemon::start(&world.repos);
-    let m = Management::start(world.dir.path()).await;
-    let a = Instance::spawn(&world, "a", &daemon.url(), &m, Some("vm-cloned"));
-    until(
-        Duration::from_secs(30),
-        "instance a holds the Lease",
+/// Waits until `new` holds the Lease, reading it every 50 ms. Returns the window the handover lies
+/// in: the wall time before the last read that still showed `old` holding it (or `old_seen`, when
+/// no read did), and the wall time after the first read that showed `new`. `old` held the Lease up
+/// to the first, `new` from the second on: whoever wrote between them is judged by its own window.
+async fn takeover(m: &Management, old: &Instance, new: &Instance, old_seen: f64) -> (f64, f64) {
+    let mut old_seen = old_seen;
+    let new_seen = until(
+        LEASE + RETRY + MEASURE_SLACK,
+        "the new instance takes the Lease",
         async || {
+            let before = wall_now();
             let h = m.holder().await;
-            a.owns(h.as_deref()).then_some(())
+            let after = wall_now();
+            if old.owns(h.as_deref()) {
+                old_seen = before;
+            }
+            new.owns(h.as_deref()).then_some(after)
         },
     )
     .await;
-    let b = Instance::spawn(&world, "b", &daemon.url(), &m, None);
+    (old_seen, new_seen)
+}
+
+/// The world (its Vault audited), the Git remote behind `git daemon`, the management API, and
+/// instance `a` leading; `a` stops itself (SIGSTOP) at crash point `pause_at` (`vm-cloned`: right
+/// after its first clone, before it configures that VM). Last: a wall time at which `a` was seen
+/// holding the Lease.
+async fn two_instances(
+    cluster: &ClusterFixture,
+    pause_at: &'static str,
+) -> (World, GitDaemon, Management, Instance, Instance, f64) {
+    let world = World::start_audited(vec![cluster.clone()]).await;
+    let daemon = GitDaemon::start(&world.repos);
+    let m = Management::start(world.dir.path()).await;
+    let a = Instance::spawn(&world, "a", &daemon.url(), &m, Some(pause_at)).await;
+    let a_led = until(
+        Duration::from_secs(30),
+        "instance a holds the Lease",
+        async || {
+            let before = wall_now();
+            let h = m.holder().await;
+            a.owns(h.as_deref()).then_some(before)
+        },
+    )
+    .await;
+    let b = Instance::spawn(&world, "b", &daemon.url(), &m, None).await;
+    let paused = format!("KILN PAUSED AT {pause_at}");
     until(
         Duration::from_secs(120),
-        "a pauses after its first clone",
-        async || a.log().contains("KILN PAUSED AT vm-cloned").then_some(()),
+        "a pauses at its crash point",
+        async || a.log().contains(&paused).then_some(()),
     )
     .await;
     assert!(
-        writes(&world).iter().any(|(t, ..)| *t == a.token_id),
+        writes(&world).iter().any(|(t, ..)| *t == a.token_id)
+            || vault_writes(&world).iter().any(|w| w.0 == a.vault_name),
         "a paused without writing"
     );
-    (world, daemon, m, a, b)
+    (world, daemon, m, a, b, a_led)
 }
 
 #[tokio::test]
 async fn one_instance_acts_and_another_takes_over_within_a_lease_after_sigkill() {
     let c = ClusterFixture::new("haover", 1, 1);
-    let (world, _daemon, m, mut a, b) = two_instances(&c).await;
+    let (world, _daemon, m, mut a, b, _) = two_instances(&c, "vm-cloned").await;
 
     // a cloned a VM and stopped before configuring it; b, a follower, waits. Kill a: half made.
     assert!(
@@ -402,6 +462,31 @@ async fn one_instance_acts_and_another_takes_over_within_a_lease_after_sigkill()
             other => panic!("a write from {other:?}: {method} {path}"),
         }
     }
+    // The same for Vault, from its audit log: a wrote the cluster's secrets before it died, b
+    // what the cluster's convergence added after it.
+    let vault = vault_writes(&world);
+    let by = |i: &Instance| vault.iter().filter(|w| w.0 == i.vault_name).count();
+    eprintln!("Vault writes audited: a {}, b {}", by(&a), by(&b));
+    assert!(
+        by(&a) > 0 && by(&b) > 0,
+        "Vault writes by a: {}, by b: {}",
+        by(&a),
+        by(&b)
+    );
+    for (name, at, op, path) in &vault {
+        match name {
+            n if *n == a.vault_name => {
+                assert!(
+                    *at < killed_at,
+                    "a wrote to Vault after its death: {op} {path}"
+                )
+            }
+            n if *n == b.vault_name => {
+                assert!(*at > killed_at, "b wrote to Vault while a led: {op} {path}")
+            }
+            other => panic!("a Vault write from {other:?}: {op} {path}"),
+        }
+    }
     let authors = authors(&world);
     assert!(authors.contains(&a.email), "a pushed nothing: {authors:?}");
     for e in authors.iter().filter(|e| e.starts_with("kiln")) {
@@ -428,19 +513,11 @@ async fn one_instance_acts_and_another_takes_over_within_a_lease_after_sigkill()
 #[tokio::test]
 async fn a_leader_paused_past_its_lease_writes_nothing_after_it_resumes() {
     let c = ClusterFixture::new("hapause", 1, 1);
-    let (world, _daemon, m, a, b) = two_instances(&c).await;
+    let (world, _daemon, m, a, b, a_led) = two_instances(&c, "vm-cloned").await;
 
     // a is frozen between a clone and that VM's configuration: on resume, its very next request
     // would configure the VM.
-    until(
-        LEASE + RETRY + MEASURE_SLACK,
-        "b takes the Lease",
-        async || {
-            let h = m.holder().await;
-            b.owns(h.as_deref()).then_some(())
-        },
-    )
-    .await;
+    let (a_last_seen, b_first_seen) = takeover(&m, &a, &b, a_led).await;
     let a_commits = authors(&world).iter().filter(|e| **e == a.email).count();
     let resumed_at = wall_now();
     a.signal("-CONT");
@@ -473,11 +550,120 @@ async fn a_leader_paused_past_its_lease_writes_nothing_after_it_resumes() {
         a_commits,
         "the old leader pushed after SIGCONT"
     );
+    // Vault, from its audit log: a's writes all fall before b was seen leading (so before a
+    // resumed), b's all after a was last seen leading; no other token wrote.
+    let vault = vault_writes(&world);
+    eprintln!("Vault writes audited: {vault:?}");
+    assert!(
+        vault.iter().any(|w| w.0 == a.vault_name) && vault.iter().any(|w| w.0 == b.vault_name),
+        "a Vault write by each instance expected: {:?}",
+        vault.iter().map(|w| &w.0).collect::<Vec<_>>()
+    );
+    for (name, at, op, path) in &vault {
+        match name {
+            n if *n == a.vault_name => assert!(
+                *at < b_first_seen && *at < resumed_at,
+                "the old leader wrote to Vault {:.3}s after b was seen leading: {op} {path}\n{}",
+                at - b_first_seen,
+                a.log()
+            ),
+            n if *n == b.vault_name => assert!(
+                *at > a_last_seen,
+                "b wrote to Vault while a led: {op} {path}"
+            ),
+            other => panic!("a Vault write from {other:?}: {op} {path}"),
+        }
+    }
     // The refusal is what a did on resuming: the test proves something only if a had a write to make.
     until(
         Duration::from_secs(60),
         "a's write refused by its gate",
         async || a.log().contains("withheld").then_some(()),
+    )
+    .await;
+}
+
+/// The paused-leader case where what the old leader would do next is a Vault write: `a` is frozen
+/// at `point`, on resume its next request would write `next` to Vault. That write must be
+/// withheld (the gate's refusal names `withheld`), and the audit log must show every write of a's
+/// token before b led, every write of b's after a last did; b finishes what a left.
+async fn a_leader_paused_before_a_vault_write(name: &str, point: &'static str, withheld: &str) {
+    let c = ClusterFixture::new(name, 1, 1);
+    let (world, _daemon, m, a, b, a_led) = two_instances(&c, point).await;
+    let (a_last_seen, b_first_seen) = takeover(&m, &a, &b, a_led).await;
+    let resumed_at = wall_now();
+    a.signal("-CONT");
+    until(
+        Duration::from_secs(30),
+        "a notices it lost the Lease",
+        async || a.log().contains("no longer holds the Lease").then_some(()),
+    )
+    .await;
+    until(
+        Duration::from_secs(180),
+        "b converges the cluster",
+        async || (b.phase(&c.name).as_deref() == Some("Ready")).then_some(()),
+    )
+    .await;
+    assert_exact_vms(&world, &[&c], &[]);
+
+    let vault = vault_writes(&world);
+    eprintln!("Vault writes audited: {vault:?}");
+    for (name, at, op, path) in &vault {
+        match name {
+            n if *n == a.vault_name => assert!(
+                *at < b_first_seen && *at < resumed_at,
+                "the old leader wrote to Vault {:.3}s after b was seen leading: {op} {path}\n{}",
+                at - b_first_seen,
+                a.log()
+            ),
+            n if *n == b.vault_name => assert!(
+                *at > a_last_seen,
+                "b wrote to Vault while a led: {op} {path}"
+            ),
+            other => panic!("a Vault write from {other:?}: {op} {path}"),
+        }
+    }
+    // b, not a, finished a's half-done step: the bundle's metadata (its cluster-uid mirror or its
+    // bootstrapped-at marker) is b's write.
+    let bundle = format!("{VAULT_MOUNT}/metadata/kubernetes/{}/secrets", c.name);
+    assert!(
+        vault
+            .iter()
+            .any(|w| w.0 == b.vault_name && w.2 == "patch" && w.3 == bundle),
+        "b never wrote the bundle's metadata: {vault:?}"
+    );
+    // The refusal is what a did on resuming: the test proves something only if a had a Vault
+    // write to make.
+    until(
+        Duration::from_secs(30),
+        "a's Vault write refused by its gate",
+        async || a.log().contains(withheld).then_some(()),
+    )
+    .await;
+}
+
+/// Frozen after etcd's Bootstrap answered, before the `bootstrapped-at` marker (a metadata patch
+/// through the gated store, which refuses it as an operation).
+#[tokio::test]
+async fn a_leader_paused_before_a_vault_write_writes_nothing_to_vault_after_it_resumes() {
+    a_leader_paused_before_a_vault_write(
+        "havault",
+        "etcd-bootstrapped",
+        "a secret store write withheld",
+    )
+    .await;
+}
+
+/// Frozen inside one store operation, between the bundle's value and its custom metadata: the
+/// operation passed the gate as the leader, so only the gate on each Vault request (the metadata
+/// PATCH) stops it. Without that one, a wrote the metadata 7 ms after resuming.
+#[tokio::test]
+async fn a_leader_paused_inside_a_vault_write_sends_no_more_of_it_after_it_resumes() {
+    a_leader_paused_before_a_vault_write(
+        "havaultmid",
+        "secret-written",
+        "a Vault metadata write withheld",
     )
     .await;
 }
@@ -542,7 +728,7 @@ fn server_addr(kubeconfig: &Path) -> std::net::SocketAddr {
 #[tokio::test]
 async fn a_leader_cut_from_the_management_api_stops_within_its_renew_deadline() {
     let c = ClusterFixture::new("hacut", 1, 1);
-    let world = World::start(vec![c.clone()]).await;
+    let world = World::start_audited(vec![c.clone()]).await;
     let daemon = GitDaemon::start(&world.repos);
     let m = Management::start(world.dir.path()).await;
     // a reaches the management API through a relay the test can cut; b directly.
@@ -556,13 +742,13 @@ async fn a_leader_cut_from_the_management_api_stops_within_its_renew_deadline() 
             .replace(&direct.to_string(), &relay.addr.to_string()),
     )
     .unwrap();
-    let a = Instance::spawn_with(&world, "a", &daemon.url(), &relayed, Some("vm-cloned"));
+    let a = Instance::spawn_with(&world, "a", &daemon.url(), &relayed, Some("vm-cloned")).await;
     until(Duration::from_secs(30), "a holds the Lease", async || {
         let h = m.holder().await;
         a.owns(h.as_deref()).then_some(())
     })
     .await;
-    let b = Instance::spawn(&world, "b", &daemon.url(), &m, None);
+    let b = Instance::spawn(&world, "b", &daemon.url(), &m, None).await;
     until(
         Duration::from_secs(120),
         "a pauses after its first clone",
@@ -629,6 +815,36 @@ async fn a_leader_cut_from_the_management_api_stops_within_its_renew_deadline() 
             "a write from {token:?}: {method} {path}"
         );
     }
+    // Vault by the same measure, Proxmox and Vault writes taken together: a's last within its
+    // renew deadline of the cut, b's first a second after it.
+    let vault = vault_writes(&world);
+    eprintln!("Vault writes audited: {vault:?}");
+    for (name, _, op, path) in &vault {
+        assert!(
+            *name == a.vault_name || *name == b.vault_name,
+            "a Vault write from {name:?}: {op} {path}"
+        );
+    }
+    let last_a_any = vault
+        .iter()
+        .filter(|w| w.0 == a.vault_name)
+        .map(|w| w.1)
+        .fold(last_a, f64::max);
+    let first_b_any = vault
+        .iter()
+        .filter(|w| w.0 == b.vault_name)
+        .map(|w| w.1)
+        .fold(first_b, f64::min);
+    assert!(
+        last_a_any < cut_at + 2.0,
+        "a wrote (Proxmox or Vault) {:.3}s after the cut, past its renew deadline",
+        last_a_any - cut_at
+    );
+    assert!(
+        first_b_any - last_a_any >= 1.0,
+        "a's last write and b's first (Proxmox or Vault) are {:.3}s apart",
+        first_b_any - last_a_any
+    );
     // A bootstrap step waits for its node before it calls Bootstrap: a starts it as the leader and
     // reaches the call seconds after losing the Lease. The gate on the Talos call refuses it there.
     let log = a.log();

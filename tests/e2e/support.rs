@@ -190,6 +190,22 @@ impl World {
         listen: impl Fn(std::net::Ipv4Addr) -> String,
         sim_args: &[String],
     ) -> Self {
+        Self::start_with_bao(clusters, listen, sim_args, Bao::start().await).await
+    }
+
+    /// As [`World::start`], OpenBao with a file audit device ([`Bao::start_audited`]), so a test can
+    /// tell which token wrote each secret.
+    pub async fn start_audited(clusters: Vec<ClusterFixture>) -> Self {
+        let bao = Bao::start_audited().await;
+        Self::start_with_bao(clusters, |ip| format!("{ip}:50000"), &[], bao).await
+    }
+
+    async fn start_with_bao(
+        clusters: Vec<ClusterFixture>,
+        listen: impl Fn(std::net::Ipv4Addr) -> String,
+        sim_args: &[String],
+        bao: Bao,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pve = FakePve::start_with(Options {
             nodes: vec![],
@@ -198,7 +214,6 @@ impl World {
         // kiln's token holds exactly DESIGN.md §3's list, so every call kiln makes is checked
         // against PVE's schema permissions as on a least-privilege datacenter.
         pve.set_acl(&least_privilege_acl());
-        let bao = Bao::start().await;
         bao.enable_kv2(VAULT_MOUNT).await;
         let ips: Vec<_> = clusters
             .iter()

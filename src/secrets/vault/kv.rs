@@ -91,7 +91,7 @@ impl VaultStore {
             .map(|(k, v)| (k.clone(), Value::String(v.expose().to_owned())))
             .collect();
         let body = Value::Object(body);
-        self.call(path.as_str(), |c| {
+        self.call_write(path.as_str(), "a Vault write", |c| {
             let (mount, p, body) = (mount.clone(), p.clone(), body.clone());
             Box::pin(async move {
                 let opts = SetSecretRequestOptions { cas };
@@ -266,7 +266,7 @@ impl SecretStore for VaultStore {
         let body = serde_json::json!({ "custom_metadata": body });
         let url = format!("{}/metadata/{}", self.settings.mount, path);
         let found = self
-            .call(path.as_str(), |c| {
+            .call_write(path.as_str(), "a Vault metadata write", |c| {
                 let (url, body) = (url.clone(), body.clone());
                 Box::pin(async move {
                     match raw(
@@ -295,7 +295,7 @@ impl SecretStore for VaultStore {
     #[tracing::instrument(level = "debug", skip(self), fields(store = "vault", mount = %self.settings.mount, path = %path))]
     async fn delete(&self, path: &SecretPath) -> Result<(), SecretsError> {
         let (mount, p) = (self.settings.mount.clone(), path.as_str().to_owned());
-        self.call(path.as_str(), |c| {
+        self.call_write(path.as_str(), "a Vault delete", |c| {
             let (mount, p) = (mount.clone(), p.clone());
             Box::pin(async move {
                 vaultrs::kv2::delete_latest(c, &mount, &p)
@@ -309,7 +309,7 @@ impl SecretStore for VaultStore {
     #[tracing::instrument(level = "debug", skip(self), fields(store = "vault", mount = %self.settings.mount, path = %path))]
     async fn destroy(&self, path: &SecretPath) -> Result<(), SecretsError> {
         let (mount, p) = (self.settings.mount.clone(), path.as_str().to_owned());
-        self.call(path.as_str(), |c| {
+        self.call_write(path.as_str(), "a Vault destroy", |c| {
             let (mount, p) = (mount.clone(), p.clone());
             Box::pin(async move {
                 vaultrs::kv2::delete_metadata(c, &mount, &p)

@@ -32,6 +32,7 @@ pub struct VaultStore {
     /// Serialises logins and renewals so concurrent requests trigger one, not many.
     life: Mutex<Option<TokenLife>>,
     stats: StdMutex<AuthStats>,
+    write_gate: Option<super::WriteGate>,
 }
 
 type Op<'c, T> = BoxFuture<'c, Result<T, CallError>>;
@@ -68,7 +69,14 @@ impl VaultStore {
             client: RwLock::new(client),
             life: Mutex::new(None),
             stats: StdMutex::new(AuthStats::default()),
+            write_gate: None,
         })
+    }
+
+    /// Every write request asks `gate` right before it is sent, each retry again.
+    pub fn with_write_gate(mut self, gate: super::WriteGate) -> Self {
+        self.write_gate = Some(gate);
+        self
     }
 
     pub fn settings(&self) -> &VaultSettings {
@@ -243,7 +251,33 @@ impl VaultStore {
 
     /// Runs one request with a valid token: transient failures are retried per `RetryPolicy`, a 403
     /// once after a fresh login; what remains is classified for the reconciler.
-    async fn call<T, F>(&self, what: &str, mut op: F) -> Result<T, SecretsError>
+    async fn call<T, F>(&self, what: &str, op: F) -> Result<T, SecretsError>
+    where
+        F: for<'c> FnMut(&'c VaultClient) -> Op<'c, T>,
+    {
+        self.send(what, None, op).await
+    }
+
+    /// As [`VaultStore::call`] for a request that writes (`kind` names it): the write gate, if
+    /// any, is asked before each attempt.
+    async fn call_write<T, F>(
+        &self,
+        what: &str,
+        kind: &'static str,
+        op: F,
+    ) -> Result<T, SecretsError>
+    where
+        F: for<'c> FnMut(&'c VaultClient) -> Op<'c, T>,
+    {
+        self.send(what, Some(kind), op).await
+    }
+
+    async fn send<T, F>(
+        &self,
+        what: &str,
+        write: Option<&'static str>,
+        mut op: F,
+    ) -> Result<T, SecretsError>
     where
         F: for<'c> FnMut(&'c VaultClient) -> Op<'c, T>,
     {
@@ -258,6 +292,10 @@ impl VaultStore {
                     return Err(self.login_error(&e));
                 }
                 Ok(()) => {
+                    // Asked after the token wait, as close to the send as it can be.
+                    if let (Some(kind), Some(gate)) = (write, &self.write_gate) {
+                        gate(kind)?;
+                    }
                     let c = self.client.read().await;
                     let outcome = op(&c).await;
                     // An absent key is Vault's answer, not a failure of Vault.

@@ -1,5 +1,6 @@
 //! A real OpenBao dev server per test, on a free loopback port, killed on drop. Its root token is
-//! random so the redaction test can search logs for it.
+//! random so the redaction test can search logs for it. [`Bao::start_audited`] adds a file audit
+//! device, for tests that must tell which client wrote what.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,20 @@ pub struct Bao {
     pub dir: tempfile::TempDir,
     /// Present with `-dev-tls`: the CA that signed the server certificate.
     pub ca_file: Option<PathBuf>,
+    /// Present from [`Bao::start_audited`]: the file audit device's log, one JSON object a line.
+    pub audit_log: Option<PathBuf>,
     http: reqwest::Client,
+}
+
+/// One write the audit device saw: who sent it (the token's display name), when (wall clock,
+/// seconds since the epoch), the operation and the path. Values never appear here: the device
+/// HMACs them, and this keeps only what names the request.
+#[derive(Debug, Clone)]
+pub struct AuditedWrite {
+    pub display_name: String,
+    pub at: f64,
+    pub operation: String,
+    pub path: String,
 }
 
 impl Bao {
@@ -65,6 +79,18 @@ impl Bao {
     }
 
     pub async fn start_with(port: u16, tls: bool, root_token: String) -> Self {
+        Self::launch(port, tls, root_token, false).await
+    }
+
+    /// A plain dev server with a file audit device: every request, with the token's display name
+    /// and metadata, lands in [`Bao::audit_log`]. OpenBao 2.x refuses to enable audit devices
+    /// through its API, so the device is declared in a `-config` file beside the dev flags.
+    pub async fn start_audited() -> Self {
+        let root_token = format!("kiln-test-root-{:016x}", rand::random::<u64>());
+        Self::launch(free_port(), false, root_token, true).await
+    }
+
+    async fn launch(port: u16, tls: bool, root_token: String, audited: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
         let mut cmd = Command::new(bao_binary());
@@ -77,6 +103,21 @@ impl Bao {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        let mut audit_log = None;
+        if audited {
+            let file = dir.path().join("audit.log");
+            let config = dir.path().join("audit.hcl");
+            std::fs::write(
+                &config,
+                format!(
+                    "audit \"file\" \"kiln-test\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n",
+                    file.display().to_string()
+                ),
+            )
+            .unwrap();
+            cmd.arg(format!("-config={}", config.display()));
+            audit_log = Some(file);
+        }
         let mut ca_file = None;
         if tls {
             let certs = dir.path().join("tls");
@@ -94,10 +135,77 @@ impl Bao {
             root_token,
             dir,
             ca_file,
+            audit_log,
             http: reqwest::Client::new(),
         };
         bao.wait_ready().await;
+        if let Some(file) = &bao.audit_log {
+            // The device is declared, not merely accepted: the health probe above was audited.
+            assert!(
+                file.is_file(),
+                "the audit device wrote nothing: {}",
+                bao.log()
+            );
+        }
         bao
+    }
+
+    /// Every write (`create`, `update`, `patch`, `delete`) on `mount` the audit device logged, in
+    /// the order it logged them; panics without an audit device. Request entries only: each
+    /// request also has a response entry, and a write counts once.
+    pub fn audited_writes(&self, mount: &str) -> Vec<AuditedWrite> {
+        let file = self
+            .audit_log
+            .as_ref()
+            .expect("audited_writes needs Bao::start_audited");
+        let mount_point = format!("{}/", mount.trim_end_matches('/'));
+        let text = std::fs::read_to_string(file).unwrap();
+        text.lines()
+            // The device may be mid-line while the test reads: an unparsable line is that one.
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["type"] == "request")
+            .filter(|e| e["request"]["mount_point"] == mount_point.as_str())
+            .filter(|e| {
+                matches!(
+                    e["request"]["operation"].as_str(),
+                    Some("create" | "update" | "patch" | "delete")
+                )
+            })
+            .map(|e| {
+                let time = e["time"].as_str().expect("an audit entry has a time");
+                let at = time::OffsetDateTime::parse(
+                    time,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .unwrap_or_else(|err| panic!("audit time {time:?}: {err}"));
+                AuditedWrite {
+                    display_name: e["auth"]["display_name"].as_str().unwrap_or("").to_owned(),
+                    at: at.unix_timestamp_nanos() as f64 / 1e9,
+                    operation: e["request"]["operation"].as_str().unwrap().to_owned(),
+                    path: e["request"]["path"].as_str().unwrap_or("").to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    /// A token of the root policy (the dev server's only one with every right kiln uses) whose
+    /// display name tells the audit log who it is: OpenBao logs it as `token-<display_name>`.
+    pub async fn create_named_token(&self, display_name: &str) -> String {
+        let created = self
+            .api(
+                "POST",
+                "auth/token/create",
+                Some(serde_json::json!({
+                    "display_name": display_name,
+                    "policies": ["root"],
+                })),
+            )
+            .await
+            .expect("token create answers a body");
+        created["auth"]["client_token"]
+            .as_str()
+            .expect("a client token")
+            .to_owned()
     }
 
     async fn wait_ready(&mut self) {

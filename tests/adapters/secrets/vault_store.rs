@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use kiln::secrets::{
-    CustomMetadata, Gone, ReadOutcome, RetryPolicy, SecretPath, SecretStore, SecretsError,
-    VaultAuth, VaultSettings, VaultStore, secret_data,
+    CustomMetadata, Gone, MetadataPatch, ReadOutcome, RetryPolicy, SecretPath, SecretStore,
+    SecretsError, VaultAuth, VaultSettings, VaultStore, secret_data,
 };
 use serde_json::json;
 
@@ -208,4 +208,121 @@ async fn tls_is_verified_against_ca_file() {
         }
         other => panic!("an unknown CA must be refused, got {other:?}"),
     }
+}
+
+/// The audit device the HA e2e tests read (`Bao::start_audited`): each write on the mount names the
+/// writing token by its display name, with its operation, and the log never holds the value.
+#[tokio::test]
+async fn the_audit_device_names_each_writes_token_and_never_its_value() {
+    let bao = Bao::start_audited().await;
+    bao.enable_kv2("admin").await;
+    let token = bao.create_named_token("audit-probe").await;
+    let token_file = bao.write_file("probe-token", &token);
+    let store = VaultStore::new(settings(&bao, "admin", VaultAuth::TokenFile(token_file))).unwrap();
+    let value = format!("audit-value-{:016x}", rand::random::<u64>());
+    let p = path("kubernetes/audited/secrets");
+    let meta = CustomMetadata::from([("owner".to_owned(), "audit".to_owned())]);
+    store
+        .create(&p, &secret_data([("k", value.as_str())]), &meta)
+        .await
+        .unwrap();
+    store.delete(&p).await.unwrap();
+
+    let writes = bao.audited_writes("admin");
+    let ops: Vec<(&str, &str)> = writes
+        .iter()
+        .map(|w| (w.display_name.as_str(), w.operation.as_str()))
+        .collect();
+    // The value, then its custom metadata, then the delete; the operator's mount and probe reads
+    // are no writes on the mount.
+    assert!(ops.contains(&("token-audit-probe", "create")), "{writes:?}");
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.path == "admin/data/kubernetes/audited/secrets"),
+        "{writes:?}"
+    );
+    assert!(ops.contains(&("token-audit-probe", "delete")), "{writes:?}");
+    assert!(
+        ops.iter().all(|(name, _)| *name == "token-audit-probe"),
+        "{writes:?}"
+    );
+    let at_least = writes.iter().map(|w| w.at).fold(f64::MAX, f64::min);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        now - at_least < 60.0 && at_least <= now,
+        "audit times are wall-clock seconds"
+    );
+    let log = std::fs::read_to_string(bao.audit_log.as_ref().unwrap()).unwrap();
+    assert!(!log.contains(&value), "the audit log holds a secret value");
+    assert!(!log.contains(&token), "the audit log holds a client token");
+}
+
+/// `[ha]`'s per-request gate (`VaultStore::with_write_gate`): once it refuses, no write request of
+/// any kind reaches Vault (the audit log shows none), each fails as `NotLeader`, and reads go on.
+#[tokio::test]
+async fn a_closed_write_gate_keeps_every_write_request_from_vault_and_lets_reads_through() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let bao = Bao::start_audited().await;
+    bao.enable_kv2("admin").await;
+    let open = Arc::new(AtomicBool::new(true));
+    let gate_open = open.clone();
+    let store = root_store(&bao, "admin").with_write_gate(Arc::new(move |what| {
+        if gate_open.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(SecretsError::NotLeader(format!("{what} withheld")))
+        }
+    }));
+    let p = path("kubernetes/gated/secrets");
+    let meta = CustomMetadata::from([("owner".to_owned(), "gated".to_owned())]);
+    store
+        .create(&p, &secret_data([("k", "v")]), &meta)
+        .await
+        .unwrap();
+    let before = bao.audited_writes("admin").len();
+    assert!(before >= 2, "the value and its metadata while open");
+
+    open.store(false, Ordering::SeqCst);
+    let refused = [
+        store
+            .create(
+                &path("kubernetes/gated/other"),
+                &secret_data([("k", "v")]),
+                &meta,
+            )
+            .await
+            .err(),
+        store
+            .overwrite(&p, 1, &secret_data([("k", "w")]))
+            .await
+            .err(),
+        store
+            .patch_metadata(&p, &MetadataPatch::from([("owner".to_owned(), None)]))
+            .await
+            .err(),
+        store.delete(&p).await.err(),
+        store.destroy(&p).await.err(),
+    ];
+    for e in &refused {
+        assert!(
+            matches!(e, Some(SecretsError::NotLeader(_))),
+            "a write not refused by the gate: {e:?}"
+        );
+    }
+    assert_eq!(
+        bao.audited_writes("admin").len(),
+        before,
+        "a write reached Vault through a closed gate: {:?}",
+        bao.audited_writes("admin")
+    );
+    assert!(matches!(
+        store.read(&p).await.unwrap(),
+        ReadOutcome::Present(_)
+    ));
 }
