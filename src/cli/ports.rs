@@ -33,9 +33,14 @@ pub async fn open_gated_ports(
         gate.map(kiln::ha::gate::secrets_write_gate),
     )
     .context("opening the secret store")?;
-    if let Err(e) = store.store.check().await {
-        tracing::warn!(store = %store.store.describe(), error = %e, "the secret store is not ready; kiln retries each cycle");
-    }
+    // Only a warning, so it need not hold anything back: a Vault that does not answer at boot
+    // would otherwise keep systemd's READY waiting for the client's timeout (DESIGN §8).
+    let probe = store.store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = probe.check().await {
+            tracing::warn!(store = %probe.describe(), error = %e, "the secret store is not ready; kiln retries each cycle");
+        }
+    });
     let (proxmox, adapter, lab): (
         Arc<dyn ProxmoxPort>,
         _,

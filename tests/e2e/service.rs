@@ -236,6 +236,74 @@ backend = "file"
     );
 }
 
+/// A Vault that accepts connections and never answers (a hung server, a firewall that swallows
+/// replies) must not hold READY back either: kiln's check of the store at start only warns, and its
+/// client waits 30 s for an answer.
+#[test]
+fn kiln_run_is_ready_while_vault_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let vault_port = silent.local_addr().unwrap().port();
+    // Accepted connections are kept open and never read: the client waits for its answer.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for conn in silent.incoming().flatten() {
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let forge = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token = dir.path().join("vault-token");
+    std::fs::write(&token, "s.not-a-real-token\n").unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{state}"
+[git]
+url = "https://127.0.0.1:{forge}/infra/gitops.git"
+poll_interval = "1s"
+[proxmox]
+backend = "simulated"
+[talos]
+backend = "simulated"
+[secrets]
+backend = "vault"
+addr = "http://127.0.0.1:{vault_port}"
+token_file = "{token}"
+"#,
+            state = dir.path().join("state").display(),
+            token = token.display()
+        ),
+    )
+    .unwrap();
+    let (socket, rx) = fake_systemd(dir.path());
+    let log = dir.path().join("kiln.stderr");
+    let started = Instant::now();
+    let mut child = kiln()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(&rx, "READY=1", Duration::from_secs(10), &log);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "READY took {:?}",
+        started.elapsed()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(held);
+}
+
 #[test]
 fn kiln_run_once_never_tells_systemd_anything() {
     let dir = tempfile::tempdir().unwrap();
