@@ -144,20 +144,8 @@ async fn list(
 ) -> Result<Json<ClusterList>, ApiError> {
     let now = time::OffsetDateTime::now_utc();
     let mut book: StatusBook = state.view.status().with_time_left(now);
-    let current = state.git.current().await;
-    if let Some(rev) = current {
-        let snapshot = state
-            .git
-            .snapshot(rev)
-            .await
-            .map_err(|e| git_unavailable(&e))?;
-        for f in &snapshot.files {
-            book.clusters
-                .entry(f.name.clone())
-                .or_insert_with(|| pending(&f.name));
-        }
-    }
-    for name in written.pending(current) {
+    let (current, committed) = committed_names(&state, &written).await?;
+    for name in committed {
         book.clusters
             .entry(name.clone())
             .or_insert_with(|| pending(&name));
@@ -182,21 +170,31 @@ async fn status(
         s.fill_time_left(now);
         return Ok(Json(s));
     }
+    let (_, committed) = committed_names(&state, &written).await?;
+    if committed.contains(&name) {
+        return Ok(Json(pending(&name)));
+    }
+    Err(unknown())
+}
+
+/// The clusters committed but perhaps not reconciled yet: every file at the tip the daemon fetched,
+/// and what this API wrote on top of that tip and the daemon has not fetched yet. With that tip.
+async fn committed_names(
+    state: &AppState,
+    written: &Written,
+) -> Result<(Option<ObjectId>, std::collections::BTreeSet<String>), ApiError> {
     let current = state.git.current().await;
+    let mut names = std::collections::BTreeSet::new();
     if let Some(rev) = current {
         let snapshot = state
             .git
             .snapshot(rev)
             .await
             .map_err(|e| git_unavailable(&e))?;
-        if snapshot.files.iter().any(|f| f.name == name) {
-            return Ok(Json(pending(&name)));
-        }
+        names.extend(snapshot.files.into_iter().map(|f| f.name));
     }
-    if written.pending(current).contains(&name) {
-        return Ok(Json(pending(&name)));
-    }
-    Err(unknown())
+    names.extend(written.pending(current));
+    Ok((current, names))
 }
 
 /// What the body was, once read.
