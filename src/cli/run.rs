@@ -200,10 +200,23 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
                 .ok()
         };
         let state_dir = config.state_dir.clone();
+        // [ha]: the records live in the secret store every instance shares (docs/ha.md).
+        let shared_records = match &config.ha {
+            Some(_) => Some(kiln::reconcile::records::SharedRecords::new(
+                opened.ports.secrets.clone(),
+                &kiln::secrets::Prefix::parse(&config.secrets.prefix)
+                    .map_err(anyhow::Error::msg)
+                    .context("secrets.prefix")?,
+            )),
+            None => None,
+        };
         let mut engine = Engine::new(config, git, opened.ports.clone(), shutdown, Some(progress_logger()))
             .context("loading kiln's state")?
             .with_observer(view)
             .with_liveness(liveness);
+        if let Some(shared) = shared_records {
+            engine = engine.with_shared_records(shared);
+        }
         if let Some(gate) = gate {
             engine = engine.with_leadership(Arc::new(gate.clone()));
             if once {

@@ -18,7 +18,7 @@ use super::backoff::{Backoff, BackoffPolicy};
 use super::policy::{self, Missing, MissingTurn, Rules, recorded_cluster};
 pub use super::policy::{Intent, ValidIntent};
 use super::ports::Ports;
-use super::records::{ClusterRecord, Records};
+use super::records::{ClusterRecord, Records, SharedRecords, SharedRecordsError};
 use super::state_file::now_rfc3339;
 use super::status::{ClusterStatus, Phase, StatusBook};
 use super::worker::{self, ConvergeJob, Ctx, DecommissionJob, Next, Outcome, Progress, Settings};
@@ -84,6 +84,9 @@ pub struct Engine {
     status: StatusBook,
     render_settings: RenderSettings,
     observer: Option<Arc<dyn CycleObserver>>,
+    /// `[ha]`: the records every instance shares; `records` is then this instance's copy, read
+    /// afresh at the start of each cycle it leads (`records.json` in `state_dir` mirrors it).
+    shared: Option<SharedRecords>,
 }
 
 impl Engine {
@@ -133,6 +136,7 @@ impl Engine {
             status,
             render_settings,
             observer: None,
+            shared: None,
             leadership: None,
             shutdown: shutdown_rx,
             stop: None,
@@ -162,6 +166,48 @@ impl Engine {
         self.stop = Some(tx);
         self.leadership = Some(leadership);
         self
+    }
+
+    /// Keeps the records in the secret store every instance shares (`[ha]`), instead of only in
+    /// this instance's `state_dir`: the instance that takes the Lease carries on what another began.
+    pub fn with_shared_records(mut self, shared: SharedRecords) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// `[ha]`, at the start of a cycle: the shared records replace this instance's copy, which
+    /// may be a lease old (or older: it may never have led). When no instance wrote them yet, this
+    /// instance's own records become them (a single kiln that turned on `[ha]` keeps what it knew).
+    async fn read_shared_records(&mut self) -> Result<(), SharedRecordsError> {
+        let Some(shared) = &mut self.shared else {
+            return Ok(());
+        };
+        match shared.load().await? {
+            Some(records) => self.records = records,
+            None => {
+                tracing::info!(path = %shared.path(), clusters = self.records.clusters.len(), "no shared records yet: writing this instance's");
+                shared.save(&self.records).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `[ha]`: writes the records where every instance reads them, if they changed.
+    async fn save_shared_records(&mut self) -> Result<(), SharedRecordsError> {
+        match &mut self.shared {
+            Some(shared) => shared.save(&self.records).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A refused write of the shared records at the end of a step of the cycle: the next cycle
+    /// reads them again, so nothing is lost but this cycle's own changes.
+    fn shared_records_not_saved(&self, e: &SharedRecordsError) {
+        if self.lost_leadership() {
+            tracing::info!(error = %e, "not the leader: the shared records are left to the leader");
+        } else {
+            tracing::warn!(error = %e, "cannot save the shared records");
+        }
     }
 
     fn lost_leadership(&self) -> bool {
@@ -226,6 +272,13 @@ impl Engine {
     }
 
     async fn cycle_inner(&mut self) -> CycleReport {
+        // [ha]: what the previous leader recorded, before anything is decided from the records.
+        if let Err(e) = self.read_shared_records().await {
+            if self.lost_leadership() {
+                return not_leading(&e);
+            }
+            return self.cycle_failed(format!("{e}; nothing is done until they can be read"));
+        }
         // `kiln rotate` asks the lock holder (DESIGN §7); served first, whatever Git says.
         self.serve_requests().await;
         let mut git_error = None;
@@ -263,6 +316,13 @@ impl Engine {
             // kiln may have made VMs and a bundle for the cluster (its decommission needs the record).
             if let Err(e) = self.records.save(&self.config.state_dir) {
                 return self.cycle_failed(format!("cannot save records: {e}"));
+            }
+            // Shared too, for the same reason: a successor must know the cluster may have VMs.
+            if let Err(e) = self.save_shared_records().await {
+                if self.lost_leadership() {
+                    return not_leading(&e);
+                }
+                return self.cycle_failed(format!("{e}; no action before they are saved"));
             }
         }
         let rules = Rules {
@@ -414,6 +474,9 @@ impl Engine {
             .clusters
             .retain(|name, _| intent.present(name) || records.clusters.contains_key(name.as_str()));
         self.persist();
+        if let Err(e) = self.save_shared_records().await {
+            self.shared_records_not_saved(&e);
+        }
         report
     }
 
@@ -578,6 +641,9 @@ impl Engine {
                 }
                 self.records.published_key = Some(key);
                 self.persist();
+                if let Err(e) = self.save_shared_records().await {
+                    self.shared_records_not_saved(&e);
+                }
                 Published {
                     pushed: Some(commit.to_string()),
                     ok: true,
@@ -685,6 +751,16 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// A cycle that stopped because this instance no longer leads: the clusters' status stays as it
+/// was (the refused write is not their failure), and the loop goes back to following.
+fn not_leading(e: &SharedRecordsError) -> CycleReport {
+    tracing::info!(error = %e, "not the leader: this cycle does nothing more");
+    CycleReport {
+        wake_in: Some(Duration::from_secs(1)),
+        ..CycleReport::default()
     }
 }
 

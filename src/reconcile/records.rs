@@ -11,6 +11,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::secrets::{
+    CreateOutcome, Prefix, ReadOutcome, SecretPath, SecretStore, SecretsError, Version,
+};
 use crate::spec::ClusterName;
 pub use crate::talos::ClusterUid;
 
@@ -99,12 +102,236 @@ impl Records {
     }
 }
 
+/// `[ha]`: the records in the secret store every instance shares (`{prefix}/_kiln/records`, one KV
+/// entry holding `records.json`'s text), so the instance that takes the Lease carries on what
+/// another started — a decommission of a file removed while the other led, a half-made cluster's
+/// record — instead of knowing only the clusters it recorded itself (docs/ha.md).
+///
+/// Every write is a check-and-set on the version this instance last read or wrote: a leader that
+/// lost the Lease without noticing cannot overwrite what its successor wrote since (the successor's
+/// write moved the version on; Vault answers the stale one with a conflict). Writes also pass the
+/// leader gate of the store they go through.
+pub struct SharedRecords {
+    store: std::sync::Arc<dyn SecretStore>,
+    path: SecretPath,
+    /// The KV version last read or written: the next write's check-and-set.
+    version: Option<Version>,
+    /// The text last read or written: an unchanged one is not written again, so a cycle that
+    /// changed nothing sends Vault nothing.
+    text: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SharedRecordsError {
+    #[error("shared records at `{path}`: {source}")]
+    Store {
+        path: SecretPath,
+        #[source]
+        source: SecretsError,
+    },
+    /// Another instance wrote since this one read: this one no longer leads (or never did).
+    #[error(
+        "shared records at `{path}` changed since this instance read them: another instance leads now"
+    )]
+    Conflict { path: SecretPath },
+    #[error(
+        "shared records at `{path}` were deleted or destroyed in the secret store; kiln will not start them afresh (it would forget which clusters it made): undelete them or restore them from a local records.json"
+    )]
+    Deleted { path: SecretPath },
+    #[error("shared records at `{path}` do not parse: {message}")]
+    Corrupt { path: SecretPath, message: String },
+}
+
+impl SharedRecords {
+    /// The KV key holding the JSON text.
+    pub const KEY: &'static str = "records.json";
+
+    pub fn new(store: std::sync::Arc<dyn SecretStore>, prefix: &Prefix) -> Self {
+        Self {
+            store,
+            path: crate::secrets::shared_records(prefix),
+            version: None,
+            text: None,
+        }
+    }
+
+    pub fn path(&self) -> &SecretPath {
+        &self.path
+    }
+
+    /// The records as stored now, `None` when no instance ever wrote them.
+    pub async fn load(&mut self) -> Result<Option<Records>, SharedRecordsError> {
+        let read =
+            self.store
+                .read(&self.path)
+                .await
+                .map_err(|source| SharedRecordsError::Store {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        let stored = match read {
+            ReadOutcome::Absent => {
+                self.version = None;
+                self.text = None;
+                return Ok(None);
+            }
+            ReadOutcome::DeletedOrDestroyed { .. } => {
+                return Err(SharedRecordsError::Deleted {
+                    path: self.path.clone(),
+                });
+            }
+            ReadOutcome::Present(stored) => stored,
+        };
+        let corrupt = |message: String| SharedRecordsError::Corrupt {
+            path: self.path.clone(),
+            message,
+        };
+        let text = stored
+            .data
+            .get(Self::KEY)
+            .ok_or_else(|| corrupt(format!("no `{}` key", Self::KEY)))?
+            .expose()
+            .to_owned();
+        let records: Records = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        self.version = Some(stored.version);
+        self.text = Some(text);
+        Ok(Some(records))
+    }
+
+    /// Writes `records` unless they are what was last read or written. The first write creates
+    /// the entry (create-only: two instances seeding at once cannot both win).
+    pub async fn save(&mut self, records: &Records) -> Result<(), SharedRecordsError> {
+        let text =
+            serde_json::to_string_pretty(records).map_err(|e| SharedRecordsError::Corrupt {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
+        if self.text.as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        let data = crate::secrets::secret_data([(Self::KEY, text.clone())]);
+        let store_error = |source| SharedRecordsError::Store {
+            path: self.path.clone(),
+            source,
+        };
+        let version = match self.version {
+            None => match self
+                .store
+                .create(&self.path, &data, &Default::default())
+                .await
+                .map_err(store_error)?
+            {
+                CreateOutcome::Created { version } => version,
+                CreateOutcome::AlreadyExists(_) => {
+                    return Err(SharedRecordsError::Conflict {
+                        path: self.path.clone(),
+                    });
+                }
+            },
+            Some(expected) => match self.store.overwrite(&self.path, expected, &data).await {
+                Ok(v) => v,
+                Err(SecretsError::CasConflict { .. }) => {
+                    return Err(SharedRecordsError::Conflict {
+                        path: self.path.clone(),
+                    });
+                }
+                Err(e) => return Err(store_error(e)),
+            },
+        };
+        self.version = Some(version);
+        self.text = Some(text);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn name(s: &str) -> ClusterName {
         s.parse().unwrap()
+    }
+
+    fn shared(store: &std::sync::Arc<crate::secrets::FileStore>) -> SharedRecords {
+        SharedRecords::new(store.clone(), &Prefix::parse("kubernetes").unwrap())
+    }
+
+    /// Two instances' handles on one store: what one wrote, the other reads; a write from a handle
+    /// that has not seen the latest version is refused, so a former leader cannot undo its
+    /// successor's records.
+    #[tokio::test]
+    async fn shared_records_are_read_by_the_next_leader_and_a_stale_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(crate::secrets::FileStore::open(dir.path()).unwrap());
+        let (mut a, mut b) = (shared(&store), shared(&store));
+        assert_eq!(a.path().as_str(), "kubernetes/_kiln/records");
+        assert_eq!(a.load().await.unwrap(), None);
+
+        let mut records = Records::default();
+        records.clusters.insert(
+            name("prod"),
+            ClusterRecord {
+                spec_text: "name: prod\n".into(),
+                missing_since: Some(OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()),
+                ..Default::default()
+            },
+        );
+        a.save(&records).await.unwrap();
+        assert_eq!(b.load().await.unwrap().as_ref(), Some(&records));
+
+        // b leads now and writes; a, which did not read since, is refused.
+        records.clusters.remove("prod");
+        b.save(&records).await.unwrap();
+        let mut stale = records.clone();
+        stale.published_key = Some("a's".into());
+        assert!(matches!(
+            a.save(&stale).await,
+            Err(SharedRecordsError::Conflict { .. })
+        ));
+        assert_eq!(shared(&store).load().await.unwrap(), Some(records.clone()));
+
+        // Two first writers: only one creates the entry.
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(crate::secrets::FileStore::open(dir.path()).unwrap());
+        let (mut a, mut b) = (shared(&store), shared(&store));
+        a.save(&records).await.unwrap();
+        assert!(matches!(
+            b.save(&stale).await,
+            Err(SharedRecordsError::Conflict { .. })
+        ));
+    }
+
+    /// A cycle that changed nothing writes nothing: the version stays.
+    #[tokio::test]
+    async fn unchanged_shared_records_are_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(crate::secrets::FileStore::open(dir.path()).unwrap());
+        let mut a = shared(&store);
+        let records = Records {
+            published_key: Some("k".into()),
+            ..Default::default()
+        };
+        a.save(&records).await.unwrap();
+        let version = |s: &std::sync::Arc<crate::secrets::FileStore>| {
+            let s = s.clone();
+            async move {
+                match s
+                    .read(&crate::secrets::shared_records(
+                        &Prefix::parse("kubernetes").unwrap(),
+                    ))
+                    .await
+                    .unwrap()
+                {
+                    ReadOutcome::Present(p) => p.version,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let v1 = version(&store).await;
+        a.save(&records).await.unwrap();
+        a.load().await.unwrap();
+        a.save(&records).await.unwrap();
+        assert_eq!(version(&store).await, v1);
     }
 
     #[test]

@@ -478,6 +478,8 @@ async fn decommission_inner(ctx: &Ctx, job: &DecommissionJob) -> Outcome {
         };
     }
     status.phase = Phase::Deleting;
+    // The removal commit is pushed (the engine runs this turn only then); nothing is destroyed yet.
+    crate::testhook::reached("decommission-started");
     // The spec's text keys the backoff: a decommission has no intent revision of its own.
     let revision = format!("decommission:{}", job.record.spec_text.len());
     match executor(ctx, &name, &revision)

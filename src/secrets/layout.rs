@@ -121,6 +121,13 @@ pub struct SecretPaths {
     pub secrets: SecretPath,
 }
 
+/// `[ha]`: where the instances keep kiln's records (`reconcile::records::SharedRecords`), so the one
+/// that takes the Lease carries on what another started. `_` never begins a cluster name (a DNS-1123
+/// label), so this folder never meets a cluster's.
+pub fn shared_records(prefix: &Prefix) -> SecretPath {
+    SecretPath(format!("{}/_kiln/records", prefix.as_str()))
+}
+
 impl SecretPaths {
     pub fn for_cluster(prefix: &Prefix, name: &ClusterName) -> Self {
         let dir = format!("{}/{}", prefix.as_str(), name.as_str());

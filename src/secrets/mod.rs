@@ -18,7 +18,8 @@ pub use decommission::{DecommissionReport, decommission};
 pub use error::SecretsError;
 pub use file::FileStore;
 pub use layout::{
-    Prefix, SecretPath, SecretPaths, bundle_keys, kubeconfig_keys, meta_keys, talos_keys,
+    Prefix, SecretPath, SecretPaths, bundle_keys, kubeconfig_keys, meta_keys, shared_records,
+    talos_keys,
 };
 pub use port::{MetadataPatch, SecretStore};
 pub use types::{

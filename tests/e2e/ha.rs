@@ -859,3 +859,101 @@ async fn a_leader_cut_from_the_management_api_stops_within_its_renew_deadline() 
     );
     assert_bootstraps(&world, 1);
 }
+
+/// The records are shared (`{prefix}/_kiln/records` in Vault, docs/ha.md): a file removed while `a`
+/// led, whose decommission `a` began — the removal commit pushed, nothing destroyed yet — is
+/// finished by `b` after `a` dies, though `b` never led before and so never recorded the cluster
+/// itself. With records in each instance's own `state_dir` only, `b` would not know the cluster's
+/// VMs are kiln's to destroy and would leave them running for ever.
+#[tokio::test]
+async fn a_decommission_the_old_leader_began_is_finished_by_the_new_one() {
+    let c = ClusterFixture::new("hadecom", 1, 0);
+    let world = World::start_audited(vec![c.clone()]).await;
+    // The only cluster's file goes: allowed to decommission it (DESIGN §7, `allow_empty`).
+    world.write_config(true);
+    let daemon = GitDaemon::start(&world.repos);
+    let m = Management::start(world.dir.path()).await;
+    let mut a = Instance::spawn(&world, "a", &daemon.url(), &m, Some("decommission-started")).await;
+    until(
+        Duration::from_secs(30),
+        "instance a holds the Lease",
+        async || a.owns(m.holder().await.as_deref()).then_some(()),
+    )
+    .await;
+    let b = Instance::spawn(&world, "b", &daemon.url(), &m, None).await;
+    until(
+        Duration::from_secs(180),
+        "a converges the cluster",
+        async || (a.phase(&c.name).as_deref() == Some("Ready")).then_some(()),
+    )
+    .await;
+    assert_exact_vms(&world, &[&c], &[]);
+    // b, a follower, never ran a cycle: what it knows of the cluster can only come from a.
+    let b_records = world.dir.path().join("state-b").join("records.json");
+    assert!(
+        !std::fs::read_to_string(&b_records)
+            .unwrap_or_default()
+            .contains("\"hadecom\""),
+        "b recorded the cluster itself"
+    );
+
+    world.delete_clusters(&[&c.name]);
+    until(
+        Duration::from_secs(60),
+        "a begins the decommission",
+        async || {
+            a.log()
+                .contains("KILN PAUSED AT decommission-started")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_exact_vms(&world, &[&c], &[]);
+    let killed_at = wall_now();
+    a.kill9();
+
+    until(
+        Duration::from_secs(120),
+        "b destroys the removed cluster's VMs",
+        async || world.vms().keys().all(|id| *id == 9000).then_some(()),
+    )
+    .await;
+    until(
+        Duration::from_secs(30),
+        "b drops the cluster from the shared records",
+        async || {
+            let (code, body) = world
+                .bao
+                .api_status(
+                    "GET",
+                    &format!("{VAULT_MOUNT}/data/kubernetes/_kiln/records"),
+                    None,
+                )
+                .await;
+            assert_eq!(code, 200, "no shared records: {body:?}");
+            let text = body?["data"]["data"]["records.json"].as_str()?.to_owned();
+            (!text.contains("\"hadecom\"")).then_some(())
+        },
+    )
+    .await;
+    // b did it, after a's death; a wrote nothing to Proxmox after it.
+    let all = writes(&world);
+    let destroys: Vec<_> = all
+        .iter()
+        .filter(|(_, _, method, path)| method == "DELETE" && path.contains("/qemu/"))
+        .collect();
+    assert!(!destroys.is_empty(), "no VM was destroyed: {all:?}");
+    for (token, at, method, path) in &destroys {
+        assert_eq!(token, &b.token_id, "{method} {path}");
+        assert!(*at > killed_at, "{method} {path} before a's death");
+    }
+    // Retained (the default): the secrets are marked, not destroyed.
+    let marked = world
+        .vault_metadata("hadecom", "secrets")
+        .await
+        .expect("the bundle's metadata");
+    assert!(
+        marked["custom_metadata"]["kiln-decommissioned-at"].is_string(),
+        "{marked}"
+    );
+}

@@ -200,8 +200,9 @@ impl SecretStore for VaultStore {
                     // Only the winner writes metadata, so a loser can never overwrite the winner's
                     // mirror of its cluster-uid. A crash right here leaves the value without its
                     // metadata; the value itself still carries every key.
-                    crate::testhook::reached("secret-written");
                     if !custom_metadata.is_empty() {
+                        // Only where metadata follows: the point is "value without metadata".
+                        crate::testhook::reached("secret-written");
                         let patch: MetadataPatch = custom_metadata
                             .iter()
                             .map(|(k, v)| (k.clone(), Some(v.clone())))
