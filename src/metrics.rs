@@ -199,6 +199,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_errors: Family<RequestLabels, Counter>,
     git_reachable: Gauge,
+    /// `[ha]` only: 1 while this instance holds the Lease.
+    ha_leader: Gauge,
     webhooks: Family<ResultLabel, Counter>,
     cluster_phase: Family<ClusterPhaseLabels, Gauge>,
     cluster_failing: Family<ClusterLabel, Gauge>,
@@ -309,6 +311,13 @@ impl Metrics {
              absent Vault key is an answer, not an error)",
             request_errors.clone(),
         );
+        let ha_leader = Gauge::default();
+        registry.register(
+            "ha_leader",
+            "1 while this instance acts: with [ha], while it holds the Lease (0 while it \
+             follows); without [ha], always (exactly one instance of a group should say 1)",
+            ha_leader.clone(),
+        );
         let git_reachable = Gauge::default();
         registry.register(
             "git_reachable",
@@ -371,6 +380,7 @@ impl Metrics {
             requests,
             request_errors,
             git_reachable,
+            ha_leader,
             webhooks,
             cluster_phase,
             cluster_failing,
@@ -379,6 +389,10 @@ impl Metrics {
             credential_left,
             exported: Mutex::new(Exported::default()),
         }
+    }
+
+    pub fn set_ha_leader(&self, leading: bool) {
+        self.ha_leader.set(i64::from(leading));
     }
 
     pub fn set_poll_interval(&self, d: Duration) {

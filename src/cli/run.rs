@@ -98,6 +98,8 @@ pub fn run(config_path: &Path, once: bool, timeout: Duration) -> anyhow::Result<
             None => None,
         };
         let gate = elector.as_ref().map(|(_, gate)| gate.clone());
+        // Without [ha] this instance is the only one, so it always acts.
+        kiln::metrics::global().set_ha_leader(gate.is_none());
         let opened = open_gated_ports(&config, gate.as_ref()).await?;
         // Before READY: from then on systemd may stop kiln, and a SIGTERM must find the handler
         // that finishes the current step (not the default action, which kills at once).

@@ -14,14 +14,18 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use reqwest::Method;
 use tokio::sync::watch;
 
+use crate::kube::{KubeAccess, KubeError, KubePort, NodeReadiness};
 use crate::proxmox::{
     Created, Inventory, OwnedVm, PendingChanges, ProxmoxError, ProxmoxPort, Reply, Resized,
     Transport, TransportError, VmIdentity, VmSpec,
 };
+use crate::reconcile::KubeConnect;
 use crate::secrets::{
     CreateOutcome, CustomMetadata, MetadataPatch, ReadOutcome, SecretData, SecretPath, SecretStore,
     SecretsError, Version,
@@ -470,6 +474,88 @@ impl SecretStore for GatedSecrets {
     }
 }
 
+/// `KubeConnect` whose clients ask the gate before every call that changes a workload cluster
+/// (cordon, drain, Node deletion, the bootstrap manifests' apply); reads go through. A drain is one
+/// call that evicts pod after pod: the gate is asked when it starts, and the executor's stop signal
+/// (the step boundary) ends the turn after it.
+pub struct GatedKube {
+    inner: Arc<dyn KubeConnect>,
+    gate: LeaderGate,
+}
+
+impl GatedKube {
+    pub fn new(inner: Arc<dyn KubeConnect>, gate: LeaderGate) -> Self {
+        Self { inner, gate }
+    }
+}
+
+#[async_trait]
+impl KubeConnect for GatedKube {
+    async fn connect(&self, access: &KubeAccess) -> Result<Box<dyn KubePort>, KubeError> {
+        Ok(Box::new(GatedKubeClient {
+            inner: self.inner.connect(access).await?,
+            gate: self.gate.clone(),
+        }))
+    }
+}
+
+struct GatedKubeClient {
+    inner: Box<dyn KubePort>,
+    gate: LeaderGate,
+}
+
+impl GatedKubeClient {
+    fn allow(&self, what: &'static str) -> Result<(), KubeError> {
+        self.gate
+            .allow(what)
+            .map_err(|e| KubeError::NotLeader(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl KubePort for GatedKubeClient {
+    async fn server_version(&self) -> Result<String, KubeError> {
+        self.inner.server_version().await
+    }
+    async fn node_readiness(&self, expected: &[String]) -> Result<NodeReadiness, KubeError> {
+        self.inner.node_readiness(expected).await
+    }
+    async fn set_unschedulable(&self, node: &str, unschedulable: bool) -> Result<(), KubeError> {
+        self.allow("a cordon")?;
+        self.inner.set_unschedulable(node, unschedulable).await
+    }
+    async fn drain(&self, node: &str, timeout: Duration) -> Result<usize, KubeError> {
+        self.allow("a drain")?;
+        self.inner.drain(node, timeout).await
+    }
+    async fn delete_node(&self, node: &str) -> Result<(), KubeError> {
+        self.allow("a Node deletion")?;
+        self.inner.delete_node(node).await
+    }
+    async fn apply_manifests(&self, objects: &[serde_json::Value]) -> Result<usize, KubeError> {
+        self.allow("a manifest apply")?;
+        self.inner.apply_manifests(objects).await
+    }
+    async fn workload_image(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, KubeError> {
+        self.inner.workload_image(kind, namespace, name).await
+    }
+    async fn kubelet_versions(&self) -> Result<BTreeMap<String, String>, KubeError> {
+        self.inner.kubelet_versions().await
+    }
+    async fn pod_image(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(String, bool)>, KubeError> {
+        self.inner.pod_image(namespace, name).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,6 +623,98 @@ mod tests {
             store.read(&path).await.unwrap(),
             ReadOutcome::Present(_)
         ));
+    }
+
+    /// A workload cluster's API that counts what reaches it.
+    #[derive(Default)]
+    struct Counting(Arc<Mutex<Vec<&'static str>>>);
+
+    #[async_trait]
+    impl KubeConnect for Counting {
+        async fn connect(&self, _: &KubeAccess) -> Result<Box<dyn KubePort>, KubeError> {
+            Ok(Box::new(Counting(self.0.clone())))
+        }
+    }
+
+    #[async_trait]
+    impl KubePort for Counting {
+        async fn server_version(&self) -> Result<String, KubeError> {
+            self.0.lock().unwrap().push("version");
+            Ok("v1.34.0".into())
+        }
+        async fn node_readiness(&self, _: &[String]) -> Result<NodeReadiness, KubeError> {
+            self.0.lock().unwrap().push("readiness");
+            Ok(NodeReadiness::default())
+        }
+        async fn set_unschedulable(&self, _: &str, _: bool) -> Result<(), KubeError> {
+            self.0.lock().unwrap().push("cordon");
+            Ok(())
+        }
+        async fn drain(&self, _: &str, _: Duration) -> Result<usize, KubeError> {
+            self.0.lock().unwrap().push("drain");
+            Ok(0)
+        }
+        async fn delete_node(&self, _: &str) -> Result<(), KubeError> {
+            self.0.lock().unwrap().push("delete");
+            Ok(())
+        }
+        async fn apply_manifests(&self, _: &[serde_json::Value]) -> Result<usize, KubeError> {
+            self.0.lock().unwrap().push("apply");
+            Ok(0)
+        }
+        async fn workload_image(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+        ) -> Result<Option<String>, KubeError> {
+            Ok(None)
+        }
+        async fn kubelet_versions(&self) -> Result<BTreeMap<String, String>, KubeError> {
+            Ok(BTreeMap::new())
+        }
+        async fn pod_image(&self, _: &str, _: &str) -> Result<Option<(String, bool)>, KubeError> {
+            Ok(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shut_gate_sends_no_workload_cluster_write_and_reads_pass() {
+        let seen = Counting::default();
+        let calls = seen.0.clone();
+        let gate = LeaderGate::new("a_1".into(), Duration::from_secs(10));
+        let gated = GatedKube::new(Arc::new(seen), gate.clone());
+        let access = KubeAccess {
+            server: "https://192.0.2.1:6443".into(),
+            ca_pem: String::new(),
+            client_cert_pem: String::new(),
+            client_key_pem: crate::redact::Secret::new(String::new()),
+        };
+        let kube = gated.connect(&access).await.unwrap();
+        for refused in [
+            kube.set_unschedulable("n", true).await.unwrap_err(),
+            kube.drain("n", Duration::from_secs(1))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+            kube.delete_node("n").await.unwrap_err(),
+            kube.apply_manifests(&[]).await.map(|_| ()).unwrap_err(),
+        ] {
+            assert!(matches!(refused, KubeError::NotLeader(_)), "{refused}");
+        }
+        kube.server_version().await.unwrap();
+        kube.node_readiness(&[]).await.unwrap();
+        assert_eq!(*calls.lock().unwrap(), ["version", "readiness"]);
+
+        gate.renewed(Instant::now());
+        kube.set_unschedulable("n", true).await.unwrap();
+        kube.drain("n", Duration::from_secs(1)).await.unwrap();
+        kube.delete_node("n").await.unwrap();
+        kube.apply_manifests(&[]).await.unwrap();
+        assert_eq!(
+            *calls.lock().unwrap(),
+            ["version", "readiness", "cordon", "drain", "delete", "apply"]
+        );
     }
 
     #[tokio::test]

@@ -263,6 +263,7 @@ impl Elector {
             };
             self.gate.publish();
             let leading = self.gate.check();
+            crate::metrics::global().set_ha_leader(leading);
             if leading != was_leading {
                 if leading {
                     tracing::info!(identity = %self.gate.identity(), lease = %self.lease_name, "acquired the Lease: this instance leads");
@@ -291,6 +292,7 @@ impl Elector {
     pub async fn release(self) {
         let mine = self.gate.holder().as_deref() == Some(self.gate.identity());
         self.gate.held_by(None);
+        crate::metrics::global().set_ha_leader(false);
         if !mine {
             return;
         }

@@ -141,13 +141,14 @@ fn is_local_git_url(url: &str) -> bool {
     }
 }
 
-/// `ports` with every Proxmox, Talos and secret-store write asking `gate` first.
+/// `ports` with every Proxmox, Talos, secret-store and workload-cluster Kubernetes write asking
+/// `gate` first.
 pub fn gate_ports(ports: crate::reconcile::Ports, gate: &LeaderGate) -> crate::reconcile::Ports {
     crate::reconcile::Ports {
         proxmox: std::sync::Arc::new(GatedProxmox::new(ports.proxmox, gate.clone())),
         talos: std::sync::Arc::new(gate::GatedTalos::new(ports.talos, gate.clone())),
         secrets: std::sync::Arc::new(GatedSecrets::new(ports.secrets, gate.clone())),
-        ..ports
+        kube: std::sync::Arc::new(gate::GatedKube::new(ports.kube, gate.clone())),
     }
 }
 

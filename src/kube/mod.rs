@@ -38,6 +38,9 @@ pub enum KubeError {
         timeout: Duration,
         detail: String,
     },
+    /// `[ha]`: this instance does not hold the Lease, so nothing was sent (`crate::ha::gate`).
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 impl KubeError {

@@ -229,6 +229,23 @@ impl Instance {
         self.child.wait().unwrap();
     }
 
+    /// `kiln_ha_leader`'s value on its `/metrics`.
+    async fn ha_leader_metric(&self) -> String {
+        let text = reqwest::Client::new()
+            .get(format!("{}/metrics", self.api))
+            .bearer_auth("ha-e2e-api-token")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("kiln_ha_leader "))
+            .unwrap_or_else(|| panic!("no kiln_ha_leader in /metrics:\n{text}"))
+            .to_owned()
+    }
+
     /// The phase of `cluster` in this instance's status file (`kiln status --format json`).
     fn phase(&self, cluster: &str) -> Option<String> {
         let out = kiln()
@@ -395,6 +412,7 @@ async fn one_instance_acts_and_another_takes_over_within_a_lease_after_sigkill()
     .await;
     assert_eq!(body["role"], "follower", "{body}");
     assert!(a.owns(body["leader"].as_str()), "{body}");
+    assert_eq!(b.ha_leader_metric().await, "0");
     let status = kiln()
         .args(["status", "--config"])
         .arg(&b.config)
@@ -437,6 +455,12 @@ async fn one_instance_acts_and_another_takes_over_within_a_lease_after_sigkill()
     .await;
     let took = killed.elapsed();
     eprintln!("takeover after SIGKILL: {took:?} (lease 3s + retry 600ms)");
+    until(
+        Duration::from_secs(5),
+        "b's kiln_ha_leader turns 1",
+        async || (b.ha_leader_metric().await == "1").then_some(()),
+    )
+    .await;
 
     // b converges what a left half-done.
     until(
