@@ -163,6 +163,7 @@ pub fn action_kind(a: &Action) -> &'static str {
         Action::JoinControlPlane { .. } => "join-control-plane",
         Action::StoreCredentials => "store-credentials",
         Action::WaitHealthy => "wait-healthy",
+        Action::Uncordon { .. } => "uncordon",
         Action::RenewCredentials { .. } => "renew-credentials",
         Action::RemoveNode { .. } => "remove-node",
         Action::DestroyVm { .. } => "destroy-vm",

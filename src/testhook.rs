@@ -2,7 +2,8 @@
 //! metadata not yet: the first one is the bundle), `bundle-stored`, `vm-cloned`, `vm-started`,
 //! `config-applied`, `etcd-bootstrapped` (Bootstrap answered, the `bootstrapped-at` marker not yet
 //! written), `kubeconfig-stored`, `decommission-started` (a removed cluster's removal commit is
-//! pushed, none of its VMs destroyed yet). Two ways to stop there:
+//! pushed, none of its VMs destroyed yet), `vm-rebooted` (a resized node is back from its Proxmox
+//! reboot, still cordoned). Two ways to stop there:
 //!
 //! - The end-to-end tests set `KILN_TEST_PAUSE_AT=<point>`: the process announces `KILN PAUSED AT
 //!   <point>` on stderr the first time it reaches that point and stops itself (SIGSTOP, every thread

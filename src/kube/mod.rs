@@ -68,7 +68,14 @@ pub struct NodeReadiness {
     pub not_ready: Vec<String>,
     pub missing: Vec<String>,
     pub extra: Vec<String>,
+    /// Expected nodes that are Ready and still cordoned by kiln ([`CORDONED_BY_KILN`]): a cordon
+    /// whose uncordon a crash or a failed step left undone.
+    pub cordoned_by_kiln: Vec<String>,
 }
+
+/// The annotation kiln puts on a Node it cordons and removes when it uncordons it, so a cordon a
+/// crash left behind is told from one a person made (kiln lifts only its own).
+pub const CORDONED_BY_KILN: &str = "kiln.dev/cordoned";
 
 impl NodeReadiness {
     pub fn all_ready(&self) -> bool {
@@ -198,6 +205,15 @@ impl KubePort for KubeClient {
             if !wanted.contains(name.as_str()) {
                 out.extra.push(name);
             } else if is_ready(node) {
+                let kilns = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+                    && node
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(CORDONED_BY_KILN));
+                if kilns {
+                    out.cordoned_by_kiln.push(name.clone());
+                }
                 out.ready.push(name);
             } else {
                 out.not_ready.push(name);
@@ -208,14 +224,26 @@ impl KubePort for KubeClient {
             .filter(|n| !seen.contains(**n))
             .map(|n| (*n).to_owned())
             .collect();
-        for v in [&mut out.ready, &mut out.not_ready, &mut out.extra] {
+        for v in [
+            &mut out.ready,
+            &mut out.not_ready,
+            &mut out.extra,
+            &mut out.cordoned_by_kiln,
+        ] {
             v.sort();
         }
         Ok(out)
     }
 
     async fn set_unschedulable(&self, node: &str, unschedulable: bool) -> Result<(), KubeError> {
-        let patch = serde_json::json!({ "spec": { "unschedulable": unschedulable } });
+        // The mark goes and comes with the cordon, in the same write (a merge patch's `null`
+        // removes a key), so no crash leaves one without the other.
+        let mark =
+            unschedulable.then(|| time::OffsetDateTime::now_utc().unix_timestamp().to_string());
+        let patch = serde_json::json!({
+            "metadata": { "annotations": { CORDONED_BY_KILN: mark } },
+            "spec": { "unschedulable": unschedulable },
+        });
         self.nodes()
             .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
             .await

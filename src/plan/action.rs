@@ -67,6 +67,9 @@ pub enum Action {
     WaitHealthy,
     /// Replace stored credentials in their last third of life (check-and-set on the version read).
     RenewCredentials { kubeconfig: bool, talosconfig: bool },
+    /// Lift a cordon kiln made whose step did not finish (a crash after the node came back, a
+    /// failed step): the node is Ready and no step of the plan drains it.
+    Uncordon { name: String },
     /// Scale-down: cordon and drain, leave etcd (control plane, confirmed by another member), delete
     /// the Kubernetes Node, then shut down and destroy the VM.
     RemoveNode {
@@ -177,6 +180,7 @@ impl fmt::Display for Action {
             }
             Action::StoreCredentials => write!(f, "store the kubeconfig and talosconfig"),
             Action::WaitHealthy => write!(f, "wait until every node is Ready"),
+            Action::Uncordon { name } => write!(f, "uncordon {name} (kiln's cordon, left behind)"),
             Action::RenewCredentials {
                 kubeconfig,
                 talosconfig,

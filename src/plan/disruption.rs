@@ -74,6 +74,23 @@ pub enum Disruption {
     },
 }
 
+impl Disruption {
+    /// The node this disrupts, if one.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Disruption::None => None,
+            Disruption::Online { node, .. }
+            | Disruption::Reboot { node, .. }
+            | Disruption::NodeLeaves { node, .. }
+            | Disruption::VmDestroyed { node, .. }
+            | Disruption::JoinsEtcd { node, .. }
+            | Disruption::ConfigApply { node, .. }
+            | Disruption::Upgrade { node, .. }
+            | Disruption::KubernetesComponent { node, .. } => Some(node),
+        }
+    }
+}
+
 impl Action {
     /// What this step disrupts when it runs.
     pub fn disruption(&self) -> Disruption {
@@ -87,6 +104,7 @@ impl Action {
             | Action::StoreCredentials
             | Action::RenewCredentials { .. }
             | Action::WaitHealthy
+            | Action::Uncordon { .. }
             | Action::SyncManifests { .. }
             | Action::RetireSecrets { .. } => Disruption::None,
             Action::ResizeVm {

@@ -116,6 +116,7 @@ mod tests {
             running_configs: Some(configs),
             versions: None,
             kubernetes: None,
+            cordoned_by_kiln: Vec::new(),
         }
     }
 

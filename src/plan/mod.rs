@@ -248,6 +248,24 @@ pub fn converge(input: ConvergeInput<'_>) -> ClusterPlan {
         }
     }
 
+    // A cordon kiln made and did not lift (a crash after the node came back, a failed step): lifted
+    // once the node is Ready, unless a step here drains it anyway (that step uncordons after).
+    // Not while the plan is blocked: a failed upgrade keeps its node cordoned on purpose.
+    if plan.blockers.is_empty() {
+        for name in &observed.cordoned_by_kiln {
+            let drained_here = plan
+                .steps
+                .iter()
+                .any(|s| s.action.disruption().node() == Some(name.as_str()));
+            if desired.nodes.iter().any(|n| &n.name == name) && !drained_here {
+                plan.steps.push(step(
+                    Action::Uncordon { name: name.clone() },
+                    "Ready, and still cordoned by a step of kiln's that did not finish",
+                ));
+            }
+        }
+    }
+
     let acted = !plan.steps.is_empty() || changed_anything;
     if acted || observed.healthy == Some(false) {
         plan.steps.push(step(

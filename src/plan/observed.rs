@@ -108,4 +108,8 @@ pub struct ObservedCluster {
     pub versions: Option<super::upgrade::VersionsObserved>,
     /// The Kubernetes versions the nodes' configs name (deep observation), for Kubernetes hops.
     pub kubernetes: Option<super::k8s_rollout::KubernetesObserved>,
+    /// Nodes that are Ready and still carry kiln's cordon (`kube::CORDONED_BY_KILN`): an uncordon
+    /// a crash left undone (deep observation).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cordoned_by_kiln: Vec<String>,
 }

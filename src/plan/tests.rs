@@ -57,6 +57,7 @@ fn converged(c: &Cluster) -> ObservedCluster {
         running_configs: None,
         versions: None,
         kubernetes: None,
+        cordoned_by_kiln: Vec::new(),
     }
 }
 
@@ -516,5 +517,50 @@ fn json_keeps_every_field_and_adds_the_disruption() {
             .unwrap()
             .starts_with("reboots production-wk-4"),
         "{v}"
+    );
+}
+
+/// A cordon of kiln's left behind (DESIGN §7, crash safety) is lifted once nothing else drains the
+/// node; a node a step of this plan reboots keeps it (that step uncordons after); a blocked plan
+/// lifts nothing; a node the file no longer names is not kiln's to uncordon.
+#[test]
+fn a_cordon_kiln_left_is_lifted_unless_a_step_drains_that_node() {
+    let c = production();
+    let worker = c.node(4).unwrap().name.clone();
+    let mut observed = converged(&c);
+    observed.cordoned_by_kiln = vec![worker.clone(), "production-wk-9".into()];
+    let plan = run(&c, Some(&c), &observed);
+    assert_eq!(
+        actions(&plan),
+        [
+            &Action::Uncordon {
+                name: worker.clone()
+            },
+            &Action::WaitHealthy
+        ],
+        "{plan}"
+    );
+    assert_eq!(plan.steps[0].action.disruption(), Disruption::None);
+
+    // Its memory is raised: the resize drains and reboots it, then uncordons it itself.
+    observed.vms.get_mut(&4).unwrap().memory_mib = Some(1024);
+    let plan = run(&c, Some(&c), &observed);
+    assert!(
+        !actions(&plan)
+            .iter()
+            .any(|a| matches!(a, Action::Uncordon { .. })),
+        "{plan}"
+    );
+
+    // Blocked (a disk shrink is refused): nothing is lifted.
+    observed.vms.get_mut(&4).unwrap().memory_mib = None;
+    observed.vms.get_mut(&4).unwrap().disk_gib = Some(500);
+    let plan = run(&c, Some(&c), &observed);
+    assert!(!plan.blockers.is_empty(), "{plan}");
+    assert!(
+        !actions(&plan)
+            .iter()
+            .any(|a| matches!(a, Action::Uncordon { .. })),
+        "{plan}"
     );
 }

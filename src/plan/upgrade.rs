@@ -46,8 +46,8 @@ impl FailedUpgrade {
     pub fn message(&self) -> String {
         format!(
             "{} did not come back healthy after upgrading to Talos {}; fix the node (its Talos API must \
-             answer running {} and its Kubernetes Node be Ready; kiln left it cordoned: uncordon it once \
-             it is sound) and kiln resumes the rollout on its next look, or change spec.talos.version to \
+             answer running {} and its Kubernetes Node be Ready; it stays cordoned until then, and kiln \
+             lifts its cordon once it is) and kiln resumes the rollout on its next look, or change spec.talos.version to \
              start a new one",
             self.node, self.to, self.to
         )

@@ -55,8 +55,8 @@ pub enum TurnError {
     #[error(
         "{node} did not come back healthy within {waited} after upgrading to Talos {to} (last: {last}); \
          the rollout stops here and kiln does not upgrade it again by itself: fix the node (its Talos \
-         API must answer running {to} and its Kubernetes Node be Ready; it is left cordoned: uncordon \
-         it once it is sound) and kiln resumes, or change spec.talos.version"
+         API must answer running {to} and its Kubernetes Node be Ready; it stays cordoned until then, \
+         and kiln lifts its cordon once it is) and kiln resumes, or change spec.talos.version"
     )]
     UpgradeUnhealthy {
         node: String,

@@ -42,6 +42,7 @@ pub fn action_key(a: &Action) -> String {
         Action::JoinControlPlane { name, .. } => format!("join-control-plane {name}"),
         Action::StoreCredentials => "store-credentials".into(),
         Action::WaitHealthy => "wait-healthy".into(),
+        Action::Uncordon { name } => format!("uncordon {name}"),
         Action::RenewCredentials { .. } => "renew-credentials".into(),
         Action::RemoveNode { vmid, .. } => format!("remove-node {vmid}"),
         Action::DestroyVm { vmid, .. } => format!("destroy-vm {vmid}"),

@@ -342,13 +342,12 @@ pub async fn cluster(
     if bootstrapped {
         let expected: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
         let kube = kube_api(ports, cluster, &loaded.bundle).await;
-        let ready = match &kube {
-            Some(k) => k
-                .node_readiness(&expected)
-                .await
-                .is_ok_and(|r| r.all_ready()),
-            None => false,
+        let readiness = match &kube {
+            Some(k) => k.node_readiness(&expected).await.ok(),
+            None => None,
         };
+        let ready = readiness.as_ref().is_some_and(|r| r.all_ready());
+        out.observed.cordoned_by_kiln = readiness.map(|r| r.cordoned_by_kiln).unwrap_or_default();
         // Whether kube-proxy's DaemonSet runs what the control planes' configs name: after a
         // Kubernetes hop the bootstrap manifests are synced last (`plan::k8s_rollout`).
         if let (Some(k), Some(seen)) = (&kube, out.observed.kubernetes.as_mut()) {

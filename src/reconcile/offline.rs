@@ -101,6 +101,7 @@ pub fn converged_observation(c: &Cluster) -> ObservedCluster {
                 .collect(),
             manifests_current: Some(true),
         }),
+        cordoned_by_kiln: Vec::new(),
     }
 }
 

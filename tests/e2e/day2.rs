@@ -601,3 +601,51 @@ async fn control_planes_scale_down_highest_number_first_one_at_a_time_with_the_w
         .collect();
     assert_eq!(members, vec![kept_cp.name.clone()], "etcd members");
 }
+
+/// DESIGN §7 (crash safety): kiln killed after a resized worker came back from its Proxmox reboot,
+/// before its uncordon. The VM has its new size, so no resize is planned again; the cordon is
+/// kiln's (its mark on the Node), so the restart lifts it. Without that, the worker would stay
+/// unschedulable for good.
+#[tokio::test]
+async fn a_cordon_left_by_a_crash_after_a_resize_reboot_is_lifted_on_restart() {
+    let c = ClusterFixture::new("d2cordon", 1, 1);
+    let world = converged(&c).await;
+    let (_, _, disk) = WK_RESOURCES;
+    world.push_file(
+        &c.path(),
+        &with_resources(&c.yaml(), Role::Worker, (4, 6, disk)),
+        "workers: 4 cores, 6 GiB",
+    );
+    let worker = c
+        .wanted()
+        .into_iter()
+        .find(|w| w.role == Role::Worker)
+        .unwrap()
+        .name;
+
+    let mut daemon = world.spawn_daemon(Some("vm-rebooted"));
+    daemon.wait_paused("vm-rebooted", std::time::Duration::from_secs(120));
+    daemon.kill9();
+    let events = kube_events(&world);
+    assert_eq!(
+        events.last(),
+        Some(&KubeEvent::Cordon(worker.clone())),
+        "the killed daemon left the worker cordoned: {events:?}"
+    );
+
+    let run = world.run_once();
+    assert!(run.success(), "the restart:\n{run}");
+    let events = kube_events(&world);
+    assert_eq!(
+        events.last(),
+        Some(&KubeEvent::Uncordon(worker.clone())),
+        "the worker is still cordoned after the restart: {events:?}"
+    );
+    // Lifted, not resized again: one Proxmox reboot of the worker in all.
+    let reboots = world
+        .requests_since(0)
+        .into_iter()
+        .filter(|(m, p)| m == "POST" && p.ends_with("/status/reboot"))
+        .count();
+    assert_eq!(reboots, 1);
+}

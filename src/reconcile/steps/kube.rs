@@ -1,9 +1,29 @@
-//! Steps that drive the cluster's Kubernetes API: health (every node kiln expects is Ready by name).
+//! Steps that drive the cluster's Kubernetes API: health (every node kiln expects is Ready by name),
+//! and lifting a cordon of kiln's that its step left behind.
 
 use crate::reconcile::executor::{Flow, StepResult};
 use crate::reconcile::turn::Turn;
 
 impl Turn<'_> {
+    /// The observation saw the node Ready and cordoned by kiln; looked at again here, as the step
+    /// may run a while after it (a person may have uncordoned it, or cordoned it for their own
+    /// reasons — then kiln's mark is gone and the cordon is theirs).
+    pub(super) async fn uncordon(&mut self, name: &str) -> StepResult {
+        let Some(kube) = self.kube().await else {
+            return Ok(Flow::Wait(
+                "waiting for the Kubernetes API to answer".to_owned(),
+            ));
+        };
+        let r = kube.node_readiness(&[name.to_owned()]).await?;
+        if r.cordoned_by_kiln.iter().any(|n| n == name) {
+            kube.set_unschedulable(name, false).await?;
+            self.say(format!(
+                "uncordoned {name}: kiln's cordon outlived the step that made it"
+            ));
+        }
+        Ok(Flow::Done)
+    }
+
     pub(super) async fn wait_healthy(&mut self) -> StepResult {
         let cluster = self.cluster()?;
         let Some(kube) = self.kube().await else {

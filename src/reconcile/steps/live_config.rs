@@ -31,7 +31,7 @@ pub enum LiveConfigError {
         source: CompareError,
     },
     #[error(
-        "{node} did not come back within {} after rebooting to apply its machine config ({last}); it stays cordoned until it is back and a person uncordons it",
+        "{node} did not come back within {} after rebooting to apply its machine config ({last}); it stays cordoned until it is back and Ready, when kiln lifts its cordon",
         humantime::format_duration(*waited)
     )]
     NotBack {

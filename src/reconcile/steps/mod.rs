@@ -36,6 +36,7 @@ impl Turn<'_> {
                 Action::JoinControlPlane { number, .. } => self.join_control_plane(*number).await,
                 Action::StoreCredentials => self.store_credentials().await,
                 Action::WaitHealthy => self.wait_healthy().await,
+                Action::Uncordon { name } => self.uncordon(name).await,
                 Action::RenewCredentials {
                     kubeconfig,
                     talosconfig,

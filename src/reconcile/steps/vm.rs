@@ -82,6 +82,7 @@ impl Turn<'_> {
                 node.vmid, node.name
             ));
             px.reboot(&resized.vm).await?;
+            crate::testhook::reached("vm-rebooted");
             if let Some(k) = &kube {
                 k.set_unschedulable(&node.name, false).await?;
             }

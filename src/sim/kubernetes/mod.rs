@@ -57,6 +57,8 @@ pub enum KubeSimError {
 pub struct SimNode {
     pub ready: bool,
     pub unschedulable: bool,
+    /// `metadata.annotations`, kept across a kubelet's re-registration as the Node object is.
+    pub annotations: std::collections::BTreeMap<String, String>,
     /// `control-plane` or `worker`: the `node-role.kubernetes.io/…` label; a control plane carries
     /// the `NoSchedule` taint Talos puts on it unless `control_plane_schedulable`.
     pub role: String,
@@ -77,6 +79,7 @@ impl Default for SimNode {
         Self {
             ready: false,
             unschedulable: false,
+            annotations: Default::default(),
             role: "worker".into(),
             control_plane_schedulable: false,
             kubelet_version: String::new(),

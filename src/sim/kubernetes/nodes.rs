@@ -55,6 +55,9 @@ pub fn node_json(name: &str, n: &SimNode) -> Value {
     if n.unschedulable {
         node["spec"]["unschedulable"] = json!(true);
     }
+    if !n.annotations.is_empty() {
+        node["metadata"]["annotations"] = json!(n.annotations);
+    }
     let taints = workloads::taints(n);
     if !taints.is_empty() {
         node["spec"]["taints"] = json!(taints);
@@ -79,8 +82,9 @@ pub fn list(state: &KubeSimState) -> Vec<Value> {
     state.nodes.iter().map(|(k, v)| node_json(k, v)).collect()
 }
 
-/// A merge or strategic merge patch: only `spec.unschedulable` changes the simulated node (the rest
-/// of a Node is the kubelet's to report); `null` clears it, as kubectl's uncordon sends it.
+/// A merge or strategic merge patch: only `spec.unschedulable` and `metadata.annotations` change the
+/// simulated node (the rest of a Node is the kubelet's to report); `null` clears either, as
+/// kubectl's uncordon sends it (RFC 7386: a `null` member removes the key).
 pub fn patch(state: &mut KubeSimState, name: &str, patch: &Value) -> Result<Value, ApiError> {
     let current = get(state, name)?;
     if let Some(sent) = patch
@@ -105,8 +109,18 @@ pub fn patch(state: &mut KubeSimState, name: &str, patch: &Value) -> Result<Valu
         .pointer("/spec/unschedulable")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let annotations = merged
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
     let rv = state.next_revision();
     let node = state.nodes.get_mut(name).ok_or_else(|| not_found(name))?;
+    node.annotations = annotations;
     if node.unschedulable != unschedulable || patch.pointer("/spec").is_some() {
         node.unschedulable = unschedulable;
         // The e2e tests read drains from `kiln sim talos`'s log: it is all they can see of them.

@@ -281,6 +281,11 @@ pub fn sync(fleet: &mut Fleet) {
                 // A kubelet with a new config re-registers its Node; a cordon survives that, as the
                 // Node object (and its `spec`) outlives a kubelet restart.
                 let unschedulable = state.nodes.get(&m.name).is_some_and(|n| n.unschedulable);
+                let annotations = state
+                    .nodes
+                    .get(&m.name)
+                    .map(|n| n.annotations.clone())
+                    .unwrap_or_default();
                 let created = state
                     .nodes
                     .get(&m.name)
@@ -290,6 +295,7 @@ pub fn sync(fleet: &mut Fleet) {
                     SimNode {
                         ready: m.ready,
                         unschedulable,
+                        annotations,
                         role: role.into(),
                         control_plane_schedulable: m
                             .control_plane
