@@ -536,6 +536,35 @@ impl SimTalos {
             .map(|n| n.version.clone())
     }
 
+    /// The etcd revision of the cluster the node at `addr` belongs to (`Fleet::etcd_revision`).
+    pub fn etcd_revision(&self, addr: SocketAddr) -> Option<i64> {
+        let fleet = self.shared.fleet.lock().expect("fleet lock");
+        let key = fleet
+            .nodes
+            .get(&addr)?
+            .configured()?
+            .cfg
+            .cluster_key
+            .clone();
+        Some(fleet.etcd_revision(&key))
+    }
+
+    /// `n` writes to the etcd of the node's cluster by some client (a Kubernetes controller, an
+    /// operator's `etcdctl put`): each moves the revision by one, as on etcd.
+    pub fn write_etcd(&self, addr: SocketAddr, n: i64) {
+        let mut fleet = self.shared.fleet.lock().expect("fleet lock");
+        let Some(key) = fleet
+            .nodes
+            .get(&addr)
+            .and_then(Node::configured)
+            .map(|c| c.cfg.cluster_key.clone())
+        else {
+            return;
+        };
+        let revision = fleet.etcd_revision(&key) + n;
+        fleet.set_etcd_revision(&key, revision);
+    }
+
     /// Holds a control plane back from joining a running etcd cluster (a slow join on real Talos, while
     /// a Bootstrap sent to it would start a second etcd cluster); releasing lets it join.
     pub fn hold_etcd_join(&self, addr: SocketAddr, held: bool) {
