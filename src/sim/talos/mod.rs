@@ -138,6 +138,8 @@ pub struct InjectedFailure {
 struct Faults {
     /// Method name (e.g. `Bootstrap`) → delay before every answer.
     delays: HashMap<String, Duration>,
+    /// method → a pause before each streamed message, and the message after which the stream stalls.
+    paces: HashMap<String, (Duration, Option<usize>)>,
     /// (node, method) → failures answered before the method runs, oldest first.
     failures: HashMap<(SocketAddr, String), Vec<InjectedFailure>>,
     /// (node, method) answered with a failure every time.
@@ -169,6 +171,15 @@ impl Shared {
         if let Some(serving) = serving {
             serving.close();
         }
+    }
+
+    fn stream_pace(&self, method: &str) -> Option<(Duration, Option<usize>)> {
+        self.faults
+            .lock()
+            .expect("faults lock")
+            .paces
+            .get(method)
+            .copied()
     }
 
     async fn before_call(&self, addr: SocketAddr, method: &str) -> Result<(), Status> {
@@ -463,6 +474,18 @@ impl SimTalos {
             .expect("faults lock")
             .delays
             .insert(method.to_owned(), delay);
+    }
+
+    /// A server stream of `method` sends each message after `pause`, and with `stall_after` sends
+    /// that many and then nothing more while keeping the stream open (a node whose disk or etcd
+    /// hangs mid-snapshot).
+    pub fn pace_stream(&self, method: &str, pause: Duration, stall_after: Option<usize>) {
+        self.shared
+            .faults
+            .lock()
+            .expect("faults lock")
+            .paces
+            .insert(method.to_owned(), (pause, stall_after));
     }
 
     /// The next call of `method` on `addr` fails with `code` and `message`, before the method runs.
