@@ -9,6 +9,8 @@
 mod live_config;
 #[path = "talos_grpc/real.rs"]
 mod real;
+#[path = "talos_grpc/restore.rs"]
+mod restore;
 #[path = "talos_grpc/snapshot.rs"]
 mod snapshot;
 #[path = "talos_grpc/upgrade.rs"]

@@ -133,6 +133,8 @@ pub struct Fleet {
     pub clusters: HashMap<String, ClusterState>,
     /// Things that would break a real cluster (a second etcd cluster): reported loudly, kept for tests.
     pub violations: Vec<String>,
+    /// Every etcd recovery that succeeded: the node and the revision etcd came back at.
+    pub recoveries: Vec<(SocketAddr, i64)>,
     pub dump_dir: Option<PathBuf>,
     /// Control planes that do not join etcd by themselves yet (a test models a slow join with it).
     pub join_held: std::collections::HashSet<SocketAddr>,

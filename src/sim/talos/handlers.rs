@@ -324,6 +324,8 @@ pub fn bootstrap(
                 c.etcd_failed = None;
                 fleet.cluster(&key).members.clear();
                 fleet.set_etcd_revision(&key, revision);
+                fleet.recoveries.push((addr, revision));
+                tracing::info!(node = %addr, cluster = %cluster_name, revision, "etcd recovered from the snapshot");
             }
         }
     }

@@ -572,6 +572,16 @@ impl SimTalos {
         Some(fleet.etcd_revision(&key))
     }
 
+    /// Every successful etcd recovery so far: the node and the revision etcd came back at.
+    pub fn etcd_recoveries(&self) -> Vec<(SocketAddr, i64)> {
+        self.shared
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .recoveries
+            .clone()
+    }
+
     /// `n` writes to the etcd of the node's cluster by some client (a Kubernetes controller, an
     /// operator's `etcdctl put`): each moves the revision by one, as on etcd.
     pub fn write_etcd(&self, addr: SocketAddr, n: i64) {
