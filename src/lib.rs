@@ -7,6 +7,8 @@ pub mod config;
 pub mod redact;
 pub mod spec;
 
+/// etcd backups: destinations, age encryption, manifests, the snapshot pipeline and its prune.
+pub mod backup;
 /// `kiln demo`: the demo folder, its seeded repository, the simulated lab, the closing report.
 pub mod demo;
 /// The Git source and the generated-files commit.
