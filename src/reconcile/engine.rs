@@ -254,7 +254,10 @@ impl Engine {
                 return report;
             }
         };
-        let intent = Intent::read(&snapshot);
+        let mut intent = Intent::read(&snapshot);
+        if self.config.ha.is_some() {
+            super::backup::refuse_local_destinations(&mut intent);
+        }
 
         // Records: new valid clusters are recorded (kiln may make VMs for them from now on); a file
         // that came back cancels its decommission.

@@ -14,6 +14,6 @@ pub mod tls;
 
 pub use client::{ApplyOutcome, BootstrapOutcome, ClientOptions, Mode, TalosClient, VersionReport};
 pub use error::{NoAnswer, TalosError};
-pub use port::{GrpcTalos, TalosNode, TalosPort};
+pub use port::{GrpcTalos, SnapshotStream, TalosNode, TalosPort};
 pub use state::{MachineStage, MachineStatus, NodeState};
 pub use tls::ClientIdentity;
