@@ -3,13 +3,17 @@
 //! `crate::backup`'s pipeline; when one is due (the schedule, shifted per cluster by a jitter both
 //! HA instances compute alike); and the `[ha]` refusal of folder destinations, per file.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use super::observe;
 use super::policy::Intent;
+use super::status::{BackupStatus, Phase, StatusBook};
 use crate::backup::{self, BackupError, Destination, Outcome, TakeInput};
 use crate::config::BackupConfig;
 use crate::secrets::{Prefix, SecretPaths, SecretStore};
@@ -170,6 +174,250 @@ pub async fn take_now(
             tried.join("; ")
         },
     })
+}
+
+/// One cluster's backup state in this process.
+#[derive(Default)]
+struct Track {
+    /// The destination was looked at once since the start (the newest snapshot there is the last
+    /// good one, so a restart does not take a snapshot out of turn).
+    looked: bool,
+    running: bool,
+    last_attempt: Option<OffsetDateTime>,
+    last_success: Option<OffsetDateTime>,
+    status: BackupStatus,
+}
+
+/// The daemon's schedule: per cycle, every Ready cluster with `spec.backup` whose slot has come
+/// gets a snapshot in a task of its own (a slow destination never holds a reconcile turn back),
+/// one at a time per cluster; each cycle copies the results into the clusters' status.
+pub struct Scheduler {
+    tracks: Arc<Mutex<BTreeMap<String, Track>>>,
+    config: BackupConfig,
+    prefix: Prefix,
+    talos: Arc<dyn TalosPort>,
+    secrets: Arc<dyn SecretStore>,
+    /// With `[ha]`: whether this instance still leads (asked before a snapshot starts and before
+    /// its prune; the engine runs only while it leads).
+    may_write: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl Scheduler {
+    pub fn new(
+        config: BackupConfig,
+        prefix: Prefix,
+        talos: Arc<dyn TalosPort>,
+        secrets: Arc<dyn SecretStore>,
+        may_write: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> Self {
+        Self {
+            tracks: Default::default(),
+            config,
+            prefix,
+            talos,
+            secrets,
+            may_write,
+        }
+    }
+
+    /// The daemon's scheduler (always one: which clusters have `spec.backup` is Git's to say, cycle
+    /// by cycle); with `[ha]` it asks the engine's leadership before each snapshot.
+    pub fn for_engine(
+        config: &crate::config::Config,
+        ports: &super::Ports,
+        prefix: &Prefix,
+        leadership: Option<Arc<dyn super::Leadership>>,
+    ) -> Option<Self> {
+        let may_write: Arc<dyn Fn() -> bool + Send + Sync> = match leadership {
+            Some(l) => Arc::new(move || l.check()),
+            None => Arc::new(|| true),
+        };
+        Some(Self::new(
+            config.backup.clone(),
+            prefix.clone(),
+            ports.talos.clone(),
+            ports.secrets.clone(),
+            may_write,
+        ))
+    }
+
+    /// Starts the snapshots that are due among `clusters` (the tip's valid clusters whose status
+    /// is Ready or Degraded), forgets clusters no longer listed, and leaves each one's backup
+    /// status and condition in `book`.
+    pub fn tick(&self, clusters: Vec<Cluster>, book: &mut StatusBook, now: OffsetDateTime) {
+        let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
+        let with_backup: BTreeMap<String, Cluster> = clusters
+            .into_iter()
+            .filter(|c| c.spec.backup.is_some())
+            .map(|c| (c.name.to_string(), c))
+            .collect();
+        tracks.retain(|name, _| with_backup.contains_key(name) || book.clusters.contains_key(name));
+        for (name, cluster) in &with_backup {
+            let ready = book
+                .clusters
+                .get(name)
+                .is_some_and(|s| matches!(s.phase, Phase::Ready | Phase::Degraded));
+            let Some(spec) = &cluster.spec.backup else {
+                continue;
+            };
+            let track = tracks.entry(name.clone()).or_default();
+            let is_due = !track.looked || due(now, track.last_attempt, spec.schedule.0, name);
+            if ready && !track.running && is_due && (self.may_write)() {
+                track.running = true;
+                tokio::spawn(attempt(
+                    self.tracks.clone(),
+                    cluster.clone(),
+                    self.config.clone(),
+                    self.prefix.clone(),
+                    self.talos.clone(),
+                    self.secrets.clone(),
+                    self.may_write.clone(),
+                ));
+            }
+        }
+        for (name, status) in book.clusters.iter_mut() {
+            let (Some(cluster), Some(track)) = (with_backup.get(name), tracks.get(name)) else {
+                if status.backup.take().is_some() {
+                    status.conditions.retain(|c| c.kind != BACKUP_CONDITION);
+                }
+                continue;
+            };
+            let schedule = cluster.spec.backup.as_ref().map(|b| b.schedule.0);
+            status.backup = Some(track.status.clone());
+            let too_old =
+                schedule.is_some_and(|s| track.looked && stale(now, track.last_success, s));
+            if let Some(e) = &track.status.last_error {
+                status.set_condition(
+                    BACKUP_CONDITION,
+                    true,
+                    "BackupFailed",
+                    &format!("the last etcd snapshot failed: {e}"),
+                );
+            } else if track.status.failed_checks > 0 {
+                status.set_condition(BACKUP_CONDITION, true, "SnapshotCheckFailed", &format!("{} snapshot(s) at the destination failed their read-back check (kiln backup list {name})", track.status.failed_checks));
+            } else if too_old && track.last_attempt.is_some() {
+                status.set_condition(
+                    BACKUP_CONDITION,
+                    true,
+                    "BackupTooOld",
+                    "the last good etcd snapshot is older than twice spec.backup.schedule",
+                );
+            } else {
+                status.conditions.retain(|c| c.kind != BACKUP_CONDITION);
+            }
+        }
+    }
+}
+
+/// The condition a failing backup puts on a cluster: `Degraded`, true, with the reason. The phase
+/// is left alone: the cluster itself serves; the backup has its own metric and alert.
+pub const BACKUP_CONDITION: &str = "BackupDegraded";
+
+async fn attempt(
+    tracks: Arc<Mutex<BTreeMap<String, Track>>>,
+    cluster: Cluster,
+    config: BackupConfig,
+    prefix: Prefix,
+    talos: Arc<dyn TalosPort>,
+    secrets: Arc<dyn SecretStore>,
+    may_write: Arc<dyn Fn() -> bool + Send + Sync>,
+) {
+    let name = cluster.name.to_string();
+    let Some(spec) = cluster.spec.backup.clone() else {
+        return;
+    };
+    let update = |f: &mut dyn FnMut(&mut Track)| {
+        let mut t = tracks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(track) = t.get_mut(&name) {
+            f(track);
+        }
+    };
+    let looked = tracks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&name)
+        .is_some_and(|t| t.looked);
+    if !looked {
+        // The newest snapshot at the destination stands for the last attempt and success.
+        let newest = match Destination::open(&spec.destination, &config) {
+            Ok(dest) => backup::take::catalogue(&dest, &name, false)
+                .await
+                .ok()
+                .and_then(|entries| {
+                    entries.into_iter().rev().find_map(|e| {
+                        let m = e.manifest?;
+                        let at = OffsetDateTime::parse(&m.created_at, &Rfc3339).ok()?;
+                        Some((at, m.id, m.encrypted.size))
+                    })
+                }),
+            Err(_) => None,
+        };
+        let now = OffsetDateTime::now_utc();
+        let mut go = true;
+        update(&mut |t| {
+            t.looked = true;
+            if let Some((at, id, size)) = &newest {
+                t.last_attempt = Some(*at);
+                t.last_success = Some(*at);
+                t.status.last_success_at = Some(backup::manifest::rfc3339(*at));
+                t.status.last_snapshot = Some(id.clone());
+                t.status.last_size_bytes = Some(*size);
+                go = due(now, Some(*at), spec.schedule.0, &name);
+            }
+            if !go {
+                t.running = false;
+            }
+        });
+        if !go {
+            return;
+        }
+    }
+    if !may_write() {
+        update(&mut |t| t.running = false);
+        return;
+    }
+    let now = OffsetDateTime::now_utc();
+    update(&mut |t| {
+        t.last_attempt = Some(now);
+        t.status.last_attempt_at = Some(backup::manifest::rfc3339(now));
+    });
+    let result = take_now(
+        talos.as_ref(),
+        secrets.as_ref(),
+        &prefix,
+        &config,
+        &cluster,
+        now,
+    )
+    .await;
+    match result {
+        Ok(out) => {
+            tracing::info!(cluster = %name, snapshot = %out.snapshot.id, pruned = out.pruned.len(), "etcd snapshot verified");
+            let failed = out
+                .snapshots
+                .iter()
+                .filter(|e| !e.state.is_verified())
+                .count();
+            update(&mut |t| {
+                t.running = false;
+                t.last_success = Some(now);
+                t.status.last_success_at = Some(backup::manifest::rfc3339(now));
+                t.status.last_snapshot = Some(out.snapshot.id.clone());
+                t.status.last_size_bytes = Some(out.snapshot.encrypted.size);
+                t.status.last_error = None;
+                t.status.failed_checks = u32::try_from(failed).unwrap_or(u32::MAX);
+            });
+        }
+        Err(e) => {
+            tracing::warn!(cluster = %name, error = %e, "etcd snapshot failed");
+            crate::metrics::global().backup_failed(&name);
+            let message = e.to_string();
+            update(&mut |t| {
+                t.running = false;
+                t.status.last_error = Some(message.clone());
+            });
+        }
+    }
 }
 
 #[cfg(test)]
