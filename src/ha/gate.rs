@@ -375,9 +375,6 @@ impl TalosNode for GatedTalosNode {
     async fn running_version(&self) -> Result<String, TalosError> {
         self.inner.running_version().await
     }
-    async fn etcd_snapshot(&self) -> Result<crate::talos::grpc::SnapshotStream, TalosError> {
-        self.inner.etcd_snapshot().await
-    }
     async fn pull_and_install(&self, image: &str, deadline: Duration) -> Result<(), TalosError> {
         talos_allow(&self.gate, "a Talos upgrade")?;
         self.inner.pull_and_install(image, deadline).await

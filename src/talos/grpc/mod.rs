@@ -17,6 +17,6 @@ pub use client::{
     VersionReport, collect, upload_from,
 };
 pub use error::{NoAnswer, TalosError};
-pub use port::{GrpcTalos, SnapshotStream, TalosNode, TalosPort};
+pub use port::{GrpcTalos, TalosNode, TalosPort};
 pub use state::{MachineStage, MachineStatus, NodeState};
 pub use tls::ClientIdentity;

@@ -20,10 +20,6 @@ use super::state::{self, NodeState, UuidCheck};
 use super::tls::ClientIdentity;
 use crate::redact::Secret;
 
-/// A snapshot as it streams from a node.
-pub type SnapshotStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, TalosError>> + Send>>;
-
 #[async_trait]
 pub trait TalosPort: Send + Sync {
     /// Configured (mTLS answers), maintenance (an insecure COSI read says so), or booting/unreachable.
@@ -69,8 +65,6 @@ pub trait TalosNode: Send + Sync {
     ) -> Result<ApplyOutcome, TalosError>;
     /// The Talos tag the node runs (`Version` over mTLS).
     async fn running_version(&self) -> Result<String, TalosError>;
-    /// The node's etcd database as it streams (`EtcdSnapshot`; issue 30's backups), never joined.
-    async fn etcd_snapshot(&self) -> Result<SnapshotStream, TalosError>;
     /// The new upgrade flow (Talos ≥ v1.13): pull the installer, then install it (no reboot); the
     /// deadline bounds each of the two streams.
     async fn pull_and_install(&self, image: &str, deadline: Duration) -> Result<(), TalosError>;
@@ -131,15 +125,6 @@ impl TalosNode for TalosClient {
 
     async fn running_version(&self) -> Result<String, TalosError> {
         Ok(self.version().await?.tag)
-    }
-
-    async fn etcd_snapshot(&self) -> Result<SnapshotStream, TalosError> {
-        let joined = TalosClient::etcd_snapshot(self).await?;
-        let chunks: Vec<Result<bytes::Bytes, TalosError>> = joined
-            .chunks(64 * 1024)
-            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
-            .collect();
-        Ok(Box::pin(futures::stream::iter(chunks)))
     }
 
     async fn bootstrap_manifests(&self) -> Result<Vec<serde_json::Value>, TalosError> {
