@@ -184,6 +184,8 @@ struct Exported {
     failing: BTreeSet<String>,
     /// Expiry (Unix seconds) per (cluster, credential): the time left is computed at each scrape.
     expiry: BTreeMap<(String, &'static str), f64>,
+    /// Clusters with a backup series.
+    backup: BTreeSet<String>,
 }
 
 pub struct Metrics {
@@ -205,8 +207,10 @@ pub struct Metrics {
     applied_revision: Family<RevisionLabels, Gauge>,
     credential_expiry: Family<CredentialLabels, FloatGauge>,
     credential_left: Family<CredentialLabels, FloatGauge>,
-    // Issue 30 (backups): `kiln_backup_last_success_timestamp_seconds{cluster}` belongs here, set
-    // from the status a cycle leaves and removed with the cluster in `cycle_done` like the others.
+    backup_last_success: Family<ClusterLabel, FloatGauge>,
+    backup_size: Family<ClusterLabel, Gauge>,
+    backup_failures: Family<ClusterLabel, Counter>,
+    backup_failed_checks: Family<ClusterLabel, Gauge>,
     exported: Mutex<Exported>,
 }
 
@@ -358,6 +362,34 @@ impl Metrics {
             "Time left before each stored credential expires, at the scrape (negative once expired)",
             credential_left.clone(),
         );
+        let backup_last_success = Family::<ClusterLabel, FloatGauge>::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the cluster's last etcd snapshot that verified was taken (Unix time; 0 before the \
+             first)",
+            backup_last_success.clone(),
+        );
+        let backup_size = Family::<ClusterLabel, Gauge>::default();
+        registry.register_with_unit(
+            "backup_size",
+            "Size of the cluster's last verified etcd snapshot as stored (encrypted)",
+            Unit::Bytes,
+            backup_size.clone(),
+        );
+        let backup_failures = Family::<ClusterLabel, Counter>::default();
+        registry.register(
+            "backup_failures",
+            "etcd snapshot attempts that failed (the stream, the destination, the database check or \
+             the read-back)",
+            backup_failures.clone(),
+        );
+        let backup_failed_checks = Family::<ClusterLabel, Gauge>::default();
+        registry.register(
+            "backup_failed_checks",
+            "Snapshots at the destination whose read-back check failed at the last attempt \
+             (truncated, altered, no manifest)",
+            backup_failed_checks.clone(),
+        );
         Self {
             registry,
             cycles,
@@ -377,6 +409,10 @@ impl Metrics {
             applied_revision,
             credential_expiry,
             credential_left,
+            backup_last_success,
+            backup_size,
+            backup_failures,
+            backup_failed_checks,
             exported: Mutex::new(Exported::default()),
         }
     }
@@ -442,6 +478,29 @@ impl Metrics {
                     .set(1);
                 now.revision.insert(name.clone(), rev.clone());
             }
+            if let Some(b) = &c.backup {
+                let label = ClusterLabel {
+                    cluster: name.clone(),
+                };
+                let at = b
+                    .last_success_at
+                    .as_deref()
+                    .and_then(|t| {
+                        OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .map_or(0.0, |t| t.unix_timestamp() as f64);
+                self.backup_last_success.get_or_create(&label).set(at);
+                self.backup_size
+                    .get_or_create(&label)
+                    .set(i64::try_from(b.last_size_bytes.unwrap_or(0)).unwrap_or(i64::MAX));
+                self.backup_failed_checks
+                    .get_or_create(&label)
+                    .set(i64::from(b.failed_checks));
+                // Exists at 0 from the first attempt, so `increase()` sees the first failure.
+                drop(self.backup_failures.get_or_create(&label));
+                now.backup.insert(name.clone());
+            }
             for (cred, s) in &c.credentials {
                 let Ok(at) = OffsetDateTime::parse(
                     &s.expires_at,
@@ -473,6 +532,15 @@ impl Metrics {
                 cluster: gone.clone(),
             });
         }
+        for gone in exported.backup.difference(&now.backup) {
+            let label = ClusterLabel {
+                cluster: gone.clone(),
+            };
+            self.backup_last_success.remove(&label);
+            self.backup_size.remove(&label);
+            self.backup_failed_checks.remove(&label);
+            self.backup_failures.remove(&label);
+        }
         for (cluster, rev) in &exported.revision {
             if now.revision.get(cluster) != Some(rev) {
                 self.applied_revision.remove(&RevisionLabels {
@@ -492,6 +560,15 @@ impl Metrics {
             }
         }
         *exported = now;
+    }
+
+    /// A failed etcd snapshot attempt of `cluster`.
+    pub fn backup_failed(&self, cluster: &str) {
+        self.backup_failures
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_owned(),
+            })
+            .inc();
     }
 
     /// One step of a plan, as the executor settled it.

@@ -31,6 +31,8 @@ mod talos_sim;
 
 #[path = "e2e/api.rs"]
 mod api;
+#[path = "e2e/backup.rs"]
+mod backup;
 #[path = "e2e/ci_workflows.rs"]
 mod ci_workflows;
 #[path = "e2e/cp_scale.rs"]

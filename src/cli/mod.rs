@@ -3,6 +3,7 @@
 //! library it calls returns typed errors (see ARCHITECTURE.md, "CLI").
 
 pub mod assets;
+pub mod backup;
 pub mod demo;
 pub mod logging;
 pub mod plan;

@@ -84,6 +84,9 @@ pub struct Engine {
     status: StatusBook,
     render_settings: RenderSettings,
     observer: Option<Arc<dyn CycleObserver>>,
+    /// Scheduled etcd snapshots (issue 30); `None` until the daemon's loop runs (`run --once` and
+    /// `kiln plan` take none).
+    backups: Option<super::backup::Scheduler>,
 }
 
 impl Engine {
@@ -133,6 +136,7 @@ impl Engine {
             status,
             render_settings,
             observer: None,
+            backups: None,
             leadership: None,
             shutdown: shutdown_rx,
             stop: None,
@@ -254,7 +258,10 @@ impl Engine {
                 return report;
             }
         };
-        let intent = Intent::read(&snapshot);
+        let mut intent = Intent::read(&snapshot);
+        if self.config.ha.is_some() {
+            super::backup::refuse_local_destinations(&mut intent);
+        }
 
         // Records: new valid clusters are recorded (kiln may make VMs for them from now on); a file
         // that came back cancels its decommission.
@@ -413,6 +420,12 @@ impl Engine {
         self.status
             .clusters
             .retain(|name, _| intent.present(name) || records.clusters.contains_key(name.as_str()));
+        if let Some(b) = &self.backups
+            && !lost
+        {
+            let clusters = intent.valid.values().map(|v| v.cluster.clone()).collect();
+            b.tick(clusters, &mut self.status, time::OffsetDateTime::now_utc());
+        }
         self.persist();
         report
     }
@@ -654,6 +667,12 @@ impl Engine {
     pub async fn run(&mut self, trigger: crate::git::Trigger) {
         let mut shutdown = self.shutdown.clone();
         let poll = self.config.git.poll_interval;
+        self.backups = super::backup::Scheduler::for_engine(
+            &self.config,
+            &self.ctx.ports,
+            &self.ctx.settings.prefix,
+            self.leadership.clone(),
+        );
         loop {
             if let Some(leadership) = self.leadership.clone()
                 && !leadership.check()
