@@ -19,6 +19,11 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sha2::{Digest as _, Sha256};
+
+use super::bbolt::{SnapshotCheck, SnapshotFacts};
 use crate::talos::grpc::{
     BootstrapOutcome, ClientIdentity, TalosError, TalosNode, TalosPort, UploadStream,
 };
@@ -106,6 +111,8 @@ pub enum RestoreError {
     },
     #[error("{node}: etcd failed to start from the snapshot: {message}")]
     EtcdFailed { node: String, message: String },
+    #[error("the snapshot is not the one its manifest describes: {0}")]
+    Snapshot(String),
     #[error("{step}: not done after {after:?}: {last}")]
     Timeout {
         step: String,
@@ -372,6 +379,107 @@ where
     }
 }
 
+/// What the manifest says the decrypted snapshot is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// Lowercase hex.
+    pub sha256: String,
+    pub size: u64,
+    pub revision: i64,
+}
+
+/// Hash, size and database check of a plaintext stream, fed as it passes.
+struct Verifier {
+    hasher: Sha256,
+    size: u64,
+    check: SnapshotCheck,
+}
+
+impl Verifier {
+    fn new() -> Self {
+        Self {
+            hasher: Sha256::new(),
+            size: 0,
+            check: SnapshotCheck::new(),
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        self.check.feed(chunk).map_err(|e| e.to_string())
+    }
+
+    fn finish(self, expected: &Expected) -> Result<SnapshotFacts, String> {
+        let sha = hex::encode(self.hasher.finalize());
+        if self.size != expected.size || sha != expected.sha256 {
+            return Err(format!(
+                "{} bytes with SHA-256 {sha}, where the manifest says {} bytes with {}",
+                self.size, expected.size, expected.sha256
+            ));
+        }
+        let facts = self.check.finish().map_err(|e| e.to_string())?;
+        if facts.revision != expected.revision {
+            return Err(format!(
+                "the database is at revision {}, the manifest says {}",
+                facts.revision, expected.revision
+            ));
+        }
+        Ok(facts)
+    }
+}
+
+/// Reads a decrypted snapshot to its end, holding none of it: its size and SHA-256 must be the
+/// manifest's, and it must be etcd's database at the manifest's revision. Run before any node is
+/// touched.
+pub async fn verify_plaintext<S, E>(
+    stream: S,
+    expected: &Expected,
+) -> Result<SnapshotFacts, RestoreError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: fmt::Display,
+{
+    let mut stream = stream;
+    let mut v = Verifier::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| RestoreError::Snapshot(e.to_string()))?;
+        v.feed(&chunk).map_err(RestoreError::Snapshot)?;
+    }
+    v.finish(expected).map_err(RestoreError::Snapshot)
+}
+
+/// The upload's source: the decrypted snapshot passed on chunk by chunk while checked again; if
+/// it is not what [`verify_plaintext`] saw (a destination that changed in between), the stream
+/// ends with an error instead of its end, which cancels the upload before Talos holds it whole.
+pub fn checked_upload<S, E>(stream: S, expected: Expected) -> UploadStream
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: fmt::Display,
+{
+    let state = (stream, Some(Verifier::new()), expected);
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut stream, verifier, expected)| async move {
+            let mut v = verifier?;
+            match stream.next().await {
+                Some(Ok(chunk)) => match v.feed(&chunk) {
+                    Ok(()) => Some((Ok(chunk), (stream, Some(v), expected))),
+                    Err(e) => Some((Err(std::io::Error::other(e)), (stream, None, expected))),
+                },
+                Some(Err(e)) => Some((
+                    Err(std::io::Error::other(e.to_string())),
+                    (stream, None, expected),
+                )),
+                None => match v.finish(&expected) {
+                    Ok(_) => None,
+                    Err(e) => Some((Err(std::io::Error::other(e)), (stream, None, expected))),
+                },
+            }
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,6 +533,70 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("reset w-1"), "{text}");
+    }
+
+    fn expected_for(snapshot: &[u8], revision: i64) -> Expected {
+        Expected {
+            sha256: hex::encode(Sha256::digest(snapshot)),
+            size: snapshot.len() as u64,
+            revision,
+        }
+    }
+
+    fn stream_of(
+        bytes: &[u8],
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static {
+        futures::stream::iter(
+            bytes
+                .chunks(1000)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_plaintext_must_be_the_manifests_database() {
+        let snap = crate::backup::bbolt::EtcdDbBuilder::new(77).build();
+        let good = expected_for(&snap, 77);
+        let facts = verify_plaintext(stream_of(&snap), &good).await.unwrap();
+        assert_eq!(facts.revision, 77);
+        let wrong_rev = Expected {
+            revision: 78,
+            ..good.clone()
+        };
+        let err = verify_plaintext(stream_of(&snap), &wrong_rev)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("revision 77"), "{err}");
+        let err = verify_plaintext(stream_of(&snap[..snap.len() - 1]), &good)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("manifest says"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_upload_that_differs_from_its_manifest_ends_in_an_error_not_its_end() {
+        let snap = crate::backup::bbolt::EtcdDbBuilder::new(77).build();
+        let good = expected_for(&snap, 77);
+        let mut passed = Vec::new();
+        let mut upload = checked_upload(stream_of(&snap), good.clone());
+        while let Some(chunk) = upload.next().await {
+            passed.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(passed, snap);
+
+        let mut other = snap.clone();
+        let at = other.len() / 2;
+        other[at] ^= 1;
+        let mut upload = checked_upload(stream_of(&other), good);
+        let mut last = None;
+        while let Some(chunk) = upload.next().await {
+            last = Some(chunk);
+        }
+        assert!(
+            matches!(last, Some(Err(_))),
+            "the stream must end in an error"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod logging;
 pub mod plan;
 pub mod ports;
 pub mod render;
+pub mod restore;
 pub mod rotate;
 pub mod run;
 pub mod schema;
