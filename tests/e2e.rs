@@ -24,6 +24,8 @@ mod checks;
 mod credentials;
 #[path = "e2e/fixture.rs"]
 mod fixture;
+#[path = "e2e/restore.rs"]
+mod restore;
 #[path = "e2e/support.rs"]
 mod support;
 #[path = "e2e/talos_sim.rs"]

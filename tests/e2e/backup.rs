@@ -322,17 +322,29 @@ async fn snapshots_on_schedule_and_by_hand_are_encrypted_verified_pruned_and_che
     let cut = cluster_dir.join(format!("{}.db.age", dir_entries[0]["id"].as_str().unwrap()));
     let bytes = std::fs::read(&cut).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let key = format!("{}/{}.db.age", s3_c.name, s3_entries[1]["id"].as_str().unwrap());
+    let key = format!(
+        "{}/{}.db.age",
+        s3_c.name,
+        s3_entries[1]["id"].as_str().unwrap()
+    );
     let mut altered = s3.get(&key).await.unwrap().to_vec();
     let at = altered.len() / 2;
     altered[at] ^= 0x40;
     s3.put(&key, altered.into()).await.unwrap();
     let (out, entries) = list_json(&world, &dir_c.name);
-    assert_eq!(out.code, Some(1), "list must fail on a truncated snapshot:\n{out}");
+    assert_eq!(
+        out.code,
+        Some(1),
+        "list must fail on a truncated snapshot:\n{out}"
+    );
     assert_eq!(entries[0]["state"]["state"], "truncated", "{entries:#?}");
     assert_eq!(entries[1]["state"]["state"], "verified", "{entries:#?}");
     let (out, entries) = list_json(&world, &s3_c.name);
-    assert_eq!(out.code, Some(1), "list must fail on an altered snapshot:\n{out}");
+    assert_eq!(
+        out.code,
+        Some(1),
+        "list must fail on an altered snapshot:\n{out}"
+    );
     assert_eq!(entries[1]["state"]["state"], "corrupt", "{entries:#?}");
     let mut cmd = kiln();
     cmd.args(["backup", "list", &s3_c.name, "--config"])
