@@ -283,7 +283,9 @@ impl Scheduler {
                 continue;
             };
             let schedule = cluster.spec.backup.as_ref().map(|b| b.schedule.0);
-            status.backup = Some(track.status.clone());
+            let mut b = track.status.clone();
+            b.schedule_seconds = schedule.map_or(0, |s| s.as_secs());
+            status.backup = Some(b);
             let too_old =
                 schedule.is_some_and(|s| track.looked && stale(now, track.last_success, s));
             if let Some(e) = &track.status.last_error {

@@ -322,21 +322,82 @@ async fn snapshots_on_schedule_and_by_hand_are_encrypted_verified_pruned_and_che
     let cut = cluster_dir.join(format!("{}.db.age", dir_entries[0]["id"].as_str().unwrap()));
     let bytes = std::fs::read(&cut).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let key = format!("{}/{}.db.age", s3_c.name, s3_entries[1]["id"].as_str().unwrap());
+    let key = format!(
+        "{}/{}.db.age",
+        s3_c.name,
+        s3_entries[1]["id"].as_str().unwrap()
+    );
     let mut altered = s3.get(&key).await.unwrap().to_vec();
     let at = altered.len() / 2;
     altered[at] ^= 0x40;
     s3.put(&key, altered.into()).await.unwrap();
     let (out, entries) = list_json(&world, &dir_c.name);
-    assert_eq!(out.code, Some(1), "list must fail on a truncated snapshot:\n{out}");
+    assert_eq!(
+        out.code,
+        Some(1),
+        "list must fail on a truncated snapshot:\n{out}"
+    );
     assert_eq!(entries[0]["state"]["state"], "truncated", "{entries:#?}");
     assert_eq!(entries[1]["state"]["state"], "verified", "{entries:#?}");
     let (out, entries) = list_json(&world, &s3_c.name);
-    assert_eq!(out.code, Some(1), "list must fail on an altered snapshot:\n{out}");
+    assert_eq!(
+        out.code,
+        Some(1),
+        "list must fail on an altered snapshot:\n{out}"
+    );
     assert_eq!(entries[1]["state"]["state"], "corrupt", "{entries:#?}");
     let mut cmd = kiln();
     cmd.args(["backup", "list", &s3_c.name, "--config"])
         .arg(&world.config);
     let out = world.run_command(cmd);
     assert!(out.stdout.contains("corrupt (SHA-256 differs"), "{out}");
+}
+
+/// The shipped backup alerts (`examples/monitoring/backup-alerts.yml`) load, and their cases pass
+/// (`promtool`, Debian's `prometheus`; scripts/setup-test-env installs it); every `kiln_backup_*`
+/// name they use is one kiln exports (from the metrics' own rendering of a cluster with backups).
+#[test]
+fn the_backup_alert_rules_pass_promtool_and_use_names_kiln_exports() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/monitoring");
+    for args in [
+        ["check", "rules", "backup-alerts.yml"],
+        ["test", "rules", "backup-alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian's prometheus; run scripts/setup-test-env)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(dir.join("backup-alerts.yml")).unwrap();
+    let re = regex::Regex::new(r"kiln_backup_[a-z_]+").unwrap();
+    let exported = [
+        "kiln_backup_last_success_timestamp_seconds",
+        "kiln_backup_size_bytes",
+        "kiln_backup_failures_total",
+        "kiln_backup_failed_checks",
+        "kiln_backup_schedule_seconds",
+    ];
+    for m in re.find_iter(&rules) {
+        assert!(
+            exported.contains(&m.as_str()),
+            "{} is not exported",
+            m.as_str()
+        );
+    }
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md"))
+            .unwrap();
+    for name in exported {
+        assert!(
+            docs.contains(name),
+            "docs/metrics.md does not document {name}"
+        );
+    }
 }
