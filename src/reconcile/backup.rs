@@ -454,6 +454,53 @@ mod tests {
         ));
     }
 
+    fn intent_with(destination: &str) -> Intent {
+        let text = include_str!("../../examples/clusters/production.yaml").replace(
+            "  # backup:",
+            &format!(
+                "  backup:\n    schedule: 6h\n    keep: 2\n    destination: {destination}\n    \
+                 ageRecipients: [age1ddjjy4pgp9ns70r49y9n39curr87w5t8unnzxadlccflyvepesxssjkppd]\n  \
+                 # was:"
+            ),
+        );
+        let out = crate::spec::load([(
+            std::path::Path::new("clusters/production.yaml"),
+            text.as_str(),
+        )]);
+        assert!(out.invalid.is_empty(), "{:?}", out.invalid);
+        let cluster = out.clusters.into_iter().next().unwrap();
+        assert!(cluster.spec.backup.is_some());
+        let mut intent = Intent::default();
+        intent.valid.insert(
+            cluster.name.clone(),
+            super::super::policy::ValidIntent {
+                cluster,
+                path: "clusters/production.yaml".into(),
+                text,
+                revision: "r".into(),
+            },
+        );
+        intent
+    }
+
+    /// Seen failing with the refusal's loop emptied.
+    #[test]
+    fn under_ha_a_folder_destination_makes_the_file_invalid_and_s3_passes() {
+        let mut folder = intent_with("/var/backups/kiln");
+        refuse_local_destinations(&mut folder);
+        assert!(folder.valid.is_empty());
+        let (path, why) = &folder.invalid["production"];
+        assert_eq!(path, "clusters/production.yaml");
+        assert!(
+            why.contains("[ha] refuses") && why.contains("s3://"),
+            "{why}"
+        );
+        let mut s3 = intent_with("s3://kiln-backups/production");
+        refuse_local_destinations(&mut s3);
+        assert_eq!(s3.valid.len(), 1);
+        assert!(s3.invalid.is_empty());
+    }
+
     #[test]
     fn stale_after_twice_the_schedule() {
         let h = Duration::from_secs(3600);
