@@ -38,6 +38,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/clusters", get(list).post(create))
         .route("/api/v1/clusters/{name}/status", get(status))
+        .route("/api/v1/clusters/{name}/backups", get(backups))
         .route("/api/v1/clusters/{name}", delete(remove))
         .route("/api/v1/openapi.json", get(openapi))
         .layer(Extension(Arc::new(Written::default())))
@@ -175,6 +176,49 @@ async fn status(
         return Ok(Json(pending(&name)));
     }
     Err(unknown())
+}
+
+#[derive(serde::Deserialize)]
+struct BackupsQuery {
+    /// `false`: compare listed sizes with the manifests only, without reading snapshots back.
+    verify: Option<bool>,
+}
+
+/// `GET /api/v1/clusters/{name}/backups`: the cluster's etcd snapshots at its destination with their
+/// verification state, as `kiln backup list` prints them (docs/backup.md). Reads the destination of
+/// the spec kiln last applied; writes nothing.
+async fn backups(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<BackupsQuery>,
+) -> Result<Json<Vec<crate::backup::Entry>>, ApiError> {
+    let unknown = || ApiError::not_found(format!("no cluster named {}", clip_values(&name)));
+    let key: ClusterName = name.parse().map_err(|_| unknown())?;
+    let records =
+        crate::reconcile::records::Records::load(&state.config.state_dir).map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("reading kiln's records: {e}"),
+            )
+        })?;
+    let cluster = records
+        .clusters
+        .get(&key)
+        .and_then(crate::reconcile::policy::recorded_cluster)
+        .ok_or_else(unknown)?;
+    let spec = cluster.spec.backup.as_ref().ok_or_else(|| {
+        ApiError::not_found(format!(
+            "cluster {name} has no spec.backup in the spec kiln last applied"
+        ))
+    })?;
+    let unavailable = |e: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e);
+    let dest = crate::backup::Destination::open(&spec.destination, &state.config.backup)
+        .map_err(|e| unavailable(e.to_string()))?;
+    let entries = crate::backup::take::catalogue(&dest, key.as_str(), q.verify.unwrap_or(true))
+        .await
+        .map_err(|e| unavailable(format!("{}: {e}", dest.describe())))?;
+    Ok(Json(entries))
 }
 
 /// The clusters committed but perhaps not reconciled yet: every file at the tip the daemon fetched,
