@@ -209,8 +209,26 @@ async fn snapshots_on_schedule_and_by_hand_are_encrypted_verified_pruned_and_che
         keys.join("s3-id").display(),
         keys.join("s3-secret").display()
     ));
+    // The daemon's API, on a loopback address of bkdir's block, so the list can be read through it.
+    let api_ip = dir_c.ip(200);
+    let api_port = std::net::TcpListener::bind((api_ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api_token = world.dir.path().join("api-token");
+    std::fs::write(&api_token, "backup-e2e-token\n").unwrap();
+    toml.push_str(&format!(
+        "\n[api]\nlisten = \"{api_ip}:{api_port}\"\ntoken_file = \"{}\"\n",
+        api_token.display()
+    ));
     std::fs::write(&world.config, toml).unwrap();
     kiln::config::Config::load(&world.config).expect("kiln.toml with [backup] loads");
+    let api = format!("http://{api_ip}:{api_port}/api/v1/clusters");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
 
     // The daemon: both clusters come up and each gets its first scheduled snapshot.
     let mut daemon = world.spawn_daemon(None);
@@ -248,6 +266,29 @@ async fn snapshots_on_schedule_and_by_hand_are_encrypted_verified_pruned_and_che
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The same list through the daemon's API: the token is needed, the snapshot is there.
+    for c in [&dir_c, &s3_c] {
+        let url = format!("{api}/{}/backups", c.name);
+        let denied = http.get(&url).send().await.unwrap();
+        assert_eq!(denied.status(), reqwest::StatusCode::UNAUTHORIZED);
+        let got = http
+            .get(&url)
+            .bearer_auth("backup-e2e-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), reqwest::StatusCode::OK, "{url}");
+        let entries: Vec<Value> = got.json().await.unwrap();
+        assert_eq!(entries.len(), 1, "{entries:#?}");
+        assert_eq!(entries[0]["state"]["state"], "verified", "{entries:#?}");
+    }
+    let unknown = http
+        .get(format!("{api}/nosuch/backups"))
+        .bearer_auth("backup-e2e-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
     let term = Command::new("kill")
         .args(["-TERM", &daemon.pid().to_string()])
         .status()
