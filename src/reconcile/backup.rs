@@ -176,6 +176,23 @@ pub async fn take_now(
     })
 }
 
+/// Snapshots asked for now (`POST /api/v1/clusters/{name}/backups`, which `kiln backup now` sends
+/// when a daemon holds the lock): served at the next cycle, whatever the schedule says. Process-wide,
+/// like the metrics registry: the API and the engine live in the one daemon process.
+fn requested() -> &'static Mutex<std::collections::BTreeSet<String>> {
+    static REQUESTED: std::sync::OnceLock<Mutex<std::collections::BTreeSet<String>>> =
+        std::sync::OnceLock::new();
+    REQUESTED.get_or_init(Default::default)
+}
+
+/// Asks the daemon's scheduler for a snapshot of `cluster` at its next cycle.
+pub fn request_now(cluster: &str) {
+    requested()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(cluster.to_owned());
+}
+
 /// One cluster's backup state in this process.
 #[derive(Default)]
 struct Track {
@@ -261,17 +278,26 @@ impl Scheduler {
                 continue;
             };
             let track = tracks.entry(name.clone()).or_default();
+            let forced = ready
+                && !track.running
+                && requested()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(name);
             let is_due = !track.looked || due(now, track.last_attempt, spec.schedule.0, name);
-            if ready && !track.running && is_due && (self.may_write)() {
+            if ready && !track.running && (is_due || forced) && (self.may_write)() {
                 track.running = true;
                 tokio::spawn(attempt(
-                    self.tracks.clone(),
+                    forced,
                     cluster.clone(),
-                    self.config.clone(),
-                    self.prefix.clone(),
-                    self.talos.clone(),
-                    self.secrets.clone(),
-                    self.may_write.clone(),
+                    Shared {
+                        tracks: self.tracks.clone(),
+                        config: self.config.clone(),
+                        prefix: self.prefix.clone(),
+                        talos: self.talos.clone(),
+                        secrets: self.secrets.clone(),
+                        may_write: self.may_write.clone(),
+                    },
                 ));
             }
         }
@@ -315,15 +341,25 @@ impl Scheduler {
 /// is left alone: the cluster itself serves; the backup has its own metric and alert.
 pub const BACKUP_CONDITION: &str = "BackupDegraded";
 
-async fn attempt(
+/// What a snapshot task takes along from the scheduler.
+struct Shared {
     tracks: Arc<Mutex<BTreeMap<String, Track>>>,
-    cluster: Cluster,
     config: BackupConfig,
     prefix: Prefix,
     talos: Arc<dyn TalosPort>,
     secrets: Arc<dyn SecretStore>,
     may_write: Arc<dyn Fn() -> bool + Send + Sync>,
-) {
+}
+
+async fn attempt(forced: bool, cluster: Cluster, shared: Shared) {
+    let Shared {
+        tracks,
+        config,
+        prefix,
+        talos,
+        secrets,
+        may_write,
+    } = shared;
     let name = cluster.name.to_string();
     let Some(spec) = cluster.spec.backup.clone() else {
         return;
@@ -364,7 +400,7 @@ async fn attempt(
                 t.status.last_success_at = Some(backup::manifest::rfc3339(*at));
                 t.status.last_snapshot = Some(id.clone());
                 t.status.last_size_bytes = Some(*size);
-                go = due(now, Some(*at), spec.schedule.0, &name);
+                go = forced || due(now, Some(*at), spec.schedule.0, &name);
             }
             if !go {
                 t.running = false;
@@ -382,6 +418,8 @@ async fn attempt(
     update(&mut |t| {
         t.last_attempt = Some(now);
         t.status.last_attempt_at = Some(backup::manifest::rfc3339(now));
+        // The error is this attempt's once it ends; a waiter must not take the last one's for it.
+        t.status.last_error = None;
     });
     let result = take_now(
         talos.as_ref(),

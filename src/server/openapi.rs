@@ -205,6 +205,17 @@ pub fn document() -> Value {
                         "404": error_response("no such cluster, or no spec.backup"),
                         "503": error_response("the destination cannot be read now")
                     }
+                },
+                "post": {
+                    "operationId": "backupNow",
+                    "summary": "Take a snapshot at the daemon's next cycle (started at once), whatever the schedule says; the result shows in the cluster's status",
+                    "parameters": [name_param],
+                    "responses": {
+                        "202": {"description": "requested: cluster, requested_at, status_url", "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "401": unauthorized,
+                        "404": error_response("no such cluster, or no spec.backup"),
+                        "503": error_response("kiln's records cannot be read now")
+                    }
                 }
             },
             "/api/v1/clusters/{name}": {

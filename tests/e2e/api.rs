@@ -743,6 +743,7 @@ async fn branch_mode_and_the_openapi_document_match_what_is_served() {
             "get /metrics",
             "get /readyz",
             "post /api/v1/clusters",
+            "post /api/v1/clusters/{name}/backups",
             "post /api/v1/webhooks/git",
         ]
     );

@@ -289,6 +289,22 @@ async fn snapshots_on_schedule_and_by_hand_are_encrypted_verified_pruned_and_che
         .await
         .unwrap();
     assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
+    // `kiln backup now` while the daemon holds the lock: the daemon is asked and takes it.
+    let mut cmd = kiln();
+    cmd.args(["backup", "now", &dir_c.name, "--timeout", "90s", "--config"])
+        .arg(&world.config);
+    let out = world.run_command(cmd);
+    assert!(out.success(), "kiln backup now through the daemon:\n{out}");
+    assert!(
+        out.stderr.contains("asking the running kiln"),
+        "it did not go through the daemon:\n{out}"
+    );
+    let (_, entries) = list_json(&world, &dir_c.name);
+    assert_eq!(entries.len(), 2, "{entries:#?}");
+    assert!(
+        out.stdout.contains(entries[1]["id"].as_str().unwrap()),
+        "the reply does not name the new snapshot:\n{out}"
+    );
     let term = Command::new("kill")
         .args(["-TERM", &daemon.pid().to_string()])
         .status()
