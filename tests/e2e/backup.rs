@@ -408,6 +408,60 @@ async fn snapshots_on_schedule_and_by_hand_are_encrypted_verified_pruned_and_che
         .arg(&world.config);
     let out = world.run_command(cmd);
     assert!(out.stdout.contains("corrupt (SHA-256 differs"), "{out}");
+
+    // The daemon reports it: a snapshot through it reads every stored one back, so the altered one
+    // shows in the status (BackupDegraded, failed_checks) and in /metrics.
+    let mut daemon = world.spawn_daemon(None);
+    let mut cmd = kiln();
+    cmd.args(["backup", "now", &s3_c.name, "--timeout", "90s", "--config"])
+        .arg(&world.config);
+    let out = world.run_command(cmd);
+    assert!(out.success(), "kiln backup now through the daemon:\n{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        daemon.assert_running();
+        let (_, json) = world.status_json(Some(&s3_c.name));
+        let status = json
+            .as_ref()
+            .and_then(|j| crate::checks::status_of(j, &s3_c.name))
+            .cloned()
+            .unwrap_or_default();
+        let degraded = status["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["type"] == "BackupDegraded"
+                    && c["status"] == true
+                    && c["reason"] == "SnapshotCheckFailed"
+            })
+        });
+        if degraded && status["backup"]["failed_checks"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the status does not report the altered snapshot: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let metrics = http
+        .get(format!("http://{api_ip}:{api_port}/metrics"))
+        .bearer_auth("backup-e2e-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        format!("kiln_backup_failed_checks{{cluster=\"{}\"}} 1", s3_c.name),
+        format!("kiln_backup_failed_checks{{cluster=\"{}\"}} 0", dir_c.name),
+        format!("kiln_backup_schedule_seconds{{cluster=\"{}\"}} 21600", s3_c.name),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in /metrics:\n{metrics}");
+    }
+    assert!(
+        metrics.contains(&format!("kiln_backup_size_bytes{{cluster=\"{}\"}}", s3_c.name)),
+        "{metrics}"
+    );
 }
 
 /// The shipped backup alerts (`examples/monitoring/backup-alerts.yml`) load, and their cases pass
