@@ -454,12 +454,21 @@ async fn snapshots_on_schedule_and_by_hand_are_encrypted_verified_pruned_and_che
     for line in [
         format!("kiln_backup_failed_checks{{cluster=\"{}\"}} 1", s3_c.name),
         format!("kiln_backup_failed_checks{{cluster=\"{}\"}} 0", dir_c.name),
-        format!("kiln_backup_schedule_seconds{{cluster=\"{}\"}} 21600", s3_c.name),
+        format!(
+            "kiln_backup_schedule_seconds{{cluster=\"{}\"}} 21600",
+            s3_c.name
+        ),
     ] {
-        assert!(metrics.contains(&line), "{line} not in /metrics:\n{metrics}");
+        assert!(
+            metrics.contains(&line),
+            "{line} not in /metrics:\n{metrics}"
+        );
     }
     assert!(
-        metrics.contains(&format!("kiln_backup_size_bytes{{cluster=\"{}\"}}", s3_c.name)),
+        metrics.contains(&format!(
+            "kiln_backup_size_bytes{{cluster=\"{}\"}}",
+            s3_c.name
+        )),
         "{metrics}"
     );
 }
