@@ -211,6 +211,7 @@ pub struct Metrics {
     backup_size: Family<ClusterLabel, Gauge>,
     backup_failures: Family<ClusterLabel, Counter>,
     backup_failed_checks: Family<ClusterLabel, Gauge>,
+    backup_schedule: Family<ClusterLabel, Gauge>,
     exported: Mutex<Exported>,
 }
 
@@ -390,6 +391,13 @@ impl Metrics {
              (truncated, altered, no manifest)",
             backup_failed_checks.clone(),
         );
+        let backup_schedule = Family::<ClusterLabel, Gauge>::default();
+        registry.register_with_unit(
+            "backup_schedule",
+            "The cluster's spec.backup.schedule",
+            Unit::Seconds,
+            backup_schedule.clone(),
+        );
         Self {
             registry,
             cycles,
@@ -413,6 +421,7 @@ impl Metrics {
             backup_size,
             backup_failures,
             backup_failed_checks,
+            backup_schedule,
             exported: Mutex::new(Exported::default()),
         }
     }
@@ -497,6 +506,9 @@ impl Metrics {
                 self.backup_failed_checks
                     .get_or_create(&label)
                     .set(i64::from(b.failed_checks));
+                self.backup_schedule
+                    .get_or_create(&label)
+                    .set(i64::try_from(b.schedule_seconds).unwrap_or(i64::MAX));
                 // Exists at 0 from the first attempt, so `increase()` sees the first failure.
                 drop(self.backup_failures.get_or_create(&label));
                 now.backup.insert(name.clone());
@@ -539,6 +551,7 @@ impl Metrics {
             self.backup_last_success.remove(&label);
             self.backup_size.remove(&label);
             self.backup_failed_checks.remove(&label);
+            self.backup_schedule.remove(&label);
             self.backup_failures.remove(&label);
         }
         for (cluster, rev) in &exported.revision {
@@ -751,6 +764,36 @@ mod tests {
         assert!(!text.contains("aaa111"), "the old revision stayed:\n{text}");
         assert!(text.contains(r#"kiln_clusters{phase="Failed"} 0"#));
         assert!(text.contains(r#"kiln_clusters{phase="Ready"} 1"#));
+    }
+
+    #[test]
+    fn backup_series_follow_the_status_and_leave_with_the_cluster() {
+        let m = Metrics::new();
+        let mut a = cluster("alpha", Phase::Ready, "r");
+        a.backup = Some(crate::reconcile::status::BackupStatus {
+            last_success_at: Some("2026-12-05T05:00:00Z".into()),
+            last_size_bytes: Some(4096),
+            failed_checks: 1,
+            schedule_seconds: 21600,
+            ..Default::default()
+        });
+        m.backup_failed("alpha");
+        m.cycle_done(true, Duration::ZERO, &book(vec![a]));
+        let text = m.render_classic();
+        for line in [
+            r#"kiln_backup_last_success_timestamp_seconds{cluster="alpha"} 1796446800"#,
+            r#"kiln_backup_size_bytes{cluster="alpha"} 4096"#,
+            r#"kiln_backup_failed_checks{cluster="alpha"} 1"#,
+            r#"kiln_backup_schedule_seconds{cluster="alpha"} 21600"#,
+            r#"kiln_backup_failures_total{cluster="alpha"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        m.cycle_done(true, Duration::ZERO, &book(vec![]));
+        assert!(
+            !m.render().contains("kiln_backup_size_bytes{"),
+            "series stayed"
+        );
     }
 
     #[test]

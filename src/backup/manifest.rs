@@ -69,17 +69,20 @@ impl Manifest {
     }
 }
 
-/// The id of a snapshot started at `at` holding `revision`: sorts by time as text.
+/// The id of a snapshot started at `at` holding `revision`: sorts by time as text. Milliseconds,
+/// because two snapshots of an idle cluster (same revision) taken within one second — `kiln backup
+/// now` twice — must not share a name (the second would replace the first).
 pub fn snapshot_id(at: OffsetDateTime, revision: u64) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
     format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{revision}",
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z-{revision}",
         at.year(),
         u8::from(at.month()),
         at.day(),
         at.hour(),
         at.minute(),
-        at.second()
+        at.second(),
+        at.millisecond()
     )
 }
 
@@ -103,12 +106,16 @@ mod tests {
 
     #[test]
     fn ids_sort_by_time_and_carry_the_revision() {
-        let a = snapshot_id(time::macros::datetime!(2026-12-05 05:00:09 UTC), 99);
+        let a = snapshot_id(time::macros::datetime!(2026-12-05 05:00:09.5 UTC), 99);
         let b = snapshot_id(time::macros::datetime!(2026-12-05 11:00:00 +01:00), 7);
-        assert_eq!(a, "20261205T050009Z-99");
-        assert_eq!(b, "20261205T100000Z-7");
-        assert!(a < b);
-        assert_eq!(snapshot_key("prod", &a), "prod/20261205T050009Z-99.db.age");
+        let c = snapshot_id(time::macros::datetime!(2026-12-05 05:00:09.501 UTC), 99);
+        assert_eq!(a, "20261205T050009.500Z-99");
+        assert_eq!(b, "20261205T100000.000Z-7");
+        assert!(a < c && c < b);
+        assert_eq!(
+            snapshot_key("prod", &a),
+            "prod/20261205T050009.500Z-99.db.age"
+        );
     }
 
     #[test]

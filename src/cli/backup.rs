@@ -1,16 +1,17 @@
 //! `kiln backup now CLUSTER` and `kiln backup list CLUSTER` (issue 30, docs/backup.md).
 //!
-//! `now` takes one snapshot at once — the same function the daemon's schedule runs — and needs the
-//! `state_dir` lock: one kiln acts on a state folder (DESIGN §7). When a daemon holds it, this says
-//! so and stops (the daemon's own schedule takes the snapshots; see docs/backup.md for why this
-//! does not go through its API yet). `list` only reads the destination, so it needs no lock: it
-//! reads every snapshot back and prints its verification state.
+//! `now` takes one snapshot at once — the same function the daemon's schedule runs — holding the
+//! `state_dir` lock: one kiln acts on a state folder (DESIGN §7). When a daemon holds it, the daemon
+//! is asked through its API (`POST /api/v1/clusters/{name}/backups`) and this waits for the result
+//! in the cluster's status. `list` only reads the destination, so it needs no lock: it reads every
+//! snapshot back and prints its verification state.
 //!
 //! Both find the cluster's `spec.backup` in the spec kiln last applied (`records`), which is what
 //! the daemon backs up, not whatever a pull request proposes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -39,6 +40,9 @@ pub struct NowArgs {
     cluster: String,
     #[arg(long, value_name = "FILE", default_value = kiln::config::DEFAULT_CONFIG_PATH)]
     config: PathBuf,
+    /// How long to wait for a running daemon to take the snapshot (humantime).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
 }
@@ -84,26 +88,24 @@ fn applied_cluster(config: &Config, name: &str) -> anyhow::Result<Cluster> {
 fn now(args: &NowArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
     let cluster = applied_cluster(&config, &args.cluster)?;
-    if config.talos.backend == TalosBackend::Simulated {
-        bail!(
-            "talos.backend = \"simulated\": the simulated nodes live inside the daemon's process, \
-             so only the daemon's schedule can reach them"
-        );
-    }
     let _lock = match StateLock::acquire(&config.state_dir, &this_command()) {
         Ok(lock) => lock,
-        Err(LockError::Held { holder, .. }) => bail!(
-            "the running kiln ({holder}) holds {}: its schedule takes {}'s snapshots; stop it to \
-             take one by hand",
-            config.state_dir.display(),
-            cluster.name
-        ),
+        Err(LockError::Held { holder, .. }) => {
+            eprintln!("asking the running kiln ({holder}) for a snapshot; waiting for it");
+            return through_daemon(&config, cluster.name.as_str(), args);
+        }
         Err(e) => return Err(e.into()),
     };
     if config.ha.is_some()
         && let Some(b) = &cluster.spec.backup
     {
         kiln::ha::check_backup_destination(&b.destination).map_err(anyhow::Error::msg)?;
+    }
+    if config.talos.backend == TalosBackend::Simulated {
+        bail!(
+            "talos.backend = \"simulated\": the simulated nodes live inside the daemon's process, \
+             so only a running daemon can reach them"
+        );
     }
     let prefix = Prefix::parse(&config.secrets.prefix).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -144,6 +146,81 @@ fn now(args: &NowArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `POST /api/v1/clusters/{name}/backups` to the daemon that holds the lock, then its status until
+/// an attempt that started after the request has ended (DESIGN §7: ask the lock holder).
+fn through_daemon(config: &Config, name: &str, args: &NowArgs) -> anyhow::Result<ExitCode> {
+    let token_file = config.api.token_file.as_ref().context(
+        "the daemon serves no API ([api] token_file is not set), so it cannot be asked; its \
+         schedule takes the snapshots",
+    )?;
+    let token = kiln::config::read_secret_file("api.token_file", token_file)?;
+    let base = format!("http://{}/api/v1/clusters/{name}", config.api.listen);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let resp = http
+            .post(format!("{base}/backups"))
+            .bearer_auth(token.expose())
+            .send()
+            .await
+            .with_context(|| format!("asking the daemon at {}", config.api.listen))?;
+        let code = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        if code != reqwest::StatusCode::ACCEPTED {
+            bail!("the daemon answered {code}: {}", body["message"]);
+        }
+        let asked = parse_time(body["requested_at"].as_str().unwrap_or_default())
+            .context("the daemon's answer has no requested_at")?;
+        let deadline = std::time::Instant::now() + args.timeout;
+        loop {
+            let status: serde_json::Value = http
+                .get(format!("{base}/status"))
+                .bearer_auth(token.expose())
+                .send()
+                .await?
+                .json()
+                .await?;
+            let b = &status["backup"];
+            let after = |key: &str| {
+                b[key]
+                    .as_str()
+                    .and_then(parse_time)
+                    .is_some_and(|t| t >= asked)
+            };
+            if after("last_success_at") {
+                match args.format {
+                    Format::Json => println!("{}", serde_json::to_string_pretty(b)?),
+                    Format::Text => println!(
+                        "{name} snapshot {} verified: {} bytes encrypted (taken by the running kiln)",
+                        b["last_snapshot"].as_str().unwrap_or("?"),
+                        b["last_size_bytes"]
+                    ),
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if after("last_attempt_at") && let Some(e) = b["last_error"].as_str() {
+                eprintln!("kiln backup now {name}: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "the running kiln did not finish the snapshot within {}; `kiln status {name}` \
+                     shows it when it does",
+                    humantime::format_duration(args.timeout)
+                );
+            }
+            // Waiting on another process's cycle: a short, bounded poll of its API.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
 fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {

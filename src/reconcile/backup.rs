@@ -176,6 +176,23 @@ pub async fn take_now(
     })
 }
 
+/// Snapshots asked for now (`POST /api/v1/clusters/{name}/backups`, which `kiln backup now` sends
+/// when a daemon holds the lock): served at the next cycle, whatever the schedule says. Process-wide,
+/// like the metrics registry: the API and the engine live in the one daemon process.
+fn requested() -> &'static Mutex<std::collections::BTreeSet<String>> {
+    static REQUESTED: std::sync::OnceLock<Mutex<std::collections::BTreeSet<String>>> =
+        std::sync::OnceLock::new();
+    REQUESTED.get_or_init(Default::default)
+}
+
+/// Asks the daemon's scheduler for a snapshot of `cluster` at its next cycle.
+pub fn request_now(cluster: &str) {
+    requested()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(cluster.to_owned());
+}
+
 /// One cluster's backup state in this process.
 #[derive(Default)]
 struct Track {
@@ -261,17 +278,26 @@ impl Scheduler {
                 continue;
             };
             let track = tracks.entry(name.clone()).or_default();
+            let forced = ready
+                && !track.running
+                && requested()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(name);
             let is_due = !track.looked || due(now, track.last_attempt, spec.schedule.0, name);
-            if ready && !track.running && is_due && (self.may_write)() {
+            if ready && !track.running && (is_due || forced) && (self.may_write)() {
                 track.running = true;
                 tokio::spawn(attempt(
-                    self.tracks.clone(),
+                    forced,
                     cluster.clone(),
-                    self.config.clone(),
-                    self.prefix.clone(),
-                    self.talos.clone(),
-                    self.secrets.clone(),
-                    self.may_write.clone(),
+                    Shared {
+                        tracks: self.tracks.clone(),
+                        config: self.config.clone(),
+                        prefix: self.prefix.clone(),
+                        talos: self.talos.clone(),
+                        secrets: self.secrets.clone(),
+                        may_write: self.may_write.clone(),
+                    },
                 ));
             }
         }
@@ -283,7 +309,9 @@ impl Scheduler {
                 continue;
             };
             let schedule = cluster.spec.backup.as_ref().map(|b| b.schedule.0);
-            status.backup = Some(track.status.clone());
+            let mut b = track.status.clone();
+            b.schedule_seconds = schedule.map_or(0, |s| s.as_secs());
+            status.backup = Some(b);
             let too_old =
                 schedule.is_some_and(|s| track.looked && stale(now, track.last_success, s));
             if let Some(e) = &track.status.last_error {
@@ -313,15 +341,25 @@ impl Scheduler {
 /// is left alone: the cluster itself serves; the backup has its own metric and alert.
 pub const BACKUP_CONDITION: &str = "BackupDegraded";
 
-async fn attempt(
+/// What a snapshot task takes along from the scheduler.
+struct Shared {
     tracks: Arc<Mutex<BTreeMap<String, Track>>>,
-    cluster: Cluster,
     config: BackupConfig,
     prefix: Prefix,
     talos: Arc<dyn TalosPort>,
     secrets: Arc<dyn SecretStore>,
     may_write: Arc<dyn Fn() -> bool + Send + Sync>,
-) {
+}
+
+async fn attempt(forced: bool, cluster: Cluster, shared: Shared) {
+    let Shared {
+        tracks,
+        config,
+        prefix,
+        talos,
+        secrets,
+        may_write,
+    } = shared;
     let name = cluster.name.to_string();
     let Some(spec) = cluster.spec.backup.clone() else {
         return;
@@ -362,7 +400,7 @@ async fn attempt(
                 t.status.last_success_at = Some(backup::manifest::rfc3339(*at));
                 t.status.last_snapshot = Some(id.clone());
                 t.status.last_size_bytes = Some(*size);
-                go = due(now, Some(*at), spec.schedule.0, &name);
+                go = forced || due(now, Some(*at), spec.schedule.0, &name);
             }
             if !go {
                 t.running = false;
@@ -380,6 +418,8 @@ async fn attempt(
     update(&mut |t| {
         t.last_attempt = Some(now);
         t.status.last_attempt_at = Some(backup::manifest::rfc3339(now));
+        // The error is this attempt's once it ends; a waiter must not take the last one's for it.
+        t.status.last_error = None;
     });
     let result = take_now(
         talos.as_ref(),
@@ -450,6 +490,53 @@ mod tests {
             six,
             "production"
         ));
+    }
+
+    fn intent_with(destination: &str) -> Intent {
+        let text = include_str!("../../examples/clusters/production.yaml").replace(
+            "  # backup:",
+            &format!(
+                "  backup:\n    schedule: 6h\n    keep: 2\n    destination: {destination}\n    \
+                 ageRecipients: [age1ddjjy4pgp9ns70r49y9n39curr87w5t8unnzxadlccflyvepesxssjkppd]\n  \
+                 # was:"
+            ),
+        );
+        let out = crate::spec::load([(
+            std::path::Path::new("clusters/production.yaml"),
+            text.as_str(),
+        )]);
+        assert!(out.invalid.is_empty(), "{:?}", out.invalid);
+        let cluster = out.clusters.into_iter().next().unwrap();
+        assert!(cluster.spec.backup.is_some());
+        let mut intent = Intent::default();
+        intent.valid.insert(
+            cluster.name.clone(),
+            super::super::policy::ValidIntent {
+                cluster,
+                path: "clusters/production.yaml".into(),
+                text,
+                revision: "r".into(),
+            },
+        );
+        intent
+    }
+
+    /// Seen failing with the refusal's loop emptied.
+    #[test]
+    fn under_ha_a_folder_destination_makes_the_file_invalid_and_s3_passes() {
+        let mut folder = intent_with("/var/backups/kiln");
+        refuse_local_destinations(&mut folder);
+        assert!(folder.valid.is_empty());
+        let (path, why) = &folder.invalid["production"];
+        assert_eq!(path, "clusters/production.yaml");
+        assert!(
+            why.contains("[ha] refuses") && why.contains("s3://"),
+            "{why}"
+        );
+        let mut s3 = intent_with("s3://kiln-backups/production");
+        refuse_local_destinations(&mut s3);
+        assert_eq!(s3.valid.len(), 1);
+        assert!(s3.invalid.is_empty());
     }
 
     #[test]

@@ -142,6 +142,9 @@ pub struct BackupStatus {
     /// Snapshots at the destination that failed their read-back check at the last attempt.
     #[serde(default)]
     pub failed_checks: u32,
+    /// `spec.backup.schedule` in seconds (the alert on a snapshot too old compares with it).
+    #[serde(default)]
+    pub schedule_seconds: u64,
 }
 
 /// One stored credential's dates (its custom metadata) for `kiln status`.

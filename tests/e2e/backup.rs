@@ -209,8 +209,26 @@ async fn snapshots_on_schedule_and_by_hand_are_encrypted_verified_pruned_and_che
         keys.join("s3-id").display(),
         keys.join("s3-secret").display()
     ));
+    // The daemon's API, on a loopback address of bkdir's block, so the list can be read through it.
+    let api_ip = dir_c.ip(200);
+    let api_port = std::net::TcpListener::bind((api_ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api_token = world.dir.path().join("api-token");
+    std::fs::write(&api_token, "backup-e2e-token\n").unwrap();
+    toml.push_str(&format!(
+        "\n[api]\nlisten = \"{api_ip}:{api_port}\"\ntoken_file = \"{}\"\n",
+        api_token.display()
+    ));
     std::fs::write(&world.config, toml).unwrap();
     kiln::config::Config::load(&world.config).expect("kiln.toml with [backup] loads");
+    let api = format!("http://{api_ip}:{api_port}/api/v1/clusters");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
 
     // The daemon: both clusters come up and each gets its first scheduled snapshot.
     let mut daemon = world.spawn_daemon(None);
@@ -248,6 +266,45 @@ async fn snapshots_on_schedule_and_by_hand_are_encrypted_verified_pruned_and_che
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The same list through the daemon's API: the token is needed, the snapshot is there.
+    for c in [&dir_c, &s3_c] {
+        let url = format!("{api}/{}/backups", c.name);
+        let denied = http.get(&url).send().await.unwrap();
+        assert_eq!(denied.status(), reqwest::StatusCode::UNAUTHORIZED);
+        let got = http
+            .get(&url)
+            .bearer_auth("backup-e2e-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), reqwest::StatusCode::OK, "{url}");
+        let entries: Vec<Value> = got.json().await.unwrap();
+        assert_eq!(entries.len(), 1, "{entries:#?}");
+        assert_eq!(entries[0]["state"]["state"], "verified", "{entries:#?}");
+    }
+    let unknown = http
+        .get(format!("{api}/nosuch/backups"))
+        .bearer_auth("backup-e2e-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
+    // `kiln backup now` while the daemon holds the lock: the daemon is asked and takes it.
+    let mut cmd = kiln();
+    cmd.args(["backup", "now", &dir_c.name, "--timeout", "90s", "--config"])
+        .arg(&world.config);
+    let out = world.run_command(cmd);
+    assert!(out.success(), "kiln backup now through the daemon:\n{out}");
+    assert!(
+        out.stderr.contains("asking the running kiln"),
+        "it did not go through the daemon:\n{out}"
+    );
+    let (_, entries) = list_json(&world, &dir_c.name);
+    assert_eq!(entries.len(), 2, "{entries:#?}");
+    assert!(
+        out.stdout.contains(entries[1]["id"].as_str().unwrap()),
+        "the reply does not name the new snapshot:\n{out}"
+    );
     let term = Command::new("kill")
         .args(["-TERM", &daemon.pid().to_string()])
         .status()
@@ -351,4 +408,116 @@ async fn snapshots_on_schedule_and_by_hand_are_encrypted_verified_pruned_and_che
         .arg(&world.config);
     let out = world.run_command(cmd);
     assert!(out.stdout.contains("corrupt (SHA-256 differs"), "{out}");
+
+    // The daemon reports it: a snapshot through it reads every stored one back, so the altered one
+    // shows in the status (BackupDegraded, failed_checks) and in /metrics.
+    let mut daemon = world.spawn_daemon(None);
+    let mut cmd = kiln();
+    cmd.args(["backup", "now", &s3_c.name, "--timeout", "90s", "--config"])
+        .arg(&world.config);
+    let out = world.run_command(cmd);
+    assert!(out.success(), "kiln backup now through the daemon:\n{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        daemon.assert_running();
+        let (_, json) = world.status_json(Some(&s3_c.name));
+        let status = json
+            .as_ref()
+            .and_then(|j| crate::checks::status_of(j, &s3_c.name))
+            .cloned()
+            .unwrap_or_default();
+        let degraded = status["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["type"] == "BackupDegraded"
+                    && c["status"] == true
+                    && c["reason"] == "SnapshotCheckFailed"
+            })
+        });
+        if degraded && status["backup"]["failed_checks"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the status does not report the altered snapshot: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let metrics = http
+        .get(format!("http://{api_ip}:{api_port}/metrics"))
+        .bearer_auth("backup-e2e-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        format!("kiln_backup_failed_checks{{cluster=\"{}\"}} 1", s3_c.name),
+        format!("kiln_backup_failed_checks{{cluster=\"{}\"}} 0", dir_c.name),
+        format!(
+            "kiln_backup_schedule_seconds{{cluster=\"{}\"}} 21600",
+            s3_c.name
+        ),
+    ] {
+        assert!(
+            metrics.contains(&line),
+            "{line} not in /metrics:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains(&format!(
+            "kiln_backup_size_bytes{{cluster=\"{}\"}}",
+            s3_c.name
+        )),
+        "{metrics}"
+    );
+}
+
+/// The shipped backup alerts (`examples/monitoring/backup-alerts.yml`) load, and their cases pass
+/// (`promtool`, Debian's `prometheus`; scripts/setup-test-env installs it); every `kiln_backup_*`
+/// name they use is one kiln exports (from the metrics' own rendering of a cluster with backups).
+#[test]
+fn the_backup_alert_rules_pass_promtool_and_use_names_kiln_exports() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/monitoring");
+    for args in [
+        ["check", "rules", "backup-alerts.yml"],
+        ["test", "rules", "backup-alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian's prometheus; run scripts/setup-test-env)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(dir.join("backup-alerts.yml")).unwrap();
+    let re = regex::Regex::new(r"kiln_backup_[a-z_]+").unwrap();
+    let exported = [
+        "kiln_backup_last_success_timestamp_seconds",
+        "kiln_backup_size_bytes",
+        "kiln_backup_failures_total",
+        "kiln_backup_failed_checks",
+        "kiln_backup_schedule_seconds",
+    ];
+    for m in re.find_iter(&rules) {
+        assert!(
+            exported.contains(&m.as_str()),
+            "{} is not exported",
+            m.as_str()
+        );
+    }
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md"))
+            .unwrap();
+    for name in exported {
+        assert!(
+            docs.contains(name),
+            "docs/metrics.md does not document {name}"
+        );
+    }
 }
