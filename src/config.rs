@@ -82,8 +82,60 @@ pub struct Config {
     pub argocd: ArgocdConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// Credentials and endpoint of `s3://` backup destinations (`spec.backup`, issue 30).
+    #[serde(default)]
+    pub backup: BackupConfig,
     /// Several instances, one leader (`crate::ha` owns the keys and their refusals).
     pub ha: Option<crate::ha::HaConfig>,
+}
+
+/// `[backup]`: how kiln reaches the S3-compatible store of `s3://` destinations. A folder
+/// destination needs none of it. The key files are read at each use, so a rotated key needs no
+/// restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The store's URL, e.g. `https://minio.lan:9000`; empty (the default): AWS itself.
+    #[serde(default, deserialize_with = "empty_is_none")]
+    pub s3_endpoint: Option<String>,
+    #[serde(default = "d_s3_region")]
+    pub s3_region: String,
+    pub s3_access_key_id_file: Option<PathBuf>,
+    pub s3_secret_access_key_file: Option<PathBuf>,
+    /// A plain-http endpoint (a lab, a test server): refused unless set, since the snapshot's
+    /// ciphertext and the keys' signatures would cross the network in the clear.
+    #[serde(default)]
+    pub s3_allow_http: bool,
+    /// A private CA for the endpoint (PEM); empty: the system's roots.
+    #[serde(default, deserialize_with = "empty_path_is_none")]
+    pub s3_ca_file: Option<PathBuf>,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            s3_endpoint: None,
+            s3_region: d_s3_region(),
+            s3_access_key_id_file: None,
+            s3_secret_access_key_file: None,
+            s3_allow_http: false,
+            s3_ca_file: None,
+        }
+    }
+}
+
+fn d_s3_region() -> String {
+    "us-east-1".into()
+}
+
+/// DESIGN §8 writes "not set" as `""` for `s3_endpoint` and `s3_ca_file`.
+fn empty_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    Ok(s.filter(|s| !s.trim().is_empty()))
+}
+
+fn empty_path_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(empty_is_none(d)?.map(PathBuf::from))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -578,7 +630,7 @@ impl Config {
     }
 
     /// Every `*_file` key, by its name in `kiln.toml`.
-    fn file_keys(&mut self) -> [(&'static str, &mut Option<PathBuf>); 11] {
+    fn file_keys(&mut self) -> [(&'static str, &mut Option<PathBuf>); 14] {
         [
             ("git.ssh_key_file", &mut self.git.ssh_key_file),
             ("git.known_hosts_file", &mut self.git.known_hosts_file),
@@ -594,6 +646,15 @@ impl Config {
             ("secrets.secret_id_file", &mut self.secrets.secret_id_file),
             ("api.token_file", &mut self.api.token_file),
             ("api.webhook_secret_file", &mut self.api.webhook_secret_file),
+            (
+                "backup.s3_access_key_id_file",
+                &mut self.backup.s3_access_key_id_file,
+            ),
+            (
+                "backup.s3_secret_access_key_file",
+                &mut self.backup.s3_secret_access_key_file,
+            ),
+            ("backup.s3_ca_file", &mut self.backup.s3_ca_file),
         ]
     }
 
@@ -693,6 +754,19 @@ impl Config {
             ));
         }
         check_output_dir(&self.git.output_dir, &self.git.clusters_dir)?;
+        if let Some(endpoint) = &self.backup.s3_endpoint {
+            if endpoint.starts_with("http://") && !self.backup.s3_allow_http {
+                return Err(format!(
+                    "backup.s3_endpoint `{endpoint}` is plain http: set backup.s3_allow_http = true \
+                     to allow it (a lab or test store), or use https://"
+                ));
+            }
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(format!(
+                    "backup.s3_endpoint `{endpoint}` is not an http(s) URL, e.g. https://minio.lan:9000"
+                ));
+            }
+        }
         if let Some(ha) = &self.ha {
             crate::ha::check_config(
                 ha,
@@ -1002,6 +1076,36 @@ webhook_secret_file = "/srv/hook"
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn backup_keys_default_resolve_credentials_and_refuse_plain_http_unless_allowed() {
+        let c = Config::parse(Path::new("k.toml"), MINIMAL).unwrap();
+        assert_eq!(c.backup.s3_region, "us-east-1");
+        assert!(c.backup.s3_endpoint.is_none() && !c.backup.s3_allow_http);
+        let text = format!(
+            "{MINIMAL}[backup]\ns3_endpoint = \"\"\ns3_ca_file = \"\"\n\
+             s3_access_key_id_file = \"s3-id\"\ns3_secret_access_key_file = \"/srv/s3-secret\"\n"
+        );
+        let c =
+            Config::parse_with_credentials(Path::new("k.toml"), &text, Some(Path::new("/cred")))
+                .unwrap();
+        assert!(c.backup.s3_endpoint.is_none() && c.backup.s3_ca_file.is_none());
+        assert_eq!(
+            c.backup.s3_access_key_id_file.as_deref(),
+            Some(Path::new("/cred/s3-id"))
+        );
+        assert_eq!(
+            c.backup.s3_secret_access_key_file.as_deref(),
+            Some(Path::new("/srv/s3-secret"))
+        );
+        let http = format!("{MINIMAL}[backup]\ns3_endpoint = \"http://127.0.0.1:9000\"\n");
+        let err = Config::parse(Path::new("k.toml"), &http)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("s3_allow_http"), "{err}");
+        let allowed = format!("{http}s3_allow_http = true\n");
+        assert!(Config::parse(Path::new("k.toml"), &allowed).is_ok());
     }
 
     #[test]

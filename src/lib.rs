@@ -7,6 +7,9 @@ pub mod config;
 pub mod redact;
 pub mod spec;
 
+/// etcd backups: the snapshot format (bbolt), destinations, age encryption, manifests, the
+/// snapshot pipeline with its verification and prune, and the restore.
+pub mod backup;
 /// `kiln demo`: the demo folder, its seeded repository, the simulated lab, the closing report.
 pub mod demo;
 /// The Git source and the generated-files commit.

@@ -44,6 +44,13 @@ enum Command {
     /// Renew the stored kubeconfig and talosconfig of a cluster now (through the running daemon
     /// when one holds the state folder). Exit 0 when served, 1 otherwise.
     Rotate(cli::rotate::Args),
+    /// etcd snapshots of a cluster: take one now, or list them with their verification state.
+    #[command(subcommand)]
+    Backup(cli::backup::Command),
+    /// Restore a cluster's etcd from a snapshot (RESTORE.md): decrypts it with your age identity,
+    /// checks it against its manifest, prints the plan; with --yes wipes EPHEMERAL on every control
+    /// plane and recovers etcd at the snapshot's revision. Exit 0 restored, 2 plan only, 1 error.
+    Restore(cli::restore::Args),
     /// Run a simulator of an external system.
     #[command(subcommand)]
     Sim(cli::sim::Command),
@@ -71,6 +78,8 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Render(args) => cli::render::exec(&args),
         Command::Plan(args) => cli::plan::exec(&args),
         Command::Rotate(args) => cli::rotate::exec(&args),
+        Command::Backup(command) => cli::backup::exec(&command),
+        Command::Restore(args) => cli::restore::exec(&args),
         Command::Sim(command) => cli::sim::exec(command),
         Command::GenerateAssets(args) => cli::assets::exec(&args, Cli::command()),
     }

@@ -185,6 +185,8 @@ struct Exported {
     failing: BTreeSet<String>,
     /// Expiry (Unix seconds) per (cluster, credential): the time left is computed at each scrape.
     expiry: BTreeMap<(String, &'static str), f64>,
+    /// Clusters with a backup series.
+    backup: BTreeSet<String>,
 }
 
 pub struct Metrics {
@@ -208,8 +210,11 @@ pub struct Metrics {
     applied_revision: Family<RevisionLabels, Gauge>,
     credential_expiry: Family<CredentialLabels, FloatGauge>,
     credential_left: Family<CredentialLabels, FloatGauge>,
-    // Issue 30 (backups): `kiln_backup_last_success_timestamp_seconds{cluster}` belongs here, set
-    // from the status a cycle leaves and removed with the cluster in `cycle_done` like the others.
+    backup_last_success: Family<ClusterLabel, FloatGauge>,
+    backup_size: Family<ClusterLabel, Gauge>,
+    backup_failures: Family<ClusterLabel, Counter>,
+    backup_failed_checks: Family<ClusterLabel, Gauge>,
+    backup_schedule: Family<ClusterLabel, Gauge>,
     exported: Mutex<Exported>,
 }
 
@@ -368,6 +373,41 @@ impl Metrics {
             "Time left before each stored credential expires, at the scrape (negative once expired)",
             credential_left.clone(),
         );
+        let backup_last_success = Family::<ClusterLabel, FloatGauge>::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the cluster's last etcd snapshot that verified was taken (Unix time; 0 before the \
+             first)",
+            backup_last_success.clone(),
+        );
+        let backup_size = Family::<ClusterLabel, Gauge>::default();
+        registry.register_with_unit(
+            "backup_size",
+            "Size of the cluster's last verified etcd snapshot as stored (encrypted)",
+            Unit::Bytes,
+            backup_size.clone(),
+        );
+        let backup_failures = Family::<ClusterLabel, Counter>::default();
+        registry.register(
+            "backup_failures",
+            "etcd snapshot attempts that failed (the stream, the destination, the database check or \
+             the read-back)",
+            backup_failures.clone(),
+        );
+        let backup_failed_checks = Family::<ClusterLabel, Gauge>::default();
+        registry.register(
+            "backup_failed_checks",
+            "Snapshots at the destination whose read-back check failed at the last attempt \
+             (truncated, altered, no manifest)",
+            backup_failed_checks.clone(),
+        );
+        let backup_schedule = Family::<ClusterLabel, Gauge>::default();
+        registry.register_with_unit(
+            "backup_schedule",
+            "The cluster's spec.backup.schedule",
+            Unit::Seconds,
+            backup_schedule.clone(),
+        );
         Self {
             registry,
             cycles,
@@ -388,6 +428,11 @@ impl Metrics {
             applied_revision,
             credential_expiry,
             credential_left,
+            backup_last_success,
+            backup_size,
+            backup_failures,
+            backup_failed_checks,
+            backup_schedule,
             exported: Mutex::new(Exported::default()),
         }
     }
@@ -457,6 +502,32 @@ impl Metrics {
                     .set(1);
                 now.revision.insert(name.clone(), rev.clone());
             }
+            if let Some(b) = &c.backup {
+                let label = ClusterLabel {
+                    cluster: name.clone(),
+                };
+                let at = b
+                    .last_success_at
+                    .as_deref()
+                    .and_then(|t| {
+                        OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .map_or(0.0, |t| t.unix_timestamp() as f64);
+                self.backup_last_success.get_or_create(&label).set(at);
+                self.backup_size
+                    .get_or_create(&label)
+                    .set(i64::try_from(b.last_size_bytes.unwrap_or(0)).unwrap_or(i64::MAX));
+                self.backup_failed_checks
+                    .get_or_create(&label)
+                    .set(i64::from(b.failed_checks));
+                self.backup_schedule
+                    .get_or_create(&label)
+                    .set(i64::try_from(b.schedule_seconds).unwrap_or(i64::MAX));
+                // Exists at 0 from the first attempt, so `increase()` sees the first failure.
+                drop(self.backup_failures.get_or_create(&label));
+                now.backup.insert(name.clone());
+            }
             for (cred, s) in &c.credentials {
                 let Ok(at) = OffsetDateTime::parse(
                     &s.expires_at,
@@ -488,6 +559,16 @@ impl Metrics {
                 cluster: gone.clone(),
             });
         }
+        for gone in exported.backup.difference(&now.backup) {
+            let label = ClusterLabel {
+                cluster: gone.clone(),
+            };
+            self.backup_last_success.remove(&label);
+            self.backup_size.remove(&label);
+            self.backup_failed_checks.remove(&label);
+            self.backup_schedule.remove(&label);
+            self.backup_failures.remove(&label);
+        }
         for (cluster, rev) in &exported.revision {
             if now.revision.get(cluster) != Some(rev) {
                 self.applied_revision.remove(&RevisionLabels {
@@ -507,6 +588,15 @@ impl Metrics {
             }
         }
         *exported = now;
+    }
+
+    /// A failed etcd snapshot attempt of `cluster`.
+    pub fn backup_failed(&self, cluster: &str) {
+        self.backup_failures
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_owned(),
+            })
+            .inc();
     }
 
     /// One step of a plan, as the executor settled it.
@@ -689,6 +779,36 @@ mod tests {
         assert!(!text.contains("aaa111"), "the old revision stayed:\n{text}");
         assert!(text.contains(r#"kiln_clusters{phase="Failed"} 0"#));
         assert!(text.contains(r#"kiln_clusters{phase="Ready"} 1"#));
+    }
+
+    #[test]
+    fn backup_series_follow_the_status_and_leave_with_the_cluster() {
+        let m = Metrics::new();
+        let mut a = cluster("alpha", Phase::Ready, "r");
+        a.backup = Some(crate::reconcile::status::BackupStatus {
+            last_success_at: Some("2026-12-05T05:00:00Z".into()),
+            last_size_bytes: Some(4096),
+            failed_checks: 1,
+            schedule_seconds: 21600,
+            ..Default::default()
+        });
+        m.backup_failed("alpha");
+        m.cycle_done(true, Duration::ZERO, &book(vec![a]));
+        let text = m.render_classic();
+        for line in [
+            r#"kiln_backup_last_success_timestamp_seconds{cluster="alpha"} 1796446800"#,
+            r#"kiln_backup_size_bytes{cluster="alpha"} 4096"#,
+            r#"kiln_backup_failed_checks{cluster="alpha"} 1"#,
+            r#"kiln_backup_schedule_seconds{cluster="alpha"} 21600"#,
+            r#"kiln_backup_failures_total{cluster="alpha"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        m.cycle_done(true, Duration::ZERO, &book(vec![]));
+        assert!(
+            !m.render().contains("kiln_backup_size_bytes{"),
+            "series stayed"
+        );
     }
 
     #[test]

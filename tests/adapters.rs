@@ -3,6 +3,8 @@
 //! `git daemon`, the Talos gRPC client against the simulator's wire, the Kubernetes health checks.
 //! One binary for all of them, so the dependency tree is linked once (docs/testing.md).
 
+#[path = "adapters/etcd_real.rs"]
+mod etcd_real;
 #[path = "adapters/git.rs"]
 mod git;
 #[path = "adapters/kube.rs"]

@@ -24,6 +24,8 @@ mod checks;
 mod credentials;
 #[path = "e2e/fixture.rs"]
 mod fixture;
+#[path = "e2e/restore.rs"]
+mod restore;
 #[path = "e2e/support.rs"]
 mod support;
 #[path = "e2e/talos_sim.rs"]
@@ -31,6 +33,8 @@ mod talos_sim;
 
 #[path = "e2e/api.rs"]
 mod api;
+#[path = "e2e/backup.rs"]
+mod backup;
 #[path = "e2e/ci_workflows.rs"]
 mod ci_workflows;
 #[path = "e2e/cp_scale.rs"]

@@ -3,11 +3,13 @@
 //! library it calls returns typed errors (see ARCHITECTURE.md, "CLI").
 
 pub mod assets;
+pub mod backup;
 pub mod demo;
 pub mod logging;
 pub mod plan;
 pub mod ports;
 pub mod render;
+pub mod restore;
 pub mod rotate;
 pub mod run;
 pub mod schema;

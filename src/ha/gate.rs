@@ -394,6 +394,24 @@ impl TalosNode for GatedTalosNode {
     async fn bootstrap_manifests(&self) -> Result<Vec<serde_json::Value>, TalosError> {
         self.inner.bootstrap_manifests().await
     }
+    async fn etcd_snapshot(&self) -> Result<crate::talos::grpc::ByteStream, TalosError> {
+        self.inner.etcd_snapshot().await
+    }
+    async fn etcd_recover(
+        &self,
+        snapshot: crate::talos::grpc::UploadStream,
+    ) -> Result<(), TalosError> {
+        talos_allow(&self.gate, "an etcd recovery upload")?;
+        self.inner.etcd_recover(snapshot).await
+    }
+    async fn bootstrap_recover(&self) -> Result<BootstrapOutcome, TalosError> {
+        talos_allow(&self.gate, "an etcd bootstrap")?;
+        self.inner.bootstrap_recover().await
+    }
+    async fn reset_ephemeral(&self) -> Result<(), TalosError> {
+        talos_allow(&self.gate, "a Talos reset")?;
+        self.inner.reset_ephemeral().await
+    }
 }
 
 /// The gate as the secret store's per-request [`crate::secrets::WriteGate`]: [`GatedSecrets`]

@@ -88,8 +88,8 @@ pub struct SharedState<'a> {
 }
 
 /// The refusals of DESIGN §8: with `[ha]`, every instance must see the same state, so nothing may
-/// live on one host only. Each message names the key. A local backup destination is refused here
-/// too once backups exist (issue 30): add its key to [`SharedState`] and a branch below.
+/// live on one host only. Each message names the key. A local backup destination is in a cluster
+/// file, not here: [`check_backup_destination`] refuses it per file.
 pub fn check_config(ha: &HaConfig, shared: SharedState<'_>) -> Result<(), String> {
     if ha.lease_duration < Duration::from_secs(1) {
         return Err(format!(
@@ -122,6 +122,21 @@ pub fn check_config(ha: &HaConfig, shared: SharedState<'_>) -> Result<(), String
         ));
     }
     Ok(())
+}
+
+/// DESIGN §8: `[ha]` refuses a local (folder) backup destination — the snapshots another instance
+/// takes after a takeover would land on another host, and `kiln backup list` on one host would not
+/// see the other's. It is in a cluster file, which changes after start and may be unreadable then,
+/// so the refusal is per file, as an invalid file (its cluster left alone, `Blocked`), at every
+/// cycle (`reconcile::backup::refuse_local_destinations`).
+pub fn check_backup_destination(destination: &str) -> Result<(), String> {
+    if destination.starts_with("s3://") {
+        return Ok(());
+    }
+    Err(format!(
+        "spec.backup.destination `{destination}` is a folder, which [ha] refuses: another instance \
+         taking over would write its snapshots to another host; use s3://bucket/prefix"
+    ))
 }
 
 /// A path or `file://` URL: what git reads from this machine's disk. Everything with a scheme

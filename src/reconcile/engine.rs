@@ -87,6 +87,9 @@ pub struct Engine {
     /// `[ha]`: the records every instance shares; `records` is then this instance's copy, read
     /// afresh at the start of each cycle it leads (`records.json` in `state_dir` mirrors it).
     shared: Option<SharedRecords>,
+    /// Scheduled etcd snapshots (issue 30); `None` until the daemon's loop runs (`run --once` and
+    /// `kiln plan` take none).
+    backups: Option<super::backup::Scheduler>,
 }
 
 impl Engine {
@@ -137,6 +140,7 @@ impl Engine {
             render_settings,
             observer: None,
             shared: None,
+            backups: None,
             leadership: None,
             shutdown: shutdown_rx,
             stop: None,
@@ -307,7 +311,10 @@ impl Engine {
                 return report;
             }
         };
-        let intent = Intent::read(&snapshot);
+        let mut intent = Intent::read(&snapshot);
+        if self.config.ha.is_some() {
+            super::backup::refuse_local_destinations(&mut intent);
+        }
 
         // Records: new valid clusters are recorded (kiln may make VMs for them from now on); a file
         // that came back cancels its decommission.
@@ -473,6 +480,12 @@ impl Engine {
         self.status
             .clusters
             .retain(|name, _| intent.present(name) || records.clusters.contains_key(name.as_str()));
+        if let Some(b) = &self.backups
+            && !lost
+        {
+            let clusters = intent.valid.values().map(|v| v.cluster.clone()).collect();
+            b.tick(clusters, &mut self.status, time::OffsetDateTime::now_utc());
+        }
         self.persist();
         if let Err(e) = self.save_shared_records().await {
             self.shared_records_not_saved(&e);
@@ -720,6 +733,12 @@ impl Engine {
     pub async fn run(&mut self, trigger: crate::git::Trigger) {
         let mut shutdown = self.shutdown.clone();
         let poll = self.config.git.poll_interval;
+        self.backups = super::backup::Scheduler::for_engine(
+            &self.config,
+            &self.ctx.ports,
+            &self.ctx.settings.prefix,
+            self.leadership.clone(),
+        );
         loop {
             if let Some(leadership) = self.leadership.clone()
                 && !leadership.check()

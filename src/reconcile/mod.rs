@@ -8,6 +8,7 @@
 //! restarts; `ports` bundles the systems the engine drives.
 
 pub mod backoff;
+pub mod backup;
 pub mod engine;
 pub mod error;
 pub mod executor;

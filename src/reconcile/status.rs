@@ -118,6 +118,33 @@ pub struct ClusterStatus {
     /// The stored kubeconfig and talosconfig, as the last look at the store (or renewal) saw them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub credentials: BTreeMap<super::renewal::Credential, CredentialStatus>,
+    /// Scheduled etcd snapshots (`spec.backup`): the last good one and the last attempt's error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+}
+
+/// The backup side of a cluster's status (`reconcile::backup`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStatus {
+    /// RFC 3339 time of the last snapshot that verified, and its id and encrypted size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_size_bytes: Option<u64>,
+    /// RFC 3339 time of the last attempt (good or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<String>,
+    /// Why the last attempt failed; `None` once one succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Snapshots at the destination that failed their read-back check at the last attempt.
+    #[serde(default)]
+    pub failed_checks: u32,
+    /// `spec.backup.schedule` in seconds (the alert on a snapshot too old compares with it).
+    #[serde(default)]
+    pub schedule_seconds: u64,
 }
 
 /// One stored credential's dates (its custom metadata) for `kiln status`.
@@ -178,6 +205,7 @@ impl ClusterStatus {
             retry_at: None,
             updated_at: String::new(),
             credentials: BTreeMap::new(),
+            backup: None,
         });
         s.updated_at = super::state_file::now_rfc3339();
         s
@@ -327,6 +355,7 @@ mod tests {
             retry_at: None,
             updated_at: "2026-11-25T00:00:00Z".into(),
             credentials: BTreeMap::new(),
+            backup: None,
         }
     }
 

@@ -38,6 +38,10 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/clusters", get(list).post(create))
         .route("/api/v1/clusters/{name}/status", get(status))
+        .route(
+            "/api/v1/clusters/{name}/backups",
+            get(backups).post(backup_now),
+        )
         .route("/api/v1/clusters/{name}", delete(remove))
         .route("/api/v1/openapi.json", get(openapi))
         .layer(Extension(Arc::new(Written::default())))
@@ -175,6 +179,90 @@ async fn status(
         return Ok(Json(pending(&name)));
     }
     Err(unknown())
+}
+
+#[derive(serde::Deserialize)]
+struct BackupsQuery {
+    /// `false`: compare listed sizes with the manifests only, without reading snapshots back.
+    verify: Option<bool>,
+}
+
+/// `GET /api/v1/clusters/{name}/backups`: the cluster's etcd snapshots at its destination with their
+/// verification state, as `kiln backup list` prints them (docs/backup.md). Reads the destination of
+/// the spec kiln last applied; writes nothing.
+async fn backups(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<BackupsQuery>,
+) -> Result<Json<Vec<crate::backup::Entry>>, ApiError> {
+    let unknown = || ApiError::not_found(format!("no cluster named {}", clip_values(&name)));
+    let key: ClusterName = name.parse().map_err(|_| unknown())?;
+    let records =
+        crate::reconcile::records::Records::load(&state.config.state_dir).map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("reading kiln's records: {e}"),
+            )
+        })?;
+    let cluster = records
+        .clusters
+        .get(&key)
+        .and_then(crate::reconcile::policy::recorded_cluster)
+        .ok_or_else(unknown)?;
+    let spec = cluster.spec.backup.as_ref().ok_or_else(|| {
+        ApiError::not_found(format!(
+            "cluster {name} has no spec.backup in the spec kiln last applied"
+        ))
+    })?;
+    let unavailable = |e: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e);
+    let dest = crate::backup::Destination::open(&spec.destination, &state.config.backup)
+        .map_err(|e| unavailable(e.to_string()))?;
+    let entries = crate::backup::take::catalogue(&dest, key.as_str(), q.verify.unwrap_or(true))
+        .await
+        .map_err(|e| unavailable(format!("{}: {e}", dest.describe())))?;
+    Ok(Json(entries))
+}
+
+/// `POST /api/v1/clusters/{name}/backups`: a snapshot at the daemon's next cycle (started at once:
+/// the request pokes the engine), whatever the schedule says; 202. The result shows in the
+/// cluster's status (`backup.last_attempt_at`, `last_success_at`, `last_error`), which `kiln
+/// backup now` waits on.
+async fn backup_now(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let unknown = || ApiError::not_found(format!("no cluster named {}", clip_values(&name)));
+    let key: ClusterName = name.parse().map_err(|_| unknown())?;
+    let records =
+        crate::reconcile::records::Records::load(&state.config.state_dir).map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("reading kiln's records: {e}"),
+            )
+        })?;
+    let cluster = records
+        .clusters
+        .get(&key)
+        .and_then(crate::reconcile::policy::recorded_cluster)
+        .ok_or_else(unknown)?;
+    if cluster.spec.backup.is_none() {
+        return Err(ApiError::not_found(format!(
+            "cluster {name} has no spec.backup in the spec kiln last applied"
+        )));
+    }
+    let requested_at = crate::backup::manifest::rfc3339(time::OffsetDateTime::now_utc());
+    crate::reconcile::backup::request_now(key.as_str());
+    state.trigger.poke();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "cluster": name,
+            "requested_at": requested_at,
+            "status_url": status_url(&name),
+        })),
+    ))
 }
 
 /// The clusters committed but perhaps not reconciled yet: every file at the tip the daemon fetched,

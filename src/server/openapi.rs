@@ -194,6 +194,30 @@ pub fn document() -> Value {
                     }
                 }
             },
+            "/api/v1/clusters/{name}/backups": {
+                "get": {
+                    "operationId": "clusterBackups",
+                    "summary": "The cluster's etcd snapshots with their verification state (each read back unless verify=false)",
+                    "parameters": [name_param, {"name": "verify", "in": "query", "required": false, "schema": {"type": "boolean", "default": true}}],
+                    "responses": {
+                        "200": {"description": "snapshots, oldest first: id, manifest, stored_size, state", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}},
+                        "401": unauthorized,
+                        "404": error_response("no such cluster, or no spec.backup"),
+                        "503": error_response("the destination cannot be read now")
+                    }
+                },
+                "post": {
+                    "operationId": "backupNow",
+                    "summary": "Take a snapshot at the daemon's next cycle (started at once), whatever the schedule says; the result shows in the cluster's status",
+                    "parameters": [name_param],
+                    "responses": {
+                        "202": {"description": "requested: cluster, requested_at, status_url", "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "401": unauthorized,
+                        "404": error_response("no such cluster, or no spec.backup"),
+                        "503": error_response("kiln's records cannot be read now")
+                    }
+                }
+            },
             "/api/v1/clusters/{name}": {
                 "delete": {
                     "operationId": "deleteCluster",

@@ -252,12 +252,16 @@ pub struct AppSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackupSpec {
+    /// How often a snapshot is taken (at least 5m), e.g. 6h; each cluster's times are shifted by a
+    /// jitter derived from its name.
     pub schedule: HumanDuration,
+    /// How many verified snapshots to keep; older ones are pruned once a new one verified.
     #[schemars(range(min = 1))]
     pub keep: u32,
-    /// A folder (local or mounted) or s3://bucket/prefix.
+    /// An absolute folder (local or mounted) or s3://bucket/prefix (`[backup]` of kiln.toml).
     pub destination: String,
-    /// age recipients the snapshots are encrypted to (a snapshot holds every secret of the cluster).
-    #[schemars(length(min = 1))]
+    /// age X25519 recipients (age1…) the snapshots are encrypted to: a snapshot holds every
+    /// secret of the cluster, and kiln keeps only these public keys.
+    #[schemars(length(min = 1), inner(regex(pattern = r"^age1[02-9ac-hj-np-z]+$")))]
     pub age_recipients: Vec<String>,
 }

@@ -13,6 +13,11 @@ use super::document::{ClusterDocument, TemplateRef};
 use super::types::{MacAddr, Vmid};
 use super::{App, Role};
 
+/// The shortest `spec.backup.schedule`: a snapshot is the whole etcd database, streamed,
+/// encrypted, written and read back; a shorter interval would start the next before a large
+/// cluster's last one ends, and keep `keep` snapshots of minutes apart (docs/backup.md).
+pub const MIN_BACKUP_SCHEDULE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What a node entry claims, the unit of the duplicate rules (in a file and across files).
 #[derive(Debug, Clone)]
 pub struct NodeIdentity {
@@ -600,10 +605,17 @@ fn misc_rules(doc: &ClusterDocument, out: &mut Vec<Finding>) {
         }
     }
     if let Some(b) = &doc.spec.backup {
-        if b.schedule.0.is_zero() {
+        if b.schedule.0 < MIN_BACKUP_SCHEDULE {
             out.push(
-                Finding::error("spec.backup.schedule", "the interval is zero")
-                    .hint("a duration such as 6h"),
+                Finding::error(
+                    "spec.backup.schedule",
+                    format!("`{}` is shorter than 5m", b.schedule),
+                )
+                .hint(
+                    "a duration such as 6h: each snapshot is the whole etcd database, streamed, \
+                     encrypted, written and read back, which takes longer than a few minutes on a \
+                     large cluster",
+                ),
             );
         }
         let d = &b.destination;
@@ -620,16 +632,15 @@ fn misc_rules(doc: &ClusterDocument, out: &mut Vec<Finding>) {
             );
         }
         for (i, r) in b.age_recipients.iter().enumerate() {
-            if !(r.starts_with("age1")
-                || r.starts_with("ssh-ed25519 ")
-                || r.starts_with("ssh-rsa "))
-            {
+            // The age crate's own parser: the bech32 checksum and the key length, not just the
+            // prefix, so a key mangled in copy and paste is refused here, not at the first snapshot.
+            if r.parse::<age::x25519::Recipient>().is_err() {
                 out.push(
                     Finding::error(
                         format!("spec.backup.ageRecipients[{i}]"),
-                        format!("`{r}` is not an age recipient"),
+                        format!("`{r}` is not an age X25519 recipient"),
                     )
-                    .hint("an age public key (age1…) or an SSH public key (ssh-ed25519 …)"),
+                    .hint("an age public key, age1… (from `age-keygen -y KEYFILE`)"),
                 );
             }
         }

@@ -9,6 +9,10 @@
 mod live_config;
 #[path = "talos_grpc/real.rs"]
 mod real;
+#[path = "talos_grpc/restore.rs"]
+mod restore;
+#[path = "talos_grpc/snapshot.rs"]
+mod snapshot;
 #[path = "talos_grpc/upgrade.rs"]
 mod upgrade;
 #[path = "talos_grpc/wire.rs"]
@@ -19,6 +23,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures::StreamExt;
+use kiln::backup::bbolt;
 use kiln::sim::talos::validate::SchemaValidator;
 use kiln::sim::talos::{NodeSpec, SimOptions, SimTalos};
 use kiln::spec::{Cluster, ClusterDocument, Version};
@@ -29,6 +35,7 @@ use kiln::talos::grpc::{
     BootstrapOutcome, ClientIdentity, ClientOptions, GrpcTalos, MachineStage, NodeState,
     TalosClient, TalosError, TalosPort,
 };
+use kiln::talos::grpc::{TalosNode, collect, upload_from};
 use kiln::talos::pki::LeafSpec;
 use time::OffsetDateTime;
 
@@ -321,8 +328,11 @@ async fn client_drives_the_simulator_through_a_cluster_lifecycle() {
     assert_eq!(sim.version(addr(2)).as_deref(), Some("v1.13.10"));
 
     // Snapshot and removal by id.
-    let snapshot = talos.etcd_snapshot(ip(1), &id).await.unwrap();
-    assert!(snapshot.starts_with(b"kiln-sim etcd snapshot"));
+    let snapshot = collect(talos.etcd_snapshot(ip(1), &id).await.unwrap())
+        .await
+        .unwrap();
+    let facts = bbolt::check(&snapshot).unwrap();
+    assert!(facts.has_hash_trailer && facts.revision >= 1, "{facts:?}");
     let cp2 = members
         .iter()
         .find(|m| m.hostname == "life-cp-2")
@@ -840,36 +850,73 @@ async fn etcd_recovers_from_a_snapshot_after_losing_every_member() {
         .await
         .unwrap();
     talos.bootstrap(ip(91), &id).await.unwrap();
-    let snapshot = talos.etcd_snapshot(ip(91), &id).await.unwrap();
-    assert!(snapshot.len() > 20);
+    // Streamed in Talos's 1 KiB chunks, a real bbolt file with etcd's SHA-256 trailer.
+    let mut stream = talos.etcd_snapshot(ip(91), &id).await.unwrap();
+    let mut check = bbolt::SnapshotCheck::new();
+    let mut snapshot = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        assert!(chunk.len() <= 1024);
+        check.feed(&chunk).unwrap();
+        snapshot.extend_from_slice(&chunk);
+    }
+    let revision = check.finish().unwrap().revision;
+    // Writes after the snapshot: the revision the recovery must roll back.
+    sim.write_etcd(addr(91), 500);
 
-    // A graceful reset of the last member is refused; a hard one wipes it (the member stays listed).
+    // A graceful reset of the last member is refused.
     let err = talos.reset_graceful(ip(91), &id, true).await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition), "{err}");
-    TalosClient::connect_mtls(addr(91), &id, options())
-        .await
-        .unwrap()
-        .reset(false, true)
-        .await
-        .unwrap();
-    assert_eq!(talos.node_state(ip(91), &id).await, NodeState::Maintenance);
 
-    // Reinstalled, the node has no data and nothing to join: recovery from the snapshot, once.
-    talos
-        .apply_in_maintenance(ip(91), "", cfg.as_bytes())
-        .await
-        .unwrap();
-    assert!(
-        talos
-            .etcd_recover(ip(91), &id, b"not a snapshot")
-            .await
-            .is_err()
+    // Talos's recovery: wipe EPHEMERAL (etcd's data) and keep the config; etcd waits in Preparing.
+    let node = talos.connect(ip(91), &id).await.unwrap();
+    node.reset_ephemeral().await.unwrap();
+    drop(node);
+    let node = connect_when_back(&talos, ip(91), &id).await;
+    assert_eq!(
+        etcd_state(&*node).await,
+        ("Preparing".to_owned(), String::new())
     );
-    let outcome = talos
-        .bootstrap_from_snapshot(ip(91), &id, &snapshot)
+    assert!(node.etcd_snapshot().await.is_err(), "no etcd, no snapshot");
+
+    // The upload is not read until Bootstrap; a bad one fails the etcd service, not the call.
+    node.etcd_recover(upload_from(&b"not a snapshot"[..]))
         .await
         .unwrap();
+    assert_eq!(
+        node.bootstrap_recover().await.unwrap(),
+        BootstrapOutcome::Bootstrapped
+    );
+    let (state, message) = etcd_state(&*node).await;
+    assert_eq!(state, "Failed");
+    assert!(message.contains("not an etcd database"), "{message}");
+    // Without its trailer the hash check refuses it unless skipped.
+    node.etcd_recover(upload_from(snapshot[..snapshot.len() - 32].to_vec()))
+        .await
+        .unwrap();
+    node.bootstrap_recover().await.unwrap();
+    assert!(etcd_state(&*node).await.1.contains("missing hash"));
+
+    let before = sim.etcd_revision(addr(91)).unwrap();
+    assert!(before >= revision + 500, "{before} after {revision}");
+    // The whole snapshot, streamed in pieces: etcd back, one member, at the snapshot's revision
+    // (and what the API writes right after, as on a real cluster).
+    let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = snapshot
+        .chunks(10_000)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    node.etcd_recover(Box::pin(futures::stream::iter(pieces)))
+        .await
+        .unwrap();
+    let outcome = node.bootstrap_recover().await.unwrap();
     assert_eq!(outcome, BootstrapOutcome::Bootstrapped);
+    assert_eq!(etcd_state(&*node).await.0, "Running");
+    let again = collect(node.etcd_snapshot().await.unwrap()).await.unwrap();
+    let after = bbolt::check(&again).unwrap().revision;
+    assert!(
+        (revision..revision + 100).contains(&after),
+        "back at {after}: the snapshot was at {revision}, etcd at {before} before the recovery"
+    );
     let members = talos.etcd_members(ip(91), &id).await.unwrap();
     assert_eq!(
         members
@@ -879,4 +926,40 @@ async fn etcd_recovers_from_a_snapshot_after_losing_every_member() {
         ["rec-cp-1"]
     );
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+}
+
+/// A node back from a reboot, over mTLS.
+async fn connect_when_back(
+    talos: &GrpcTalos,
+    ip: IpAddr,
+    id: &ClientIdentity,
+) -> Box<dyn TalosNode> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(node) = talos.connect(ip, id).await
+            && node.services().await.is_ok()
+        {
+            return node;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ip} did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The etcd service's state and its last message.
+async fn etcd_state(node: &dyn TalosNode) -> (String, String) {
+    let services = node.services().await.unwrap();
+    let etcd = services
+        .iter()
+        .find(|s| s.id == "etcd")
+        .expect("etcd listed");
+    let message = etcd
+        .health
+        .as_ref()
+        .map(|h| h.last_message.clone())
+        .unwrap_or_default();
+    (etcd.state.clone(), message)
 }

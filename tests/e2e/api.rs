@@ -736,12 +736,14 @@ async fn branch_mode_and_the_openapi_document_match_what_is_served() {
         [
             "delete /api/v1/clusters/{name}",
             "get /api/v1/clusters",
+            "get /api/v1/clusters/{name}/backups",
             "get /api/v1/clusters/{name}/status",
             "get /api/v1/openapi.json",
             "get /healthz",
             "get /metrics",
             "get /readyz",
             "post /api/v1/clusters",
+            "post /api/v1/clusters/{name}/backups",
             "post /api/v1/webhooks/git",
         ]
     );

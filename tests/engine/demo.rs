@@ -630,6 +630,7 @@ mod folder {
                 retry_at: None,
                 updated_at: "2026-11-25T00:00:00Z".into(),
                 credentials: Default::default(),
+                backup: None,
             },
         );
         let report = demo.report(&book);

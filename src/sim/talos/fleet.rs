@@ -46,6 +46,8 @@ pub struct Configured {
     pub etcd_data: bool,
     /// Snapshot uploaded with EtcdRecover, for `Bootstrap { recover_etcd }`.
     pub recover_snapshot: Option<Vec<u8>>,
+    /// The etcd service failed to start (a recovery from a bad snapshot): its ServiceList message.
+    pub etcd_failed: Option<String>,
     /// When the node accepted this config (a new one re-registers its Kubernetes Node).
     pub applied_at: std::time::Instant,
 }
@@ -120,6 +122,9 @@ pub struct ClusterState {
     pub os_ca_key: Option<String>,
     pub members: BTreeMap<u64, Member>,
     pub next_member: u64,
+    /// etcd's revision while no Kubernetes API writes to it yet (after that the API's
+    /// resourceVersion counter is the revision: `Fleet::etcd_revision`).
+    pub revision: i64,
 }
 
 #[derive(Default)]
@@ -128,6 +133,8 @@ pub struct Fleet {
     pub clusters: HashMap<String, ClusterState>,
     /// Things that would break a real cluster (a second etcd cluster): reported loudly, kept for tests.
     pub violations: Vec<String>,
+    /// Every etcd recovery that succeeded: the node and the revision etcd came back at.
+    pub recoveries: Vec<(SocketAddr, i64)>,
     pub dump_dir: Option<PathBuf>,
     /// Control planes that do not join etcd by themselves yet (a test models a slow join with it).
     pub join_held: std::collections::HashSet<SocketAddr>,
@@ -248,6 +255,26 @@ impl Fleet {
                     .is_some_and(|n| n.etcd_data && n.cfg.cluster_key == key)
             })
         })
+    }
+
+    /// The revision of the cluster's etcd. Kubernetes's resourceVersion is etcd's revision, so once
+    /// the simulated API runs, its counter is it: every object the API writes (bootstrap manifests,
+    /// Nodes, Leases, kubectl's writes) moves it, as each write moves a real etcd's. Before that, a
+    /// freshly bootstrapped etcd is at revision 1 (etcd `server/mvcc/kvstore.go`: `currentRev` starts
+    /// at 1).
+    pub fn etcd_revision(&self, key: &str) -> i64 {
+        match self.kube.get(key) {
+            Some(link) => link.state.lock().expect("kube lock").revision as i64,
+            None => self.clusters.get(key).map_or(1, |c| c.revision.max(1)),
+        }
+    }
+
+    /// After a recovery etcd carries on from the snapshot's revision.
+    pub fn set_etcd_revision(&mut self, key: &str, revision: i64) {
+        self.cluster(key).revision = revision;
+        if let Some(link) = self.kube.get(key) {
+            link.state.lock().expect("kube lock").revision = revision.max(1) as u64;
+        }
     }
 
     pub fn add_member(&mut self, key: &str, addr: SocketAddr) {

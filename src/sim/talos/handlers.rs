@@ -10,6 +10,7 @@ use super::fleet::{
     ADMIN, Configured, ETCD_BACKUP, Fleet, Node, OPERATOR, Peer, Phase, READER, minor_of,
 };
 use super::validate::ConfigValidator;
+use crate::backup::bbolt::EtcdDbBuilder;
 use crate::talos::grpc::proto::common::Data;
 use crate::talos::grpc::proto::{cosi, machine};
 
@@ -247,11 +248,14 @@ fn accept(
         node.version_pinned = false;
     }
     // A running node given a new config keeps its Kubernetes Node (and its cordon), as on Talos.
-    let (etcd_data, recover_snapshot, applied_at) = match &node.phase {
-        Phase::Configured(c) if c.cfg.cluster_key == key => {
-            (c.etcd_data, c.recover_snapshot.clone(), c.applied_at)
-        }
-        _ => (false, None, std::time::Instant::now()),
+    let (etcd_data, recover_snapshot, etcd_failed, applied_at) = match &node.phase {
+        Phase::Configured(c) if c.cfg.cluster_key == key => (
+            c.etcd_data,
+            c.recover_snapshot.clone(),
+            c.etcd_failed.clone(),
+            c.applied_at,
+        ),
+        _ => (false, None, None, std::time::Instant::now()),
     };
     node.phase = Phase::Configured(Box::new(Configured {
         raw,
@@ -259,6 +263,7 @@ fn accept(
         tls: None,
         etcd_data,
         recover_snapshot,
+        etcd_failed,
         applied_at,
     }));
     if is_cp && fleet.cluster_bootstrapped(&key) {
@@ -282,11 +287,6 @@ pub fn bootstrap(
     if c.etcd_data {
         return Err(Status::already_exists("etcd data directory is not empty"));
     }
-    if req.recover_etcd && c.recover_snapshot.is_none() {
-        return Err(Status::failed_precondition(
-            "no etcd snapshot was uploaded for recovery",
-        ));
-    }
     let key = c.cfg.cluster_key.clone();
     let cluster_name = c.cfg.cluster_name.clone();
     if fleet.cluster_bootstrapped(&key) {
@@ -304,9 +304,30 @@ pub fn bootstrap(
         return Err(Status::internal(format!("simulator refuses: {message}")));
     }
     if req.recover_etcd {
-        // Recovery starts a new single-member cluster from the snapshot: the old members are gone.
-        fleet.cluster(&key).members.clear();
-        configured(fleet, addr)?.recover_snapshot = None;
+        // Talos answers the Bootstrap once the etcd service is started in bootstrap mode
+        // (`BootstrapEtcd`, services/etcd.go v1.13.9); the restore runs in the service's start, so
+        // a bad snapshot fails the service, not the call.
+        let c = configured(fleet, addr)?;
+        let recovered = recover_from(c.recover_snapshot.as_deref(), req.recover_skip_hash_check);
+        match recovered {
+            Err(message) => {
+                c.etcd_failed = Some(message);
+                tracing::info!(node = %addr, cluster = %cluster_name, "etcd recovery failed");
+                return Ok(machine::BootstrapResponse {
+                    messages: vec![machine::MetadataOnly { metadata: None }],
+                });
+            }
+            Ok(revision) => {
+                // Recovery starts a new one-member cluster from the snapshot (`etcdutl snapshot
+                // restore` writes a fresh membership): the old members are gone.
+                c.recover_snapshot = None;
+                c.etcd_failed = None;
+                fleet.cluster(&key).members.clear();
+                fleet.set_etcd_revision(&key, revision);
+                fleet.recoveries.push((addr, revision));
+                tracing::info!(node = %addr, cluster = %cluster_name, revision, "etcd recovered from the snapshot");
+            }
+        }
     }
     fleet.add_member(&key, addr);
     fleet.join_waiting_control_planes(&key);
@@ -436,6 +457,9 @@ pub fn reset(
         }
     }
     // A non-graceful reset wipes the data but leaves the member registered, as on real Talos.
+    if !req.system_partitions_to_wipe.is_empty() {
+        return reset_partitions(fleet, addr, req);
+    }
     let node = fleet.node(addr)?;
     node.phase = if req.reboot {
         Phase::Maintenance {
@@ -444,6 +468,64 @@ pub fn reset(
     } else {
         Phase::Off { installed: None }
     };
+    Ok(machine::ResetResponse {
+        messages: vec![machine::ActorReply {
+            metadata: None,
+            actor_id: actor_id(),
+        }],
+    })
+}
+
+/// A Reset naming system partitions wipes only those (v1alpha1_server.go v1.13.9 `Reset`: each label
+/// must be a located volume, else "failed to get volume status with label"). Wiping EPHEMERAL loses
+/// the node's etcd data and an uploaded snapshot (both live under `/var/lib`); STATE, with the
+/// config, stays unless named, so the node reboots configured, its etcd waiting in Preparing.
+fn reset_partitions(
+    fleet: &mut Fleet,
+    addr: SocketAddr,
+    req: &machine::ResetRequest,
+) -> Result<machine::ResetResponse, Status> {
+    let mut ephemeral = false;
+    let mut state = false;
+    for spec in &req.system_partitions_to_wipe {
+        match spec.label.as_str() {
+            "EPHEMERAL" => ephemeral |= spec.wipe,
+            "STATE" => state |= spec.wipe,
+            "META" => {}
+            other => {
+                return Err(Status::unknown(format!(
+                    "failed to get volume status with label {other:?}: resource VolumeStatuses.block.talos.dev({other}) doesn't exist"
+                )));
+            }
+        }
+    }
+    let delay = fleet.reboot_delay;
+    let reboot = req.reboot;
+    let node = fleet.node(addr)?;
+    let Phase::Configured(c) = &mut node.phase else {
+        return Err(Status::failed_precondition("node is not configured"));
+    };
+    if ephemeral {
+        c.etcd_data = false;
+        c.recover_snapshot = None;
+        c.etcd_failed = None;
+    }
+    if state {
+        node.phase = if reboot {
+            Phase::Maintenance {
+                tls: super::pki::maintenance_server_config(addr.ip()).map_err(Status::internal)?,
+            }
+        } else {
+            Phase::Off { installed: None }
+        };
+    } else if reboot {
+        fleet.reboots.push((addr, delay));
+    } else {
+        let phase = std::mem::replace(&mut node.phase, Phase::Off { installed: None });
+        if let Phase::Configured(c) = phase {
+            node.phase = Phase::Off { installed: Some(c) };
+        }
+    }
     Ok(machine::ResetResponse {
         messages: vec![machine::ActorReply {
             metadata: None,
@@ -546,9 +628,12 @@ pub fn etcd_remove_member_by_id(
     })
 }
 
-pub const SNAPSHOT_MAGIC: &str = "kiln-sim etcd snapshot v1\n";
+/// Talos's stream chunk (`pkg/chunker/stream/stream.go` v1.13.9, default `Size: 1024`).
+pub const SNAPSHOT_CHUNK: usize = 1024;
 
-/// A stand-in for the etcd database: the member list, streamed in 1 KiB chunks as Talos streams.
+/// The etcd database at the cluster's revision, a real bbolt file with etcd's trailer, streamed as
+/// Talos streams it: `EtcdSnapshot` (v1alpha1_server.go v1.13.9) checks the node is a control plane,
+/// opens a client to the local etcd (an error while it does not run) and relays `Snapshot`.
 pub fn etcd_snapshot(
     fleet: &mut Fleet,
     addr: SocketAddr,
@@ -556,18 +641,18 @@ pub fn etcd_snapshot(
 ) -> Result<Vec<Data>, Status> {
     fleet.authorize(addr, peer, "EtcdSnapshot", &[ADMIN, OPERATOR, ETCD_BACKUP])?;
     let key = running_etcd(fleet, addr)?;
-    let mut body = SNAPSHOT_MAGIC.to_owned();
-    for m in fleet.cluster(&key).members.values() {
-        body.push_str(&format!(
-            "member {:x} {} {}\n",
-            m.id,
-            m.hostname,
-            m.addr.ip()
-        ));
+    let revision = fleet.etcd_revision(&key);
+    let mut db = EtcdDbBuilder::new(revision).keys((revision as u64).min(64));
+    if let Some(m) = fleet.cluster(&key).members.values().next() {
+        db = db.member(m.id, &m.hostname, &format!("https://{}:2380", m.addr.ip()));
     }
-    Ok(chunks(body.as_bytes(), 1024))
+    Ok(chunks(&db.build(), SNAPSHOT_CHUNK))
 }
 
+/// `EtcdRecover` (v1alpha1_server.go v1.13.9): `FailedPrecondition` "etcd service is not ready for
+/// recovery yet" while `/var/lib` (EPHEMERAL) is not mounted, control planes only, and the upload
+/// written to `/var/lib/etcd.snapshot` as it comes, unread: the check is the recovery's, at
+/// `Bootstrap { recover_etcd }`.
 pub fn etcd_recover(
     fleet: &mut Fleet,
     addr: SocketAddr,
@@ -575,14 +660,39 @@ pub fn etcd_recover(
     snapshot: Vec<u8>,
 ) -> Result<machine::EtcdRecoverResponse, Status> {
     fleet.authorize(addr, peer, "EtcdRecover", &[ADMIN])?;
-    control_plane(fleet, addr, "etcd recovery")?;
-    if !snapshot.starts_with(SNAPSHOT_MAGIC.as_bytes()) {
-        return Err(Status::invalid_argument("snapshot is not an etcd database"));
-    }
+    control_plane(fleet, addr, "etcd recover")?;
     configured(fleet, addr)?.recover_snapshot = Some(snapshot);
     Ok(machine::EtcdRecoverResponse {
         messages: vec![machine::MetadataOnly { metadata: None }],
     })
+}
+
+/// What the etcd service's `recoverFromSnapshot` (services/etcd.go v1.13.9) makes of the upload:
+/// `etcdutl`'s `Status` (the database read) and `Restore` with `SkipHashCheck`, whose hash rules are
+/// etcd's (`etcdutl/snapshot/v3_snapshot.go` v3.5.17: a trailer is there when `size % 512 == 32`,
+/// checked unless skipped; none without the skip is refused). The revision it comes back at.
+fn recover_from(snapshot: Option<&[u8]>, skip_hash_check: bool) -> Result<i64, String> {
+    let Some(snapshot) = snapshot else {
+        return Err(
+            "failed to recover from the snapshot: open /var/lib/etcd.snapshot: no such file or directory"
+                .into(),
+        );
+    };
+    let facts = crate::backup::bbolt::check(snapshot).or_else(|e| match e {
+        crate::backup::bbolt::BboltError::HashMismatch { .. } if skip_hash_check => {
+            let db = &snapshot[..snapshot.len() - crate::backup::bbolt::HASH_TRAILER_LEN];
+            crate::backup::bbolt::check(db)
+        }
+        e => Err(e),
+    });
+    match facts {
+        Err(e) => Err(format!("error recovering from the snapshot: {e}")),
+        Ok(f) if !f.has_hash_trailer && !skip_hash_check => Err(
+            "error recovering from the snapshot: snapshot missing hash but --skip-hash-check=false"
+                .into(),
+        ),
+        Ok(f) => Ok(f.revision),
+    }
 }
 
 /// Stage and readiness as `MachineStatuses.runtime.talos.dev/machine` reports them.
@@ -617,17 +727,18 @@ pub fn service_list(
     fleet.authorize(addr, peer, "ServiceList", READ_ROLES)?;
     let node = &fleet.nodes[&addr];
     let (_, ready) = stage(fleet, node);
-    let svc = |id: &str, state: &str, healthy: bool| machine::ServiceInfo {
+    let with_message = |id: &str, state: &str, healthy: bool, message: &str| machine::ServiceInfo {
         id: id.into(),
         state: state.into(),
         events: None,
         health: Some(machine::ServiceHealth {
             unknown: false,
             healthy,
-            last_message: String::new(),
+            last_message: message.into(),
             last_change: None,
         }),
     };
+    let svc = |id: &str, state: &str, healthy: bool| with_message(id, state, healthy, "");
     let mut services = vec![
         svc("apid", "Running", true),
         svc("machined", "Running", true),
@@ -635,7 +746,9 @@ pub fn service_list(
     if let Some(c) = node.configured() {
         services.push(svc("containerd", "Running", true));
         if c.cfg.machine_type == MachineType::ControlPlane {
-            services.push(if c.etcd_data {
+            services.push(if let Some(message) = &c.etcd_failed {
+                with_message("etcd", "Failed", false, message)
+            } else if c.etcd_data {
                 svc("etcd", "Running", true)
             } else {
                 svc("etcd", "Preparing", false)

@@ -130,6 +130,7 @@ mod tests {
                     tls: None,
                     etcd_data: data,
                     recover_snapshot: None,
+                    etcd_failed: None,
                     applied_at: Instant::now(),
                 })),
             },

@@ -138,6 +138,8 @@ pub struct InjectedFailure {
 struct Faults {
     /// Method name (e.g. `Bootstrap`) → delay before every answer.
     delays: HashMap<String, Duration>,
+    /// method → a pause before each streamed message, and the message after which the stream stalls.
+    paces: HashMap<String, (Duration, Option<usize>)>,
     /// (node, method) → failures answered before the method runs, oldest first.
     failures: HashMap<(SocketAddr, String), Vec<InjectedFailure>>,
     /// (node, method) answered with a failure every time.
@@ -169,6 +171,15 @@ impl Shared {
         if let Some(serving) = serving {
             serving.close();
         }
+    }
+
+    fn stream_pace(&self, method: &str) -> Option<(Duration, Option<usize>)> {
+        self.faults
+            .lock()
+            .expect("faults lock")
+            .paces
+            .get(method)
+            .copied()
     }
 
     async fn before_call(&self, addr: SocketAddr, method: &str) -> Result<(), Status> {
@@ -465,6 +476,18 @@ impl SimTalos {
             .insert(method.to_owned(), delay);
     }
 
+    /// A server stream of `method` sends each message after `pause`, and with `stall_after` sends
+    /// that many and then nothing more while keeping the stream open (a node whose disk or etcd
+    /// hangs mid-snapshot).
+    pub fn pace_stream(&self, method: &str, pause: Duration, stall_after: Option<usize>) {
+        self.shared
+            .faults
+            .lock()
+            .expect("faults lock")
+            .paces
+            .insert(method.to_owned(), (pause, stall_after));
+    }
+
     /// The next call of `method` on `addr` fails with `code` and `message`, before the method runs.
     pub fn fail_next(&self, addr: SocketAddr, method: &str, code: tonic::Code, message: &str) {
         self.shared
@@ -534,6 +557,45 @@ impl SimTalos {
             .nodes
             .get(&addr)
             .map(|n| n.version.clone())
+    }
+
+    /// The etcd revision of the cluster the node at `addr` belongs to (`Fleet::etcd_revision`).
+    pub fn etcd_revision(&self, addr: SocketAddr) -> Option<i64> {
+        let fleet = self.shared.fleet.lock().expect("fleet lock");
+        let key = fleet
+            .nodes
+            .get(&addr)?
+            .configured()?
+            .cfg
+            .cluster_key
+            .clone();
+        Some(fleet.etcd_revision(&key))
+    }
+
+    /// Every successful etcd recovery so far: the node and the revision etcd came back at.
+    pub fn etcd_recoveries(&self) -> Vec<(SocketAddr, i64)> {
+        self.shared
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .recoveries
+            .clone()
+    }
+
+    /// `n` writes to the etcd of the node's cluster by some client (a Kubernetes controller, an
+    /// operator's `etcdctl put`): each moves the revision by one, as on etcd.
+    pub fn write_etcd(&self, addr: SocketAddr, n: i64) {
+        let mut fleet = self.shared.fleet.lock().expect("fleet lock");
+        let Some(key) = fleet
+            .nodes
+            .get(&addr)
+            .and_then(Node::configured)
+            .map(|c| c.cfg.cluster_key.clone())
+        else {
+            return;
+        };
+        let revision = fleet.etcd_revision(&key) + n;
+        fleet.set_etcd_revision(&key, revision);
     }
 
     /// Holds a control plane back from joining a running etcd cluster (a slow join on real Talos, while

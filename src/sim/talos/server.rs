@@ -161,9 +161,20 @@ impl NodeService {
                 async move {
                     let f = f.ok_or_else(|| Status::internal("streaming handler called twice"))?;
                     let items = this.run(method, r, f).await?;
-                    Ok::<_, Status>(Response::new(tokio_stream::iter(
-                        items.into_iter().map(Ok::<Resp, Status>),
-                    )))
+                    let pace = this.shared.stream_pace(method);
+                    let stream = futures::StreamExt::then(
+                        tokio_stream::iter(items.into_iter().enumerate()),
+                        move |(i, item)| async move {
+                            if let Some((pause, stall_after)) = pace {
+                                if stall_after.is_some_and(|n| i >= n) {
+                                    std::future::pending::<()>().await;
+                                }
+                                tokio::time::sleep(pause).await;
+                            }
+                            Ok::<Resp, Status>(item)
+                        },
+                    );
+                    Ok::<_, Status>(Response::new(Box::pin(stream)))
                 }
             });
             Ok(codec::<Resp, Req>().server_streaming(svc, req).await)

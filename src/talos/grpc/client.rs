@@ -35,6 +35,60 @@ pub const MAX_MESSAGE: usize = 32 * 1024 * 1024;
 const LOCAL_SLACK: Duration = Duration::from_secs(1);
 
 /// Every Talos request carries its deadline as `grpc-timeout`.
+/// A snapshot as it streams from a node; chunks are handed on, never joined.
+pub type ByteStream = Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, TalosError>> + Send>>;
+/// What an upload reads from; an error cancels the upload.
+pub type UploadStream =
+    Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>>;
+
+/// An upload from bytes already in memory (tests, the simulator's callers).
+pub fn upload_from(bytes: impl Into<bytes::Bytes>) -> UploadStream {
+    Box::pin(futures::stream::once(futures::future::ready(Ok(
+        bytes.into()
+    ))))
+}
+
+/// Reads a snapshot stream to its end (tests and small snapshots; the backup path streams).
+pub async fn collect(mut stream: ByteStream) -> Result<Vec<u8>, TalosError> {
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+/// talosctl's upload chunk: `Client.EtcdRecover` (`pkg/machinery/client/client.go`, v1.13.9) reads
+/// the file into a 4 KiB buffer and sends each read.
+const UPLOAD_CHUNK: usize = 4096;
+
+/// Cuts a byte stream into pieces of at most `size` (the source may hand over large buffers).
+fn rechunk(
+    source: UploadStream,
+    size: usize,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send {
+    futures::stream::unfold(
+        (source, bytes::Bytes::new(), false),
+        move |(mut source, mut rest, done)| async move {
+            use futures::StreamExt;
+            loop {
+                if !rest.is_empty() {
+                    let piece = rest.split_to(size.min(rest.len()));
+                    return Some((Ok(piece), (source, rest, done)));
+                }
+                if done {
+                    return None;
+                }
+                match source.next().await {
+                    None => return None,
+                    Some(Err(e)) => return Some((Err(e), (source, rest, true))),
+                    Some(Ok(b)) => rest = b,
+                }
+            }
+        },
+    )
+}
+
 fn with_deadline<T>(message: T, deadline: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(deadline);
@@ -602,6 +656,32 @@ impl TalosClient {
             .actor_id)
     }
 
+    /// Reset wiping only the named system partitions (`ResetRequest.system_partitions_to_wipe`, as
+    /// `talosctl reset --system-labels-to-wipe`); the others, STATE with the config, stay.
+    pub async fn reset_wiping(
+        &self,
+        graceful: bool,
+        reboot: bool,
+        labels: &[&str],
+    ) -> Result<String, TalosError> {
+        let req = machine::ResetRequest {
+            graceful,
+            reboot,
+            system_partitions_to_wipe: labels
+                .iter()
+                .map(|l| machine::ResetPartitionSpec {
+                    label: (*l).to_owned(),
+                    wipe: true,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let resp: machine::ResetResponse = self.unary(paths::RESET, req).await?;
+        Ok(self
+            .single(paths::RESET, resp.messages, |m| m.metadata.as_ref())?
+            .actor_id)
+    }
+
     pub async fn reboot(&self) -> Result<String, TalosError> {
         let req = machine::RebootRequest {
             mode: machine::RebootMode::Default as i32,
@@ -644,23 +724,124 @@ impl TalosClient {
         Ok(())
     }
 
-    /// The node's etcd database, as streamed (1 KiB chunks on real Talos), joined.
-    pub async fn etcd_snapshot(&self) -> Result<Vec<u8>, TalosError> {
-        self.data_stream(paths::ETCD_SNAPSHOT, machine::EtcdSnapshotRequest {})
+    /// The node's etcd database as it streams (1 KiB chunks on real Talos: `pkg/chunker/stream`
+    /// v1.13.9, default size 1024), the SHA-256 trailer of etcd's maintenance API included.
+    ///
+    /// No deadline covers the whole stream (talosctl's `etcd snapshot` sets none, and a large
+    /// database takes long); `call_timeout` bounds the opening and each wait for the next chunk, so
+    /// a stalled stream errors and a long healthy one does not.
+    pub async fn etcd_snapshot(&self) -> Result<ByteStream, TalosError> {
+        let addr = self.addr;
+        let path = paths::ETCD_SNAPSHOT;
+        let idle = self.options.call_timeout;
+        let open = async {
+            let mut grpc = self.grpc();
+            grpc.ready().await.map_err(|e| TalosError::Unreachable {
+                addr,
+                message: e.to_string(),
+            })?;
+            let codec = tonic_prost::ProstCodec::<machine::EtcdSnapshotRequest, Data>::default();
+            grpc.server_streaming(
+                tonic::Request::new(machine::EtcdSnapshotRequest {}),
+                PathAndQuery::from_static(path),
+                codec,
+            )
             .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| TalosError::status(addr, path, s))
+        };
+        let opened = tokio::time::timeout(idle + LOCAL_SLACK, open)
+            .instrument(self.span(path))
+            .await
+            .map_err(|_| TalosError::Timeout {
+                addr,
+                method: path,
+                after: idle,
+            })
+            .and_then(|r| r);
+        let inner = match opened {
+            Ok(inner) => inner,
+            Err(e) => {
+                crate::metrics::request(crate::metrics::System::Talos, grpc_method(path), false);
+                return Err(e);
+            }
+        };
+        let chunks = futures::stream::unfold(Some(inner), move |state| async move {
+            let mut inner = state?;
+            let next = match tokio::time::timeout(idle, inner.message()).await {
+                Err(_) => Err(TalosError::Timeout {
+                    addr,
+                    method: path,
+                    after: idle,
+                }),
+                Ok(Err(s)) => Err(TalosError::status(addr, path, s)),
+                Ok(Ok(None)) => {
+                    crate::metrics::request(crate::metrics::System::Talos, grpc_method(path), true);
+                    return None;
+                }
+                Ok(Ok(Some(data))) => check_metadata(addr, path, data.metadata.as_ref())
+                    .map(|()| bytes::Bytes::from(data.bytes)),
+            };
+            match next {
+                Ok(bytes) => Some((Ok(bytes), Some(inner))),
+                Err(e) => {
+                    crate::metrics::request(
+                        crate::metrics::System::Talos,
+                        grpc_method(path),
+                        false,
+                    );
+                    Some((Err(e), None))
+                }
+            }
+        });
+        Ok(Box::pin(chunks))
     }
 
-    /// Uploads a snapshot for a following `Bootstrap { recover_etcd: true }`.
-    pub async fn etcd_recover(&self, snapshot: &[u8]) -> Result<(), TalosError> {
+    /// Uploads a snapshot for a following `Bootstrap { recover_etcd: true }`, in 4 KiB chunks as
+    /// talosctl does, reading `snapshot` as it goes.
+    ///
+    /// `call_timeout` bounds each wait for the node to take the next chunk and, once the source
+    /// ends, its reply. A source that fails cancels the call (the stream is reset, not closed), so
+    /// Talos's `EtcdRecover` (v1alpha1_server.go, v1.13.9) removes its partial file instead of
+    /// keeping a truncated snapshot.
+    pub async fn etcd_recover(&self, snapshot: UploadStream) -> Result<(), TalosError> {
+        use futures::StreamExt;
+
         let addr = self.addr;
         let path = paths::ETCD_RECOVER;
-        let chunks: Vec<Data> = snapshot
-            .chunks(1024)
-            .map(|c| Data {
-                metadata: None,
-                bytes: c.to_vec(),
+        let idle = self.options.call_timeout;
+        let last = Arc::new(Mutex::new(tokio::time::Instant::now()));
+        let failed: Arc<Mutex<Option<std::io::Error>>> = Arc::new(Mutex::new(None));
+        let abort = Arc::new(tokio::sync::Notify::new());
+        let (l, f, a) = (last.clone(), failed.clone(), abort.clone());
+        let chunks = rechunk(snapshot, UPLOAD_CHUNK)
+            .then(move |item| {
+                let (l, f, a) = (l.clone(), f.clone(), a.clone());
+                async move {
+                    *l.lock().expect("progress lock") = tokio::time::Instant::now();
+                    match item {
+                        Ok(bytes) => Some(Data {
+                            metadata: None,
+                            bytes: bytes.to_vec(),
+                        }),
+                        Err(e) => {
+                            *f.lock().expect("failure lock") = Some(e);
+                            a.notify_one();
+                            // Never end: a clean end would tell the node the upload is whole.
+                            futures::future::pending::<()>().await;
+                            None::<Data>
+                        }
+                    }
+                }
             })
-            .collect();
+            .chain(futures::stream::once({
+                let l = last.clone();
+                async move {
+                    *l.lock().expect("progress lock") = tokio::time::Instant::now();
+                    None::<Data>
+                }
+            }))
+            .filter_map(futures::future::ready);
         let call = async {
             let mut grpc = self.grpc();
             grpc.ready().await.map_err(|e| TalosError::Unreachable {
@@ -669,7 +850,7 @@ impl TalosClient {
             })?;
             let codec = tonic_prost::ProstCodec::<Data, machine::EtcdRecoverResponse>::default();
             grpc.client_streaming(
-                with_deadline(tokio_stream::iter(chunks), self.options.call_timeout),
+                tonic::Request::new(chunks),
                 PathAndQuery::from_static(path),
                 codec,
             )
@@ -677,13 +858,33 @@ impl TalosClient {
             .map(tonic::Response::into_inner)
             .map_err(|s| TalosError::status(addr, path, s))
         };
-        let resp = tokio::time::timeout(self.options.call_timeout + LOCAL_SLACK, call)
-            .await
-            .map_err(|_| TalosError::Timeout {
-                addr,
-                method: path,
-                after: self.options.call_timeout,
-            })??;
+        let call = call.instrument(self.span(path));
+        tokio::pin!(call);
+        let result = loop {
+            let quiet_until = *last.lock().expect("progress lock") + idle;
+            tokio::select! {
+                r = &mut call => break r,
+                () = abort.notified() => {
+                    let e = failed.lock().expect("failure lock").take();
+                    break Err(TalosError::Source {
+                        addr,
+                        method: path,
+                        message: e.map_or_else(|| "failed".to_owned(), |e| e.to_string()),
+                    });
+                }
+                () = tokio::time::sleep_until(quiet_until) => {
+                    if *last.lock().expect("progress lock") + idle <= tokio::time::Instant::now() {
+                        break Err(TalosError::Timeout { addr, method: path, after: idle });
+                    }
+                }
+            }
+        };
+        crate::metrics::request(
+            crate::metrics::System::Talos,
+            grpc_method(path),
+            result.is_ok(),
+        );
+        let resp = result?;
         self.single(path, resp.messages, |m| m.metadata.as_ref())?;
         Ok(())
     }

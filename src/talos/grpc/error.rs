@@ -32,6 +32,14 @@ pub enum TalosError {
         method: &'static str,
         after: std::time::Duration,
     },
+    /// What an upload read from failed: the upload was cancelled, not completed, so the node never
+    /// holds a partial file as a whole one.
+    #[error("{addr}: {method}: the upload's source failed: {message}")]
+    Source {
+        addr: SocketAddr,
+        method: &'static str,
+        message: String,
+    },
     #[error("client TLS set-up: {0}")]
     Setup(#[from] TlsSetupError),
     /// The node answered with a gRPC status.

@@ -12,7 +12,10 @@ pub mod proto;
 pub mod state;
 pub mod tls;
 
-pub use client::{ApplyOutcome, BootstrapOutcome, ClientOptions, Mode, TalosClient, VersionReport};
+pub use client::{
+    ApplyOutcome, BootstrapOutcome, ByteStream, ClientOptions, Mode, TalosClient, UploadStream,
+    VersionReport, collect, upload_from,
+};
 pub use error::{NoAnswer, TalosError};
 pub use port::{GrpcTalos, TalosNode, TalosPort};
 pub use state::{MachineStage, MachineStatus, NodeState};

@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::client::{
-    APID_PORT, ApplyOutcome, BootstrapOutcome, ClientOptions, TalosClient, VersionReport,
+    APID_PORT, ApplyOutcome, BootstrapOutcome, ByteStream, ClientOptions, TalosClient,
+    UploadStream, VersionReport,
 };
 use super::error::TalosError;
 use super::proto::machine::{ApplyMode, EtcdMember, ServiceInfo};
@@ -74,6 +75,17 @@ pub trait TalosNode: Send + Sync {
     /// The bootstrap manifests a control plane renders from its config (COSI `Manifests`), every
     /// object in resource-id order, as `talosctl upgrade-k8s` syncs them; none on a worker.
     async fn bootstrap_manifests(&self) -> Result<Vec<serde_json::Value>, TalosError>;
+    /// The node's etcd database as it streams, SHA-256 trailer included (`EtcdSnapshot`; a control
+    /// plane's etcd must run).
+    async fn etcd_snapshot(&self) -> Result<ByteStream, TalosError>;
+    /// Uploads a snapshot for [`TalosNode::bootstrap_recover`] (`EtcdRecover`).
+    async fn etcd_recover(&self, snapshot: UploadStream) -> Result<(), TalosError>;
+    /// `Bootstrap { recover_etcd: true }`: etcd starts a new one-member cluster from the uploaded
+    /// snapshot (the hash trailer checked).
+    async fn bootstrap_recover(&self) -> Result<BootstrapOutcome, TalosError>;
+    /// Reset, not graceful, wiping only EPHEMERAL (etcd's data, `/var`) and rebooting: the node
+    /// keeps its config (STATE) and comes back with an empty etcd, waiting in Preparing.
+    async fn reset_ephemeral(&self) -> Result<(), TalosError>;
 }
 
 #[async_trait]
@@ -132,6 +144,24 @@ impl TalosNode for TalosClient {
 
     async fn reboot(&self) -> Result<(), TalosError> {
         TalosClient::reboot(self).await.map(drop)
+    }
+
+    async fn etcd_snapshot(&self) -> Result<ByteStream, TalosError> {
+        TalosClient::etcd_snapshot(self).await
+    }
+
+    async fn etcd_recover(&self, snapshot: UploadStream) -> Result<(), TalosError> {
+        TalosClient::etcd_recover(self, snapshot).await
+    }
+
+    async fn bootstrap_recover(&self) -> Result<BootstrapOutcome, TalosError> {
+        TalosClient::bootstrap(self, true).await
+    }
+
+    async fn reset_ephemeral(&self) -> Result<(), TalosError> {
+        self.reset_wiping(false, true, &["EPHEMERAL"])
+            .await
+            .map(drop)
     }
 }
 
@@ -271,7 +301,7 @@ impl GrpcTalos {
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
-    ) -> Result<Vec<u8>, TalosError> {
+    ) -> Result<ByteStream, TalosError> {
         self.mtls(ip, identity).await?.etcd_snapshot().await
     }
 
@@ -279,7 +309,7 @@ impl GrpcTalos {
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
-        snapshot: &[u8],
+        snapshot: UploadStream,
     ) -> Result<(), TalosError> {
         self.mtls(ip, identity).await?.etcd_recover(snapshot).await
     }
@@ -288,7 +318,7 @@ impl GrpcTalos {
         &self,
         ip: IpAddr,
         identity: &ClientIdentity,
-        snapshot: &[u8],
+        snapshot: UploadStream,
     ) -> Result<BootstrapOutcome, TalosError> {
         let client = self.mtls(ip, identity).await?;
         client.etcd_recover(snapshot).await?;
