@@ -71,9 +71,8 @@ where
             return Err(e);
         }
     };
-    upload.finish().await.inspect_err(|_| {
-        // A folder's file may stay; the next good snapshot removes leftovers (docs/backup.md).
-    })?;
+    // On a failed finish a folder's temporary file may stay: the next good run removes it.
+    upload.finish().await?;
     let id = manifest::snapshot_id(input.started_at, revision);
     let m = Manifest {
         format: FORMAT,
