@@ -7,8 +7,9 @@
 //! and, with `--yes` only, runs Talos's recovery, streaming the snapshot a second time, checked
 //! again as it goes, to the receiving control plane. Nothing is written to disk in plaintext.
 //!
-//! It takes the `state_dir` lock, so no kiln reconciles the cluster while its etcd is wiped; when
-//! the daemon holds the lock, it says so and stops (stop the daemon for the restore).
+//! Nothing reconciles the cluster while its etcd is wiped: without a daemon it takes the
+//! `state_dir` lock; when the daemon holds the lock, it asks the daemon to hold the cluster
+//! (`reconcile::hold`) and waits for the daemon's acknowledgement before touching a node.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -20,10 +21,10 @@ use kiln::backup::manifest::{Manifest, manifest_key, snapshot_key};
 use kiln::backup::restore::{self, Expected, PlanNode, RestorePlan, RestoreTiming};
 use kiln::backup::{Destination, crypt};
 use kiln::config::{Config, TalosBackend};
-use kiln::reconcile::observe;
 use kiln::reconcile::policy::recorded_cluster;
 use kiln::reconcile::records::Records;
 use kiln::reconcile::state_lock::{LockError, StateLock, this_command};
+use kiln::reconcile::{hold, observe};
 use kiln::secrets::{Prefix, SecretPaths};
 use kiln::spec::{ClusterName, Role};
 
@@ -45,6 +46,64 @@ pub struct Args {
     yes: bool,
     #[arg(long, value_name = "FILE", default_value = kiln::config::DEFAULT_CONFIG_PATH)]
     config: PathBuf,
+}
+
+/// How long the running daemon may take to acknowledge the hold: its current cycle must end first,
+/// and a cycle carrying a rolling upgrade can take that long.
+const HOLD_WAIT: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// What keeps every other kiln off the cluster for the restore's length, kept for its drop: the
+/// state_dir lock, or the running daemon's hold.
+struct Guard {
+    _lock: Option<StateLock>,
+    _hold: Option<HeldCluster>,
+}
+
+/// The daemon's hold on a cluster, lifted on drop whatever the restore's outcome (an error, a
+/// Ctrl-C unwinding through `main`).
+struct HeldCluster {
+    state_dir: PathBuf,
+    cluster: ClusterName,
+}
+
+impl Drop for HeldCluster {
+    fn drop(&mut self) {
+        hold::release(&self.state_dir, &self.cluster);
+        println!("the running kiln reconciles {} again", self.cluster);
+    }
+}
+
+/// Places the hold and waits until the daemon says no turn of the cluster runs and none will.
+async fn hold_through_daemon(
+    state_dir: &std::path::Path,
+    name: &ClusterName,
+    wait: std::time::Duration,
+) -> anyhow::Result<Guard> {
+    let placed = hold::place(
+        state_dir,
+        name,
+        &format!("kiln restore (pid {})", std::process::id()),
+    )
+    .context("placing the hold")?;
+    let guard = HeldCluster {
+        state_dir: state_dir.to_owned(),
+        cluster: name.clone(),
+    };
+    let started = std::time::Instant::now();
+    while !hold::acknowledged(state_dir, &placed) {
+        if started.elapsed() > wait {
+            bail!(
+                "the running kiln did not hold {name} within {}: nothing was done",
+                humantime::format_duration(wait)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    println!("the running kiln holds {name}: it does not act on it until the restore ends");
+    Ok(Guard {
+        _lock: None,
+        _hold: Some(guard),
+    })
 }
 
 pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
@@ -136,13 +195,21 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
 
-        let _lock = match StateLock::acquire(&config.state_dir, &this_command()) {
-            Ok(lock) => lock,
-            Err(LockError::Held { holder, .. }) => bail!(
-                "the running kiln ({holder}) holds {}: stop it for the restore, so nothing \
-                 reconciles {name} while its etcd is wiped, then start it again",
-                config.state_dir.display()
-            ),
+        // Nothing may reconcile the cluster while its etcd is wiped: without a daemon, this
+        // command holds the state_dir lock; with one, the daemon holds the cluster (DESIGN §7).
+        let _guard = match StateLock::acquire(&config.state_dir, &this_command()) {
+            Ok(lock) => Guard {
+                _lock: Some(lock),
+                _hold: None,
+            },
+            Err(LockError::Held { holder, .. }) => {
+                println!(
+                    "the running kiln ({holder}) holds {}: asking it to hold {name} for the \
+                     restore (its current cycle ends first)",
+                    config.state_dir.display()
+                );
+                hold_through_daemon(&config.state_dir, &name, HOLD_WAIT).await?
+            }
             Err(e) => return Err(e.into()),
         };
         let prefix = Prefix::parse(&config.secrets.prefix).map_err(anyhow::Error::msg)?;

@@ -285,6 +285,14 @@ impl Engine {
         }
         // `kiln rotate` asks the lock holder (DESIGN §7); served first, whatever Git says.
         self.serve_requests().await;
+        // Holds (`kiln restore`): acknowledged here, between cycles, where no turn runs; a held
+        // cluster gets no turn, no decommission and no snapshot until its hold is gone.
+        let held = super::hold::held(&self.config.state_dir);
+        for hold in held.values() {
+            if let Err(e) = super::hold::acknowledge(&self.config.state_dir, hold) {
+                tracing::warn!(error = %e, cluster = %hold.cluster, "cannot acknowledge a hold");
+            }
+        }
         let mut git_error = None;
         if let Err(e) = self.git.poll().await {
             git_error = Some(format!("git: {e}"));
@@ -367,6 +375,10 @@ impl Engine {
         let mut tasks = tokio::task::JoinSet::new();
         let drift = self.config.reconcile.drift_interval;
         for (name, v) in &intent.valid {
+            if let Some(hold) = held.get(name.as_str()) {
+                outcomes.push(self.held_by_outcome(name, hold));
+                continue;
+            }
             let record = self.records.clusters.get(name).cloned().unwrap_or_default();
             let previous = record
                 .applied_revision
@@ -400,6 +412,10 @@ impl Engine {
             ));
         }
         for (name, state) in &missing {
+            if let Some(hold) = held.get(name.as_str()) {
+                outcomes.push(self.held_by_outcome(name, hold));
+                continue;
+            }
             let record = self.records.clusters.get(name).cloned().unwrap_or_default();
             let at_tip = present_at_tip.contains(name.as_str());
             match policy::missing_turn(*state, publish_ok, at_tip) {
@@ -453,7 +469,11 @@ impl Engine {
             pushed,
             git_error,
         };
-        for o in outcomes {
+        for mut o in outcomes {
+            // A hold that ended leaves no `Held` condition behind.
+            if !held.contains_key(o.status.name.as_str()) {
+                o.status.conditions.retain(|c| c.kind != "Held");
+            }
             report.settled &= o.settled();
             report.converged &= o.converged();
             if let Some(w) = o.wake_in() {
@@ -483,7 +503,12 @@ impl Engine {
         if let Some(b) = &self.backups
             && !lost
         {
-            let clusters = intent.valid.values().map(|v| v.cluster.clone()).collect();
+            let clusters = intent
+                .valid
+                .values()
+                .filter(|v| !held.contains_key(v.cluster.name.as_str()))
+                .map(|v| v.cluster.clone())
+                .collect();
             b.tick(clusters, &mut self.status, time::OffsetDateTime::now_utc());
         }
         self.persist();
@@ -539,6 +564,22 @@ impl Engine {
             status,
             record: Some(record.clone()),
             next,
+        }
+    }
+
+    /// A cluster under a hold (`reconcile::hold`): left exactly as it is — its status (with a `Held`
+    /// condition saying by what), its record — and looked at again soon, for when the hold goes.
+    fn held_by_outcome(&self, name: &str, hold: &super::hold::Hold) -> Outcome {
+        let mut status = self.base_status(name);
+        let message = format!(
+            "held by {} since {}: kiln does not act on this cluster until it ends",
+            hold.by, hold.since
+        );
+        status.set_condition("Held", true, "Hold", &message);
+        Outcome {
+            status,
+            record: self.records.clusters.get(name).cloned(),
+            next: Next::Requeue(Duration::from_secs(2)),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod backup;
 pub mod engine;
 pub mod error;
 pub mod executor;
+pub mod hold;
 pub mod observe;
 pub mod offline;
 pub mod policy;

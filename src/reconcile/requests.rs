@@ -157,7 +157,7 @@ fn is_request(name: &str) -> bool {
 }
 
 /// Written to a temporary name and renamed, so a reader never sees half a file.
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RequestError> {
+pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RequestError> {
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
@@ -169,7 +169,9 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RequestError> 
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, RequestError> {
+pub(super) fn read_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+) -> Result<Option<T>, RequestError> {
     match std::fs::read(path) {
         Ok(bytes) => {
             serde_json::from_slice(&bytes)

@@ -148,3 +148,106 @@ async fn kiln_restore_brings_etcd_back_at_the_snapshots_revision() {
     let last = snapshots(&world, &c.name).last().unwrap().1;
     assert!(last >= revision, "{last} < {revision}");
 }
+
+/// DESIGN §7: with the daemon running (it holds the `state_dir` lock), `kiln restore --yes` asks it
+/// to hold the cluster and waits for its acknowledgement; while the restore runs the daemon's
+/// status says `Held` by the restore, and once it ends the daemon takes the cluster back.
+#[tokio::test]
+async fn a_restore_while_the_daemon_runs_goes_through_its_hold() {
+    let c = ClusterFixture::new("rsthold", 1, 0);
+    let world = World::start(vec![c.clone()]).await;
+    let identity = age::x25519::Identity::generate();
+    let id_file = world.dir.path().join("operator.agekey");
+    std::fs::write(
+        &id_file,
+        format!("{}\n", kiln::backup::crypt::identity_to_string(&identity)),
+    )
+    .unwrap();
+    let folder = world.dir.path().join("backups");
+    world.push_file(
+        &c.path(),
+        &format!(
+            "{}  backup:\n    schedule: 6h\n    keep: 5\n    destination: {}\n    ageRecipients: [\"{}\"]\n",
+            c.yaml(),
+            folder.display(),
+            identity.to_public()
+        ),
+        "back rsthold up",
+    );
+    let out = world.run_once();
+    assert!(out.success(), "kiln run --once:\n{out}");
+    backup_now(&world, &c.name);
+    let (id, revision) = snapshots(&world, &c.name)[0].clone();
+
+    let daemon = world.spawn_daemon(None);
+    let mut restore = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["restore", &c.name, "--snapshot", &id, "--yes", "--identity"])
+        .arg(&id_file)
+        .arg("--config")
+        .arg(&world.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = |world: &World| {
+        let (_, json) = world.status_json(Some(&c.name));
+        crate::checks::status_of(&json?, &c.name)?["conditions"]
+            .as_array()?
+            .iter()
+            .find(|k| k["type"] == "Held" && k["status"] == true)
+            .and_then(|k| k["message"].as_str().map(str::to_owned))
+    };
+    let started = std::time::Instant::now();
+    let message = loop {
+        if let Some(m) = held(&world) {
+            break m;
+        }
+        assert!(
+            restore.try_wait().unwrap().is_none(),
+            "the restore ended before the daemon was seen holding {}",
+            c.name
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the daemon never held {}:\n{}",
+            c.name,
+            daemon.stderr_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(message.contains("kiln restore (pid"), "{message}");
+    let out = restore.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kiln restore --yes:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("the running kiln holds rsthold"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("restored from {id} at revision {revision}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the running kiln reconciles rsthold again"),
+        "{stdout}"
+    );
+    assert!(
+        world.sim.violations().is_empty(),
+        "{:?}",
+        world.sim.violations()
+    );
+    // The hold is gone: the daemon's next cycles drop the condition.
+    let started = std::time::Instant::now();
+    while held(&world).is_some() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the Held condition outlived the restore"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(daemon);
+}
