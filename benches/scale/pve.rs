@@ -45,13 +45,19 @@ impl FakePve {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // rcgen's default subject is the same for both certificates: OpenSSL (the Python baseline)
+        // would then take the leaf for self-signed. PVE's are "pve-root-ca" and the node's name.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kiln bench CA");
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf_key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
+        let mut leaf_params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        leaf_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "pve1");
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
         let cert = dir.join("pve.crt");
         let key = dir.join("pve.key");
         std::fs::write(&cert, leaf.pem()).unwrap();
