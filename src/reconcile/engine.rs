@@ -301,10 +301,7 @@ impl Engine {
         let drift = self.config.reconcile.drift_interval;
         for (name, v) in &intent.valid {
             let record = self.records.clusters.get(name).cloned().unwrap_or_default();
-            let previous = record
-                .applied_revision
-                .as_ref()
-                .and_then(|_| recorded_cluster(&record));
+            let previous = policy::previous_cluster(&record, v);
             let deep = drift_check_due(
                 name,
                 record.deep_checked_at,
