@@ -378,7 +378,14 @@ fn bench_cycle(table: &mut Table, n: usize) {
         let first = engine.cycle().await;
         let (first_wall, first_cpu) = (w0.elapsed(), cpu_time() - c0);
         assert!(first.pushed.is_some(), "the first cycle publishes: {first:?}");
-        assert!(first.converged, "{first:?}");
+        let not_ready: Vec<_> = engine
+            .status()
+            .clusters
+            .values()
+            .filter(|s| s.phase != kiln::reconcile::status::Phase::Ready)
+            .take(3)
+            .collect();
+        assert!(first.converged, "{first:?}: {not_ready:#?}");
         let first_requests = pve.requests().len();
 
         let cycles = 7;
