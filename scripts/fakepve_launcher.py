@@ -29,6 +29,11 @@ Added to fakepve:
   so). fakepve's schema check still answers 403 without `Sys.Audit` on `/` (DESIGN.md §9).
 - `request_times`: the wall-clock arrival time of each entry of `requests`, so a test can order a
   request against another process's timestamped log (the Talos simulator's).
+- Task durations by task type (`--task-secs qmclone=40`, PVE seconds, scaled by `--time-scale`):
+  fakepve 0.5.0 times a QEMU start only per VM (`start_secs`) and a clone not at all. The pause runs
+  first in the task's body, while the task shows `running`, as a real full clone copies the disk
+  (qemu-server `PVE/API2/Qemu.pm` `clone_vm`: the copy runs inside the `qmclone` worker). Used by the
+  scale bench (benches/scale.rs).
 - `acl`: replaces one user's (or token's) ACL, so a test can take a single privilege away.
 - `add_token` / `request_log`: another API token, and (method, path, time, token id) of each request, so a
   test running several kiln instances (each with its own token) reads who sent what.
@@ -88,6 +93,18 @@ class KilnPve(FakePve):
         # The API token id each entry of self.requests came with, so a test running several kiln
         # instances (each with its own token) can tell who sent what.
         self.request_tokens = []
+        # Task type -> PVE seconds every task of that type takes (--task-secs).
+        self.task_secs = {}
+
+    async def task(self, node, ttype, tid, user, body, **kwargs):
+        secs = self.task_secs.get(ttype)
+        if secs:
+            inner = body
+
+            async def body():
+                await self.pause(secs)
+                return await inner()
+        return await super().task(node, ttype, tid, user, body, **kwargs)
 
     def _record(self, request, body):
         super()._record(request, body)
@@ -246,7 +263,12 @@ async def command(pve, c):
         return vm.vmid
     if name == 'add_vms':
         # Many VMs at once (the observation-cost test): [{vmid, name, node, status, tags}]
+        # A spec's own 'config' (what kiln would have written: the scale bench) replaces the default.
         for spec in c['vms']:
+            if 'config' in spec:
+                pve.add_vm(spec['vmid'], spec['name'], node=spec.get('node', 'pve1'),
+                           status=spec.get('status', 'stopped'), config=dict(spec['config']))
+                continue
             config = {'cores': 2, 'memory': 2048, 'scsi0': 'local-lvm:vm-{0}-disk-0,size=32G'.format(spec['vmid'])}
             if spec.get('tags'):
                 config['tags'] = spec['tags']
@@ -356,10 +378,14 @@ async def main():
     ap.add_argument('--template', action='append', default=[], help="'vmid@node' (default 9000@pve1)")
     ap.add_argument('--node', action='append', default=[])
     ap.add_argument('--time-scale', type=float, default=0.0)
+    ap.add_argument('--task-secs', action='append', default=[], help="'qmclone=40': PVE seconds per task type")
     args = ap.parse_args()
 
     pve = KilnPve(user='root@pam', password='kiln-test-only', host='127.0.0.1', port=0)
     pve.time_scale = args.time_scale
+    for spec in args.task_secs:
+        ttype, _, secs = spec.partition('=')
+        pve.task_secs[ttype] = float(secs)
     for node in args.node:
         pve.add_node(node)
     for tok in args.token:

@@ -3,6 +3,8 @@
 //! tier that drives the whole engine over the lab to prove each safety rule of DESIGN.md §7.
 //! One binary for all of them, so the dependency tree is linked once (docs/testing.md).
 
+#[path = "engine/bench_fixture.rs"]
+mod bench_fixture;
 #[path = "engine/demo.rs"]
 mod demo;
 #[path = "engine/plan_cli.rs"]

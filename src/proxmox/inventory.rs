@@ -69,6 +69,11 @@ pub struct ObservedVm {
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
     vms: BTreeMap<u32, ObservedVm>,
+    /// VMIDs of kiln's and half-made VMs by cluster name, and of every mismatched VM: each
+    /// cluster's turn looks up its own VMs, and scanning the whole listing for each made a cycle
+    /// quadratic in the fleet (benches/scale.rs: 10,000 clusters took seconds to plan).
+    by_cluster: BTreeMap<String, Vec<u32>>,
+    mismatched: Vec<u32>,
 }
 
 #[derive(Deserialize)]
@@ -107,13 +112,47 @@ impl Inventory {
             let vm = classify(vmid, e);
             vms.insert(vmid, vm);
         }
-        Ok(Self { vms })
+        Ok(Self::indexed(vms))
     }
 
     pub fn from_vms(list: impl IntoIterator<Item = ObservedVm>) -> Self {
-        Self {
-            vms: list.into_iter().map(|v| (v.vmid, v)).collect(),
+        Self::indexed(list.into_iter().map(|v| (v.vmid, v)).collect())
+    }
+
+    fn indexed(vms: BTreeMap<u32, ObservedVm>) -> Self {
+        let mut by_cluster: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        let mut mismatched = Vec::new();
+        // In VMID order, so each list is sorted.
+        for vm in vms.values() {
+            match &vm.ownership {
+                Ownership::Kiln(r) | Ownership::HalfMade(r) => by_cluster
+                    .entry(r.cluster.clone())
+                    .or_default()
+                    .push(vm.vmid),
+                Ownership::Mismatched { .. } => mismatched.push(vm.vmid),
+                Ownership::Foreign { .. } => {}
+            }
         }
+        Self {
+            vms,
+            by_cluster,
+            mismatched,
+        }
+    }
+
+    /// In VMID order: the VMs kiln's or half-made for `cluster`, and every mismatched VM (which
+    /// cluster a mismatched VM concerns is the caller's judgement). The same VMs, in the same
+    /// order, as filtering [`Inventory::iter`] for them.
+    pub fn cluster_candidates<'a>(&'a self, cluster: &str) -> impl Iterator<Item = &'a ObservedVm> {
+        let own = self
+            .by_cluster
+            .get(cluster)
+            .map_or(&[][..], |v| v.as_slice());
+        let mut ids: Vec<u32> = own.iter().chain(&self.mismatched).copied().collect();
+        if !own.is_empty() && !self.mismatched.is_empty() {
+            ids.sort_unstable();
+        }
+        ids.into_iter().filter_map(move |id| self.vms.get(&id))
     }
 
     pub fn get(&self, vmid: u32) -> Option<&ObservedVm> {
@@ -134,8 +173,7 @@ impl Inventory {
 
     /// kiln's VMs of one cluster, by node number.
     pub fn cluster(&self, name: &str) -> BTreeMap<u32, &ObservedVm> {
-        self.vms
-            .values()
+        self.cluster_candidates(name)
             .filter_map(|vm| match &vm.ownership {
                 Ownership::Kiln(r) if r.cluster == name => Some((r.number, vm)),
                 _ => None,
@@ -311,5 +349,43 @@ mod tests {
         assert_eq!(inv.template_node(9000), Some("pve1"));
         assert_eq!(inv.cluster("prod").len(), 2);
         assert_eq!(inv.mismatched().count(), 1);
+    }
+
+    /// The per-cluster index gives what a scan of the whole listing gives, in the same order.
+    #[test]
+    fn cluster_candidates_are_the_scan_of_the_listing() {
+        let body = br#"{"data":[
+          {"type":"qemu","vmid":1011,"node":"pve1","name":"a-cp-1","status":"running",
+           "tags":"kiln;kiln-cluster-a;kiln-role-controlplane"},
+          {"type":"qemu","vmid":1005,"node":"pve1","name":"a-x-cp-5","status":"running",
+           "tags":"kiln;kiln-cluster-a-x;kiln-role-controlplane"},
+          {"type":"qemu","vmid":1012,"node":"pve1","name":"a-cp-2","status":"stopped"},
+          {"type":"qemu","vmid":1003,"node":"pve1","name":"a-cp-3","status":"running",
+           "tags":"kiln;kiln-cluster-b;kiln-role-controlplane"},
+          {"type":"qemu","vmid":1021,"node":"pve1","name":"b-wk-1","status":"running",
+           "tags":"kiln;kiln-cluster-b;kiln-role-worker"},
+          {"type":"qemu","vmid":1099,"node":"pve1","name":"web","status":"running"}
+        ]}"#;
+        let inv = Inventory::from_listing_json(body).unwrap();
+        for name in ["a", "a-x", "b", "c"] {
+            let scan: Vec<u32> = inv
+                .iter()
+                .filter(|vm| match &vm.ownership {
+                    Ownership::Kiln(r) | Ownership::HalfMade(r) => r.cluster == name,
+                    Ownership::Mismatched { .. } => true,
+                    Ownership::Foreign { .. } => false,
+                })
+                .map(|vm| vm.vmid)
+                .collect();
+            let indexed: Vec<u32> = inv.cluster_candidates(name).map(|vm| vm.vmid).collect();
+            assert_eq!(indexed, scan, "cluster {name}");
+        }
+        assert_eq!(
+            inv.cluster_candidates("a")
+                .map(|vm| vm.vmid)
+                .collect::<Vec<_>>(),
+            [1003, 1011, 1012],
+            "the mismatched VM 1003 comes first, in VMID order"
+        );
     }
 }

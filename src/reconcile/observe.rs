@@ -34,13 +34,12 @@ fn power(p: PowerState) -> Power {
 /// cluster being decommissioned: nothing there is a conflict, it just is not touched).
 pub fn from_listing(inventory: &Inventory, name: &str, wanted: &[(u32, Vmid)]) -> ObservedCluster {
     let mut out = ObservedCluster::default();
-    for vm in inventory.iter() {
+    let prefix = format!("{name}-");
+    for vm in inventory.cluster_candidates(name) {
         let (r, ownership) = match &vm.ownership {
             proxmox::Ownership::Kiln(r) if r.cluster == name => (r, Ownership::Owned),
             proxmox::Ownership::HalfMade(r) if r.cluster == name => (r, Ownership::HalfMade),
-            proxmox::Ownership::Mismatched { reason }
-                if vm.name.starts_with(&format!("{name}-")) =>
-            {
+            proxmox::Ownership::Mismatched { reason } if vm.name.starts_with(&prefix) => {
                 if let Ok(vmid) = Vmid::new(u64::from(vm.vmid)) {
                     out.conflicts.push(Conflict {
                         vmid,

@@ -52,15 +52,22 @@ impl Intent {
         for w in &outcome.warnings {
             tracing::debug!("{w}");
         }
+        // The first file of each name, as `Snapshot::intent_revision` finds it; one map rather
+        // than a scan of the files per cluster (quadratic in the fleet).
+        let mut by_name = std::collections::HashMap::new();
+        for f in &snapshot.files {
+            by_name.entry(f.name.as_str()).or_insert(f);
+        }
         for c in outcome.clusters {
-            let Some(file) = snapshot.files.iter().find(|f| f.name == c.name.as_str()) else {
+            let Some(file) = by_name.get(c.name.as_str()) else {
                 continue;
             };
             let Ok(text) = &file.text else { continue };
-            let revision = snapshot
-                .intent_revision(&c.name)
-                .map(|r| r.to_string())
-                .unwrap_or_default();
+            let revision = crate::git::IntentRevision {
+                blob: file.blob,
+                templates: snapshot.templates_tree,
+            }
+            .to_string();
             intent.valid.insert(
                 c.name.clone(),
                 ValidIntent {
@@ -119,6 +126,18 @@ pub fn recorded_cluster(record: &ClusterRecord) -> Option<Cluster> {
         .clusters
         .into_iter()
         .next()
+}
+
+/// The spec last applied, for a cluster whose file is valid now: the file's own cluster when the
+/// text is the one recorded (the usual case once converged), so a cycle does not parse and
+/// validate every record's text again; otherwise the recorded text, loaded on its own. `None`
+/// before a first success.
+pub fn previous_cluster(record: &ClusterRecord, now: &ValidIntent) -> Option<Cluster> {
+    record.applied_revision.as_ref()?;
+    if record.spec_text == now.text {
+        return Some(now.cluster.clone());
+    }
+    recorded_cluster(record)
 }
 
 /// The configuration the rules read (`[reconcile]`).

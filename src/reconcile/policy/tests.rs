@@ -338,3 +338,32 @@ fn a_grace_wakes_the_loop_when_it_ends() {
     let v = held_verdict(Missing::Grace { until }, "p", true, until + GRACE);
     assert_eq!(v.wake_in, Some(Duration::from_secs(1)));
 }
+
+/// The spec last applied is the file's own cluster when the text is the recorded one, the recorded
+/// text's otherwise (a renumbering is judged against what was applied), and none before a success.
+#[test]
+fn the_previous_spec_is_the_recorded_text_whichever_way_it_is_found() {
+    let snap = snapshot(&[("production", Ok(PRODUCTION))]);
+    let intent = Intent::read(&snap);
+    let now = &intent.valid[&name("production")];
+    assert_eq!(
+        now.revision,
+        snap.intent_revision("production").unwrap().to_string()
+    );
+    let same = applied("production", PRODUCTION);
+    let from_file = previous_cluster(&same, now).unwrap();
+    assert_eq!(from_file, recorded_cluster(&same).unwrap());
+
+    let older = PRODUCTION.replace("memoryGiB: 16", "memoryGiB: 12");
+    assert_ne!(older, PRODUCTION, "the example has a 16 GiB size to change");
+    let changed = applied("production", &older);
+    let previous = previous_cluster(&changed, now).unwrap();
+    assert_eq!(previous, recorded_cluster(&changed).unwrap());
+    assert_ne!(previous, now.cluster, "the recorded text, not the file's");
+
+    let never = ClusterRecord {
+        applied_revision: None,
+        ..same
+    };
+    assert!(previous_cluster(&never, now).is_none());
+}
