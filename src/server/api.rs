@@ -187,15 +187,13 @@ struct BackupsQuery {
     verify: Option<bool>,
 }
 
-/// `GET /api/v1/clusters/{name}/backups`: the cluster's etcd snapshots at its destination with their
-/// verification state, as `kiln backup list` prints them (docs/backup.md). Reads the destination of
-/// the spec kiln last applied; writes nothing.
-async fn backups(
-    State(state): State<AppState>,
-    UrlPath(name): UrlPath<String>,
-    axum::extract::Query(q): axum::extract::Query<BackupsQuery>,
-) -> Result<Json<Vec<crate::backup::Entry>>, ApiError> {
-    let unknown = || ApiError::not_found(format!("no cluster named {}", clip_values(&name)));
+/// The cluster `name` as kiln last applied it, and its `spec.backup`: 404 for a name kiln does not
+/// manage or a cluster without backups (the backup routes read only what kiln recorded).
+fn backed_up(
+    state: &AppState,
+    name: &str,
+) -> Result<(ClusterName, crate::spec::document::BackupSpec), ApiError> {
+    let unknown = || ApiError::not_found(format!("no cluster named {}", clip_values(name)));
     let key: ClusterName = name.parse().map_err(|_| unknown())?;
     let records =
         crate::reconcile::records::Records::load(&state.config.state_dir).map_err(|e| {
@@ -210,11 +208,23 @@ async fn backups(
         .get(&key)
         .and_then(crate::reconcile::policy::recorded_cluster)
         .ok_or_else(unknown)?;
-    let spec = cluster.spec.backup.as_ref().ok_or_else(|| {
+    let spec = cluster.spec.backup.clone().ok_or_else(|| {
         ApiError::not_found(format!(
             "cluster {name} has no spec.backup in the spec kiln last applied"
         ))
     })?;
+    Ok((key, spec))
+}
+
+/// `GET /api/v1/clusters/{name}/backups`: the cluster's etcd snapshots at its destination with their
+/// verification state, as `kiln backup list` prints them (docs/backup.md). Reads the destination of
+/// the spec kiln last applied; writes nothing.
+async fn backups(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<BackupsQuery>,
+) -> Result<Json<Vec<crate::backup::Entry>>, ApiError> {
+    let (key, spec) = backed_up(&state, &name)?;
     let unavailable = |e: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e);
     let dest = crate::backup::Destination::open(&spec.destination, &state.config.backup)
         .map_err(|e| unavailable(e.to_string()))?;
@@ -232,26 +242,7 @@ async fn backup_now(
     State(state): State<AppState>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let unknown = || ApiError::not_found(format!("no cluster named {}", clip_values(&name)));
-    let key: ClusterName = name.parse().map_err(|_| unknown())?;
-    let records =
-        crate::reconcile::records::Records::load(&state.config.state_dir).map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("reading kiln's records: {e}"),
-            )
-        })?;
-    let cluster = records
-        .clusters
-        .get(&key)
-        .and_then(crate::reconcile::policy::recorded_cluster)
-        .ok_or_else(unknown)?;
-    if cluster.spec.backup.is_none() {
-        return Err(ApiError::not_found(format!(
-            "cluster {name} has no spec.backup in the spec kiln last applied"
-        )));
-    }
+    let (key, _) = backed_up(&state, &name)?;
     let requested_at = crate::backup::manifest::rfc3339(time::OffsetDateTime::now_utc());
     crate::reconcile::backup::request_now(key.as_str());
     state.trigger.poke();

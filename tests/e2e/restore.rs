@@ -37,9 +37,9 @@ fn snapshots(world: &World, cluster: &str) -> Vec<(String, i64)> {
     list
 }
 
-#[tokio::test]
-async fn kiln_restore_brings_etcd_back_at_the_snapshots_revision() {
-    let c = ClusterFixture::new("rst", 1, 1);
+/// A world where `c` is converged with `spec.backup` to a folder, encrypted to a new operator
+/// identity; the identity's file.
+async fn backed_up(c: &ClusterFixture) -> (World, std::path::PathBuf) {
     let world = World::start(vec![c.clone()]).await;
     let identity = age::x25519::Identity::generate();
     let id_file = world.dir.path().join("operator.agekey");
@@ -57,10 +57,17 @@ async fn kiln_restore_brings_etcd_back_at_the_snapshots_revision() {
             folder.display(),
             identity.to_public()
         ),
-        "back rst up",
+        &format!("back {} up", c.name),
     );
     let out = world.run_once();
     assert!(out.success(), "kiln run --once:\n{out}");
+    (world, id_file)
+}
+
+#[tokio::test]
+async fn kiln_restore_brings_etcd_back_at_the_snapshots_revision() {
+    let c = ClusterFixture::new("rst", 1, 1);
+    let (world, id_file) = backed_up(&c).await;
 
     // RESTORE.md, step 1: the snapshot to restore, then the cluster goes on changing.
     backup_now(&world, &c.name);
@@ -155,27 +162,7 @@ async fn kiln_restore_brings_etcd_back_at_the_snapshots_revision() {
 #[tokio::test]
 async fn a_restore_while_the_daemon_runs_goes_through_its_hold() {
     let c = ClusterFixture::new("rsthold", 1, 0);
-    let world = World::start(vec![c.clone()]).await;
-    let identity = age::x25519::Identity::generate();
-    let id_file = world.dir.path().join("operator.agekey");
-    std::fs::write(
-        &id_file,
-        format!("{}\n", kiln::backup::crypt::identity_to_string(&identity)),
-    )
-    .unwrap();
-    let folder = world.dir.path().join("backups");
-    world.push_file(
-        &c.path(),
-        &format!(
-            "{}  backup:\n    schedule: 6h\n    keep: 5\n    destination: {}\n    ageRecipients: [\"{}\"]\n",
-            c.yaml(),
-            folder.display(),
-            identity.to_public()
-        ),
-        "back rsthold up",
-    );
-    let out = world.run_once();
-    assert!(out.success(), "kiln run --once:\n{out}");
+    let (world, id_file) = backed_up(&c).await;
     backup_now(&world, &c.name);
     let (id, revision) = snapshots(&world, &c.name)[0].clone();
 
