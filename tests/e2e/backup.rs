@@ -147,6 +147,15 @@ fn check_snapshot(age_bytes: &[u8], manifest: &Value, identity: &Path, scratch: 
         String::from_utf8_lossy(&out.stderr)
     );
     let plain = out.stdout;
+    // The check above means something only if the database has readable text to hide: etcd's
+    // keys (`/registry/…`, what holds every Secret of the cluster) are in the plaintext and
+    // nowhere in the `.age`.
+    let readable = |bytes: &[u8]| bytes.windows(10).any(|w| w == b"/registry/");
+    assert!(readable(&plain), "{id}: no etcd key in the plaintext");
+    assert!(
+        !readable(age_bytes),
+        "{id}: etcd's keys readable in the .age"
+    );
     assert_eq!(
         plain.len() as u64,
         manifest["plaintext"]["size"].as_u64().unwrap(),
