@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::backoff::{Backoff, BackoffPolicy};
 use super::policy::{self, Missing, MissingTurn, Rules, recorded_cluster};
@@ -27,6 +27,12 @@ use crate::git::{GitSource, PublishOutcome, Rendered, Snapshot};
 use crate::render::RenderSettings;
 use crate::secrets::Prefix;
 use crate::spec::{Cluster, ClusterName};
+
+/// A cluster's turn in a cycle, queued until a slot is free.
+enum Turn<'a> {
+    Converge(&'a ClusterName, &'a policy::ValidIntent),
+    Decommission(&'a ClusterName),
+}
 
 /// What a publish did, for the steps after it.
 struct Published {
@@ -384,71 +390,32 @@ impl Engine {
         };
 
         let mut outcomes: Vec<Outcome> = Vec::new();
-        let semaphore = Arc::new(Semaphore::new(self.config.reconcile.concurrency.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
-        let drift = self.config.reconcile.drift_interval;
+        // Each turn is queued by name and made into a task only when one of `concurrency` slots is
+        // free: a turn's future is some 16 KiB and its job clones the cluster, its text and its
+        // record, so spawning all 1,000 of a fleet at once held 15 MiB of them waiting on a permit
+        // (the daemon's peak RSS; benches/scale.rs, heaptrack).
+        let mut queue: Vec<Turn<'_>> = Vec::new();
         for (name, v) in &intent.valid {
             if let Some(hold) = held.get(name.as_str()) {
                 outcomes.push(self.held_by_outcome(name, hold));
                 continue;
             }
-            let record = self.records.clusters.get(name).cloned().unwrap_or_default();
-            let previous = policy::previous_cluster(&record, v);
-            let deep = drift_check_due(
-                name,
-                record.deep_checked_at,
-                OffsetDateTime::now_utc(),
-                drift,
-            );
-            let job = ConvergeJob {
-                cluster: v.cluster.clone(),
-                path: v.path.clone(),
-                text: v.text.clone(),
-                revision: v.revision.clone(),
-                previous,
-                record,
-                inventory: inventory.clone(),
-                deep,
-                previous_status: self.status.clusters.get(name.as_str()).cloned(),
-            };
-            let ctx = self.ctx.clone();
-            let sem = semaphore.clone();
-            tasks.spawn(crate::systemd::with_liveness(
-                ctx.liveness.clone(),
-                async move {
-                    let _permit = sem.acquire_owned().await;
-                    worker::converge(ctx, job).await
-                },
-            ));
+            queue.push(Turn::Converge(name, v));
         }
         for (name, state) in &missing {
             if let Some(hold) = held.get(name.as_str()) {
                 outcomes.push(self.held_by_outcome(name, hold));
                 continue;
             }
-            let record = self.records.clusters.get(name).cloned().unwrap_or_default();
             let at_tip = present_at_tip.contains(name.as_str());
             match policy::missing_turn(*state, publish_ok, at_tip) {
-                MissingTurn::Returned => outcomes.push(self.returned_outcome(name, &record)),
-                MissingTurn::Decommission => {
-                    let job = DecommissionJob {
-                        name: name.clone(),
-                        last: recorded_cluster(&record),
-                        record,
-                        inventory: inventory.clone(),
-                        previous_status: self.status.clusters.get(name.as_str()).cloned(),
-                    };
-                    let ctx = self.ctx.clone();
-                    let sem = semaphore.clone();
-                    tasks.spawn(crate::systemd::with_liveness(
-                        ctx.liveness.clone(),
-                        async move {
-                            let _permit = sem.acquire_owned().await;
-                            worker::decommission(ctx, job).await
-                        },
-                    ));
+                MissingTurn::Returned => {
+                    let record = self.records.clusters.get(name).cloned().unwrap_or_default();
+                    outcomes.push(self.returned_outcome(name, &record))
                 }
+                MissingTurn::Decommission => queue.push(Turn::Decommission(name)),
                 MissingTurn::Hold => {
+                    let record = self.records.clusters.get(name).cloned().unwrap_or_default();
                     outcomes.push(self.held_outcome(name, &record, *state, publish_ok))
                 }
             }
@@ -456,10 +423,41 @@ impl Engine {
         for (name, (path, message)) in &intent.invalid {
             outcomes.push(self.invalid_outcome(name, path, message));
         }
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(o) => outcomes.push(o),
-                Err(e) => tracing::error!(error = %e, "a cluster task panicked"),
+        let slots = self.config.reconcile.concurrency.max(1);
+        let mut queue = queue.into_iter();
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < slots {
+                let Some(turn) = queue.next() else { break };
+                let ctx = self.ctx.clone();
+                match turn {
+                    Turn::Converge(name, v) => {
+                        let job = self.converge_job(name, v, &inventory);
+                        tasks.spawn(crate::systemd::with_liveness(
+                            ctx.liveness.clone(),
+                            worker::converge(ctx, job),
+                        ));
+                    }
+                    Turn::Decommission(name) => {
+                        let record = self.records.clusters.get(name).cloned().unwrap_or_default();
+                        let job = DecommissionJob {
+                            name: name.clone(),
+                            last: recorded_cluster(&record),
+                            record,
+                            inventory: inventory.clone(),
+                            previous_status: self.status.clusters.get(name.as_str()).cloned(),
+                        };
+                        tasks.spawn(crate::systemd::with_liveness(
+                            ctx.liveness.clone(),
+                            worker::decommission(ctx, job),
+                        ));
+                    }
+                }
+            }
+            match tasks.join_next().await {
+                Some(Ok(o)) => outcomes.push(o),
+                Some(Err(e)) => tracing::error!(error = %e, "a cluster task panicked"),
+                None => break,
             }
         }
 
@@ -579,6 +577,34 @@ impl Engine {
 
     /// A cluster under a hold (`reconcile::hold`): left exactly as it is — its status (with a `Held`
     /// condition saying by what), its record — and looked at again soon, for when the hold goes.
+    /// A valid cluster's turn, with what the engine knows of it now.
+    fn converge_job(
+        &self,
+        name: &ClusterName,
+        v: &policy::ValidIntent,
+        inventory: &Arc<crate::proxmox::Inventory>,
+    ) -> ConvergeJob {
+        let record = self.records.clusters.get(name).cloned().unwrap_or_default();
+        let previous = policy::previous_cluster(&record, v);
+        let deep = drift_check_due(
+            name,
+            record.deep_checked_at,
+            OffsetDateTime::now_utc(),
+            self.config.reconcile.drift_interval,
+        );
+        ConvergeJob {
+            cluster: v.cluster.clone(),
+            path: v.path.clone(),
+            text: v.text.clone(),
+            revision: v.revision.clone(),
+            previous,
+            record,
+            inventory: inventory.clone(),
+            deep,
+            previous_status: self.status.clusters.get(name.as_str()).cloned(),
+        }
+    }
+
     fn held_by_outcome(&self, name: &str, hold: &super::hold::Hold) -> Outcome {
         let mut status = self.base_status(name);
         let message = format!(
