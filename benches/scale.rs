@@ -9,6 +9,10 @@
 //! cargo bench --bench scale -- --quick           # small sizes, for a smoke run
 //! ```
 //!
+//! `KILN_BENCH_KILN=PATH` measures another kiln binary (say, another profile's) in the daemon and
+//! provisioning figures; `KILN_BENCH_DAEMON_PREFIX` runs the daemon under a profiler and
+//! `KILN_BENCH_SMAPS=FILE` keeps its memory map (BENCHMARKS.md).
+//!
 //! Needs the test virtualenv (`scripts/setup-test-env`) with `benches/requirements.txt` (proxmoxer),
 //! `git` (with `git daemon`), and `KILN_REFERENCE_SCHEMAS` as for the tests. How each figure is
 //! measured is in BENCHMARKS.md.
@@ -35,6 +39,12 @@ use kiln::reconcile::engine::ValidIntent;
 use kiln::reconcile::records::{ClusterRecord, ClusterUid, Records};
 use kiln::reconcile::{Engine, Intent, KubeRs, Ports, observe, policy};
 use serde_json::json;
+
+/// The kiln binary the daemon and `run --once` figures run: this build's, or KILN_BENCH_KILN's (to
+/// compare builds of other profiles on the same figures).
+fn kiln_bin() -> String {
+    std::env::var("KILN_BENCH_KILN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kiln").to_owned())
+}
 
 /// One line of the table.
 struct Figure {
@@ -453,9 +463,18 @@ fn bench_cycle(table: &mut Table, n: usize) {
 
 /// `kiln run` (this build's binary) over the converged state: VmHWM after a few no-op cycles.
 fn daemon_rss(table: &mut Table, config: &Path, pve: &mut pve::FakePve, n: usize) {
-    let bin = env!("CARGO_BIN_EXE_kiln");
+    let bin = kiln_bin();
     pve.clear_requests();
-    let mut child = Command::new(bin)
+    // KILN_BENCH_DAEMON_PREFIX runs the daemon under a profiler (e.g. "heaptrack -o /tmp/kiln"); the
+    // figures are then the profiler's process, for finding what to fix, not for the table.
+    let prefix = std::env::var("KILN_BENCH_DAEMON_PREFIX").unwrap_or_default();
+    let mut words = prefix
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    words.push(bin);
+    let mut child = Command::new(&words[0])
+        .args(&words[1..])
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -514,6 +533,11 @@ fn daemon_rss(table: &mut Table, config: &Path, pve: &mut pve::FakePve, n: usize
     // binary's own code and Git's pack files, which the kernel can drop and share.
     let anon_kib: f64 = field("RssAnon:").trim_end_matches(" kB").parse().unwrap();
     let file_kib: f64 = field("RssFile:").trim_end_matches(" kB").parse().unwrap();
+    // KILN_BENCH_SMAPS=FILE keeps the daemon's /proc/PID/smaps of that moment: which mappings the
+    // resident pages belong to.
+    if let Some(to) = std::env::var_os("KILN_BENCH_SMAPS") {
+        std::fs::copy(format!("/proc/{pid}/smaps"), to).unwrap();
+    }
     // SAFETY: a signal to the child this function started.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let exit = child.wait().unwrap();
@@ -707,7 +731,7 @@ impl Drop for TalosSim {
 
 fn talos_sim(ips: &[String], dir: &Path) -> TalosSim {
     use std::io::BufRead;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let mut cmd = Command::new(kiln_bin());
     cmd.args(["sim", "talos", "--dump-dir"])
         .arg(dir.join("talos-dump"));
     cmd.arg("--listen");
@@ -785,7 +809,7 @@ fn kiln_provision(clusters: usize, first_block: u16, concurrency: usize) -> Prov
     // KILN_BENCH_TRACE=1: kiln's info log and fakepve's request log, both timed from the start,
     // to see where a provisioning run spends its time.
     let trace = std::env::var_os("KILN_BENCH_TRACE").is_some();
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let out = Command::new(kiln_bin())
         .args(["run", "--once", "--timeout", "600s", "--config"])
         .arg(&config)
         .env("RUST_LOG", if trace { "info" } else { "warn" })
