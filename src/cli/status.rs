@@ -96,8 +96,8 @@ pub fn status(config_path: &Path, name: Option<&str>, json: bool) -> anyhow::Res
     if let Some(e) = &s.last_error {
         println!("error:    {e}");
     }
-    if let Some(r) = &s.retry_at {
-        println!("retry at: {r}");
+    if let Some(r) = s.retry_at {
+        println!("retry at: {}", kiln::reconcile::state_file::rfc3339(r));
     }
     for (which, c) in &s.credentials {
         println!("{which:<12}{}", c.describe(now));

@@ -19,7 +19,6 @@ use super::policy::{self, Missing, MissingTurn, Rules, recorded_cluster};
 pub use super::policy::{Intent, ValidIntent};
 use super::ports::Ports;
 use super::records::{ClusterRecord, Records, SharedRecords, SharedRecordsError};
-use super::state_file::now_rfc3339;
 use super::status::{ClusterStatus, Phase, StatusBook};
 use super::worker::{self, ConvergeJob, Ctx, DecommissionJob, Next, Outcome, Progress, Settings};
 use crate::config::Config;
@@ -249,10 +248,10 @@ impl Engine {
     /// Marks every known cluster with a cycle-level problem, changing nothing else.
     fn cycle_failed(&mut self, error: String) -> CycleReport {
         tracing::warn!("{error}");
-        let now = now_rfc3339();
+        let now = OffsetDateTime::now_utc();
         for s in self.status.clusters.values_mut() {
             s.last_error = Some(error.clone());
-            s.updated_at = now.clone();
+            s.updated_at = now;
         }
         self.persist();
         CycleReport {

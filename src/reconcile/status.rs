@@ -111,10 +111,12 @@ pub struct ClusterStatus {
     /// The intent revision whose apply last succeeded.
     pub last_applied_revision: Option<String>,
     pub last_error: Option<String>,
-    /// RFC 3339 time of the next retry, when backing off.
-    pub retry_at: Option<String>,
-    /// RFC 3339 time of the last change of this record.
-    pub updated_at: String,
+    /// When the next retry comes, while backing off (RFC 3339 in status.json and the API).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub retry_at: Option<time::OffsetDateTime>,
+    /// When this record last changed (RFC 3339 in status.json and the API).
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: time::OffsetDateTime,
     /// The stored kubeconfig and talosconfig, as the last look at the store (or renewal) saw them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub credentials: BTreeMap<super::renewal::Credential, CredentialStatus>,
@@ -203,11 +205,11 @@ impl ClusterStatus {
             last_applied_revision: None,
             last_error: None,
             retry_at: None,
-            updated_at: String::new(),
+            updated_at: time::OffsetDateTime::now_utc(),
             credentials: BTreeMap::new(),
             backup: None,
         });
-        s.updated_at = super::state_file::now_rfc3339();
+        s.updated_at = time::OffsetDateTime::now_utc();
         s
     }
 
@@ -353,7 +355,7 @@ mod tests {
             last_applied_revision: Some("0123456789abcdef".into()),
             last_error: None,
             retry_at: None,
-            updated_at: "2026-11-25T00:00:00Z".into(),
+            updated_at: time::macros::datetime!(2026-11-25 0:00 UTC),
             credentials: BTreeMap::new(),
             backup: None,
         }
@@ -367,6 +369,39 @@ mod tests {
         book.clusters.insert("production".into(), sample());
         book.save(dir.path()).unwrap();
         assert_eq!(StatusBook::load(dir.path()).unwrap(), book);
+    }
+
+    /// The times are typed now, and status.json and the API still carry them as the RFC 3339 strings
+    /// earlier versions wrote: a status file from before reads, and writes back the same text.
+    #[test]
+    fn times_keep_the_rfc3339_text_status_json_always_had() {
+        let old = r#"{"name":"production","phase":"Failed","conditions":[],"nodes":[],
+            "last_applied_revision":null,"last_error":"boom","retry_at":"2026-11-25T00:05:30Z",
+            "updated_at":"2026-11-25T00:00:00.25Z"}"#;
+        let s: ClusterStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            s.retry_at,
+            Some(time::macros::datetime!(2026-11-25 0:05:30 UTC))
+        );
+        assert_eq!(
+            s.updated_at,
+            time::macros::datetime!(2026-11-25 0:00:00.25 UTC)
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["retry_at"], "2026-11-25T00:05:30Z");
+        assert_eq!(json["updated_at"], "2026-11-25T00:00:00.25Z");
+        // No retry: absent or null, as before.
+        let none = old.replace(r#""retry_at":"2026-11-25T00:05:30Z","#, "");
+        assert_eq!(
+            serde_json::from_str::<ClusterStatus>(&none)
+                .unwrap()
+                .retry_at,
+            None
+        );
+        assert!(serde_json::to_value(sample()).unwrap()["retry_at"].is_null());
+        // A time that is not one is refused, not read as "now".
+        let bad = old.replace("2026-11-25T00:00:00.25Z", "yesterday");
+        assert!(serde_json::from_str::<ClusterStatus>(&bad).is_err());
     }
 
     #[test]

@@ -19,7 +19,6 @@ use super::executor::{Execution, Executor, action_key};
 use super::observe::{self, Depth};
 use super::ports::Ports;
 use super::records::ClusterRecord;
-use super::state_file::rfc3339;
 use super::status::{ClusterStatus, NodeStatus, Phase, VmState};
 use super::turn::{BOOT_TIMEOUT, Turn};
 use crate::config::{DriftPolicy, OnDecommission};
@@ -559,9 +558,8 @@ fn unfinished_outcome(
     }
 }
 
-fn retry_at(until: Instant) -> String {
-    let left = until.saturating_duration_since(Instant::now());
-    rfc3339(OffsetDateTime::now_utc() + left)
+fn retry_at(until: Instant) -> OffsetDateTime {
+    OffsetDateTime::now_utc() + until.saturating_duration_since(Instant::now())
 }
 
 fn phase_of(action: &Action, first_apply: bool, intent_changed: bool) -> Phase {

@@ -124,8 +124,8 @@ pub fn document() -> Value {
                 }},
                 "last_applied_revision": {"type": ["string", "null"]},
                 "last_error": {"type": ["string", "null"]},
-                "retry_at": {"type": ["string", "null"]},
-                "updated_at": {"type": "string"},
+                "retry_at": {"type": ["string", "null"], "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"},
                 "credentials": {"type": "object"}
             }
         }),

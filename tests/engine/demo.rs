@@ -628,7 +628,7 @@ mod folder {
                 last_applied_revision: Some("abcdef0123456789".into()),
                 last_error: None,
                 retry_at: None,
-                updated_at: "2026-11-25T00:00:00Z".into(),
+                updated_at: time::macros::datetime!(2026-11-25 0:00 UTC),
                 credentials: Default::default(),
                 backup: None,
             },
