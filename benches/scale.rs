@@ -305,6 +305,32 @@ retry_max = "5s"
     path
 }
 
+/// The kiln.toml of a fleet whose files are in `bare`, reconciled against `pve`: its path and its
+/// state folder.
+fn fleet_toml(
+    dir: &Path,
+    bare: &Path,
+    pve: &pve::FakePve,
+    concurrency: usize,
+) -> (PathBuf, PathBuf) {
+    let (token, ca) = pve.write_credentials(dir);
+    let state = dir.join("state");
+    let url = format!("file://{}", bare.display());
+    let toml = kiln_toml(
+        dir,
+        TomlParts {
+            state: &state,
+            git_url: &url,
+            pve_url: &pve.url(),
+            token: &token,
+            ca: &ca,
+            poll: "1s",
+            concurrency,
+        },
+    );
+    (toml, state)
+}
+
 fn ports(config: &Config) -> (Ports, kiln::secrets::OpenedStore) {
     let store = kiln::secrets::open_gated(&config.secrets, &config.state_dir, None).unwrap();
     let adapter = kiln::proxmox::PveAdapter::from_config(&config.proxmox).unwrap();
@@ -328,22 +354,7 @@ fn bench_cycle(table: &mut Table, n: usize) {
     let files = fixture::files(n, Net::Private);
     let bare = remote_with(dir.path(), &files);
     let mut pve = pve::FakePve::start(dir.path(), 0.0, &[]);
-    let (token, ca) = pve.write_credentials(dir.path());
-    let state = dir.path().join("state");
-    let url = format!("file://{}", bare.display());
-    let pve_url = pve.url();
-    let config_path = kiln_toml(
-        dir.path(),
-        TomlParts {
-            state: &state,
-            git_url: &url,
-            pve_url: &pve_url,
-            token: &token,
-            ca: &ca,
-            poll: "1s",
-            concurrency: 4,
-        },
-    );
+    let (config_path, state) = fleet_toml(dir.path(), &bare, &pve, 4);
     let config = Config::load(&config_path).expect("the bench's kiln.toml");
     std::fs::create_dir_all(&state).unwrap();
 
@@ -785,22 +796,7 @@ fn kiln_provision(clusters: usize, first_block: u16, concurrency: usize) -> Prov
         .collect();
     let _sim = talos_sim(&ips, dir.path());
     let mut pve = pve::FakePve::start(dir.path(), TIME_SCALE, TASK_SECS);
-    let (token, ca) = pve.write_credentials(dir.path());
-    let state = dir.path().join("state");
-    let url = format!("file://{}", bare.display());
-    let pve_url = pve.url();
-    let config = kiln_toml(
-        dir.path(),
-        TomlParts {
-            state: &state,
-            git_url: &url,
-            pve_url: &pve_url,
-            token: &token,
-            ca: &ca,
-            poll: "1s",
-            concurrency,
-        },
-    );
+    let (config, _) = fleet_toml(dir.path(), &bare, &pve, concurrency);
     let t0_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
